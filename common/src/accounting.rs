@@ -1,0 +1,250 @@
+//! Memory reservation against a tenant's limit, shared by every process of the tenant.
+//!
+//! A reservation is atomic against the limit: the check and the charge happen under the
+//! segment's robust mutex, so neither threads nor processes can race past the limit. Each
+//! charge is recorded twice (tenant total and the process's slot) so that the daemon can return
+//! exactly what a dead process held, and so that a process killed between the two stores is
+//! repaired by the next locker (`owner_died` → totals recomputed from the slots).
+
+use crate::shm::{AccountingSegment, ControlSegment, MAX_DEVICES, MAX_PROCESSES};
+use crate::shm_mutex::LockError;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a charge was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ChargeError {
+    #[error(
+        "allocation of {requested} bytes would exceed the tenant's limit ({used} of {limit} bytes in use)"
+    )]
+    OverLimit {
+        requested: u64,
+        used: u64,
+        limit: u64,
+    },
+    #[error("this tenant may not use device {0}")]
+    DeviceNotAllowed(usize),
+    #[error("bad device {device} or process slot {slot}")]
+    OutOfRange { device: usize, slot: usize },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// Reserves `bytes` on `device` for the process in `slot`, or refuses without charging.
+pub fn charge(
+    ctl: &ControlSegment,
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+) -> Result<(), ChargeError> {
+    if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
+        return Err(ChargeError::OutOfRange { device, slot });
+    }
+    let cdev = &ctl.devices[device];
+    if cdev.allowed.load(Acquire) == 0 {
+        acct.devices[device].refused.fetch_add(1, Relaxed);
+        return Err(ChargeError::DeviceNotAllowed(device));
+    }
+    let limit = cdev.memory_limit.load(Acquire);
+    let guard = acct.lock.lock()?;
+    if guard.owner_died {
+        repair_locked(acct);
+    }
+    let dev = &acct.devices[device];
+    let used = dev.used.load(Relaxed);
+    match used.checked_add(bytes) {
+        Some(new) if new <= limit => {
+            dev.used.store(new, Relaxed);
+            let p = &acct.processes[slot].used[device];
+            p.store(p.load(Relaxed) + bytes, Relaxed);
+            if new > dev.peak.load(Relaxed) {
+                dev.peak.store(new, Relaxed);
+            }
+            Ok(())
+        }
+        _ => {
+            dev.refused.fetch_add(1, Relaxed);
+            Err(ChargeError::OverLimit {
+                requested: bytes,
+                used,
+                limit,
+            })
+        }
+    }
+}
+
+/// Returns `bytes` on `device` charged by the process in `slot`. Never underflows: a process
+/// can only give back what its slot holds.
+pub fn uncharge(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+) -> Result<(), ChargeError> {
+    if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
+        return Err(ChargeError::OutOfRange { device, slot });
+    }
+    let guard = acct.lock.lock()?;
+    if guard.owner_died {
+        repair_locked(acct);
+    }
+    let p = &acct.processes[slot].used[device];
+    let give = bytes.min(p.load(Relaxed));
+    p.store(p.load(Relaxed) - give, Relaxed);
+    let dev = &acct.devices[device];
+    dev.used
+        .store(dev.used.load(Relaxed).saturating_sub(give), Relaxed);
+    Ok(())
+}
+
+/// Returns everything the process in `slot` holds and frees the slot (daemon side, when a
+/// process's registration ends). Returns the bytes given back per device.
+pub fn reclaim_slot(
+    acct: &AccountingSegment,
+    slot: usize,
+    timeout: Duration,
+) -> Result<[u64; MAX_DEVICES], ChargeError> {
+    if slot >= MAX_PROCESSES {
+        return Err(ChargeError::OutOfRange { device: 0, slot });
+    }
+    let guard = acct.lock.lock_timeout(timeout)?;
+    if guard.owner_died {
+        repair_locked(acct);
+    }
+    let mut returned = [0u64; MAX_DEVICES];
+    let proc_slot = &acct.processes[slot];
+    for (d, ret) in returned.iter_mut().enumerate() {
+        let held = proc_slot.used[d].swap(0, Relaxed);
+        let dev = &acct.devices[d];
+        dev.used
+            .store(dev.used.load(Relaxed).saturating_sub(held), Relaxed);
+        *ret = held;
+    }
+    proc_slot.pid.store(0, Relaxed);
+    Ok(returned)
+}
+
+/// Recomputes tenant totals from the process slots (the slots are the record of truth).
+/// Caller holds the lock.
+fn repair_locked(acct: &AccountingSegment) {
+    for d in 0..MAX_DEVICES {
+        let sum: u64 = acct.processes.iter().map(|p| p.used[d].load(Relaxed)).sum();
+        acct.devices[d].used.store(sum, Relaxed);
+    }
+}
+
+/// Verifies and, if needed, repairs the totals (daemon side, e.g. after adopting a segment).
+/// Returns true when the totals had drifted from the slots.
+pub fn audit(acct: &AccountingSegment, timeout: Duration) -> Result<bool, ChargeError> {
+    let _guard = acct.lock.lock_timeout(timeout)?;
+    let drift = (0..MAX_DEVICES).any(|d| {
+        let sum: u64 = acct.processes.iter().map(|p| p.used[d].load(Relaxed)).sum();
+        sum != acct.devices[d].used.load(Relaxed)
+    });
+    if drift {
+        repair_locked(acct);
+    }
+    Ok(drift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::SegmentView;
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::sync::atomic::Ordering::Release;
+
+    fn memfd() -> OwnedFd {
+        // SAFETY: memfd_create with a valid C string; the returned fd is owned here.
+        unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"t".as_ptr(), libc::MFD_CLOEXEC)) }
+    }
+
+    fn segments(limit: u64) -> (SegmentView<ControlSegment>, SegmentView<AccountingSegment>) {
+        let (cf, af) = (memfd(), memfd());
+        let ctl = SegmentView::<ControlSegment>::create(cf.as_fd()).unwrap();
+        let acct = SegmentView::<AccountingSegment>::create(af.as_fd()).unwrap();
+        acct.lock.init().unwrap();
+        ctl.devices[0].allowed.store(1, Release);
+        ctl.devices[0].memory_limit.store(limit, Release);
+        (ctl, acct)
+    }
+
+    #[test]
+    fn limit_is_hard_and_refusal_charges_nothing() {
+        let (ctl, acct) = segments(1000);
+        charge(&ctl, &acct, 0, 0, 900).unwrap();
+        assert!(matches!(
+            charge(&ctl, &acct, 1, 0, 200),
+            Err(ChargeError::OverLimit {
+                used: 900,
+                limit: 1000,
+                ..
+            })
+        ));
+        assert_eq!(acct.devices[0].used.load(Relaxed), 900);
+        assert_eq!(acct.devices[0].refused.load(Relaxed), 1);
+        uncharge(&acct, 0, 0, 900).unwrap();
+        charge(&ctl, &acct, 1, 0, 200).unwrap();
+        assert_eq!(acct.devices[0].used.load(Relaxed), 200);
+        assert_eq!(acct.devices[0].peak.load(Relaxed), 900);
+        assert!(matches!(
+            charge(&ctl, &acct, 0, 1, 1),
+            Err(ChargeError::DeviceNotAllowed(1))
+        ));
+        assert!(matches!(
+            charge(&ctl, &acct, 0, 99, 1),
+            Err(ChargeError::OutOfRange { .. })
+        ));
+        assert!(
+            charge(&ctl, &acct, 0, 0, u64::MAX).is_err(),
+            "overflow refused"
+        );
+    }
+
+    #[test]
+    fn uncharge_never_underflows_and_reclaim_returns_exactly() {
+        let (ctl, acct) = segments(1 << 30);
+        charge(&ctl, &acct, 3, 0, 100).unwrap();
+        charge(&ctl, &acct, 4, 0, 50).unwrap();
+        uncharge(&acct, 3, 0, 1_000_000).unwrap();
+        assert_eq!(acct.devices[0].used.load(Relaxed), 50);
+        let back = reclaim_slot(&acct, 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(back[0], 50);
+        assert_eq!(acct.devices[0].used.load(Relaxed), 0);
+        assert!(!audit(&acct, Duration::from_secs(1)).unwrap());
+        acct.devices[0].used.store(77, Relaxed);
+        assert!(audit(&acct, Duration::from_secs(1)).unwrap());
+        assert_eq!(acct.devices[0].used.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn concurrent_threads_never_exceed_limit() {
+        let (ctl, acct) = segments(10_000);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (ctl, acct) = (&ctl, &acct);
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..20_000u64 {
+                        let size = 1 + (i * 7919 + t * 104_729) % 3000;
+                        if charge(ctl, acct, t as usize, 0, size).is_ok() {
+                            held.push(size);
+                        }
+                        assert!(acct.devices[0].used.load(Relaxed) <= 10_000);
+                        if (held.len() > 2 || i % 3 == 0)
+                            && let Some(s) = held.pop()
+                        {
+                            uncharge(acct, t as usize, 0, s).unwrap();
+                        }
+                    }
+                    for s in held {
+                        uncharge(acct, t as usize, 0, s).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(acct.devices[0].used.load(Relaxed), 0);
+    }
+}

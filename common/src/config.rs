@@ -1,0 +1,431 @@
+//! The daemon config (`gpumuxd.toml`) and per-tenant quota files (`tenants_dir/<tenant>.toml`).
+//!
+//! Parsing is strict: an unknown key, a malformed size, a weight out of range is an error that
+//! names the file, the line and the reason, so `gpumuxctl check` and the daemon's log can say
+//! exactly what to fix. Device selectors are resolved against real devices by the daemon.
+
+use crate::names::{tenant_of_quota_file, validate_tenant_name};
+use crate::size::{parse_percent_permille, parse_size};
+use serde::Deserialize;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Default daemon config location (`gpumuxd --config` overrides).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gpumux/gpumuxd.toml";
+/// Default quantum of device time granted to a tenant.
+pub const DEFAULT_QUANTUM_MS: u32 = 50;
+
+/// A config file is wrong: which file, where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when the problem is at a place in the file.
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.reason),
+            None => write!(f, "{}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The daemon's own settings. Every key has a default; unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Runtime state: sockets (`/run/gpumux`).
+    pub state_dir: PathBuf,
+    /// Where tenant quota files live (`/etc/gpumux/tenants.d`).
+    pub tenants_dir: PathBuf,
+    /// Length of a compute time slice.
+    pub quantum_ms: u32,
+    /// Prometheus listen address (`host:port`); `None` when set to `""`.
+    pub metrics_listen: Option<String>,
+    /// tracing filter, e.g. `info` or `gpumux_daemon=debug`.
+    pub log_level: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            state_dir: PathBuf::from("/run/gpumux"),
+            tenants_dir: PathBuf::from("/etc/gpumux/tenants.d"),
+            quantum_ms: DEFAULT_QUANTUM_MS,
+            metrics_listen: Some("127.0.0.1:9464".to_string()),
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemonConfig {
+    state_dir: Option<PathBuf>,
+    tenants_dir: Option<PathBuf>,
+    quantum_ms: Option<Spanned<i64>>,
+    metrics_listen: Option<Spanned<String>>,
+    log_level: Option<String>,
+}
+
+impl DaemonConfig {
+    /// Reads and validates a daemon config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates daemon config text (`path` is used in error messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let err = |span: Option<Range<usize>>, reason: String| ConfigError {
+            file: path.to_path_buf(),
+            line: span.map(|s| line_of(text, s.start)),
+            reason,
+        };
+        let raw: RawDaemonConfig =
+            toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
+        let mut cfg = DaemonConfig::default();
+        if let Some(d) = raw.state_dir {
+            cfg.state_dir = d;
+        }
+        if let Some(d) = raw.tenants_dir {
+            cfg.tenants_dir = d;
+        }
+        if let Some(q) = raw.quantum_ms {
+            let v = *q.get_ref();
+            if !(1..=10_000).contains(&v) {
+                return Err(err(
+                    Some(q.span()),
+                    format!("quantum_ms = {v} is out of range (1 to 10000)"),
+                ));
+            }
+            cfg.quantum_ms = v as u32;
+        }
+        if let Some(m) = raw.metrics_listen {
+            let v = m.get_ref().trim();
+            if v.is_empty() {
+                cfg.metrics_listen = None;
+            } else if v.parse::<std::net::SocketAddr>().is_err() {
+                return Err(err(
+                    Some(m.span()),
+                    format!(
+                        "metrics_listen = \"{v}\" is not an address like \"127.0.0.1:9464\" (use \"\" to disable)"
+                    ),
+                ));
+            } else {
+                cfg.metrics_listen = Some(v.to_string());
+            }
+        }
+        if let Some(l) = raw.log_level {
+            cfg.log_level = l;
+        }
+        for (key, dir) in [
+            ("state_dir", &cfg.state_dir),
+            ("tenants_dir", &cfg.tenants_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(err(
+                    None,
+                    format!("{key} = \"{}\" must be an absolute path", dir.display()),
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Which device a tenant may use: its index as the node sees it, or its UUID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeviceSelector {
+    Index(u32),
+    Uuid(String),
+}
+
+impl fmt::Display for DeviceSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSelector::Index(i) => write!(f, "{i}"),
+            DeviceSelector::Uuid(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// A tenant's quota, as its file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantQuota {
+    pub name: String,
+    /// Devices this tenant may use; empty means all devices.
+    pub devices: Vec<DeviceSelector>,
+    /// Hard limit per device, in bytes.
+    pub memory_limit: u64,
+    /// Relative compute share under contention (1..=1000).
+    pub weight: u32,
+    /// Hard cap on device time in per-mille (1..=1000), if any.
+    pub compute_limit_permille: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDevice {
+    Index(i64),
+    Uuid(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    devices: Option<Spanned<Vec<Spanned<RawDevice>>>>,
+    memory_limit: Spanned<RawSize>,
+    weight: Option<Spanned<i64>>,
+    compute_limit: Option<Spanned<String>>,
+}
+
+/// Largest accepted weight.
+pub const MAX_WEIGHT: u32 = 1000;
+
+impl TenantQuota {
+    /// Reads and validates `tenants_dir/<tenant>.toml`; the tenant is the file stem.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            reason: format!("cannot read: {e}"),
+        })?;
+        let name = tenant_of_quota_file(path).ok_or_else(|| {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                reason: validate_tenant_name(&stem)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "a quota file must be named <tenant>.toml".to_string()),
+            }
+        })?;
+        Self::parse(path, &name, &text)
+    }
+
+    /// Validates quota-file text for tenant `name` (`path` is used in error messages).
+    pub fn parse(path: &Path, name: &str, text: &str) -> Result<Self, ConfigError> {
+        let err = |span: Option<Range<usize>>, reason: String| ConfigError {
+            file: path.to_path_buf(),
+            line: span.map(|s| line_of(text, s.start)),
+            reason,
+        };
+        validate_tenant_name(name).map_err(|e| err(None, e.to_string()))?;
+        let raw: RawTenant =
+            toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
+
+        let mut devices = Vec::new();
+        if let Some(list) = raw.devices {
+            if list.get_ref().is_empty() {
+                return Err(err(Some(list.span()), "devices = [] leaves the tenant no device; list indexes or UUIDs, or omit the key for all devices".into()));
+            }
+            for d in list.into_inner() {
+                let span = d.span();
+                let sel = match d.into_inner() {
+                    RawDevice::Index(i) if (0..=u32::MAX as i64).contains(&i) => {
+                        DeviceSelector::Index(i as u32)
+                    }
+                    RawDevice::Index(i) => {
+                        return Err(err(
+                            Some(span),
+                            format!("device index {i} is negative or too large"),
+                        ));
+                    }
+                    RawDevice::Uuid(u) if u.starts_with("GPU-") && u.len() > 4 => {
+                        DeviceSelector::Uuid(u)
+                    }
+                    RawDevice::Uuid(u) => {
+                        return Err(err(
+                            Some(span),
+                            format!(
+                                "device \"{u}\" is neither an index nor a GPU UUID (\"GPU-...\")"
+                            ),
+                        ));
+                    }
+                };
+                if devices.contains(&sel) {
+                    return Err(err(Some(span), format!("device {sel} is listed twice")));
+                }
+                devices.push(sel);
+            }
+        }
+
+        let limit_span = raw.memory_limit.span();
+        let memory_limit = match raw.memory_limit.into_inner() {
+            RawSize::Bytes(b) if b > 0 => b as u64,
+            RawSize::Bytes(b) => {
+                return Err(err(
+                    Some(limit_span),
+                    format!("memory_limit = {b} must be positive"),
+                ));
+            }
+            RawSize::Text(t) => {
+                let v = parse_size(&t)
+                    .map_err(|e| err(Some(limit_span.clone()), format!("memory_limit: {e}")))?;
+                if v == 0 {
+                    return Err(err(
+                        Some(limit_span),
+                        "memory_limit must be positive".into(),
+                    ));
+                }
+                v
+            }
+        };
+
+        let weight = match raw.weight {
+            None => 1,
+            Some(w) => {
+                let v = *w.get_ref();
+                if !(1..=MAX_WEIGHT as i64).contains(&v) {
+                    return Err(err(
+                        Some(w.span()),
+                        format!("weight = {v} is out of range (1 to {MAX_WEIGHT})"),
+                    ));
+                }
+                v as u32
+            }
+        };
+
+        let compute_limit_permille = match raw.compute_limit {
+            None => None,
+            Some(c) => Some(
+                parse_percent_permille(c.get_ref())
+                    .map_err(|e| err(Some(c.span()), format!("compute_limit: {e}")))?,
+            ),
+        };
+
+        Ok(TenantQuota {
+            name: name.to_string(),
+            devices,
+            memory_limit,
+            weight,
+            compute_limit_permille,
+        })
+    }
+
+    /// Whether this tenant may use the device with this index and UUID.
+    pub fn allows(&self, index: u32, uuid: &str) -> bool {
+        self.devices.is_empty()
+            || self.devices.iter().any(|d| match d {
+                DeviceSelector::Index(i) => *i == index,
+                DeviceSelector::Uuid(u) => u.eq_ignore_ascii_case(uuid),
+            })
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(text: &str) -> Result<TenantQuota, ConfigError> {
+        TenantQuota::parse(Path::new("/t/a.toml"), "a", text)
+    }
+
+    #[test]
+    fn full_tenant() {
+        let q = tenant("devices = [0, \"GPU-abc\"]\nmemory_limit = \"10GiB\"\nweight = 2\ncompute_limit = \"50%\"\n").unwrap();
+        assert_eq!(
+            q.devices,
+            vec![
+                DeviceSelector::Index(0),
+                DeviceSelector::Uuid("GPU-abc".into())
+            ]
+        );
+        assert_eq!(q.memory_limit, 10 << 30);
+        assert_eq!(q.weight, 2);
+        assert_eq!(q.compute_limit_permille, Some(500));
+        assert!(q.allows(0, "GPU-zzz") && q.allows(3, "gpu-ABC") && !q.allows(1, "GPU-x"));
+    }
+
+    #[test]
+    fn defaults_and_bytes() {
+        let q = tenant("memory_limit = 1048576").unwrap();
+        assert_eq!(
+            (q.weight, q.memory_limit, q.compute_limit_permille),
+            (1, 1 << 20, None)
+        );
+        assert!(q.devices.is_empty() && q.allows(7, "GPU-any"));
+    }
+
+    #[test]
+    fn errors_name_line_and_reason() {
+        let e = tenant("memory_limit = \"1GiB\"\n\nweight = 0\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(e.reason.contains("weight = 0 is out of range"), "{e}");
+        assert_eq!(e.to_string(), format!("/t/a.toml:3: {}", e.reason));
+
+        let e = tenant("memory_limit = \"1GiB\"\nwieght = 2\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.reason.contains("unknown field `wieght`"), "{e}");
+
+        let e = tenant("memory_limit = \"lots\"\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+        assert!(e.reason.contains("memory_limit"), "{e}");
+
+        let e = tenant("weight = 1\n").unwrap_err();
+        assert!(e.reason.contains("memory_limit"), "{e}");
+
+        for bad in [
+            "memory_limit = \"1GiB\"\ncompute_limit = \"0%\"",
+            "memory_limit = \"1GiB\"\ndevices = []",
+            "memory_limit = \"1GiB\"\ndevices = [-1]",
+            "memory_limit = \"1GiB\"\ndevices = [\"gpu0\"]",
+            "memory_limit = \"1GiB\"\ndevices = [0, 0]",
+            "memory_limit = 0",
+            "memory_limit = \"1GiB\"\nweight = 1001",
+            "memory_limit = [",
+        ] {
+            assert!(tenant(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn daemon_config() {
+        let c = DaemonConfig::parse(Path::new("/c.toml"), "").unwrap();
+        assert_eq!(c, DaemonConfig::default());
+        let c = DaemonConfig::parse(
+            Path::new("/c.toml"),
+            "state_dir = \"/tmp/s\"\ntenants_dir = \"/tmp/t\"\nquantum_ms = 10\nmetrics_listen = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.quantum_ms, 10);
+        assert_eq!(c.metrics_listen, None);
+        let e =
+            DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 10\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 0").is_err());
+        assert!(DaemonConfig::parse(Path::new("/c.toml"), "metrics_listen = \"nope\"").is_err());
+        assert!(DaemonConfig::parse(Path::new("/c.toml"), "state_dir = \"rel\"").is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! gpumuxctl: the operator's CLI. Exit codes: 0 ok, 1 operation failed, 2 usage/config error.
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use gpumux_common::config::{DEFAULT_CONFIG_PATH, DaemonConfig, TenantQuota};
+use gpumux_common::names::{control_socket, tenant_dir, tenant_socket, validate_tenant_name};
+use gpumux_common::size::format_size;
+use gpumux_common::{ENV_SOCKET, SHIM_INSTALL_PATH};
+use gpumux_daemon::status::{ControlRequest, StatusReport};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Operate gpumux: status, container injection, config checks"
+)]
+struct Args {
+    /// Daemon config file (for state_dir and tenants_dir).
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Devices and, per tenant: processes, memory used/limit, weight, device-time share.
+    Status {
+        /// Machine-readable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The environment and mounts that put a container under a tenant's quota.
+    Env {
+        tenant: String,
+        /// Print `docker run`/`podman run` arguments instead of KEY=VALUE lines.
+        #[arg(long)]
+        docker: bool,
+    },
+    /// Validate the daemon config and every tenant file (or just PATH).
+    Check { path: Option<PathBuf> },
+}
+
+/// An error with its exit code.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: e.into(),
+    }
+}
+fn failed(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 1,
+        error: e.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("gpumuxctl: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn daemon_config(path: &Path) -> Result<DaemonConfig, Failure> {
+    if !path.exists() && path.as_os_str() == DEFAULT_CONFIG_PATH {
+        return Ok(DaemonConfig::default());
+    }
+    DaemonConfig::load(path).map_err(usage)
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    match args.command {
+        Command::Status { json } => {
+            let cfg = daemon_config(&args.config)?;
+            let report = fetch_status(&cfg.state_dir).map_err(failed)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
+            } else {
+                print!("{}", render_status(&report));
+            }
+            Ok(())
+        }
+        Command::Env { tenant, docker } => {
+            validate_tenant_name(&tenant).map_err(usage)?;
+            let cfg = daemon_config(&args.config)?;
+            let socket = tenant_socket(&cfg.state_dir, &tenant);
+            let dir = tenant_dir(&cfg.state_dir, &tenant);
+            if docker {
+                println!(
+                    "-e LD_PRELOAD={SHIM_INSTALL_PATH} -e {ENV_SOCKET}={} -v {SHIM_INSTALL_PATH}:{SHIM_INSTALL_PATH}:ro -v {}:{}",
+                    socket.display(),
+                    dir.display(),
+                    dir.display()
+                );
+            } else {
+                println!("LD_PRELOAD={SHIM_INSTALL_PATH}");
+                println!("{ENV_SOCKET}={}", socket.display());
+                println!(
+                    "# mounts: {SHIM_INSTALL_PATH} (read-only) and {} (the tenant's socket directory)",
+                    dir.display()
+                );
+            }
+            if !socket.exists() {
+                eprintln!(
+                    "gpumuxctl: note: {} does not exist yet; is the tenant file in place and gpumuxd running?",
+                    socket.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Check { path } => check(&args.config, path.as_deref()),
+    }
+}
+
+fn check(config: &Path, only: Option<&Path>) -> Result<(), Failure> {
+    let mut errors = Vec::new();
+    let mut checked = 0;
+    let mut check_tenant = |p: &Path, errors: &mut Vec<String>| {
+        checked += 1;
+        match TenantQuota::load(p) {
+            Ok(q) => println!(
+                "ok   {}: tenant {} memory_limit={} weight={}{}",
+                p.display(),
+                q.name,
+                format_size(q.memory_limit),
+                q.weight,
+                q.compute_limit_permille
+                    .map(|c| format!(" compute_limit={}%", c as f64 / 10.0))
+                    .unwrap_or_default()
+            ),
+            Err(e) => errors.push(e.to_string()),
+        }
+    };
+    match only {
+        Some(p) if p.is_dir() => {
+            for entry in std::fs::read_dir(p).map_err(usage)?.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "toml") {
+                    check_tenant(&entry.path(), &mut errors);
+                }
+            }
+        }
+        Some(p) if looks_like_daemon_config(p) => match DaemonConfig::load(p) {
+            Ok(_) => {
+                checked += 1;
+                println!("ok   {}: daemon config", p.display());
+            }
+            Err(e) => errors.push(e.to_string()),
+        },
+        Some(p) => check_tenant(p, &mut errors),
+        None => {
+            let cfg = match daemon_config(config) {
+                Ok(c) => {
+                    println!("ok   {}: daemon config", config.display());
+                    c
+                }
+                Err(f) => {
+                    errors.push(format!("{:#}", f.error));
+                    DaemonConfig::default()
+                }
+            };
+            match std::fs::read_dir(&cfg.tenants_dir) {
+                Ok(entries) => {
+                    for entry in entries.flatten() {
+                        let p = entry.path();
+                        if p.extension().is_some_and(|e| e == "toml")
+                            && !p
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                        {
+                            check_tenant(&p, &mut errors);
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!(
+                    "{}: cannot read tenants dir: {e}",
+                    cfg.tenants_dir.display()
+                )),
+            }
+        }
+    }
+    for e in &errors {
+        eprintln!("bad  {e}");
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(usage(anyhow!(
+            "{} of {} file(s) rejected",
+            errors.len(),
+            checked.max(errors.len())
+        )))
+    }
+}
+
+fn looks_like_daemon_config(p: &Path) -> bool {
+    p.file_name().is_some_and(|n| n == "gpumuxd.toml")
+}
+
+/// Asks the daemon for its status over the control socket.
+pub fn fetch_status(state_dir: &Path) -> Result<StatusReport> {
+    let path = control_socket(state_dir);
+    let mut stream = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "cannot reach gpumuxd at {} (is it running? `systemctl status gpumuxd`)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = serde_json::to_vec(&ControlRequest::Status)?;
+    req.push(b'\n');
+    stream.write_all(&req)?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .context("reading the daemon's answer")?;
+    let value: serde_json::Value =
+        serde_json::from_str(&line).context("the daemon's answer is not JSON")?;
+    if let Some(e) = value.get("error") {
+        return Err(anyhow!("daemon: {e}"));
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
+fn render_status(r: &StatusReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "gpumuxd {} (pid {}), up {:.0}s, quantum {} ms",
+        r.version, r.pid, r.uptime_s, r.quantum_ms
+    );
+    for d in &r.devices {
+        let _ = writeln!(
+            s,
+            "GPU {}  {}  {}  {}",
+            d.index,
+            d.name,
+            d.uuid,
+            format_size(d.total_bytes)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
+        "TENANT", "GPU", "WEIGHT", "PROCS", "MEM USED", "MEM LIMIT", "REFUSED", "SHARE", "CAP"
+    );
+    for t in &r.tenants {
+        for d in &t.devices {
+            let _ = writeln!(
+                s,
+                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
+                t.name,
+                d.index,
+                t.weight,
+                t.processes.len(),
+                format_size(d.memory_used),
+                format_size(d.memory_limit),
+                d.allocations_refused,
+                d.device_time_share
+                    .map(|x| format!("{:.1}%", x * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                t.compute_limit_percent
+                    .map(|c| format!("{c}%"))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+    if r.tenants.is_empty() {
+        let _ = writeln!(s, "(no tenants: add quota files to the tenants directory)");
+    }
+    for e in &r.config_errors {
+        let _ = writeln!(s, "config error: {e}");
+    }
+    s
+}

@@ -1,0 +1,61 @@
+//! gpumuxd: the gpumux node daemon.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use gpumux_common::config::{DEFAULT_CONFIG_PATH, DaemonConfig};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "gpumux node daemon: per-container GPU memory quotas and compute time-slicing"
+)]
+struct Args {
+    /// Daemon config file; a missing default file means all defaults.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let cfg = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gpumuxd: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GPUMUX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cfg) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<DaemonConfig> {
+    if !path.exists() && path.as_os_str() == DEFAULT_CONFIG_PATH {
+        return Ok(DaemonConfig::default());
+    }
+    Ok(DaemonConfig::load(path)?)
+}
+
+fn run(cfg: DaemonConfig) -> Result<()> {
+    let devices = gpumux_daemon::devices::discover().context("discovering GPUs")?;
+    if devices.is_empty() {
+        anyhow::bail!("NVML reports no GPUs on this node");
+    }
+    for d in &devices {
+        tracing::info!(index = d.index, uuid = %d.uuid, name = %d.name, total = d.total_bytes, "GPU");
+    }
+    let mut daemon = gpumux_daemon::server::Daemon::new(cfg, devices)?;
+    tracing::info!("ready");
+    daemon.run()
+}

@@ -1,0 +1,631 @@
+//! The daemon's event loop: tenant sockets (registration, process lifetimes), quota-file
+//! watching, the operator's control socket, signals. One thread, one epoll; the daemon sleeps
+//! when nothing happens.
+//!
+//! A process's registration lives exactly as long as its connection: when the process exits,
+//! is killed, or execs (the socket is close-on-exec), the kernel closes the connection, epoll
+//! reports it, and the daemon returns everything the process held to its tenant.
+
+use crate::devices::Device;
+use crate::segments::TenantSegments;
+use crate::status::{ControlRequest, DeviceStatus, StatusReport, TenantDeviceStatus, TenantStatus};
+use anyhow::{Context, Result};
+use gpumux_common::accounting;
+use gpumux_common::config::{ConfigError, DaemonConfig, TenantQuota};
+use gpumux_common::names::{control_socket, tenant_dir, tenant_of_quota_file, tenant_socket};
+use gpumux_common::protocol::{ClientMsg, MAX_MESSAGE, PROTOCOL_VERSION, ServerMsg};
+use gpumux_common::shm::MAX_PROCESSES;
+use gpumux_common::sock;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, listen, socket,
+};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// How long the daemon waits for a tenant's accounting lock before retrying later.
+const RECLAIM_LOCK_TIMEOUT: Duration = Duration::from_millis(100);
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+// epoll token kinds (high byte) — the low bits carry an id.
+const K_SIGNAL: u64 = 1 << 56;
+const K_CONTROL: u64 = 2 << 56;
+const K_LISTENER: u64 = 3 << 56;
+const K_CONN: u64 = 4 << 56;
+const K_INOTIFY: u64 = 5 << 56;
+const K_RETRY: u64 = 6 << 56;
+const KIND_MASK: u64 = 0xff << 56;
+
+/// A tenant the daemon serves.
+struct Tenant {
+    quota: TenantQuota,
+    segments: TenantSegments,
+    listener: OwnedFd,
+    listener_id: u64,
+    /// slot → pid of registered processes.
+    processes: BTreeMap<usize, u32>,
+}
+
+/// A process connected to a tenant socket.
+struct Conn {
+    fd: OwnedFd,
+    tenant: String,
+    slot: Option<usize>,
+    pid: u32,
+}
+
+/// The daemon.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    devices: Vec<Device>,
+    generation: u64,
+    started: Instant,
+    epoll: Epoll,
+    signals: SignalFd,
+    inotify: Inotify,
+    retry_timer: TimerFd,
+    control: UnixListener,
+    tenants: BTreeMap<String, Tenant>,
+    listeners: HashMap<u64, String>,
+    conns: HashMap<u64, Conn>,
+    next_id: u64,
+    /// Slots whose reclaim timed out on a held lock: retried by the timer.
+    pending_reclaims: Vec<(String, usize)>,
+    /// Rejected quota files, by path.
+    config_errors: BTreeMap<PathBuf, ConfigError>,
+}
+
+fn seqpacket_listener(path: &Path) -> Result<OwnedFd> {
+    let _ = std::fs::remove_file(path);
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .context("creating a tenant socket")?;
+    let addr = UnixAddr::new(path).with_context(|| format!("socket path {}", path.display()))?;
+    bind(fd.as_raw_fd(), &addr).with_context(|| format!("binding {}", path.display()))?;
+    // Containers may run as any uid: access is controlled by which directory is mounted.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN)).context("listen")?;
+    Ok(fd)
+}
+
+impl Daemon {
+    /// Sets up sockets and watches; serves no one until [`Daemon::run`].
+    pub fn new(cfg: DaemonConfig, devices: Vec<Device>) -> Result<Self> {
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        std::fs::create_dir_all(cfg.state_dir.join("tenants"))
+            .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block().context("blocking signals")?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, K_SIGNAL))?;
+
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+        std::fs::create_dir_all(&cfg.tenants_dir)
+            .with_context(|| format!("creating {}", cfg.tenants_dir.display()))?;
+        inotify
+            .add_watch(
+                &cfg.tenants_dir,
+                AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_CREATE,
+            )
+            .with_context(|| format!("watching {}", cfg.tenants_dir.display()))?;
+        epoll.add(
+            inotify.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, K_INOTIFY),
+        )?;
+
+        let retry_timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+        )?;
+        epoll.add(
+            retry_timer.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, K_RETRY),
+        )?;
+
+        let control_path = control_socket(&cfg.state_dir);
+        let _ = std::fs::remove_file(&control_path);
+        let control = UnixListener::bind(&control_path)
+            .with_context(|| format!("binding {}", control_path.display()))?;
+        std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
+        control.set_nonblocking(true)?;
+        epoll.add(&control, EpollEvent::new(EpollFlags::EPOLLIN, K_CONTROL))?;
+
+        let mut d = Daemon {
+            cfg,
+            devices,
+            generation,
+            started: Instant::now(),
+            epoll,
+            signals,
+            inotify,
+            retry_timer,
+            control,
+            tenants: BTreeMap::new(),
+            listeners: HashMap::new(),
+            conns: HashMap::new(),
+            next_id: 1,
+            pending_reclaims: Vec::new(),
+            config_errors: BTreeMap::new(),
+        };
+        d.reload_tenants();
+        Ok(d)
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Serves until SIGTERM/SIGINT.
+    pub fn run(&mut self) -> Result<()> {
+        let mut events = vec![EpollEvent::empty(); 256];
+        loop {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("epoll_wait"),
+            };
+            for ev in &events[..n] {
+                let token = ev.data();
+                let id = token & !KIND_MASK;
+                match token & KIND_MASK {
+                    K_SIGNAL => {
+                        if self.handle_signals()? {
+                            tracing::info!("shutting down");
+                            return Ok(());
+                        }
+                    }
+                    K_CONTROL => self.accept_control(),
+                    K_LISTENER => self.accept_tenant(id),
+                    K_CONN => self.handle_conn(id, ev.events()),
+                    K_INOTIFY => {
+                        let _ = self.inotify.read_events();
+                        self.reload_tenants();
+                    }
+                    K_RETRY => {
+                        let _ = self.retry_timer.wait();
+                        self.retry_reclaims();
+                    }
+                    _ => tracing::warn!(token, "unknown epoll token"),
+                }
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) -> Result<bool> {
+        while let Some(info) = self.signals.read_signal()? {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGHUP) => {
+                    tracing::info!("SIGHUP: rescanning tenants");
+                    self.reload_tenants();
+                }
+                Ok(_) => return Ok(true),
+                Err(_) => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Brings tenants in line with the quota files: adds, changes, removes. A malformed file
+    /// is reported and its tenant keeps the last good quota.
+    pub fn reload_tenants(&mut self) {
+        let mut seen: BTreeMap<String, TenantQuota> = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        let entries = match std::fs::read_dir(&self.cfg.tenants_dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(dir = %self.cfg.tenants_dir.display(), "cannot read tenants dir: {e}");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !name.ends_with(".toml") || name.starts_with('.') {
+                continue;
+            }
+            match TenantQuota::load(&path) {
+                Ok(q) => {
+                    seen.insert(q.name.clone(), q);
+                }
+                Err(e) => {
+                    if self.config_errors.get(&path) != Some(&e) {
+                        tracing::error!(
+                            "rejected quota file {e}; the tenant keeps its last good quota"
+                        );
+                    }
+                    // A rejected file of an existing tenant keeps that tenant as it is.
+                    if let Some(t) = tenant_of_quota_file(&path).and_then(|n| self.tenants.get(&n))
+                    {
+                        seen.insert(t.quota.name.clone(), t.quota.clone());
+                    }
+                    errors.insert(path, e);
+                }
+            }
+        }
+        self.config_errors = errors;
+
+        let gone: Vec<String> = self
+            .tenants
+            .keys()
+            .filter(|n| !seen.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove_tenant(&name);
+        }
+        for (name, quota) in seen {
+            match self.tenants.get_mut(&name) {
+                Some(t) if t.quota == quota => {}
+                Some(t) => {
+                    tracing::info!(tenant = %name, limit = quota.memory_limit, weight = quota.weight, "quota changed");
+                    t.segments.apply_quota(&self.devices, &quota);
+                    t.quota = quota;
+                }
+                None => {
+                    if let Err(e) = self.add_tenant(quota) {
+                        tracing::error!(tenant = %name, "cannot set up tenant: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_tenant(&mut self, quota: TenantQuota) -> Result<()> {
+        let name = quota.name.clone();
+        let dir = tenant_dir(&self.cfg.state_dir, &name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let segments = TenantSegments::create(&name, self.generation, &self.devices, &quota)?;
+        let listener = seqpacket_listener(&tenant_socket(&self.cfg.state_dir, &name))?;
+        let listener_id = self.id();
+        self.epoll.add(
+            &listener,
+            EpollEvent::new(EpollFlags::EPOLLIN, K_LISTENER | listener_id),
+        )?;
+        self.listeners.insert(listener_id, name.clone());
+        tracing::info!(tenant = %name, limit = quota.memory_limit, weight = quota.weight, "tenant added");
+        self.tenants.insert(
+            name,
+            Tenant {
+                quota,
+                segments,
+                listener,
+                listener_id,
+                processes: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a tenant whose quota file is gone: its socket disappears (no new processes);
+    /// running processes keep what they hold but may allocate nothing more.
+    fn remove_tenant(&mut self, name: &str) {
+        let Some(t) = self.tenants.get_mut(name) else {
+            return;
+        };
+        let _ = self.epoll.delete(&t.listener);
+        self.listeners.remove(&t.listener_id);
+        let _ = std::fs::remove_file(tenant_socket(&self.cfg.state_dir, name));
+        let mut closed = t.quota.clone();
+        closed.memory_limit = 0;
+        t.segments.apply_quota(&self.devices, &closed);
+        tracing::info!(tenant = %name, processes = t.processes.len(), "tenant removed");
+        if t.processes.is_empty() {
+            self.tenants.remove(name);
+        }
+    }
+
+    fn accept_tenant(&mut self, listener_id: u64) {
+        let Some(name) = self.listeners.get(&listener_id).cloned() else {
+            return;
+        };
+        let Some(t) = self.tenants.get(&name) else {
+            return;
+        };
+        loop {
+            match accept4(
+                &t.listener,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            ) {
+                Ok(fd) => {
+                    let id = self.next_id + 1;
+                    self.next_id = id;
+                    if let Err(e) = self.epoll.add(
+                        &fd,
+                        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, K_CONN | id),
+                    ) {
+                        tracing::warn!("cannot watch a connection: {e}");
+                        continue;
+                    }
+                    let pid = sock::peer_cred(fd.as_fd())
+                        .map(|c| c.pid as u32)
+                        .unwrap_or(0);
+                    self.conns.insert(
+                        id,
+                        Conn {
+                            fd,
+                            tenant: name.clone(),
+                            slot: None,
+                            pid,
+                        },
+                    );
+                }
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => {
+                    tracing::warn!(tenant = %name, "accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_conn(&mut self, id: u64, events: EpollFlags) {
+        let mut buf = [0u8; MAX_MESSAGE];
+        loop {
+            let Some(conn) = self.conns.get(&id) else {
+                return;
+            };
+            match sock::recv(conn.fd.as_fd(), &mut buf, libc::MSG_DONTWAIT) {
+                Ok((0, _)) => return self.close_conn(id),
+                Ok((n, _fds)) => match ClientMsg::decode(&buf[..n]) {
+                    Ok(msg) => self.handle_msg(id, msg),
+                    Err(e) => {
+                        tracing::warn!(
+                            pid = conn.pid,
+                            "bad message from a tenant process: {e}; disconnecting it"
+                        );
+                        return self.close_conn(id);
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return self.close_conn(id),
+            }
+        }
+        if events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            self.close_conn(id);
+        }
+    }
+
+    fn handle_msg(&mut self, id: u64, msg: ClientMsg) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match msg {
+            ClientMsg::Hello {
+                protocol,
+                pid: claimed,
+            } => {
+                if conn.slot.is_some() {
+                    return;
+                }
+                let reply_refused = |conn: &Conn, reason: String| {
+                    tracing::warn!(pid = conn.pid, tenant = %conn.tenant, "registration refused: {reason}");
+                    let _ = sock::send(
+                        conn.fd.as_fd(),
+                        &ServerMsg::Refused { reason }.encode(),
+                        &[],
+                    );
+                };
+                if protocol != PROTOCOL_VERSION {
+                    return reply_refused(
+                        conn,
+                        format!(
+                            "shim speaks protocol {protocol}, daemon {PROTOCOL_VERSION}: install matching versions"
+                        ),
+                    );
+                }
+                let Some(t) = self.tenants.get_mut(&conn.tenant) else {
+                    return reply_refused(conn, format!("tenant {} no longer exists", conn.tenant));
+                };
+                if t.quota.memory_limit == 0 {
+                    return reply_refused(conn, format!("tenant {} has been removed", conn.tenant));
+                }
+                let acct = &t.segments.accounting;
+                let Some(slot) = (0..MAX_PROCESSES).find(|&s| {
+                    acct.processes[s].pid.load(Relaxed) == 0 && !t.processes.contains_key(&s)
+                }) else {
+                    return reply_refused(
+                        conn,
+                        format!(
+                            "tenant {} has {MAX_PROCESSES} processes registered already",
+                            conn.tenant
+                        ),
+                    );
+                };
+                let pid = if conn.pid != 0 { conn.pid } else { claimed };
+                acct.processes[slot].pid.store(pid, Relaxed);
+                t.processes.insert(slot, pid);
+                conn.slot = Some(slot);
+                let welcome = ServerMsg::Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    slot: slot as u32,
+                    generation: self.generation,
+                };
+                let fds = [
+                    t.segments.control_fd.as_fd(),
+                    t.segments.accounting_fd.as_fd(),
+                ];
+                if let Err(e) = sock::send(conn.fd.as_fd(), &welcome.encode(), &fds) {
+                    tracing::warn!(pid, "cannot answer a registration: {e}");
+                    self.close_conn(id);
+                    return;
+                }
+                tracing::debug!(pid, tenant = %conn.tenant, slot, "process registered");
+            }
+            ClientMsg::Demand { .. } | ClientMsg::Drained { .. } => {
+                // Compute time-slicing messages: handled by the scheduler (not yet wired).
+            }
+        }
+    }
+
+    fn close_conn(&mut self, id: u64) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self.epoll.delete(&conn.fd);
+        if let Some(slot) = conn.slot {
+            self.reclaim(&conn.tenant, slot, conn.pid);
+        }
+    }
+
+    fn reclaim(&mut self, tenant: &str, slot: usize, pid: u32) {
+        let Some(t) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        match accounting::reclaim_slot(&t.segments.accounting, slot, RECLAIM_LOCK_TIMEOUT) {
+            Ok(returned) => {
+                t.processes.remove(&slot);
+                let total: u64 = returned.iter().sum();
+                tracing::debug!(
+                    pid,
+                    tenant,
+                    slot,
+                    returned = total,
+                    "process gone; memory returned"
+                );
+                if t.processes.is_empty() && !self.listeners.contains_key(&t.listener_id) {
+                    self.tenants.remove(tenant);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pid, tenant, "reclaim deferred: {e}");
+                self.pending_reclaims.push((tenant.to_string(), slot));
+                let _ = self.retry_timer.set(
+                    Expiration::OneShot(TimeSpec::from_duration(RETRY_INTERVAL)),
+                    TimerSetTimeFlags::empty(),
+                );
+            }
+        }
+    }
+
+    fn retry_reclaims(&mut self) {
+        for (tenant, slot) in std::mem::take(&mut self.pending_reclaims) {
+            let pid = self
+                .tenants
+                .get(&tenant)
+                .and_then(|t| t.processes.get(&slot).copied())
+                .unwrap_or(0);
+            self.reclaim(&tenant, slot, pid);
+        }
+    }
+
+    fn accept_control(&mut self) {
+        while let Ok((stream, _)) = self.control.accept() {
+            if let Err(e) = self.serve_control(stream) {
+                tracing::debug!("control request failed: {e:#}");
+            }
+        }
+    }
+
+    fn serve_control(&mut self, mut stream: UnixStream) -> Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+        stream.set_write_timeout(Some(Duration::from_millis(500)))?;
+        let mut line = Vec::new();
+        let mut buf = [0u8; 512];
+        while !line.contains(&b'\n') && line.len() < 4096 {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            line.extend_from_slice(&buf[..n]);
+        }
+        let reply = match serde_json::from_slice::<ControlRequest>(line.trim_ascii()) {
+            Ok(ControlRequest::Status) => serde_json::to_vec(&self.status())?,
+            Err(e) => {
+                serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?
+            }
+        };
+        stream.write_all(&reply)?;
+        stream.write_all(b"\n")?;
+        Ok(())
+    }
+
+    /// The report `gpumuxctl status` prints.
+    pub fn status(&self) -> StatusReport {
+        let tenants = self
+            .tenants
+            .values()
+            .map(|t| {
+                let c = &t.segments.control;
+                let a = &t.segments.accounting;
+                let devices = self
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| c.devices[*i].allowed.load(Relaxed) != 0)
+                    .map(|(i, d)| TenantDeviceStatus {
+                        index: d.index,
+                        memory_used: a.devices[i].used.load(Relaxed),
+                        memory_limit: c.devices[i].memory_limit.load(Relaxed),
+                        memory_peak: a.devices[i].peak.load(Relaxed),
+                        allocations_refused: a.devices[i].refused.load(Relaxed),
+                        launches: a.devices[i].launches.load(Relaxed),
+                        device_time_share: None,
+                        device_time_ns: 0,
+                        slice_wait_ns: a.devices[i].wait_ns.load(Relaxed),
+                    })
+                    .collect();
+                TenantStatus {
+                    name: t.quota.name.clone(),
+                    weight: t.quota.weight,
+                    compute_limit_percent: t.quota.compute_limit_permille.map(|p| p as f64 / 10.0),
+                    processes: t.processes.values().copied().collect(),
+                    socket: tenant_socket(&self.cfg.state_dir, &t.quota.name)
+                        .display()
+                        .to_string(),
+                    devices,
+                }
+            })
+            .collect();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            generation: self.generation,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            quantum_ms: self.cfg.quantum_ms,
+            devices: self
+                .devices
+                .iter()
+                .map(|d| DeviceStatus {
+                    index: d.index,
+                    uuid: d.uuid.clone(),
+                    name: d.name.clone(),
+                    total_bytes: d.total_bytes,
+                })
+                .collect(),
+            tenants,
+            config_errors: self.config_errors.values().map(|e| e.to_string()).collect(),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The status report `gpumuxctl status` shows, and the control-socket request that asks for it.
+//! Both sides (daemon and CLI) use these types, so the JSON is one schema.
+
+use serde::{Deserialize, Serialize};
+
+/// A request on the control socket (one JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+}
+
+/// The whole node as the daemon sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub version: String,
+    pub pid: u32,
+    pub generation: u64,
+    pub uptime_s: f64,
+    pub quantum_ms: u32,
+    pub devices: Vec<DeviceStatus>,
+    pub tenants: Vec<TenantStatus>,
+    /// Quota files currently rejected (`file:line: reason`); their tenants keep the last good quota.
+    pub config_errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceStatus {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub total_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TenantStatus {
+    pub name: String,
+    pub weight: u32,
+    /// Hard cap on device time, in percent.
+    pub compute_limit_percent: Option<f64>,
+    /// Registered processes (host pids).
+    pub processes: Vec<u32>,
+    pub socket: String,
+    pub devices: Vec<TenantDeviceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TenantDeviceStatus {
+    pub index: u32,
+    pub memory_used: u64,
+    pub memory_limit: u64,
+    pub memory_peak: u64,
+    pub allocations_refused: u64,
+    pub launches: u64,
+    /// Share of the device's time over the last interval (0..1), when time-sliced.
+    pub device_time_share: Option<f64>,
+    /// Total device time granted, ns.
+    pub device_time_ns: u64,
+    /// Total time threads waited for a slice, ns.
+    pub slice_wait_ns: u64,
+}

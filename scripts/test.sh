@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every gpumux test on a fresh machine: installs what the tests need, builds the
+# workspace (the fake GPU libraries, the shim, the daemon, the workloads), then runs the
+# format/lint gates and all unit and integration tests. No GPU needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+if ((${#need_apt[@]})); then
+    echo "==> installing ${need_apt[*]}"
+    if command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+    else
+        echo "please install: ${need_apt[*]}" >&2
+        exit 1
+    fi
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2
+    exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo build --workspace"
+cargo build --workspace --all-targets
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --no-fail-fast "$@"

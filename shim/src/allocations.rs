@@ -1,0 +1,110 @@
+//! What this process has charged, by driver handle: device pointers, VMM handles, arrays.
+//! A free looks up how many bytes on which device to give back. Reset in a forked child (the
+//! child owns none of its parent's allocations).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// What kind of driver handle a record is keyed by (the namespaces overlap numerically).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    DevicePtr,
+    MemHandle,
+    Array,
+    MipmappedArray,
+}
+
+/// One charged allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub device: usize,
+    pub bytes: u64,
+}
+
+struct Table {
+    generation: u32,
+    map: HashMap<(Kind, u64), Record>,
+}
+
+static TABLE: parking_lot::Mutex<Option<Table>> = parking_lot::const_mutex(None);
+/// Bumped in a forked child: a table from an older generation belongs to the parent.
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+fn with_table<R>(f: impl FnOnce(&mut HashMap<(Kind, u64), Record>) -> R) -> R {
+    let mut guard = TABLE.lock();
+    let generation = GENERATION.load(Ordering::Acquire);
+    let table = guard.get_or_insert_with(|| Table {
+        generation,
+        map: HashMap::new(),
+    });
+    if table.generation != generation {
+        table.map.clear();
+        table.generation = generation;
+    }
+    f(&mut table.map)
+}
+
+/// Remembers a charged allocation.
+pub fn insert(kind: Kind, key: u64, record: Record) {
+    with_table(|m| m.insert((kind, key), record));
+}
+
+/// Forgets an allocation, returning what it charged (None if this process never charged it).
+pub fn remove(kind: Kind, key: u64) -> Option<Record> {
+    with_table(|m| m.remove(&(kind, key)))
+}
+
+/// Fork support: hold the table across `fork` so the child never inherits it mid-update.
+pub fn lock_for_fork() {
+    std::mem::forget(TABLE.lock());
+}
+
+/// Fork support: release after `fork` (parent and child); in the child, also orphan the
+/// parent's records.
+pub fn unlock_after_fork(child: bool) {
+    if child {
+        GENERATION.fetch_add(1, Ordering::AcqRel);
+    }
+    // SAFETY: `lock_for_fork` locked the table on this thread and forgot the guard.
+    unsafe { TABLE.force_unlock() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_remove_and_fork_generation() {
+        insert(
+            Kind::DevicePtr,
+            7,
+            Record {
+                device: 0,
+                bytes: 100,
+            },
+        );
+        insert(
+            Kind::MemHandle,
+            7,
+            Record {
+                device: 1,
+                bytes: 5,
+            },
+        );
+        assert_eq!(
+            remove(Kind::DevicePtr, 7),
+            Some(Record {
+                device: 0,
+                bytes: 100
+            })
+        );
+        assert_eq!(remove(Kind::DevicePtr, 7), None);
+        lock_for_fork();
+        unlock_after_fork(true);
+        assert_eq!(
+            remove(Kind::MemHandle, 7),
+            None,
+            "a child forgets its parent's records"
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! `pthread_atfork` handlers: keep the shim's locks consistent across `fork`, and make a
+//! forked child a fresh, unregistered process.
+
+use std::sync::Once;
+
+extern "C" fn prepare() {
+    crate::allocations::lock_for_fork();
+}
+
+extern "C" fn parent() {
+    crate::allocations::unlock_after_fork(false);
+}
+
+extern "C" fn child() {
+    crate::allocations::unlock_after_fork(true);
+    crate::registration::forget_after_fork();
+}
+
+/// Installs the handlers once (at first registration, never at load time).
+pub fn install_handlers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registering three `extern "C" fn()` handlers that never unwind.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    });
+}

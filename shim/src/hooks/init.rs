@@ -1,0 +1,96 @@
+//! `cuInit`: registration with the daemon happens here (or on the first driver call that needs
+//! it), then the real init, then CUDA ordinals are matched to the daemon's devices by UUID.
+
+use super::real;
+use crate::cuda_types::*;
+use crate::ffi_guard::guard;
+use crate::registration::{Access, Registration, access};
+use std::ffi::c_uint;
+
+#[unsafe(no_mangle)]
+/// # Safety
+/// C ABI entry point; arguments as documented for `cuInit`.
+pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let real_init =
+            real!(cuInit: unsafe extern "C" fn(c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        match access() {
+            Access::Refused => CUDA_ERROR_OPERATING_SYSTEM,
+            // SAFETY: forwarding the caller's arguments to the real function.
+            Access::PassThrough => unsafe { real_init(flags) },
+            Access::Registered(reg) => {
+                // SAFETY: as above.
+                let rc = unsafe { real_init(flags) };
+                if rc == CUDA_SUCCESS {
+                    map_all_ordinals(reg);
+                }
+                rc
+            }
+        }
+    })
+}
+
+/// Matches every CUDA ordinal to the daemon's device table.
+fn map_all_ordinals(reg: &Registration) {
+    let count_fn = real!(cuDeviceGetCount: unsafe extern "C" fn(*mut i32) -> CUresult);
+    let mut count = 0;
+    // SAFETY: valid out-pointer.
+    if unsafe { count_fn(&mut count) } != CUDA_SUCCESS {
+        return;
+    }
+    for ordinal in 0..count.min(crate::registration::MAX_ORDINALS as i32) {
+        map_ordinal(reg, ordinal);
+    }
+}
+
+/// Matches one CUDA ordinal (by UUID) to the daemon's device table.
+pub fn map_ordinal(reg: &Registration, ordinal: i32) {
+    let get = real!(cuDeviceGet: unsafe extern "C" fn(*mut CUdevice, i32) -> CUresult);
+    let mut dev: CUdevice = 0;
+    // SAFETY: valid out-pointer.
+    if unsafe { get(&mut dev, ordinal) } != CUDA_SUCCESS {
+        return;
+    }
+    let mut uuid = [0u8; 16];
+    let rc = match crate::hooks::real_fns::cuDeviceGetUuid_v2
+        .get()
+        .or_else(|| crate::hooks::real_fns::cuDeviceGetUuid.get())
+    {
+        // SAFETY: both variants take (CUuuid* (16 bytes), CUdevice).
+        Some(f) => unsafe {
+            std::mem::transmute::<usize, unsafe extern "C" fn(*mut u8, CUdevice) -> CUresult>(f)(
+                uuid.as_mut_ptr(),
+                dev,
+            )
+        },
+        None => return,
+    };
+    if rc == CUDA_SUCCESS {
+        reg.map_ordinal(ordinal, &uuid);
+    }
+}
+
+/// The daemon's device index of the current context's device: `Err(rc)` when there is no
+/// usable context (the driver's own error), `Ok(None)` when the device is not one the tenant
+/// can use.
+pub fn current_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
+    let ctx_dev = real!(cuCtxGetDevice: unsafe extern "C" fn(*mut CUdevice) -> CUresult, Err(CUDA_ERROR_NOT_INITIALIZED));
+    let mut dev: CUdevice = 0;
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { ctx_dev(&mut dev) };
+    if rc != CUDA_SUCCESS {
+        return Err(rc);
+    }
+    Ok(device_of_ordinal(reg, dev))
+}
+
+/// The daemon's device index for a CUDA ordinal, looking it up on first use.
+pub fn device_of_ordinal(reg: &Registration, ordinal: CUdevice) -> Option<usize> {
+    match reg.device_index(ordinal) {
+        Some(d) => d,
+        None => {
+            map_ordinal(reg, ordinal);
+            reg.device_index(ordinal).flatten()
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Memory queries (CUDA and NVML) report the tenant's quota as the device size, so frameworks
+//! size their caches to the quota. NVML init registers the process like `cuInit` does.
+
+#![allow(non_snake_case)]
+
+use super::init::{current_device, device_of_ordinal};
+use super::real;
+use crate::cuda_types::*;
+use crate::ffi_guard::guard;
+use crate::quota_view::{HIDDEN, MemView, view};
+use crate::registration::{Access, Registration, access};
+use std::ffi::{c_char, c_uint};
+
+fn report(reg: &Registration, device: Option<usize>, total: u64, free: u64) -> MemView {
+    match device {
+        Some(d) => view(&reg.control, &reg.accounting, d, total, free),
+        None => HIDDEN,
+    }
+}
+
+/// # Safety
+/// C ABI entry point; arguments as documented for `cuMemGetInfo_v2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let f = real!(cuMemGetInfo_v2: unsafe extern "C" fn(*mut usize, *mut usize) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        // SAFETY: forwarding the caller's arguments.
+        let rc = unsafe { f(free, total) };
+        if rc != CUDA_SUCCESS || free.is_null() || total.is_null() {
+            return rc;
+        }
+        if let Access::Registered(reg) = access() {
+            let Ok(device) = current_device(reg) else {
+                return rc;
+            };
+            // SAFETY: the driver succeeded, so both pointers are valid and written.
+            unsafe {
+                let v = report(reg, device, *total as u64, *free as u64);
+                *free = v.free as usize;
+                *total = v.total as usize;
+            }
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// C ABI entry point; `cuMemGetInfo` (v1 ABI, 32-bit sizes).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let f = real!(cuMemGetInfo: unsafe extern "C" fn(*mut c_uint, *mut c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        // SAFETY: forwarding the caller's arguments.
+        let rc = unsafe { f(free, total) };
+        if rc != CUDA_SUCCESS || free.is_null() || total.is_null() {
+            return rc;
+        }
+        if let Access::Registered(reg) = access() {
+            let Ok(device) = current_device(reg) else {
+                return rc;
+            };
+            // SAFETY: the driver succeeded, so both pointers are valid and written.
+            unsafe {
+                let v = report(reg, device, *total as u64, *free as u64);
+                *free = v.free.min(u32::MAX as u64) as c_uint;
+                *total = v.total.min(u32::MAX as u64) as c_uint;
+            }
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// C ABI entry point; arguments as documented for `cuDeviceTotalMem_v2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let f = real!(cuDeviceTotalMem_v2: unsafe extern "C" fn(*mut usize, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        // SAFETY: forwarding the caller's arguments.
+        let rc = unsafe { f(bytes, dev) };
+        if rc != CUDA_SUCCESS || bytes.is_null() {
+            return rc;
+        }
+        if let Access::Registered(reg) = access() {
+            // SAFETY: the driver succeeded, so the pointer is valid and written.
+            unsafe {
+                let v = report(
+                    reg,
+                    device_of_ordinal(reg, dev),
+                    *bytes as u64,
+                    *bytes as u64,
+                );
+                *bytes = v.total as usize;
+            }
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// C ABI entry point; `cuDeviceTotalMem` (v1 ABI).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CUdevice) -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let f = real!(cuDeviceTotalMem: unsafe extern "C" fn(*mut c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        // SAFETY: forwarding the caller's arguments.
+        let rc = unsafe { f(bytes, dev) };
+        if rc != CUDA_SUCCESS || bytes.is_null() {
+            return rc;
+        }
+        if let Access::Registered(reg) = access() {
+            // SAFETY: the driver succeeded, so the pointer is valid and written.
+            unsafe {
+                let v = report(
+                    reg,
+                    device_of_ordinal(reg, dev),
+                    *bytes as u64,
+                    *bytes as u64,
+                );
+                *bytes = v.total.min(u32::MAX as u64) as c_uint;
+            }
+        }
+        rc
+    })
+}
+
+// ---- NVML ----------------------------------------------------------------------------------
+
+fn nvml_gate() -> Option<nvmlReturn_t> {
+    match access() {
+        Access::Refused => Some(NVML_ERROR_DRIVER_NOT_LOADED),
+        _ => None,
+    }
+}
+
+/// # Safety
+/// C ABI entry point; `nvmlInit_v2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
+    guard(NVML_ERROR_UNKNOWN, || {
+        let f = real!(nvmlInit_v2: unsafe extern "C" fn() -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
+        if let Some(e) = nvml_gate() {
+            return e;
+        }
+        // SAFETY: no arguments.
+        unsafe { f() }
+    })
+}
+
+/// # Safety
+/// C ABI entry point; `nvmlInit` (v1).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlInit() -> nvmlReturn_t {
+    guard(NVML_ERROR_UNKNOWN, || {
+        let f =
+            real!(nvmlInit: unsafe extern "C" fn() -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
+        if let Some(e) = nvml_gate() {
+            return e;
+        }
+        // SAFETY: no arguments.
+        unsafe { f() }
+    })
+}
+
+/// # Safety
+/// C ABI entry point; `nvmlInitWithFlags`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlInitWithFlags(flags: c_uint) -> nvmlReturn_t {
+    guard(NVML_ERROR_UNKNOWN, || {
+        let f = real!(nvmlInitWithFlags: unsafe extern "C" fn(c_uint) -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
+        if let Some(e) = nvml_gate() {
+            return e;
+        }
+        // SAFETY: forwarding the caller's argument.
+        unsafe { f(flags) }
+    })
+}
+
+/// The tenant's device index for an NVML handle (by UUID).
+fn nvml_device(reg: &Registration, device: nvmlDevice_t) -> Option<usize> {
+    let f = real!(nvmlDeviceGetUUID: unsafe extern "C" fn(nvmlDevice_t, *mut c_char, c_uint) -> nvmlReturn_t, None);
+    let mut buf = [0 as c_char; 96];
+    // SAFETY: valid buffer of the stated length.
+    if unsafe { f(device, buf.as_mut_ptr(), buf.len() as c_uint) } != NVML_SUCCESS {
+        return None;
+    }
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    let uuid = gpumux_common::shm::parse_gpu_uuid(std::str::from_utf8(&bytes).ok()?)?;
+    reg.device_by_uuid(&uuid)
+}
+
+/// # Safety
+/// C ABI entry point; arguments as documented for `nvmlDeviceGetMemoryInfo`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
+    device: nvmlDevice_t,
+    memory: *mut NvmlMemory,
+) -> nvmlReturn_t {
+    guard(NVML_ERROR_UNKNOWN, || {
+        let f = real!(nvmlDeviceGetMemoryInfo: unsafe extern "C" fn(nvmlDevice_t, *mut NvmlMemory) -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
+        // SAFETY: forwarding the caller's arguments.
+        let rc = unsafe { f(device, memory) };
+        if rc != NVML_SUCCESS || memory.is_null() {
+            return rc;
+        }
+        if let Access::Registered(reg) = access() {
+            // SAFETY: NVML succeeded, so `memory` is valid and written.
+            let m = unsafe { &mut *memory };
+            let v = report(reg, nvml_device(reg, device), m.total, m.free);
+            (m.total, m.free, m.used) = (v.total, v.free, v.used);
+        }
+        rc
+    })
+}
+
+/// # Safety
+/// C ABI entry point; arguments as documented for `nvmlDeviceGetMemoryInfo_v2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    device: nvmlDevice_t,
+    memory: *mut NvmlMemoryV2,
+) -> nvmlReturn_t {
+    guard(NVML_ERROR_UNKNOWN, || {
+        let f = real!(nvmlDeviceGetMemoryInfo_v2: unsafe extern "C" fn(nvmlDevice_t, *mut NvmlMemoryV2) -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
+        // SAFETY: forwarding the caller's arguments.
+        let rc = unsafe { f(device, memory) };
+        if rc != NVML_SUCCESS || memory.is_null() {
+            return rc;
+        }
+        if let Access::Registered(reg) = access() {
+            // SAFETY: NVML succeeded, so `memory` is valid and written.
+            let m = unsafe { &mut *memory };
+            let v = report(reg, nvml_device(reg, device), m.total, m.free);
+            (m.total, m.free, m.used, m.reserved) = (v.total, v.free, v.used, 0);
+        }
+        rc
+    })
+}

@@ -1,0 +1,26 @@
+//! libgpumux.so: the LD_PRELOAD shim that holds a process to its container's GPU quota.
+//!
+//! - [`hooks`]: the exported driver/NVML entry points (`dlsym`, `cuGetProcAddress`, memory,
+//!   memory queries, launches) and the real functions behind them.
+//! - [`real`]: finding real functions without ever mistaking the shim's own for them.
+//! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
+//! - [`allocations`]: what this process has charged, by handle.
+//! - [`quota_view`]: memory figures as the process is told them.
+//! - [`gate`]: the compute-slice launch gate.
+//! - [`fork`], [`ffi_guard`], [`diag`]: fork safety, no panics across FFI, stderr messages.
+//! - [`cuda_types`]: the ABI pieces (no CUDA headers needed).
+//!
+//! Nothing runs at load time: no constructor, no thread. Everything starts on the first
+//! driver call (normally `cuInit`).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod allocations;
+pub mod cuda_types;
+pub mod diag;
+pub mod ffi_guard;
+pub mod fork;
+pub mod gate;
+pub mod hooks;
+pub mod quota_view;
+pub mod real;
+pub mod registration;

@@ -1,0 +1,259 @@
+//! This process's registration with gpumuxd: the tenant socket connection (kept open for the
+//! process's life: its closing is how the daemon learns the process is gone), the two mapped
+//! segments, and the process's accounting slot.
+//!
+//! Modes: no `GPUMUX_SOCKET` → pass-through; registered → quotas apply; refused (daemon
+//! unreachable or refusing) → GPU use is refused with a message, never unlimited.
+//! After `fork`, the child drops the parent's registration (it is another process for the
+//! daemon and for the driver) and registers again on its next driver call.
+
+use gpumux_common::protocol::{ClientMsg, MAX_MESSAGE, PROTOCOL_VERSION, ServerMsg};
+use gpumux_common::shm::{AccountingSegment, ControlSegment, MAX_DEVICES, SegmentView};
+use gpumux_common::{ENV_SOCKET, sock};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI8, AtomicPtr, AtomicU8, Ordering};
+
+/// Most CUDA device ordinals mapped.
+pub const MAX_ORDINALS: usize = 64;
+
+/// `ordinals` entry not yet matched against the daemon's devices.
+const NOT_LOOKED_UP: i8 = -2;
+
+const UNINIT: u8 = 0;
+const PASS_THROUGH: u8 = 1;
+const REGISTERED: u8 = 2;
+const REFUSED: u8 = 3;
+
+static MODE: AtomicU8 = AtomicU8::new(UNINIT);
+static REG: AtomicPtr<Registration> = AtomicPtr::new(std::ptr::null_mut());
+static INIT_LOCK: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+
+/// A live registration.
+pub struct Registration {
+    socket: OwnedFd,
+    pub control: SegmentView<ControlSegment>,
+    pub accounting: SegmentView<AccountingSegment>,
+    pub slot: usize,
+    /// CUDA device ordinal → index in the segments' device table (-1: not a device the
+    /// daemon knows, treated as not allowed; -2: not looked up yet).
+    ordinals: [AtomicI8; MAX_ORDINALS],
+}
+
+/// What the shim may do for this process.
+#[derive(Clone, Copy)]
+pub enum Access {
+    /// Not in a gpumux container: call through untouched.
+    PassThrough,
+    /// Quotas apply.
+    Registered(&'static Registration),
+    /// The daemon could not be reached: GPU use is refused.
+    Refused,
+}
+
+impl Registration {
+    /// Segment device index of a CUDA ordinal: `Some(None)` when the ordinal is not a device
+    /// the daemon knows, `None` when it has not been looked up yet.
+    #[inline]
+    pub fn device_index(&self, ordinal: i32) -> Option<Option<usize>> {
+        let i = self
+            .ordinals
+            .get(usize::try_from(ordinal).ok()?)?
+            .load(Ordering::Relaxed);
+        match i {
+            NOT_LOOKED_UP => None,
+            i if (0..MAX_DEVICES as i8).contains(&i) => Some(Some(i as usize)),
+            _ => Some(None),
+        }
+    }
+
+    /// Records which segment device a CUDA ordinal is (matched by GPU UUID).
+    pub fn map_ordinal(&self, ordinal: i32, uuid: &[u8; 16]) {
+        let words = gpumux_common::shm::uuid_words(uuid);
+        let count = (self.control.device_count.load(Ordering::Acquire) as usize).min(MAX_DEVICES);
+        let found = (0..count).find(|&i| {
+            let d = &self.control.devices[i];
+            d.uuid[0].load(Ordering::Relaxed) == words[0]
+                && d.uuid[1].load(Ordering::Relaxed) == words[1]
+        });
+        if let Some(slot) = usize::try_from(ordinal)
+            .ok()
+            .and_then(|o| self.ordinals.get(o))
+        {
+            slot.store(found.map_or(-1, |i| i as i8), Ordering::Relaxed);
+        }
+    }
+
+    /// Segment device index for an NVML/CUDA UUID.
+    pub fn device_by_uuid(&self, uuid: &[u8; 16]) -> Option<usize> {
+        let words = gpumux_common::shm::uuid_words(uuid);
+        let count = (self.control.device_count.load(Ordering::Acquire) as usize).min(MAX_DEVICES);
+        (0..count).find(|&i| {
+            let d = &self.control.devices[i];
+            d.uuid[0].load(Ordering::Relaxed) == words[0]
+                && d.uuid[1].load(Ordering::Relaxed) == words[1]
+        })
+    }
+
+    pub fn socket_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// The current access mode, registering first if this process has not tried yet.
+#[inline]
+pub fn access() -> Access {
+    match MODE.load(Ordering::Acquire) {
+        REGISTERED => {
+            // SAFETY: REG is set (to a leaked, never-freed Registration) before MODE becomes
+            // REGISTERED, with release ordering.
+            Access::Registered(unsafe { &*REG.load(Ordering::Acquire) })
+        }
+        PASS_THROUGH => Access::PassThrough,
+        REFUSED => Access::Refused,
+        _ => register(),
+    }
+}
+
+#[cold]
+fn register() -> Access {
+    let _guard = INIT_LOCK.lock();
+    match MODE.load(Ordering::Acquire) {
+        UNINIT => {}
+        _ => {
+            drop(_guard);
+            return access();
+        }
+    }
+    let Some(path) = std::env::var_os(ENV_SOCKET)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+    else {
+        MODE.store(PASS_THROUGH, Ordering::Release);
+        return Access::PassThrough;
+    };
+    crate::fork::install_handlers();
+    match connect(&path) {
+        Ok(reg) => {
+            let reg: &'static Registration = Box::leak(Box::new(reg));
+            REG.store(
+                reg as *const Registration as *mut Registration,
+                Ordering::Release,
+            );
+            MODE.store(REGISTERED, Ordering::Release);
+            Access::Registered(reg)
+        }
+        Err(reason) => {
+            crate::diag::stderr(
+                format!(
+                    "gpumux: cannot register with the gpumux daemon at {} ({reason}); GPU access is refused for this process. \
+                     Check that gpumuxd is running (`systemctl status gpumuxd`, `gpumuxctl status`) and that the tenant's directory is mounted.\n",
+                    path.display()
+                )
+                .as_bytes(),
+            );
+            MODE.store(REFUSED, Ordering::Release);
+            Access::Refused
+        }
+    }
+}
+
+fn connect(path: &std::path::Path) -> Result<Registration, String> {
+    let fd = sock::connect(path).map_err(|e| format!("connect: {e}"))?;
+    let timeout = libc::timeval {
+        tv_sec: 10,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid timeval of the stated size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    let hello = ClientMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+    };
+    sock::send(fd.as_fd(), &hello.encode(), &[]).map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; MAX_MESSAGE];
+    let (n, mut fds) =
+        sock::recv(fd.as_fd(), &mut buf, 0).map_err(|e| format!("no answer: {e}"))?;
+    if n == 0 {
+        return Err("the daemon closed the connection".into());
+    }
+    match ServerMsg::decode(&buf[..n]).map_err(|e| format!("bad answer: {e}"))? {
+        ServerMsg::Welcome { protocol, slot, .. } => {
+            if protocol != PROTOCOL_VERSION {
+                return Err(format!(
+                    "daemon speaks protocol {protocol}, shim {PROTOCOL_VERSION}"
+                ));
+            }
+            if fds.len() != 2 {
+                return Err("the daemon sent no segments".into());
+            }
+            let accounting_fd = fds.pop().expect("two fds");
+            let control_fd = fds.pop().expect("two fds");
+            let control = SegmentView::<ControlSegment>::open(control_fd.as_fd(), false)
+                .map_err(|e| format!("control segment: {e}"))?;
+            let accounting = SegmentView::<AccountingSegment>::open(accounting_fd.as_fd(), true)
+                .map_err(|e| format!("accounting segment: {e}"))?;
+            Ok(Registration {
+                socket: fd,
+                control,
+                accounting,
+                slot: slot as usize,
+                ordinals: [const { AtomicI8::new(NOT_LOOKED_UP) }; MAX_ORDINALS],
+            })
+        }
+        ServerMsg::Refused { reason } => Err(format!("refused: {reason}")),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// The registration, if this process has one (never registers).
+#[inline]
+pub fn current() -> Option<&'static Registration> {
+    if MODE.load(Ordering::Acquire) == REGISTERED {
+        // SAFETY: see `access`.
+        Some(unsafe { &*REG.load(Ordering::Acquire) })
+    } else {
+        None
+    }
+}
+
+/// In a forked child: forget the parent's registration without touching its resources beyond
+/// closing our copy of its socket (so the daemon sees the parent's lifetime, not ours).
+/// Async-signal-safe: atomics and close(2) only.
+pub fn forget_after_fork() {
+    let p = REG.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    if !p.is_null() {
+        // SAFETY: `p` is the leaked registration; we only read its fd and close our copy. The
+        // struct itself is deliberately leaked (its OwnedFd must not be closed twice).
+        unsafe { libc::close((*p).socket_fd()) };
+    }
+    if MODE.load(Ordering::Acquire) != PASS_THROUGH {
+        MODE.store(UNINIT, Ordering::Release);
+    }
+    // SAFETY: the child runs only the forking thread; nobody else can hold INIT_LOCK's
+    // state in a way that matters, but a parent thread might have held it at fork time.
+    unsafe { INIT_LOCK.force_unlock_if_locked() };
+}
+
+trait ForceUnlock {
+    /// # Safety
+    /// Only in a forked child, where the holder no longer exists.
+    unsafe fn force_unlock_if_locked(&self);
+}
+
+impl ForceUnlock for parking_lot::Mutex<()> {
+    unsafe fn force_unlock_if_locked(&self) {
+        if self.is_locked() {
+            // SAFETY: per the trait contract, the holder thread does not exist in this process.
+            unsafe { self.force_unlock() };
+        }
+    }
+}

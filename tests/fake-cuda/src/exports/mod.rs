@@ -1,0 +1,17 @@
+//! The exported CUDA driver API entry points, grouped by area.
+
+pub mod copy;
+pub mod ctx;
+pub mod device;
+pub mod launch;
+pub mod mem;
+pub mod streams;
+pub mod unsupported;
+
+pub use copy::*;
+pub use ctx::*;
+pub use device::*;
+pub use launch::*;
+pub use mem::*;
+pub use streams::*;
+pub use unsupported::*;

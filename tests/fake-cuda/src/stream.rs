@@ -1,0 +1,519 @@
+//! Streams and events. Each stream has a worker thread that executes its operations in order;
+//! kernels take the shared device lock and occupy the device for their duration. Legacy NULL-stream
+//! semantics are implemented by dependencies computed at submission: work on the NULL stream waits
+//! for all prior work of the context's blocking streams, and work on a blocking stream waits for
+//! prior NULL-stream work (`CU_STREAM_NON_BLOCKING` streams are exempt). The per-thread default
+//! stream is a blocking stream per (thread, context).
+
+use crate::context::{self, Context};
+use crate::driver::{Process, process};
+use crate::types::{Handle, Res, err, hval};
+use parking_lot::{Condvar, Mutex};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// `CU_STREAM_NON_BLOCKING`.
+pub const STREAM_NON_BLOCKING: u32 = 1;
+/// `CU_STREAM_LEGACY` handle.
+pub const HANDLE_LEGACY: u64 = 1;
+/// `CU_STREAM_PER_THREAD` handle.
+pub const HANDLE_PER_THREAD: u64 = 2;
+
+/// What kind of stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// The legacy NULL stream.
+    Legacy,
+    /// A per-thread default stream.
+    PerThread,
+    /// A stream created by `cuStreamCreate*`.
+    User,
+}
+
+/// A host function (`CUhostFn`).
+pub type HostFn = unsafe extern "C" fn(*mut c_void);
+/// A stream callback (`CUstreamCallback`).
+pub type StreamCallback = unsafe extern "C" fn(Handle, u32, *mut c_void);
+
+/// A stream operation.
+pub enum Op {
+    /// A kernel occupying the device for `ns`.
+    Kernel {
+        /// Duration.
+        ns: u64,
+    },
+    /// Copy `n` bytes (either side may be device or host memory; device ranges are re-validated).
+    Copy {
+        /// Destination address.
+        dst: u64,
+        /// Source address.
+        src: u64,
+        /// Bytes.
+        n: usize,
+    },
+    /// Copy staged host data (pageable source copied at submission) to device memory.
+    Staged {
+        /// Destination.
+        dst: u64,
+        /// Data.
+        data: Vec<u8>,
+    },
+    /// Fill `count` elements of `elem` bytes with `value`.
+    Memset {
+        /// Destination.
+        dst: u64,
+        /// Value (low `elem` bytes used).
+        value: u32,
+        /// Element size: 1, 2 or 4.
+        elem: usize,
+        /// Elements.
+        count: usize,
+    },
+    /// Run a host function.
+    Host {
+        /// Function.
+        f: HostFn,
+        /// User data.
+        data: usize,
+    },
+    /// Run a stream callback (`cuStreamAddCallback`).
+    Callback {
+        /// Function.
+        f: StreamCallback,
+        /// Stream handle passed back.
+        stream: u64,
+        /// User data.
+        data: usize,
+    },
+    /// Record an event (timestamp when reached).
+    Record {
+        /// Event.
+        event: Arc<Event>,
+        /// Record generation.
+        generation: u64,
+    },
+    /// Wait until `stream` completed op `seq`.
+    Wait {
+        /// Stream.
+        stream: Arc<Stream>,
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Stream-ordered free.
+    Free {
+        /// Device pointer.
+        ptr: u64,
+    },
+    /// Nothing (a synchronisation point).
+    Nop,
+}
+
+struct Queue {
+    ops: VecDeque<(u64, Op)>,
+    enqueued: u64,
+    completed: u64,
+    shutdown: bool,
+}
+
+/// A stream.
+pub struct Stream {
+    /// Handle value (0 for legacy, an id for others).
+    pub handle: u64,
+    /// Owning context.
+    pub ctx: u64,
+    /// Device.
+    pub device: u32,
+    /// Kind.
+    pub kind: StreamKind,
+    /// `CUstream_flags`.
+    pub flags: u32,
+    /// Priority.
+    pub priority: i32,
+    q: Mutex<Queue>,
+    cv: Condvar,
+}
+
+impl Stream {
+    /// Creates a stream and starts its worker.
+    pub fn spawn(
+        handle: u64,
+        ctx: u64,
+        device: u32,
+        kind: StreamKind,
+        flags: u32,
+        priority: i32,
+    ) -> Arc<Stream> {
+        let s = Arc::new(Stream {
+            handle,
+            ctx,
+            device,
+            kind,
+            flags,
+            priority,
+            q: Mutex::new(Queue {
+                ops: VecDeque::new(),
+                enqueued: 0,
+                completed: 0,
+                shutdown: false,
+            }),
+            cv: Condvar::new(),
+        });
+        let w = s.clone();
+        std::thread::Builder::new()
+            .name("fakecuda-stream".into())
+            .spawn(move || w.worker())
+            .expect("spawn stream worker");
+        s
+    }
+
+    /// Whether the stream synchronises with the legacy NULL stream.
+    pub fn is_blocking(&self) -> bool {
+        self.kind != StreamKind::Legacy && self.flags & STREAM_NON_BLOCKING == 0
+    }
+
+    fn worker(self: Arc<Self>) {
+        loop {
+            let (seq, op) = {
+                let mut q = self.q.lock();
+                loop {
+                    if let Some(front) = q.ops.pop_front() {
+                        break front;
+                    }
+                    if q.shutdown {
+                        return;
+                    }
+                    self.cv.wait(&mut q);
+                }
+            };
+            let result = match process() {
+                Ok(p) => execute(p, &self, op),
+                Err(_) => return,
+            };
+            if let Err(e) = result
+                && let Ok(p) = process()
+                && let Ok(c) = context::lookup(p, self.ctx)
+            {
+                let _ = c
+                    .sticky
+                    .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            let mut q = self.q.lock();
+            q.completed = seq;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Appends operations; returns the sequence number of the last one.
+    fn push(&self, ops: Vec<Op>) -> u64 {
+        let mut q = self.q.lock();
+        for op in ops {
+            q.enqueued += 1;
+            let seq = q.enqueued;
+            q.ops.push_back((seq, op));
+        }
+        self.cv.notify_all();
+        q.enqueued
+    }
+
+    /// The sequence number of the last submitted op if it has not completed yet.
+    pub fn pending_tail(&self) -> Option<u64> {
+        let q = self.q.lock();
+        (q.enqueued > q.completed).then_some(q.enqueued)
+    }
+
+    /// Whether op `seq` has completed.
+    pub fn is_done(&self, seq: u64) -> bool {
+        self.q.lock().completed >= seq
+    }
+
+    /// Waits until op `seq` has completed.
+    pub fn wait_for(&self, seq: u64) {
+        let mut q = self.q.lock();
+        while q.completed < seq {
+            self.cv.wait(&mut q);
+        }
+    }
+
+    /// Waits for everything submitted so far.
+    pub fn wait_all(&self) {
+        let target = self.q.lock().enqueued;
+        self.wait_for(target);
+    }
+
+    /// Whether all submitted work has completed.
+    pub fn idle(&self) -> bool {
+        let q = self.q.lock();
+        q.completed >= q.enqueued
+    }
+
+    /// Lets the worker exit once the queue is drained.
+    pub fn shutdown(&self) {
+        let mut q = self.q.lock();
+        q.shutdown = true;
+        self.cv.notify_all();
+    }
+}
+
+fn execute(p: &Process, s: &Stream, op: Op) -> Res<()> {
+    match op {
+        Op::Kernel { ns } => {
+            p.gpu
+                .run_kernel(s.device, ns)
+                .map_err(|_| err::LAUNCH_FAILED)?;
+        }
+        Op::Copy { dst, src, n } => p.mem.copy(dst, src, n)?,
+        Op::Staged { dst, data } => p.mem.copy(dst, data.as_ptr() as u64, data.len())?,
+        Op::Memset {
+            dst,
+            value,
+            elem,
+            count,
+        } => p.mem.memset(dst, value, elem, count)?,
+        // SAFETY: the application passed this host function and its data for this purpose.
+        Op::Host { f, data } => unsafe { f(data as *mut c_void) },
+        // SAFETY: the application passed this callback and its data for this purpose.
+        Op::Callback { f, stream, data } => unsafe {
+            f(crate::types::hptr(stream), 0, data as *mut c_void)
+        },
+        Op::Record { event, generation } => event.complete(generation),
+        Op::Wait { stream, seq } => stream.wait_for(seq),
+        Op::Free { ptr } => p.mem.free_now(p, ptr)?,
+        Op::Nop => {}
+    }
+    Ok(())
+}
+
+/// Submits `op` to `s` in context `ctx` with legacy-stream dependencies; returns its sequence.
+pub fn submit(ctx: &Context, s: &Arc<Stream>, op: Op) -> u64 {
+    let _g = ctx.submit.lock();
+    let mut ops = Vec::new();
+    if s.kind == StreamKind::Legacy {
+        for o in ctx.streams.lock().iter() {
+            if o.is_blocking()
+                && let Some(seq) = o.pending_tail()
+            {
+                ops.push(Op::Wait {
+                    stream: o.clone(),
+                    seq,
+                });
+            }
+        }
+    } else if s.is_blocking()
+        && let Some(l) = ctx.legacy.get()
+        && let Some(seq) = l.pending_tail()
+    {
+        ops.push(Op::Wait {
+            stream: l.clone(),
+            seq,
+        });
+    }
+    ops.push(op);
+    s.push(ops)
+}
+
+/// Submits `op` and waits for it (synchronous API calls).
+pub fn submit_sync(ctx: &Context, s: &Arc<Stream>, op: Op) -> Res<()> {
+    let seq = submit(ctx, s, op);
+    s.wait_for(seq);
+    match ctx.sticky.load(Ordering::Acquire) {
+        0 => Ok(()),
+        e => Err(e),
+    }
+}
+
+thread_local! {
+    static PER_THREAD: RefCell<PerThread> = RefCell::new(PerThread::default());
+}
+
+#[derive(Default)]
+struct PerThread {
+    generation: u64,
+    streams: HashMap<u64, Arc<Stream>>,
+}
+
+impl Drop for PerThread {
+    fn drop(&mut self) {
+        for s in self.streams.values() {
+            s.shutdown();
+        }
+    }
+}
+
+/// The calling thread's per-thread default stream in `ctx`.
+pub fn per_thread(p: &Process, ctx: &Context) -> Arc<Stream> {
+    PER_THREAD.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.generation != p.generation {
+            t.generation = p.generation;
+            t.streams.clear();
+        }
+        t.streams
+            .entry(ctx.handle)
+            .or_insert_with(|| {
+                let s = Stream::spawn(
+                    HANDLE_PER_THREAD,
+                    ctx.handle,
+                    ctx.device,
+                    StreamKind::PerThread,
+                    0,
+                    0,
+                );
+                ctx.streams.lock().push(s.clone());
+                s
+            })
+            .clone()
+    })
+}
+
+/// Forgets the calling thread's per-thread stream of a destroyed context.
+pub fn forget_per_thread(ctx: u64) {
+    let _ = PER_THREAD.try_with(|t| {
+        if let Ok(mut t) = t.try_borrow_mut() {
+            t.streams.remove(&ctx);
+        }
+    });
+}
+
+/// Resolves a `CUstream` argument: NULL is the legacy stream (or the per-thread stream for
+/// `_ptsz`/`_ptds` entry points), `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` are the special
+/// handles, anything else must be a live stream.
+pub fn resolve(p: &Process, h: Handle, ptds: bool) -> Res<(Arc<Context>, Arc<Stream>)> {
+    match hval(h) {
+        0 | HANDLE_LEGACY | HANDLE_PER_THREAD => {
+            let ctx = context::current(p)?;
+            let per_thread_stream = hval(h) == HANDLE_PER_THREAD || (hval(h) == 0 && ptds);
+            let s = if per_thread_stream {
+                per_thread(p, &ctx)
+            } else {
+                ctx.legacy_stream()
+            };
+            Ok((ctx, s))
+        }
+        v => {
+            let s = p
+                .streams
+                .lock()
+                .get(&v)
+                .cloned()
+                .ok_or(err::INVALID_HANDLE)?;
+            let ctx = context::lookup(p, s.ctx).map_err(|_| err::INVALID_HANDLE)?;
+            Ok((ctx, s))
+        }
+    }
+}
+
+/// `CU_EVENT_DISABLE_TIMING`.
+pub const EVENT_DISABLE_TIMING: u32 = 2;
+
+/// An event.
+pub struct Event {
+    /// Handle.
+    pub handle: u64,
+    /// Context.
+    pub ctx: u64,
+    /// `CUevent_flags`.
+    pub flags: u32,
+    st: Mutex<EventState>,
+}
+
+#[derive(Default)]
+struct EventState {
+    generation: u64,
+    recorded: Option<(Arc<Stream>, u64)>,
+    time_ns: Option<u64>,
+}
+
+/// Event status.
+pub enum EventStatus {
+    /// Never recorded.
+    NotRecorded,
+    /// Recorded, not reached yet.
+    Pending(Arc<Stream>, u64),
+    /// Reached at this CLOCK_MONOTONIC time.
+    Done(u64),
+}
+
+impl Event {
+    /// A new, unrecorded event.
+    pub fn new(handle: u64, ctx: u64, flags: u32) -> Self {
+        Self {
+            handle,
+            ctx,
+            flags,
+            st: Mutex::new(EventState::default()),
+        }
+    }
+
+    /// Records the event on `s` (replacing a previous record).
+    pub fn record(self: &Arc<Self>, ctx: &Context, s: &Arc<Stream>) {
+        // Hold the event state while submitting so the record generation and sequence agree.
+        let mut st = self.st.lock();
+        st.generation += 1;
+        st.time_ns = None;
+        let generation = st.generation;
+        let seq = submit(
+            ctx,
+            s,
+            Op::Record {
+                event: self.clone(),
+                generation,
+            },
+        );
+        st.recorded = Some((s.clone(), seq));
+    }
+
+    fn complete(&self, generation: u64) {
+        let now = fakegpu::procid::monotonic_ns();
+        let mut st = self.st.lock();
+        if st.generation == generation {
+            st.time_ns = Some(now);
+        }
+    }
+
+    /// Current status.
+    pub fn status(&self) -> EventStatus {
+        let st = self.st.lock();
+        match &st.recorded {
+            None => EventStatus::NotRecorded,
+            Some((s, seq)) => match st.time_ns {
+                Some(t) => EventStatus::Done(t),
+                None if s.is_done(*seq) => EventStatus::Done(0),
+                None => EventStatus::Pending(s.clone(), *seq),
+            },
+        }
+    }
+
+    /// Waits for the last record to be reached.
+    pub fn synchronize(&self) {
+        if let EventStatus::Pending(s, seq) = self.status() {
+            s.wait_for(seq);
+        }
+    }
+
+    /// The timestamp of the last record: `Err(CUDA_ERROR_INVALID_HANDLE)` if never recorded,
+    /// `Ok(None)` if not reached yet.
+    pub fn time_ns(&self) -> Res<Option<u64>> {
+        let st = self.st.lock();
+        match (&st.recorded, st.time_ns) {
+            (None, _) => Err(err::INVALID_HANDLE),
+            (Some(_), t) => Ok(t),
+        }
+    }
+
+    /// The `Wait` dependency a stream must take to wait for this event (`None` if unrecorded).
+    pub fn dependency(&self) -> Option<(Arc<Stream>, u64)> {
+        self.st.lock().recorded.clone()
+    }
+}
+
+/// Submits a wait for `event` on `s`.
+pub fn wait_event(ctx: &Context, s: &Arc<Stream>, event: &Event) {
+    if let Some((stream, seq)) = event.dependency()
+        && !stream.is_done(seq)
+    {
+        submit(ctx, s, Op::Wait { stream, seq });
+    }
+}

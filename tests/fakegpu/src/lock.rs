@@ -1,0 +1,249 @@
+//! The device execution lock: one kernel at a time per device across all processes, granted in
+//! FIFO order of arrival.
+//!
+//! A ticket queue lives in the state file. Its short critical sections (enqueue, release, skipping
+//! dead entries) are guarded by a process-shared *robust* pthread mutex, so a process killed inside
+//! one cannot wedge the device. Waiters sleep on a shared (non-private) futex bumped on every
+//! release, with a timeout: when the head of the queue has not moved for [`RECOVERY_CHECK_NS`],
+//! a waiter checks the liveness (pid + start time) of the entries ahead of it and skips the dead
+//! ones, so a holder or waiter that dies is recovered within about two check periods.
+//! A releasing process that wants the device again queues behind the current waiters, which is
+//! what makes two saturating processes split the device evenly.
+
+use crate::layout::{LockQueue, QUEUE_CAP};
+use crate::procid;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// How long the queue head may stay unchanged before waiters check the liveness of the entries
+/// ahead of them.
+pub const RECOVERY_CHECK_NS: u64 = 20_000_000;
+
+/// Initialises the queue's robust, process-shared mutex (creator only, under the file lock).
+pub fn init(q: &LockQueue) -> std::io::Result<()> {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+    // SAFETY: attr is initialised by pthread_mutexattr_init before any other use; the mutex
+    // storage lies in the shared mapping, is not in use by anyone yet (the creator holds the
+    // file lock) and is initialised in place.
+    unsafe {
+        let a = attr.as_mut_ptr();
+        check(libc::pthread_mutexattr_init(a))?;
+        check(libc::pthread_mutexattr_setpshared(
+            a,
+            libc::PTHREAD_PROCESS_SHARED,
+        ))?;
+        check(libc::pthread_mutexattr_setrobust(
+            a,
+            libc::PTHREAD_MUTEX_ROBUST,
+        ))?;
+        check(libc::pthread_mutex_init(q.mutex.get(), a))?;
+        libc::pthread_mutexattr_destroy(a);
+    }
+    Ok(())
+}
+
+fn check(rc: libc::c_int) -> std::io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+struct QueueMutex<'a>(&'a LockQueue);
+
+impl<'a> QueueMutex<'a> {
+    fn lock(q: &'a LockQueue) -> Self {
+        loop {
+            // SAFETY: the mutex was initialised by the state file's creator and lives in the
+            // mapping, which outlives this guard.
+            let rc = unsafe { libc::pthread_mutex_lock(q.mutex.get()) };
+            match rc {
+                0 => return Self(q),
+                libc::EOWNERDEAD => {
+                    // The previous owner died inside a critical section. Every critical section
+                    // leaves the queue consistent at each store, so mark it consistent.
+                    // SAFETY: we own the mutex (EOWNERDEAD acquires it).
+                    unsafe { libc::pthread_mutex_consistent(q.mutex.get()) };
+                    return Self(q);
+                }
+                libc::EINTR | libc::EAGAIN => continue,
+                other => panic!("fakegpu: device lock mutex failed: {other}"),
+            }
+        }
+    }
+}
+
+impl Drop for QueueMutex<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this guard holds the mutex.
+        unsafe { libc::pthread_mutex_unlock(self.0.mutex.get()) };
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT (shared: no FUTEX_PRIVATE_FLAG, so other processes can wake it) on an
+    // aligned u32 in the shared mapping with a valid relative timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE (shared) on an aligned u32 in the shared mapping.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Decrements without going below zero.
+pub fn saturating_dec(a: &AtomicU32) {
+    let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+}
+
+/// Holding the device. Dropping it releases the device to the next waiter.
+pub struct DeviceLockGuard<'a> {
+    q: &'a LockQueue,
+    ticket: u64,
+}
+
+impl DeviceLockGuard<'_> {
+    /// Records that this holder counts itself in the device's `running` counter (so that the
+    /// counter is corrected if the holder dies).
+    pub fn mark_running(&self) {
+        self.entry().running.store(1, Ordering::Release);
+    }
+
+    /// Undoes [`Self::mark_running`].
+    pub fn unmark_running(&self) {
+        self.entry().running.store(0, Ordering::Release);
+    }
+
+    fn entry(&self) -> &crate::layout::QueueEntry {
+        &self.q.entries[(self.ticket % QUEUE_CAP as u64) as usize]
+    }
+
+    /// This holder's ticket.
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+}
+
+impl Drop for DeviceLockGuard<'_> {
+    fn drop(&mut self) {
+        {
+            let _m = QueueMutex::lock(self.q);
+            if self.q.head.load(Ordering::Acquire) == self.ticket {
+                self.q.head.store(self.ticket + 1, Ordering::Release);
+            }
+            self.q.seq.fetch_add(1, Ordering::AcqRel);
+        }
+        futex_wake_all(&self.q.seq);
+    }
+}
+
+/// Skips dead entries at the head of the queue, up to (not including) `limit`.
+fn recover(q: &LockQueue, running: &AtomicU32, limit: u64) {
+    let changed = {
+        let _m = QueueMutex::lock(q);
+        let mut changed = false;
+        let mut last_dead: Option<(u32, u64)> = None;
+        loop {
+            let head = q.head.load(Ordering::Acquire);
+            if head >= limit || head >= q.tail.load(Ordering::Acquire) {
+                break;
+            }
+            let e = &q.entries[(head % QUEUE_CAP as u64) as usize];
+            let id = (
+                e.pid.load(Ordering::Acquire),
+                e.start_time.load(Ordering::Acquire),
+            );
+            if last_dead != Some(id) && procid::is_alive(id.0, id.1) {
+                break;
+            }
+            last_dead = Some(id);
+            if e.running.swap(0, Ordering::AcqRel) == 1 {
+                saturating_dec(running);
+            }
+            q.head.store(head + 1, Ordering::Release);
+            changed = true;
+        }
+        if changed {
+            q.seq.fetch_add(1, Ordering::AcqRel);
+        }
+        changed
+    };
+    if changed {
+        futex_wake_all(&q.seq);
+    }
+}
+
+/// Queues for the device and waits until this caller is at the head of the queue.
+pub fn acquire<'a>(
+    q: &'a LockQueue,
+    running: &'a AtomicU32,
+    pid: u32,
+    start_time: u64,
+) -> DeviceLockGuard<'a> {
+    let ticket = loop {
+        let seq = q.seq.load(Ordering::Acquire);
+        {
+            let _m = QueueMutex::lock(q);
+            let head = q.head.load(Ordering::Acquire);
+            let tail = q.tail.load(Ordering::Acquire);
+            if tail - head < QUEUE_CAP as u64 {
+                let e = &q.entries[(tail % QUEUE_CAP as u64) as usize];
+                e.pid.store(pid, Ordering::Release);
+                e.start_time.store(start_time, Ordering::Release);
+                e.running.store(0, Ordering::Release);
+                e.ticket.store(tail, Ordering::Release);
+                q.tail.store(tail + 1, Ordering::Release);
+                break tail;
+            }
+        }
+        // Queue full: wait for progress, skipping dead entries.
+        futex_wait(&q.seq, seq, RECOVERY_CHECK_NS);
+        recover(q, running, u64::MAX);
+    };
+    let mut last_head = u64::MAX;
+    let mut since = procid::monotonic_ns();
+    loop {
+        let seq = q.seq.load(Ordering::Acquire);
+        let head = q.head.load(Ordering::Acquire);
+        if head == ticket {
+            return DeviceLockGuard { q, ticket };
+        }
+        let now = procid::monotonic_ns();
+        if head != last_head {
+            last_head = head;
+            since = now;
+        } else if now - since >= RECOVERY_CHECK_NS {
+            recover(q, running, ticket);
+            since = now;
+            continue;
+        }
+        let wait = (since + RECOVERY_CHECK_NS)
+            .saturating_sub(now)
+            .max(1_000_000);
+        futex_wait(&q.seq, seq, wait);
+    }
+}

@@ -1,0 +1,398 @@
+//! The mapped state file ([`GpuState`]): creation under `flock`, the per-process slot of the calling
+//! process, memory accounting (capacity enforced across processes), dead-process reclaim, and
+//! running kernels on the device (lock + sleep + accounting + trace).
+
+use crate::FakeGpuError;
+use crate::config::DeviceConfig;
+use crate::layout::{self, DeviceBlock, Header, MAGIC, MAX_PROCS, PID_RECLAIMING, ProcSlot};
+use crate::lock::{self, DeviceLockGuard};
+use crate::procid;
+use memmap2::MmapRaw;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A mapped fake GPU state file.
+pub struct GpuState {
+    path: PathBuf,
+    map: MmapRaw,
+    devices: u32,
+    /// `(pid << 32) | (slot + 1)` of the calling process's slot, 0 if none yet.
+    me: AtomicU64,
+    register: Mutex<()>,
+}
+
+/// Timing of a simulated kernel (CLOCK_MONOTONIC ns, on the device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelRun {
+    /// When the kernel started running (lock acquired).
+    pub start_ns: u64,
+    /// When it finished.
+    pub end_ns: u64,
+}
+
+struct FlockGuard<'a>(&'a File);
+
+impl<'a> FlockGuard<'a> {
+    fn lock(file: &'a File, path: &Path) -> Result<Self, FakeGpuError> {
+        loop {
+            // SAFETY: flock on a valid open fd.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(Self(file));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io_err(path, e));
+            }
+        }
+    }
+}
+
+impl Drop for FlockGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: unlocking a flock we hold on a valid fd.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> FakeGpuError {
+    FakeGpuError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> FakeGpuError {
+    FakeGpuError::InvalidState {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl GpuState {
+    /// Opens the state file, creating it with the configuration from `FAKEGPU_DEVICES` if it does
+    /// not exist (or is empty).
+    pub fn open(path: &Path) -> Result<Self, FakeGpuError> {
+        Self::open_inner(path, Some(&DeviceConfig::from_env()?))
+    }
+
+    /// Opens the state file, creating it with `config` if needed. An existing file keeps its
+    /// own configuration.
+    pub fn open_or_create(path: &Path, config: &DeviceConfig) -> Result<Self, FakeGpuError> {
+        Self::open_inner(path, Some(config))
+    }
+
+    /// Opens an existing, initialised state file; never creates one.
+    pub fn open_existing(path: &Path) -> Result<Self, FakeGpuError> {
+        Self::open_inner(path, None)
+    }
+
+    /// Opens `FAKEGPU_STATE` (or the default path), creating it if needed.
+    pub fn open_default() -> Result<Self, FakeGpuError> {
+        Self::open(&crate::config::default_state_path())
+    }
+
+    fn open_inner(path: &Path, create: Option<&DeviceConfig>) -> Result<Self, FakeGpuError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create.is_some())
+            .truncate(false)
+            .mode(0o666)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
+        let _flock = FlockGuard::lock(&file, path)?;
+        let len = file.metadata().map_err(|e| io_err(path, e))?.len();
+        if len == 0 {
+            let Some(config) = create else {
+                return Err(invalid(path, "empty (not initialised)"));
+            };
+            let devices = config.memory.len() as u32;
+            let size = layout::file_size(devices);
+            file.set_len(size as u64).map_err(|e| io_err(path, e))?;
+            let map = MmapRaw::map_raw(&file).map_err(|e| io_err(path, e))?;
+            let state = Self::from_map(path, map, devices);
+            state.initialise(config)?;
+            return Ok(state);
+        }
+        if (len as usize) < std::mem::size_of::<Header>() {
+            return Err(invalid(path, format!("too small ({len} bytes)")));
+        }
+        let map = MmapRaw::map_raw(&file).map_err(|e| io_err(path, e))?;
+        // SAFETY: the mapping is at least size_of::<Header>() bytes, page aligned, and the
+        // header consists of atomics valid for any bit pattern.
+        let header = unsafe { &*(map.as_ptr() as *const Header) };
+        if header.magic.load(Ordering::Acquire) != MAGIC {
+            return Err(invalid(
+                path,
+                "bad magic (not a fakegpu state file or other version)",
+            ));
+        }
+        let devices = header.device_count.load(Ordering::Acquire);
+        if devices == 0
+            || devices as usize > crate::config::MAX_DEVICES
+            || len as usize != layout::file_size(devices)
+            || header.file_size.load(Ordering::Acquire) != len
+        {
+            return Err(invalid(
+                path,
+                format!("size {len} does not match {devices} devices"),
+            ));
+        }
+        Ok(Self::from_map(path, map, devices))
+    }
+
+    fn from_map(path: &Path, map: MmapRaw, devices: u32) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            map,
+            devices,
+            me: AtomicU64::new(0),
+            register: Mutex::new(()),
+        }
+    }
+
+    fn initialise(&self, config: &DeviceConfig) -> Result<(), FakeGpuError> {
+        for (i, &bytes) in config.memory.iter().enumerate() {
+            let d = self.block(i as u32);
+            d.total.store(bytes, Ordering::Relaxed);
+            lock::init(&d.lock).map_err(|e| io_err(&self.path, e))?;
+        }
+        let h = self.header();
+        h.device_count.store(self.devices, Ordering::Relaxed);
+        h.file_size
+            .store(layout::file_size(self.devices) as u64, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(())
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least file_size(devices) >= size_of::<Header>() bytes, page
+        // aligned, lives as long as self, and Header holds only atomics.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    pub(crate) fn block(&self, index: u32) -> &DeviceBlock {
+        assert!(index < self.devices);
+        // SAFETY: index < devices, so the block lies within the mapping; its offset is a multiple
+        // of 8 (both struct sizes are) and it holds atomics and a mutex initialised by the creator.
+        unsafe { &*(self.map.as_ptr().add(layout::device_offset(index)) as *const DeviceBlock) }
+    }
+
+    fn check_dev(&self, dev: u32) -> Result<&DeviceBlock, FakeGpuError> {
+        if dev < self.devices {
+            Ok(self.block(dev))
+        } else {
+            Err(FakeGpuError::NoDevice(dev))
+        }
+    }
+
+    pub(crate) fn slot(&self, i: usize) -> &ProcSlot {
+        &self.header().procs[i]
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of devices.
+    pub fn device_count(&self) -> u32 {
+        self.devices
+    }
+
+    /// Memory capacity of `dev`.
+    pub fn total_memory(&self, dev: u32) -> Result<u64, FakeGpuError> {
+        Ok(self.check_dev(dev)?.total.load(Ordering::Relaxed))
+    }
+
+    /// `(free, total)` of `dev`, after reclaiming the memory of dead processes.
+    pub fn mem_info(&self, dev: u32) -> Result<(u64, u64), FakeGpuError> {
+        let d = self.check_dev(dev)?;
+        self.reclaim_dead();
+        let total = d.total.load(Ordering::Relaxed);
+        let used = d.used.load(Ordering::Acquire);
+        Ok((total.saturating_sub(used), total))
+    }
+
+    /// The calling process's slot index, registering it on first use (and again after `fork`).
+    pub fn my_slot(&self) -> Result<usize, FakeGpuError> {
+        let pid = procid::current_pid();
+        let cached = self.me.load(Ordering::Acquire);
+        if cached != 0 && (cached >> 32) as u32 == pid {
+            return Ok((cached & 0xffff_ffff) as usize - 1);
+        }
+        let _g = self.register.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = self.me.load(Ordering::Acquire);
+        if cached != 0 && (cached >> 32) as u32 == pid {
+            return Ok((cached & 0xffff_ffff) as usize - 1);
+        }
+        let start = procid::start_time(pid).unwrap_or(0);
+        for _ in 0..2 {
+            for i in 0..MAX_PROCS {
+                let s = self.slot(i);
+                if s.pid
+                    .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    s.start_time.store(start, Ordering::Release);
+                    self.me
+                        .store((u64::from(pid) << 32) | (i as u64 + 1), Ordering::Release);
+                    return Ok(i);
+                }
+            }
+            self.reclaim_dead();
+        }
+        Err(FakeGpuError::TooManyProcesses(MAX_PROCS))
+    }
+
+    /// Marks the calling process as a user of `dev` (it shows in the snapshot from now on).
+    pub fn attach(&self, dev: u32) -> Result<(), FakeGpuError> {
+        self.check_dev(dev)?;
+        let s = self.my_slot()?;
+        self.slot(s).dev[dev as usize]
+            .attached
+            .store(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reserves `bytes` of `dev`'s memory for the calling process. Fails with
+    /// [`FakeGpuError::OutOfMemory`] (nothing charged) when the device's capacity, counting every
+    /// process, would be exceeded; the memory of dead processes is reclaimed before failing.
+    pub fn charge(&self, dev: u32, bytes: u64) -> Result<(), FakeGpuError> {
+        let d = self.check_dev(dev)?;
+        let s = self.my_slot()?;
+        let total = d.total.load(Ordering::Relaxed);
+        let mut reclaimed = false;
+        loop {
+            let used = d.used.load(Ordering::Acquire);
+            let fits = used.checked_add(bytes).is_some_and(|n| n <= total);
+            if !fits {
+                if !reclaimed {
+                    reclaimed = true;
+                    if self.reclaim_dead() > 0 {
+                        continue;
+                    }
+                    // Nothing reclaimed: re-read once more in case of a concurrent free.
+                    continue;
+                }
+                return Err(FakeGpuError::OutOfMemory {
+                    device: dev,
+                    requested: bytes,
+                    free: total.saturating_sub(used),
+                });
+            }
+            if d.used
+                .compare_exchange_weak(used, used + bytes, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        let pd = &self.slot(s).dev[dev as usize];
+        pd.attached.store(1, Ordering::Relaxed);
+        pd.used.fetch_add(bytes, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Returns `bytes` of `dev`'s memory charged to the calling process.
+    pub fn uncharge(&self, dev: u32, bytes: u64) {
+        let Ok(d) = self.check_dev(dev) else { return };
+        let Ok(s) = self.my_slot() else { return };
+        let pd = &self.slot(s).dev[dev as usize];
+        let taken = saturating_sub(&pd.used, bytes);
+        saturating_sub(&d.used, taken);
+    }
+
+    /// Reclaims the slots (and memory) of processes that no longer exist. Returns how many.
+    pub fn reclaim_dead(&self) -> usize {
+        let mut n = 0;
+        for i in 0..MAX_PROCS {
+            let s = self.slot(i);
+            let pid = s.pid.load(Ordering::Acquire);
+            if pid == 0 || pid == PID_RECLAIMING {
+                continue;
+            }
+            let start = s.start_time.load(Ordering::Acquire);
+            if procid::is_alive(pid, start) {
+                continue;
+            }
+            if s.pid
+                .compare_exchange(pid, PID_RECLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            for (dev, pd) in s.dev.iter().enumerate().take(self.devices as usize) {
+                let used = pd.used.swap(0, Ordering::AcqRel);
+                saturating_sub(&self.block(dev as u32).used, used);
+            }
+            for pd in s.dev.iter() {
+                pd.used.store(0, Ordering::Relaxed);
+                pd.attached.store(0, Ordering::Relaxed);
+                pd.busy_ns.store(0, Ordering::Relaxed);
+                pd.kernels.store(0, Ordering::Relaxed);
+            }
+            s.start_time.store(0, Ordering::Relaxed);
+            s.pid.store(0, Ordering::Release);
+            n += 1;
+        }
+        n
+    }
+
+    /// Waits for the device execution lock of `dev` (FIFO across all processes and threads).
+    pub fn lock_device(&self, dev: u32) -> Result<DeviceLockGuard<'_>, FakeGpuError> {
+        let d = self.check_dev(dev)?;
+        let s = self.my_slot()?;
+        let p = self.slot(s);
+        Ok(lock::acquire(
+            &d.lock,
+            &d.running,
+            p.pid.load(Ordering::Relaxed),
+            p.start_time.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Runs a kernel of `duration_ns` on `dev`: waits for the device lock, occupies the device for
+    /// the duration, and accounts busy time (process and device), the kernel count and a trace
+    /// record.
+    pub fn run_kernel(&self, dev: u32, duration_ns: u64) -> Result<KernelRun, FakeGpuError> {
+        let d = self.check_dev(dev)?;
+        let s = self.my_slot()?;
+        let guard = self.lock_device(dev)?;
+        guard.mark_running();
+        let prev = d.running.fetch_add(1, Ordering::AcqRel);
+        d.max_concurrent.fetch_max(prev + 1, Ordering::AcqRel);
+        let start_ns = procid::monotonic_ns();
+        procid::sleep_until(start_ns + duration_ns);
+        let end_ns = procid::monotonic_ns();
+        lock::saturating_dec(&d.running);
+        guard.unmark_running();
+        let busy = end_ns - start_ns;
+        let pd = &self.slot(s).dev[dev as usize];
+        pd.attached.store(1, Ordering::Relaxed);
+        pd.busy_ns.fetch_add(busy, Ordering::AcqRel);
+        pd.kernels.fetch_add(1, Ordering::AcqRel);
+        d.busy_ns.fetch_add(busy, Ordering::AcqRel);
+        d.kernels_completed.fetch_add(1, Ordering::AcqRel);
+        crate::trace::append(d, procid::current_pid(), start_ns, end_ns);
+        drop(guard);
+        Ok(KernelRun { start_ns, end_ns })
+    }
+}
+
+fn saturating_sub(a: &AtomicU64, v: u64) -> u64 {
+    let mut cur = a.load(Ordering::Acquire);
+    loop {
+        let take = v.min(cur);
+        match a.compare_exchange_weak(cur, cur - take, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return take,
+            Err(c) => cur = c,
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Test environment helper: an isolated fake GPU per test (fresh state file in a temporary
+//! directory, and a library directory whose `libcuda.so.1`/`libnvidia-ml.so.1` point at the fakes
+//! built in [`target_dir`]).
+
+use crate::config::DeviceConfig;
+use crate::snapshot::Snapshot;
+use crate::state::GpuState;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// An isolated fake GPU. The temporary directory is removed on drop.
+pub struct FakeGpuEnv {
+    dir: PathBuf,
+    lib_dir: PathBuf,
+    state_path: PathBuf,
+    devices: Vec<u64>,
+}
+
+/// `target/<profile>` of the running binary: the parent of `deps/` for test binaries, the
+/// binary's own directory otherwise.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe has a parent").to_path_buf();
+    if dir.file_name() == Some(OsStr::new("deps"))
+        || dir.file_name() == Some(OsStr::new("examples"))
+    {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl FakeGpuEnv {
+    /// New isolated fake GPU: fresh state file in a temp dir, `devices` = memory per device.
+    ///
+    /// # Panics
+    /// On an invalid configuration or I/O failure (it is a test helper).
+    pub fn new(devices: &[u64]) -> FakeGpuEnv {
+        let config = DeviceConfig::new(devices).expect("valid fake GPU configuration");
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "fakegpu-{}-{}-{:08x}",
+            std::process::id(),
+            n,
+            nanos
+        ));
+        std::fs::create_dir_all(&dir).expect("create fake GPU temp dir");
+        let lib_dir = dir.join("lib");
+        std::fs::create_dir_all(&lib_dir).expect("create fake GPU lib dir");
+        let target = target_dir();
+        for (link, lib) in [
+            ("libcuda.so.1", "libcuda.so"),
+            ("libcuda.so", "libcuda.so"),
+            ("libnvidia-ml.so.1", "libnvidia_ml.so"),
+            ("libnvidia-ml.so", "libnvidia_ml.so"),
+        ] {
+            std::os::unix::fs::symlink(target.join(lib), lib_dir.join(link))
+                .expect("symlink fake library");
+        }
+        let state_path = dir.join("fakegpu.state");
+        GpuState::open_or_create(&state_path, &config).expect("create fake GPU state file");
+        FakeGpuEnv {
+            dir,
+            lib_dir,
+            state_path,
+            devices: devices.to_vec(),
+        }
+    }
+
+    /// Directory with `libcuda.so.1`, `libcuda.so`, `libnvidia-ml.so.1`, `libnvidia-ml.so`.
+    pub fn lib_dir(&self) -> &Path {
+        &self.lib_dir
+    }
+
+    /// The state file.
+    pub fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// `LD_LIBRARY_PATH`, `FAKEGPU_STATE`, `FAKEGPU_DEVICES` for child processes.
+    pub fn envs(&self) -> Vec<(String, String)> {
+        let mut ld = self.lib_dir.display().to_string();
+        if let Ok(old) = std::env::var("LD_LIBRARY_PATH")
+            && !old.is_empty()
+        {
+            ld = format!("{ld}:{old}");
+        }
+        let devices: Vec<String> = self.devices.iter().map(|d| d.to_string()).collect();
+        vec![
+            ("LD_LIBRARY_PATH".into(), ld),
+            (
+                "FAKEGPU_STATE".into(),
+                self.state_path.display().to_string(),
+            ),
+            ("FAKEGPU_DEVICES".into(), devices.join(",")),
+        ]
+    }
+
+    /// A command for `program` with [`Self::envs`] applied.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.envs(self.envs());
+        c
+    }
+
+    /// Snapshot of this fake GPU (reclaims dead processes first).
+    ///
+    /// # Panics
+    /// If the state file cannot be read.
+    pub fn snapshot(&self) -> Snapshot {
+        GpuState::open_existing(&self.state_path)
+            .expect("open fake GPU state")
+            .snapshot()
+    }
+}
+
+impl Drop for FakeGpuEnv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,247 @@
+//! The real gpumux on the fake GPU, for tests: a `gpumuxd` process with its own config, state
+//! and tenants directories; commands that run a workload inside a tenant (LD_PRELOAD of the
+//! real shim + the tenant's socket); status through the real `gpumuxctl`.
+
+use anyhow::{Context, Result, bail};
+use fakegpu::testenv::{FakeGpuEnv, target_dir};
+use serde_json::Value;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running gpumuxd on a fresh fake GPU. The daemon is stopped on drop.
+pub struct Gpumux {
+    pub gpu: FakeGpuEnv,
+    pub dir: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub tenants_dir: PathBuf,
+    pub config_path: PathBuf,
+    daemon: Option<Child>,
+}
+
+/// Path of a built workspace binary or library.
+pub fn artifact(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+impl Gpumux {
+    /// A fake GPU with `devices` (bytes each), tenants `(name, quota-file text)`, and a daemon
+    /// serving them (returns once every tenant socket exists).
+    pub fn start(devices: &[u64], tenants: &[(&str, &str)]) -> Gpumux {
+        Self::start_with(devices, tenants, "")
+    }
+
+    /// Like [`Gpumux::start`], with extra daemon config lines.
+    pub fn start_with(devices: &[u64], tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
+        let gpu = FakeGpuEnv::new(devices);
+        let dir = tempfile::Builder::new()
+            .prefix("gpumux-test-")
+            .tempdir()
+            .expect("tempdir");
+        let state_dir = dir.path().join("state");
+        let tenants_dir = dir.path().join("tenants.d");
+        std::fs::create_dir_all(&tenants_dir).expect("tenants dir");
+        let config_path = dir.path().join("gpumuxd.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "state_dir = \"{}\"\ntenants_dir = \"{}\"\nmetrics_listen = \"\"\nlog_level = \"debug\"\n{extra_config}",
+                state_dir.display(),
+                tenants_dir.display()
+            ),
+        )
+        .expect("write config");
+        let mut g = Gpumux {
+            gpu,
+            dir,
+            state_dir,
+            tenants_dir,
+            config_path,
+            daemon: None,
+        };
+        for (name, text) in tenants {
+            g.write_tenant(name, text);
+        }
+        g.start_daemon();
+        for (name, _) in tenants {
+            g.wait_for_socket(name);
+        }
+        g
+    }
+
+    /// Starts (or restarts) the daemon and waits for its control socket.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("gpumuxd.log"))
+            .expect("daemon log");
+        let control = self.state_dir.join("gpumuxd.sock");
+        let _ = std::fs::remove_file(&control);
+        let child = self
+            .gpu
+            .command(artifact("gpumuxd"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gpumuxd");
+        self.daemon = Some(child);
+        wait_until(
+            Duration::from_secs(10),
+            || control.exists(),
+            || format!("gpumuxd did not start; log:\n{}", self.log()),
+        );
+    }
+
+    /// SIGKILLs the daemon (no cleanup on its side).
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The daemon's pid, if running.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gpumuxd.log")).unwrap_or_default()
+    }
+
+    /// Writes `tenants_dir/<name>.toml` atomically (as editors do: write + rename).
+    pub fn write_tenant(&self, name: &str, text: &str) {
+        let tmp = self.tenants_dir.join(format!(".{name}.toml.tmp"));
+        std::fs::write(&tmp, text).expect("write tenant file");
+        std::fs::rename(&tmp, self.tenants_dir.join(format!("{name}.toml")))
+            .expect("rename tenant file");
+    }
+
+    /// `state_dir/tenants/<name>/gpumux.sock`.
+    pub fn socket(&self, tenant: &str) -> PathBuf {
+        self.state_dir
+            .join("tenants")
+            .join(tenant)
+            .join("gpumux.sock")
+    }
+
+    pub fn wait_for_socket(&self, tenant: &str) {
+        let s = self.socket(tenant);
+        wait_until(
+            Duration::from_secs(10),
+            || s.exists(),
+            || format!("no socket for {tenant}; log:\n{}", self.log()),
+        );
+    }
+
+    /// A command that runs `program` as a process of `tenant` on this fake GPU.
+    pub fn tenant_command(&self, tenant: &str, program: impl AsRef<OsStr>) -> Command {
+        let mut c = self.gpu.command(program);
+        c.env("LD_PRELOAD", artifact("libgpumux.so"));
+        c.env("GPUMUX_SOCKET", self.socket(tenant));
+        c
+    }
+
+    /// `gpumuxctl --config <ours> ARGS`.
+    pub fn ctl(&self) -> Command {
+        let mut c = Command::new(artifact("gpumuxctl"));
+        c.arg("--config").arg(&self.config_path);
+        c
+    }
+
+    /// `gpumuxctl status --json`, parsed.
+    pub fn status(&self) -> Result<Value> {
+        let out = self
+            .ctl()
+            .args(["status", "--json"])
+            .output()
+            .context("run gpumuxctl")?;
+        if !out.status.success() {
+            bail!(
+                "gpumuxctl status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// A tenant's entry in the status report.
+    pub fn tenant_status(&self, tenant: &str) -> Value {
+        let s = self.status().expect("status");
+        s["tenants"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["name"] == tenant).cloned())
+            .unwrap_or_else(|| panic!("tenant {tenant} not in status {s}"))
+    }
+
+    /// Memory the daemon's accounting says `tenant` uses on device `index`.
+    pub fn tenant_used(&self, tenant: &str, index: u64) -> u64 {
+        let t = self.tenant_status(tenant);
+        t["devices"]
+            .as_array()
+            .and_then(|ds| ds.iter().find(|d| d["index"] == index))
+            .and_then(|d| d["memory_used"].as_u64())
+            .unwrap_or_else(|| panic!("no device {index} for {tenant}: {t}"))
+    }
+
+    /// Waits until the daemon's accounting for `tenant` on device 0 is `bytes`.
+    pub fn wait_tenant_used(&self, tenant: &str, bytes: u64, timeout: Duration) {
+        wait_until(
+            timeout,
+            || self.tenant_used(tenant, 0) == bytes,
+            || {
+                format!(
+                    "{tenant} uses {} bytes, expected {bytes}; log:\n{}",
+                    self.tenant_used(tenant, 0),
+                    self.log()
+                )
+            },
+        );
+    }
+
+    pub fn state_path(&self) -> &Path {
+        self.gpu.state_path()
+    }
+}
+
+impl Drop for Gpumux {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // SAFETY: sending SIGTERM to our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `cond` every 5 ms until true, panicking with `msg()` after `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, msg: impl FnOnce() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            panic!("{}", msg());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,9 @@
+//! Shared helpers of gpumux's integration tests (real processes on the fake GPU).
+//!
+//! - [`workloads`]: building and locating the test workloads (the C driver workload, the cudarc
+//!   workload, the NVML probe, the dlsym logger), running them under a
+//!   [`fakegpu::testenv::FakeGpuEnv`] and parsing their JSON-lines output.
+//! - [`gpumux`]: the real daemon and shim on the fake GPU (config, tenants, status).
+
+pub mod gpumux;
+pub mod workloads;
