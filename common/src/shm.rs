@@ -82,10 +82,6 @@ pub struct AccountingDevice {
     pub refused: AtomicU64,
     /// Highest `used` seen.
     pub peak: AtomicU64,
-    /// Kernel launches (+ graph launches) issued.
-    pub launches: AtomicU64,
-    /// CLOCK_MONOTONIC ns of the last launch.
-    pub last_launch_ns: AtomicU64,
     /// Threads currently blocked waiting for a compute slice.
     pub waiting: AtomicU32,
     pub _pad: AtomicU32,
@@ -101,6 +97,9 @@ pub struct ProcessSlot {
     pub _pad: AtomicU32,
     /// Bytes this process has charged, per device.
     pub used: [AtomicU64; MAX_DEVICES],
+    /// Launches this process issued, per device (an activity indicator the scheduler reads;
+    /// updated without read-modify-write, so concurrent launches may count once).
+    pub launches: [AtomicU64; MAX_DEVICES],
 }
 
 /// A shared mapping of a segment file descriptor. Unmapped on drop.

@@ -181,17 +181,15 @@ mod tests {
     fn passes_descriptors() {
         let mut pair = [0; 2];
         // SAFETY: socketpair writes two fds into `pair`.
-        assert_eq!(
-            unsafe {
-                libc::socketpair(
-                    libc::AF_UNIX,
-                    libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                    0,
-                    pair.as_mut_ptr(),
-                )
-            },
-            0
-        );
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0);
         // SAFETY: both fds are fresh and owned here.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
         // SAFETY: memfd_create with a valid name.

@@ -7,14 +7,16 @@
 //! reports it, and the daemon returns everything the process held to its tenant.
 
 use crate::devices::Device;
+use crate::scheduler::{Action, Activity, Scheduler};
 use crate::segments::TenantSegments;
 use crate::status::{ControlRequest, DeviceStatus, StatusReport, TenantDeviceStatus, TenantStatus};
 use anyhow::{Context, Result};
 use gpumux_common::accounting;
 use gpumux_common::config::{ConfigError, DaemonConfig, TenantQuota};
+use gpumux_common::futex;
 use gpumux_common::names::{control_socket, tenant_dir, tenant_of_quota_file, tenant_socket};
 use gpumux_common::protocol::{ClientMsg, MAX_MESSAGE, PROTOCOL_VERSION, ServerMsg};
-use gpumux_common::shm::MAX_PROCESSES;
+use gpumux_common::shm::{MAX_PROCESSES, SLICE_GRANTED};
 use gpumux_common::sock;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -25,13 +27,13 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 /// How long the daemon waits for a tenant's accounting lock before retrying later.
@@ -45,6 +47,7 @@ const K_LISTENER: u64 = 3 << 56;
 const K_CONN: u64 = 4 << 56;
 const K_INOTIFY: u64 = 5 << 56;
 const K_RETRY: u64 = 6 << 56;
+const K_SCHED: u64 = 7 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 /// A tenant the daemon serves.
@@ -55,6 +58,12 @@ struct Tenant {
     listener_id: u64,
     /// slot → pid of registered processes.
     processes: BTreeMap<usize, u32>,
+    /// The quota file is gone: no new processes, no new allocations; the tenant lingers
+    /// until its last process ends.
+    removed: bool,
+    /// Slots of processes that did not acknowledge a revocation in time (stopped, stuck):
+    /// not waited for again, and not counted as wanting the device, until they speak again.
+    stalled: BTreeSet<usize>,
 }
 
 /// A process connected to a tenant socket.
@@ -63,6 +72,13 @@ struct Conn {
     tenant: String,
     slot: Option<usize>,
     pid: u32,
+}
+
+/// Time-slicing of one device: the policy plus the acknowledgements a revocation waits for.
+struct DeviceSched {
+    sched: Scheduler,
+    /// The slice being drained and the connections that have not acknowledged it yet.
+    draining: Option<(String, u32, HashSet<u64>)>,
 }
 
 /// The daemon.
@@ -84,6 +100,9 @@ pub struct Daemon {
     pending_reclaims: Vec<(String, usize)>,
     /// Rejected quota files, by path.
     config_errors: BTreeMap<PathBuf, ConfigError>,
+    /// One scheduler per device (same order as `devices`).
+    scheds: Vec<DeviceSched>,
+    sched_timer: TimerFd,
 }
 
 fn seqpacket_listener(path: &Path) -> Result<OwnedFd> {
@@ -149,6 +168,23 @@ impl Daemon {
             EpollEvent::new(EpollFlags::EPOLLIN, K_RETRY),
         )?;
 
+        let sched_timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+        )?;
+        epoll.add(
+            sched_timer.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, K_SCHED),
+        )?;
+        let quantum = Duration::from_millis(cfg.quantum_ms as u64);
+        let scheds = devices
+            .iter()
+            .map(|_| DeviceSched {
+                sched: Scheduler::new(quantum),
+                draining: None,
+            })
+            .collect();
+
         let control_path = control_socket(&cfg.state_dir);
         let _ = std::fs::remove_file(&control_path);
         let control = UnixListener::bind(&control_path)
@@ -173,6 +209,8 @@ impl Daemon {
             next_id: 1,
             pending_reclaims: Vec::new(),
             config_errors: BTreeMap::new(),
+            scheds,
+            sched_timer,
         };
         d.reload_tenants();
         Ok(d)
@@ -213,9 +251,16 @@ impl Daemon {
                         let _ = self.retry_timer.wait();
                         self.retry_reclaims();
                     }
+                    K_SCHED => {
+                        let _ = self.sched_timer.wait();
+                        for dev in 0..self.scheds.len() {
+                            self.sched_event(dev, |s, now, act| s.tick(now, act));
+                        }
+                    }
                     _ => tracing::warn!(token, "unknown epoll token"),
                 }
             }
+            self.rearm_sched_timer();
         }
     }
 
@@ -276,15 +321,34 @@ impl Daemon {
 
         let gone: Vec<String> = self
             .tenants
-            .keys()
-            .filter(|n| !seen.contains_key(*n))
-            .cloned()
+            .iter()
+            .filter(|(n, t)| !t.removed && !seen.contains_key(*n))
+            .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
             self.remove_tenant(&name);
         }
         for (name, quota) in seen {
             match self.tenants.get_mut(&name) {
+                Some(t) if t.removed => {
+                    tracing::info!(tenant = %name, "tenant file is back");
+                    t.segments.apply_quota(&self.devices, &quota);
+                    t.quota = quota;
+                    match seqpacket_listener(&tenant_socket(&self.cfg.state_dir, &name)) {
+                        Ok(listener) => {
+                            t.listener = listener;
+                            t.removed = false;
+                            let _ = self.epoll.add(
+                                &t.listener,
+                                EpollEvent::new(EpollFlags::EPOLLIN, K_LISTENER | t.listener_id),
+                            );
+                            self.listeners.insert(t.listener_id, name.clone());
+                        }
+                        Err(e) => {
+                            tracing::error!(tenant = %name, "cannot recreate the tenant socket: {e:#}")
+                        }
+                    }
+                }
                 Some(t) if t.quota == quota => {}
                 Some(t) => {
                     tracing::info!(tenant = %name, limit = quota.memory_limit, weight = quota.weight, "quota changed");
@@ -296,6 +360,186 @@ impl Daemon {
                         tracing::error!(tenant = %name, "cannot set up tenant: {e:#}");
                     }
                 }
+            }
+        }
+        self.update_scheduling();
+    }
+
+    /// Brings every device's scheduler in line with the tenants: who may use the device, with
+    /// which weight and cap; a device is time-sliced when two or more tenants share it or a
+    /// tenant on it is capped.
+    fn update_scheduling(&mut self) {
+        let now = Instant::now();
+        for dev in 0..self.devices.len() {
+            let d = &self.devices[dev];
+            let users: Vec<&Tenant> = self
+                .tenants
+                .values()
+                .filter(|t| !t.removed && t.quota.allows(d.index, &d.uuid))
+                .collect();
+            let scheduled = users.len() >= 2
+                || users
+                    .iter()
+                    .any(|t| t.quota.compute_limit_permille.is_some_and(|c| c < 1000));
+            for t in self.tenants.values() {
+                let on = scheduled && users.iter().any(|u| u.quota.name == t.quota.name);
+                t.segments.control.devices[dev]
+                    .scheduled
+                    .store(on as u32, SeqCst);
+            }
+            let names: Vec<(String, u32, Option<u32>)> = users
+                .iter()
+                .map(|t| {
+                    (
+                        t.quota.name.clone(),
+                        t.quota.weight,
+                        t.quota.compute_limit_permille,
+                    )
+                })
+                .collect();
+            let mut actions = Vec::new();
+            let s = &mut self.scheds[dev].sched;
+            let gone: Vec<String> = s
+                .recent_shares(now)
+                .into_keys()
+                .filter(|n| !names.iter().any(|(m, _, _)| m == n))
+                .collect();
+            for n in gone {
+                actions.extend(s.remove_tenant(&n, now));
+            }
+            for (n, w, c) in names {
+                s.set_tenant(&n, w, c, now);
+            }
+            self.apply_actions(dev, actions);
+        }
+    }
+
+    /// What the scheduler may observe of a tenant on device `dev`.
+    fn activity(tenants: &BTreeMap<String, Tenant>, dev: usize, name: &str) -> Activity {
+        let Some(t) = tenants.get(name) else {
+            return Activity::default();
+        };
+        let a = &t.segments.accounting;
+        let responsive = t.processes.keys().any(|s| !t.stalled.contains(s));
+        Activity {
+            waiting: if responsive {
+                a.devices[dev].waiting.load(SeqCst)
+            } else {
+                0
+            },
+            launches: t
+                .processes
+                .keys()
+                .map(|&s| a.processes[s].launches[dev].load(Relaxed))
+                .fold(0u64, u64::wrapping_add),
+        }
+    }
+
+    /// Runs one scheduler operation on device `dev` and carries out its actions.
+    fn sched_event(
+        &mut self,
+        dev: usize,
+        op: impl FnOnce(&mut Scheduler, Instant, &dyn Fn(&str) -> Activity) -> Vec<Action>,
+    ) {
+        let now = Instant::now();
+        let tenants = &self.tenants;
+        let act = |n: &str| Self::activity(tenants, dev, n);
+        let actions = op(&mut self.scheds[dev].sched, now, &act);
+        self.apply_actions(dev, actions);
+    }
+
+    fn apply_actions(&mut self, dev: usize, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Grant { tenant, epoch } => {
+                    if let Some(t) = self.tenants.get(&tenant) {
+                        let word = &t.segments.control.devices[dev].slice;
+                        word.store((epoch << 1) | SLICE_GRANTED, SeqCst);
+                        futex::wake(word, u32::MAX);
+                        tracing::trace!(tenant, dev, epoch, "slice granted");
+                    }
+                    // A grant while a drain is pending means the drain timed out.
+                    if let Some((late_tenant, _, pending)) = self.scheds[dev].draining.take() {
+                        for id in pending {
+                            if let Some(slot) = self.conns.get(&id).and_then(|c| c.slot) {
+                                let pid = self.conns[&id].pid;
+                                tracing::warn!(tenant = %late_tenant, pid, dev, "process did not drain in time (stopped or stuck); passing it over");
+                                if let Some(t) = self.tenants.get_mut(&late_tenant) {
+                                    t.stalled.insert(slot);
+                                }
+                            }
+                        }
+                    }
+                }
+                Action::Revoke { tenant, epoch } => {
+                    let mut pending = HashSet::new();
+                    if let Some(t) = self.tenants.get(&tenant) {
+                        t.segments.control.devices[dev]
+                            .slice
+                            .store(epoch << 1, SeqCst);
+                        let msg = ServerMsg::Revoke {
+                            device: dev as u32,
+                            epoch,
+                        }
+                        .encode();
+                        for (id, c) in &self.conns {
+                            let responsive = c.slot.is_some_and(|s| !t.stalled.contains(&s));
+                            if c.tenant == tenant
+                                && responsive
+                                && sock::send(c.fd.as_fd(), &msg, &[]).is_ok()
+                            {
+                                pending.insert(*id);
+                            }
+                        }
+                    }
+                    tracing::trace!(
+                        tenant,
+                        dev,
+                        epoch,
+                        waiting_for = pending.len(),
+                        "slice revoked"
+                    );
+                    if pending.is_empty() {
+                        self.sched_event(dev, |s, now, act| s.drained(&tenant, epoch, now, act));
+                    } else {
+                        self.scheds[dev].draining = Some((tenant, epoch, pending));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection acknowledged (or can no longer acknowledge) a revocation on `dev`.
+    fn acknowledge(&mut self, dev: usize, conn: u64, epoch: Option<u32>) {
+        let Some((tenant, e, pending)) = &mut self.scheds[dev].draining else {
+            return;
+        };
+        if epoch.is_some_and(|x| x != *e) || !pending.remove(&conn) || !pending.is_empty() {
+            return;
+        }
+        let (tenant, epoch) = (tenant.clone(), *e);
+        self.scheds[dev].draining = None;
+        self.sched_event(dev, |s, now, act| s.drained(&tenant, epoch, now, act));
+    }
+
+    fn rearm_sched_timer(&mut self) {
+        let next = self
+            .scheds
+            .iter()
+            .filter_map(|s| s.sched.next_deadline())
+            .min();
+        match next {
+            Some(at) => {
+                let wait = at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_micros(50));
+                let _ = self.sched_timer.set(
+                    Expiration::OneShot(TimeSpec::from_duration(wait)),
+                    TimerSetTimeFlags::empty(),
+                );
+            }
+            None => {
+                let _ = self.sched_timer.unset();
             }
         }
     }
@@ -322,6 +566,8 @@ impl Daemon {
                 listener,
                 listener_id,
                 processes: BTreeMap::new(),
+                removed: false,
+                stalled: BTreeSet::new(),
             },
         );
         Ok(())
@@ -339,6 +585,7 @@ impl Daemon {
         let mut closed = t.quota.clone();
         closed.memory_limit = 0;
         t.segments.apply_quota(&self.devices, &closed);
+        t.removed = true;
         tracing::info!(tenant = %name, processes = t.processes.len(), "tenant removed");
         if t.processes.is_empty() {
             self.tenants.remove(name);
@@ -420,6 +667,11 @@ impl Daemon {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        if let (Some(slot), Some(t)) = (conn.slot, self.tenants.get_mut(&conn.tenant))
+            && t.stalled.remove(&slot)
+        {
+            tracing::info!(tenant = %conn.tenant, pid = conn.pid, "process responsive again");
+        }
         match msg {
             ClientMsg::Hello {
                 protocol,
@@ -447,7 +699,7 @@ impl Daemon {
                 let Some(t) = self.tenants.get_mut(&conn.tenant) else {
                     return reply_refused(conn, format!("tenant {} no longer exists", conn.tenant));
                 };
-                if t.quota.memory_limit == 0 {
+                if t.removed {
                     return reply_refused(conn, format!("tenant {} has been removed", conn.tenant));
                 }
                 let acct = &t.segments.accounting;
@@ -482,8 +734,17 @@ impl Daemon {
                 }
                 tracing::debug!(pid, tenant = %conn.tenant, slot, "process registered");
             }
-            ClientMsg::Demand { .. } | ClientMsg::Drained { .. } => {
-                // Compute time-slicing messages: handled by the scheduler (not yet wired).
+            ClientMsg::Demand { device } => {
+                let tenant = conn.tenant.clone();
+                let dev = device as usize;
+                if conn.slot.is_some() && dev < self.scheds.len() {
+                    self.sched_event(dev, |s, now, act| s.demand(&tenant, now, act));
+                }
+            }
+            ClientMsg::Drained { device, epoch } => {
+                if (device as usize) < self.scheds.len() {
+                    self.acknowledge(device as usize, id, Some(epoch));
+                }
             }
         }
     }
@@ -505,6 +766,7 @@ impl Daemon {
         match accounting::reclaim_slot(&t.segments.accounting, slot, RECLAIM_LOCK_TIMEOUT) {
             Ok(returned) => {
                 t.processes.remove(&slot);
+                t.stalled.remove(&slot);
                 let total: u64 = returned.iter().sum();
                 tracing::debug!(
                     pid,
@@ -513,7 +775,7 @@ impl Daemon {
                     returned = total,
                     "process gone; memory returned"
                 );
-                if t.processes.is_empty() && !self.listeners.contains_key(&t.listener_id) {
+                if t.processes.is_empty() && t.removed {
                     self.tenants.remove(tenant);
                 }
             }
@@ -573,6 +835,7 @@ impl Daemon {
 
     /// The report `gpumuxctl status` prints.
     pub fn status(&self) -> StatusReport {
+        let now = Instant::now();
         let tenants = self
             .tenants
             .values()
@@ -590,9 +853,17 @@ impl Daemon {
                         memory_limit: c.devices[i].memory_limit.load(Relaxed),
                         memory_peak: a.devices[i].peak.load(Relaxed),
                         allocations_refused: a.devices[i].refused.load(Relaxed),
-                        launches: a.devices[i].launches.load(Relaxed),
-                        device_time_share: None,
-                        device_time_ns: 0,
+                        launches: a
+                            .processes
+                            .iter()
+                            .map(|p| p.launches[i].load(Relaxed))
+                            .sum(),
+                        device_time_share: self.scheds[i]
+                            .sched
+                            .recent_shares(now)
+                            .get(&t.quota.name)
+                            .copied(),
+                        device_time_ns: self.scheds[i].sched.charged_ns(&t.quota.name),
                         slice_wait_ns: a.devices[i].wait_ns.load(Relaxed),
                     })
                     .collect();

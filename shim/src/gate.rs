@@ -1,14 +1,117 @@
-//! The compute launch gate. While the tenant holds its time slice a launch passes with one
-//! atomic load; otherwise the launching thread sleeps until the daemon grants the slice.
+//! The compute launch gate.
+//!
+//! While the tenant holds the device's slice a launch passes with a few atomic operations and
+//! no system call. Otherwise the launching thread tells the daemon it is waiting (a counter in
+//! the accounting segment plus a one-way message) and sleeps on the slice word with a futex
+//! until the daemon grants the slice — never spinning.
+//!
+//! Each passing launch is counted in flight (per device) until the real launch call returns, so
+//! the watcher thread can drain safely on revocation: it waits for the in-flight count to reach
+//! zero before synchronizing, and any launch that starts after the revocation sees it.
 
 use crate::cuda_types::{CUDA_ERROR_NOT_INITIALIZED, CUresult};
-use crate::registration::{Access, access};
+use crate::registration::{Access, Registration, access};
+use gpumux_common::futex;
+use gpumux_common::protocol::ClientMsg;
+use gpumux_common::shm::{MAX_DEVICES, SLICE_GRANTED};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::time::{Duration, Instant};
 
-/// Called before every kernel or graph launch.
+/// Launch calls of this process currently between the gate and the driver, per device.
+static IN_FLIGHT: [AtomicU32; MAX_DEVICES] = [const { AtomicU32::new(0) }; MAX_DEVICES];
+
+/// Set when the daemon connection is lost: launches pass (memory limits stay enforced by the
+/// shared segments; time-slicing resumes when a daemon is back).
+pub static DAEMON_GONE: AtomicBool = AtomicBool::new(false);
+
+/// How long a waiting thread sleeps before re-announcing itself (covers lost messages).
+const REANNOUNCE: Duration = Duration::from_millis(100);
+
+/// Proof that a launch passed the gate; leaves the in-flight count on drop.
+pub struct Ticket(Option<usize>);
+
+impl Drop for Ticket {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(d) = self.0 {
+            IN_FLIGHT[d].fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// Called before every kernel or graph launch; hold the ticket until the launch returned.
 #[inline]
-pub fn before_launch() -> Result<(), CUresult> {
+pub fn enter() -> Result<Ticket, CUresult> {
     match access() {
         Access::Refused => Err(CUDA_ERROR_NOT_INITIALIZED),
-        Access::PassThrough | Access::Registered(_) => Ok(()),
+        Access::PassThrough => Ok(Ticket(None)),
+        Access::Registered(reg) => Ok(enter_registered(reg)),
+    }
+}
+
+#[inline]
+fn enter_registered(reg: &'static Registration) -> Ticket {
+    let device = match reg.single_device() {
+        Some(d) => d,
+        None => match crate::hooks::init::current_device(reg) {
+            Ok(Some(d)) => d,
+            // No context or not a tenant device: the driver reports it on the launch.
+            _ => return Ticket(None),
+        },
+    };
+    let counter = &reg.accounting.processes[reg.slot].launches[device];
+    counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
+    let ctl = &reg.control.devices[device];
+    if ctl.scheduled.load(Relaxed) == 0 {
+        return Ticket(None);
+    }
+    loop {
+        IN_FLIGHT[device].fetch_add(1, SeqCst);
+        let word = ctl.slice.load(SeqCst);
+        if word & SLICE_GRANTED != 0 || DAEMON_GONE.load(Relaxed) {
+            return Ticket(Some(device));
+        }
+        IN_FLIGHT[device].fetch_sub(1, SeqCst);
+        wait_for_slice(reg, device, word);
+    }
+}
+
+#[cold]
+fn wait_for_slice(reg: &Registration, device: usize, mut word: u32) {
+    let ctl = &reg.control.devices[device];
+    let acct = &reg.accounting.devices[device];
+    let start = Instant::now();
+    acct.waiting.fetch_add(1, SeqCst);
+    reg.send(&ClientMsg::Demand {
+        device: device as u32,
+    });
+    let mut announced = Instant::now();
+    while word & SLICE_GRANTED == 0 && !DAEMON_GONE.load(Relaxed) {
+        futex::wait(&ctl.slice, word, Some(REANNOUNCE));
+        word = ctl.slice.load(SeqCst);
+        if word & SLICE_GRANTED == 0 && announced.elapsed() >= REANNOUNCE {
+            reg.send(&ClientMsg::Demand {
+                device: device as u32,
+            });
+            announced = Instant::now();
+        }
+    }
+    acct.waiting.fetch_sub(1, SeqCst);
+    acct.wait_ns
+        .fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
+}
+
+/// Drain support: waits until no launch call of this process is between the gate and the
+/// driver on `device` (they are microseconds long).
+pub fn wait_no_launch_in_flight(device: usize) {
+    let mut spins = 0u32;
+    while IN_FLIGHT[device].load(SeqCst) != 0 {
+        spins += 1;
+        if spins < 100 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 }

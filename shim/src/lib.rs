@@ -7,11 +7,12 @@
 //! - [`allocations`]: what this process has charged, by handle.
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
+//! - [`watcher`]: the thread that drains this process's work when the daemon revokes a slice.
 //! - [`fork`], [`ffi_guard`], [`diag`]: fork safety, no panics across FFI, stderr messages.
 //! - [`cuda_types`]: the ABI pieces (no CUDA headers needed).
 //!
 //! Nothing runs at load time: no constructor, no thread. Everything starts on the first
-//! driver call (normally `cuInit`).
+//! driver call (normally `cuInit`); the watcher thread starts with the registration.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod allocations;
@@ -24,3 +25,4 @@ pub mod hooks;
 pub mod quota_view;
 pub mod real;
 pub mod registration;
+pub mod watcher;

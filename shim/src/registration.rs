@@ -38,6 +38,9 @@ pub struct Registration {
     /// CUDA device ordinal → index in the segments' device table (-1: not a device the
     /// daemon knows, treated as not allowed; -2: not looked up yet).
     ordinals: [AtomicI8; MAX_ORDINALS],
+    /// The device every launch goes to when the process sees exactly one (-1 otherwise):
+    /// spares the launch gate a driver call.
+    single_device: AtomicI8,
 }
 
 /// What the shim may do for this process.
@@ -84,6 +87,26 @@ impl Registration {
         }
     }
 
+    /// Records how many CUDA ordinals the process sees, after mapping them all.
+    pub fn set_ordinal_count(&self, count: i32) {
+        let single = match count {
+            1 => self.device_index(0).flatten().map_or(-1, |d| d as i8),
+            _ => -1,
+        };
+        self.single_device.store(single, Ordering::Relaxed);
+    }
+
+    /// The only device this process can launch on, if it sees exactly one.
+    #[inline]
+    pub fn single_device(&self) -> Option<usize> {
+        usize::try_from(self.single_device.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Ordinals mapped to segment device `device`.
+    pub fn ordinals_of(&self, device: usize) -> impl Iterator<Item = i32> + '_ {
+        (0..MAX_ORDINALS as i32).filter(move |&o| self.device_index(o) == Some(Some(device)))
+    }
+
     /// Segment device index for an NVML/CUDA UUID.
     pub fn device_by_uuid(&self, uuid: &[u8; 16]) -> Option<usize> {
         let words = gpumux_common::shm::uuid_words(uuid);
@@ -97,6 +120,22 @@ impl Registration {
 
     pub fn socket_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+
+    /// Sends a message to the daemon (best effort, never blocks).
+    pub fn send(&self, msg: &ClientMsg) -> bool {
+        let bytes = msg.encode();
+        // SAFETY: send(2) of a valid buffer on our socket; MSG_DONTWAIT so a full socket
+        // buffer never blocks a launching thread.
+        let n = unsafe {
+            libc::send(
+                self.socket.as_raw_fd(),
+                bytes.as_ptr() as *const libc::c_void,
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        n == bytes.len() as isize
     }
 }
 
@@ -141,6 +180,7 @@ fn register() -> Access {
                 Ordering::Release,
             );
             MODE.store(REGISTERED, Ordering::Release);
+            crate::watcher::start(reg);
             Access::Registered(reg)
         }
         Err(reason) => {
@@ -174,11 +214,11 @@ fn connect(path: &std::path::Path) -> Result<Registration, String> {
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
-    let hello = ClientMsg::Hello {
+    let hello_msg = ClientMsg::Hello {
         protocol: PROTOCOL_VERSION,
         pid: std::process::id(),
     };
-    sock::send(fd.as_fd(), &hello.encode(), &[]).map_err(|e| format!("send: {e}"))?;
+    sock::send(fd.as_fd(), &hello_msg.encode(), &[]).map_err(|e| format!("send: {e}"))?;
     let mut buf = [0u8; MAX_MESSAGE];
     let (n, mut fds) =
         sock::recv(fd.as_fd(), &mut buf, 0).map_err(|e| format!("no answer: {e}"))?;
@@ -195,6 +235,21 @@ fn connect(path: &std::path::Path) -> Result<Registration, String> {
             if fds.len() != 2 {
                 return Err("the daemon sent no segments".into());
             }
+            // From now on the socket is the watcher's to block on.
+            let no_timeout = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            };
+            // SAFETY: setsockopt with a valid timeval of the stated size.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &no_timeout as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
             let accounting_fd = fds.pop().expect("two fds");
             let control_fd = fds.pop().expect("two fds");
             let control = SegmentView::<ControlSegment>::open(control_fd.as_fd(), false)
@@ -207,6 +262,7 @@ fn connect(path: &std::path::Path) -> Result<Registration, String> {
                 accounting,
                 slot: slot as usize,
                 ordinals: [const { AtomicI8::new(NOT_LOOKED_UP) }; MAX_ORDINALS],
+                single_device: AtomicI8::new(-1),
             })
         }
         ServerMsg::Refused { reason } => Err(format!("refused: {reason}")),

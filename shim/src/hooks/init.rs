@@ -41,6 +41,7 @@ fn map_all_ordinals(reg: &Registration) {
     for ordinal in 0..count.min(crate::registration::MAX_ORDINALS as i32) {
         map_ordinal(reg, ordinal);
     }
+    reg.set_ordinal_count(count);
 }
 
 /// Matches one CUDA ordinal (by UUID) to the daemon's device table.

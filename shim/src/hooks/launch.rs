@@ -1,5 +1,5 @@
-//! Kernel and graph launches. They pass straight through; the compute time-slicing gate
-//! (`crate::gate`) decides, without a system call while the tenant holds its slice.
+//! Kernel and graph launches: each goes through the compute time-slicing gate (`crate::gate`),
+//! which costs no system call while the tenant holds its slice, then to the driver.
 
 #![allow(non_snake_case)]
 
@@ -28,9 +28,10 @@ macro_rules! launch_kernel {
         ) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                if let Err(rc) = crate::gate::before_launch() {
-                    return rc;
-                }
+                let _ticket = match crate::gate::enter() {
+                    Ok(t) => t,
+                    Err(rc) => return rc,
+                };
                 // SAFETY: forwarding the caller's arguments.
                 unsafe { real_fn(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) }
             })
@@ -50,9 +51,10 @@ macro_rules! launch_ex {
         pub unsafe extern "C" fn $name(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(*const c_void, CUfunction, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                if let Err(rc) = crate::gate::before_launch() {
-                    return rc;
-                }
+                let _ticket = match crate::gate::enter() {
+                    Ok(t) => t,
+                    Err(rc) => return rc,
+                };
                 // SAFETY: forwarding the caller's arguments.
                 unsafe { real_fn(config, f, params, extra) }
             })
@@ -70,9 +72,10 @@ macro_rules! graph_launch {
         pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                if let Err(rc) = crate::gate::before_launch() {
-                    return rc;
-                }
+                let _ticket = match crate::gate::enter() {
+                    Ok(t) => t,
+                    Err(rc) => return rc,
+                };
                 // SAFETY: forwarding the caller's arguments.
                 unsafe { real_fn(exec, stream) }
             })

@@ -81,7 +81,11 @@ hooked! {
         cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz, cuGraphLaunch, cuGraphLaunch_ptsz,
     ]
     nvml: [nvmlInit, nvmlInit_v2, nvmlInitWithFlags, nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo_v2]
-    helpers_cuda: [cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2]
+    helpers_cuda: [
+        cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2,
+        cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRelease_v2,
+        cuCtxPushCurrent_v2, cuCtxPopCurrent_v2, cuCtxSynchronize,
+    ]
     helpers_nvml: [nvmlDeviceGetUUID]
 }
 

@@ -5,9 +5,7 @@ use fakegpu::testenv::FakeGpuEnv;
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn c_smoke_test_passes() {
-    let env = FakeGpuEnv::new(&[1 << 30]);
+fn build(env: &FakeGpuEnv) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/smoke.c");
     let exe = env.lib_dir().parent().unwrap().join("smoke");
     let cc = Command::new("cc")
@@ -18,6 +16,13 @@ fn c_smoke_test_passes() {
         .status()
         .expect("run cc");
     assert!(cc.success(), "cc failed");
+    exe
+}
+
+#[test]
+fn c_smoke_test_passes() {
+    let env = FakeGpuEnv::new(&[1 << 30]);
+    let exe = build(&env);
     let out = env.command(&exe).output().expect("run smoke");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
@@ -29,4 +34,54 @@ fn c_smoke_test_passes() {
         snap.devices[0].used_bytes, 0,
         "the smoke process's memory is reclaimed"
     );
+}
+
+#[test]
+fn two_saturating_processes_split_the_device_evenly() {
+    let env = FakeGpuEnv::new(&[1 << 30]);
+    let exe = build(&env);
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            env.command(&exe)
+                .args(["spin", "2", "1500"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let trace = fakegpu::kernel_trace(env.state_path(), 0).unwrap();
+    for w in trace.windows(2) {
+        assert!(w[0].end_ns <= w[1].start_ns, "kernels overlap: {w:?}");
+    }
+    // Compare over the window where both ran.
+    let first_end = pids
+        .iter()
+        .map(|p| {
+            trace
+                .iter()
+                .filter(|r| r.pid == *p)
+                .map(|r| r.end_ns)
+                .max()
+                .unwrap()
+        })
+        .min()
+        .unwrap();
+    let busy: Vec<u64> = pids
+        .iter()
+        .map(|p| {
+            trace
+                .iter()
+                .filter(|r| r.pid == *p && r.end_ns <= first_end)
+                .map(|r| r.end_ns - r.start_ns)
+                .sum()
+        })
+        .collect();
+    let share = busy[0] as f64 / (busy[0] + busy[1]) as f64;
+    println!("busy split {busy:?} share {share:.3}");
+    assert!((0.45..=0.55).contains(&share), "busy split {busy:?}");
+    let snap = env.snapshot();
+    assert_eq!(snap.devices[0].max_concurrent_kernels, 1);
 }

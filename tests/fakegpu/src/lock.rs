@@ -153,7 +153,18 @@ impl Drop for DeviceLockGuard<'_> {
         {
             let _m = QueueMutex::lock(self.q);
             if self.q.head.load(Ordering::Acquire) == self.ticket {
-                self.q.head.store(self.ticket + 1, Ordering::Release);
+                // Hand over, skipping entries of processes that have certainly exited (cheap
+                // check; zombies and the like are left to the waiters' timed check).
+                let mut head = self.ticket + 1;
+                let tail = self.q.tail.load(Ordering::Acquire);
+                while head < tail {
+                    let e = &self.q.entries[(head % QUEUE_CAP as u64) as usize];
+                    if !procid::certainly_gone(e.pid.load(Ordering::Acquire)) {
+                        break;
+                    }
+                    head += 1;
+                }
+                self.q.head.store(head, Ordering::Release);
             }
             self.q.seq.fetch_add(1, Ordering::AcqRel);
         }

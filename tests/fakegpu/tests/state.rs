@@ -8,18 +8,22 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-fn temp_state(tag: &str) -> PathBuf {
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn create(tag: &str, devices: &[u64]) -> (TempDir, PathBuf, GpuState) {
     let dir = std::env::temp_dir().join(format!("fakegpu-test-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("state");
     let _ = std::fs::remove_file(&p);
-    p
-}
-
-fn create(tag: &str, devices: &[u64]) -> (PathBuf, GpuState) {
-    let p = temp_state(tag);
     let s = GpuState::open_or_create(&p, &DeviceConfig::new(devices).unwrap()).unwrap();
-    (p, s)
+    (TempDir(dir), p, s)
 }
 
 /// Forks a child that runs `f` and then waits forever (until killed). Returns its pid once `f`
@@ -59,7 +63,7 @@ fn kill(pid: libc::pid_t) {
 
 #[test]
 fn config_is_fixed_by_creator() {
-    let (p, s) = create("config", &[64 * MIB, 32 * MIB]);
+    let (_dir, p, s) = create("config", &[64 * MIB, 32 * MIB]);
     assert_eq!(s.device_count(), 2);
     let again = GpuState::open_or_create(&p, &DeviceConfig::new(&[1]).unwrap()).unwrap();
     assert_eq!(again.device_count(), 2);
@@ -80,7 +84,7 @@ fn config_is_fixed_by_creator() {
 
 #[test]
 fn capacity_is_enforced_and_nothing_charged_on_failure() {
-    let (_p, s) = create("capacity", &[100 * MIB, 10 * MIB]);
+    let (_dir, _p, s) = create("capacity", &[100 * MIB, 10 * MIB]);
     s.charge(0, 60 * MIB).unwrap();
     let e = s.charge(0, 41 * MIB).unwrap_err();
     assert!(matches!(e, FakeGpuError::OutOfMemory { free, .. } if free == 40 * MIB));
@@ -102,7 +106,7 @@ fn capacity_is_enforced_and_nothing_charged_on_failure() {
 
 #[test]
 fn concurrent_charges_never_exceed_capacity() {
-    let (_p, s) = create("concurrent", &[1000 * MIB]);
+    let (_dir, _p, s) = create("concurrent", &[1000 * MIB]);
     let s = Arc::new(s);
     let threads: Vec<_> = (0..4)
         .map(|_| {
@@ -117,7 +121,7 @@ fn concurrent_charges_never_exceed_capacity() {
 
 #[test]
 fn dead_process_memory_is_reclaimed() {
-    let (p, s) = create("reclaim", &[100 * MIB]);
+    let (_dir, p, s) = create("reclaim", &[100 * MIB]);
     let child = fork_child(|| {
         let s = GpuState::open_existing(&p).unwrap();
         s.charge(0, 70 * MIB).unwrap();
@@ -137,7 +141,7 @@ fn dead_process_memory_is_reclaimed() {
 
 #[test]
 fn zombie_counts_as_dead() {
-    let (p, s) = create("zombie", &[100 * MIB]);
+    let (_dir, p, s) = create("zombie", &[100 * MIB]);
     let child = fork_child(|| {
         GpuState::open_existing(&p)
             .unwrap()
@@ -153,7 +157,7 @@ fn zombie_counts_as_dead() {
 
 #[test]
 fn lock_is_fair_between_threads() {
-    let (_p, s) = create("fair-threads", &[MIB]);
+    let (_dir, _p, s) = create("fair-threads", &[MIB]);
     let s = Arc::new(s);
     let stop = Instant::now() + Duration::from_millis(600);
     let threads: Vec<_> = (0..2)
@@ -185,7 +189,7 @@ fn lock_is_fair_between_threads() {
 
 #[test]
 fn lock_is_fair_between_processes() {
-    let (p, s) = create("fair-procs", &[MIB]);
+    let (_dir, p, s) = create("fair-procs", &[MIB]);
     let mut children = Vec::new();
     for _ in 0..2 {
         let p = p.clone();
@@ -224,7 +228,7 @@ fn lock_is_fair_between_processes() {
 
 #[test]
 fn dead_holder_is_recovered_quickly() {
-    let (p, s) = create("dead-holder", &[MIB]);
+    let (_dir, p, s) = create("dead-holder", &[MIB]);
     let child = fork_child(|| {
         let s = GpuState::open_existing(&p).unwrap();
         std::thread::spawn(move || {
@@ -255,7 +259,7 @@ fn dead_holder_is_recovered_quickly() {
 
 #[test]
 fn dead_waiter_is_skipped() {
-    let (p, s) = create("dead-waiter", &[MIB]);
+    let (_dir, p, s) = create("dead-waiter", &[MIB]);
     let s = Arc::new(s);
     let guard_holder = {
         let s = s.clone();

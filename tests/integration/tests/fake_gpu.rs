@@ -8,6 +8,7 @@
 //! target directory of this test binary).
 
 use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fakegpu::testenv::FakeGpuEnv;
@@ -17,6 +18,14 @@ use gpumux_integration::workloads::{
 };
 
 const T: Duration = Duration::from_secs(30);
+
+/// Serialises the tests whose assertions are about time (and the CPU-heavy stress test): the
+/// simulated device runs on the host's CPUs, so on a small machine parallel CPU-bound tests
+/// would stretch the gaps between kernels that events and shares measure.
+fn timing_exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Runs the C workload's `ops` script to completion (exit 0 expected).
 fn ops(env: &FakeGpuEnv, script: &str) -> gpumux_integration::workloads::Lines {
@@ -129,6 +138,7 @@ fn every_allocation_kind_is_charged_and_released() {
 
 #[test]
 fn launches_are_asynchronous_and_streams_run_in_order() {
+    let _serial = timing_exclusive();
     let env = FakeGpuEnv::new(&[GIB]);
     // 3 x 100 ms kernels: the launches return at once, synchronisation waits for all three
     let lines = ops(&env, "launch:100000000:3 sync spin:50000000:2");
@@ -156,7 +166,7 @@ fn launches_are_asynchronous_and_streams_run_in_order() {
     for (k, want) in trace.iter().zip([100, 100, 100, 50, 50]) {
         let d = (k.end_ns - k.start_ns) as f64 / 1e6;
         assert!(
-            (d - want as f64).abs() <= want as f64 * 0.05,
+            d >= want as f64 && d <= want as f64 * 1.05,
             "kernel of {want} ms ran {d} ms: {trace:?}"
         );
     }
@@ -167,6 +177,7 @@ fn launches_are_asynchronous_and_streams_run_in_order() {
 
 #[test]
 fn events_measure_the_simulated_kernel_time() {
+    let _serial = timing_exclusive();
     let env = FakeGpuEnv::new(&[GIB]);
     let out = run(
         &mut command(
@@ -188,13 +199,26 @@ fn events_measure_the_simulated_kernel_time() {
     );
     assert!(err <= 0.05, "events measured {ev} ms for 200 ms of kernels");
     assert!(f(s, "wall_ms") >= ev * 0.95, "{s}");
-    let snap = env.snapshot();
-    let busy = snap.devices[0].busy_ns as f64 / 1e6;
+    // the device's own timeline: 10 kernels of 20 ms, and the events bracket them
+    let trace = fakegpu::kernel_trace(env.state_path(), 0).unwrap();
+    assert_eq!(trace.len(), 10, "{trace:?}");
+    for k in &trace {
+        // never short; late only by host scheduling noise
+        let d = (k.end_ns - k.start_ns) as f64 / 1e6;
+        assert!((20.0..25.0).contains(&d), "a 20 ms kernel ran {d} ms");
+    }
+    let span = (trace[9].end_ns - trace[0].start_ns) as f64 / 1e6;
+    assert!(
+        ev >= span * 0.99 && ev <= span * 1.05,
+        "events {ev} ms vs device span {span} ms"
+    );
+    let busy = env.snapshot().devices[0].busy_ns as f64 / 1e6;
     assert!((busy - 200.0).abs() <= 10.0, "device busy {busy} ms");
 }
 
 #[test]
 fn two_saturating_processes_share_the_device_evenly_one_kernel_at_a_time() {
+    let _serial = timing_exclusive();
     let env = FakeGpuEnv::new(&[GIB]);
     // each: 400 kernels of 2 ms enqueued at once (0.8 s of device time), then sleeps so its
     // ground truth stays visible
@@ -369,6 +393,7 @@ fn c_workload_info_and_stress() {
         assert_eq!(u(d, "free"), want);
     }
 
+    let _serial = timing_exclusive();
     // 4 threads x up to 16 live allocations of up to 256 MiB on 1 GiB: plenty of OOMs,
     // never another error, and everything comes back
     let out = run(
@@ -400,6 +425,7 @@ fn c_workload_info_and_stress() {
 
 #[test]
 fn cudarc_workload_allocates_copies_and_spins() {
+    let _serial = timing_exclusive();
     let env = FakeGpuEnv::new(&[GIB]);
     let w = cudarc_workload();
     let out = run(&mut command(&env, &w, ["info"]), T).unwrap();

@@ -16,6 +16,9 @@
  *   driver_workload spin --ns N [--count K]
  *   driver_workload stress --threads T --seconds S --max-bytes B [--seed X]
  *   driver_workload hold --bytes N --seconds S
+ *   driver_workload load --ns N --seconds S [--batch B] [--pause-ms P]
+ *       repeatedly: launch B spin(N) kernels, synchronize, pause P ms; reports how long each
+ *       batch waited beyond its own kernel time (its wait for the device), p50/p99/max
  *
  * Exit codes: 0 the command ran (driver errors are reported as data), 2 usage error,
  * 3 the driver could not be loaded or cuInit failed.
@@ -936,6 +939,77 @@ static int cmd_spin(int argc, char **argv) {
     return 0;
 }
 
+/* ---- load: saturating (pause 0) or interactive (pause > 0) device use ---- */
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmd_load(int argc, char **argv) {
+    static const char *const flags[] = {"--ns", "--seconds", "--batch", "--pause-ms", "--device",
+                                        NULL};
+    const char *v[5] = {NULL, NULL, "4", "0", "0"};
+    parse_flags(argc, argv, flags, v);
+    unsigned long long ns = need_u64(v[0], "--ns");
+    unsigned long long seconds = need_u64(v[1], "--seconds");
+    unsigned long long batch = need_u64(v[2], "--batch");
+    unsigned long long pause_ms = need_u64(v[3], "--pause-ms");
+    unsigned long long dev = need_u64(v[4], "--device");
+    if (batch == 0) die_usage("--batch must be positive");
+    load_driver();
+    CUresult r = use_device((int)dev);
+    CUfunction fn = NULL;
+    CUstream stream = NULL;
+    if (r == CUDA_SUCCESS) r = get_spin(&fn);
+    if (r == CUDA_SUCCESS) r = get_stream(&stream);
+    if (r != CUDA_SUCCESS) {
+        emit("\"op\":\"load\",\"step\":\"setup\",\"result\":%d,\"error\":\"%s\"", r, err_name(r));
+        return 0;
+    }
+    emit("\"op\":\"load-start\",\"pid\":%d", (int)getpid());
+    size_t cap = 1024, n = 0;
+    double *waits = malloc(cap * sizeof *waits);
+    if (waits == NULL) {
+        perror("malloc");
+        return 2;
+    }
+    unsigned long long param = ns;
+    void *params[1] = {&param};
+    double start = now_ms(), own_ms = (double)(batch * ns) / 1e6;
+    unsigned long long kernels = 0;
+    while (r == CUDA_SUCCESS && now_ms() - start < (double)seconds * 1000.0) {
+        double t0 = now_ms();
+        for (unsigned long long i = 0; i < batch && r == CUDA_SUCCESS; i++) {
+            r = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+            if (r == CUDA_SUCCESS) kernels++;
+        }
+        if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
+        double wait = now_ms() - t0 - own_ms;
+        if (n == cap) {
+            cap *= 2;
+            double *grown = realloc(waits, cap * sizeof *waits);
+            if (grown == NULL) {
+                perror("realloc");
+                return 2;
+            }
+            waits = grown;
+        }
+        waits[n++] = wait < 0 ? 0 : wait;
+        if (pause_ms) usleep((useconds_t)(pause_ms * 1000));
+    }
+    double wall = now_ms() - start;
+    qsort(waits, n, sizeof *waits, cmp_double);
+    double p50 = n ? waits[n / 2] : 0, p99 = n ? waits[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] : 0;
+    double max = n ? waits[n - 1] : 0;
+    emit("\"op\":\"load\",\"pid\":%d,\"kernels\":%llu,\"batches\":%zu,\"wall_ms\":%.1f,"
+         "\"wait_p50_ms\":%.3f,\"wait_p99_ms\":%.3f,\"wait_max_ms\":%.3f,\"result\":%d,"
+         "\"error\":\"%s\"",
+         (int)getpid(), kernels, n, wall, p50, p99, max, r, r ? err_name(r) : "");
+    free(waits);
+    release_all_devices();
+    return 0;
+}
+
 /* ---- stress ---- */
 #define STRESS_LIVE 16
 #define STRESS_CODES 16
@@ -1129,6 +1203,8 @@ int main(int argc, char **argv) {
         rc = cmd_stress(argc - 2, argv + 2);
     } else if (strcmp(cmd, "hold") == 0) {
         rc = cmd_hold(argc - 2, argv + 2);
+    } else if (strcmp(cmd, "load") == 0) {
+        rc = cmd_load(argc - 2, argv + 2);
     } else {
         die_usage("unknown subcommand");
         rc = 2;

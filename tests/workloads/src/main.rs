@@ -96,9 +96,17 @@ fn ms(d: Duration) -> f64 {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Err(e) = cu::init() {
-        emit(err_fields("init", "cuInit", &e));
-        std::process::exit(1);
+    // cudarc panics when no driver library can be loaded; report that as data too
+    match std::panic::catch_unwind(cu::init) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            emit(err_fields("init", "cuInit", &e));
+            std::process::exit(1);
+        }
+        Err(_) => {
+            emit(json!({"op": "init", "step": "load", "error": "driver library not loadable"}));
+            std::process::exit(1);
+        }
     }
     match cli.cmd {
         Cmd::Info => info(),

@@ -75,7 +75,7 @@ cuda_fn! {
         context::primary_reset(p, d)
     }
 
-    fn cuDevicePrimaryCtxGetState(flags: *mut c_uint, active: *mut c_int, dev: CUdevice) {
+    fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) {
         need(flags)?;
         need(active)?;
         let p = process()?;

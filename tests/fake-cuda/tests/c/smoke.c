@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -30,9 +32,28 @@ static const char *PTX =
     ".visible .entry spin(\n  .param .u64 spin_param_0\n)\n{\n  ret;\n}\n"
     ".visible .entry other(\n  .param .u64 p\n)\n{\n  ret;\n}\n";
 
-int main(void) {
+/* `smoke spin KERNEL_MS TOTAL_MS`: saturate device 0 with back-to-back spin kernels. */
+static int spin_mode(int kernel_ms, int total_ms) {
+    H ctx, mod, fn;
+    if (SYM(cuInit)(0) || SYM(cuDevicePrimaryCtxRetain)(&ctx, 0) || SYM(cuCtxSetCurrent)(ctx) ||
+        SYM(cuModuleLoadData)(&mod, PTX) || SYM(cuModuleGetFunction)(&fn, mod, "spin"))
+        return 3;
+    uint64_t ns = (uint64_t)kernel_ms * 1000000ull;
+    void *args[] = {&ns};
+    double end = now_ms() + total_ms;
+    while (now_ms() < end) {
+        /* Keep a few kernels queued, like a real saturating workload. */
+        for (int i = 0; i < 4; i++)
+            if (SYM(cuLaunchKernel)(fn, 1, 1, 1, 1, 1, 1, 0, NULL, args, NULL)) return 4;
+        if (SYM(cuCtxSynchronize)()) return 5;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
     lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib) { printf("FAIL dlopen: %s\n", dlerror()); return 2; }
+    if (argc == 4 && strcmp(argv[1], "spin") == 0) return spin_mode(atoi(argv[2]), atoi(argv[3]));
     CUresult r;
     int n = -1;
     r = SYM(cuDeviceGetCount)(&n);
@@ -153,7 +174,25 @@ int main(void) {
     SYM(cuMemGetInfo_v2)(&fc, &tt);
     CHECK(fc == fa, "returned after the free executed");
 
-    /* Host function runs in stream order. */
+    /* A forked child is a new process: it must cuInit again and gets its own accounting. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        CUdeviceptr x;
+        H cctx;
+        int ok = SYM(cuMemAlloc_v2)(&x, 64) == 3;
+        ok = ok && SYM(cuInit)(0) == 0 && SYM(cuDevicePrimaryCtxRetain)(&cctx, 0) == 0;
+        ok = ok && SYM(cuCtxSetCurrent)(cctx) == 0 && SYM(cuMemAlloc_v2)(&x, N) == 0;
+        size_t f, t;
+        ok = ok && SYM(cuMemGetInfo_v2)(&f, &t) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    int status = -1;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "forked child: NOT_INITIALIZED until cuInit, then works");
+    size_t fd, td;
+    SYM(cuMemGetInfo_v2)(&fd, &td);
+    CHECK(fd == fa, "the exited child's memory is reclaimed");
+
     CHECK(SYM(cuMemFree_v2)(a) == 0 && SYM(cuMemFree_v2)(a) == 1, "free, double free -> INVALID_VALUE");
     SYM(cuMemFree_v2)(b);
     SYM(cuStreamDestroy_v2)(s);

@@ -1,0 +1,91 @@
+//! The watcher thread: started at registration (never at load time), it listens to the daemon.
+//! On `Revoke` it drains this process's work on the device — waits out launch calls in flight,
+//! then synchronizes the device's primary contexts — and answers `Drained`. When the daemon
+//! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]).
+
+use crate::cuda_types::*;
+use crate::hooks::real;
+use crate::registration::Registration;
+use gpumux_common::protocol::{ClientMsg, MAX_MESSAGE, ServerMsg};
+use gpumux_common::sock;
+use std::ffi::{c_int, c_uint};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::Ordering;
+
+/// Starts the watcher for a fresh registration.
+pub fn start(reg: &'static Registration) {
+    let spawned = std::thread::Builder::new()
+        .name("gpumux-watch".into())
+        .stack_size(256 * 1024)
+        .spawn(move || run(reg));
+    if spawned.is_err() {
+        crate::diag::stderr(b"gpumux: cannot start the watcher thread; compute time-slicing is off for this process\n");
+        crate::gate::DAEMON_GONE.store(true, Ordering::Relaxed);
+    }
+}
+
+fn run(reg: &'static Registration) {
+    let mut buf = [0u8; MAX_MESSAGE];
+    // SAFETY: the registration (and its socket) is leaked: the fd stays open for the process's
+    // life, except in a forked child, where this thread does not exist.
+    let fd = unsafe { BorrowedFd::borrow_raw(reg.socket_fd()) };
+    loop {
+        match sock::recv(fd, &mut buf, 0) {
+            Ok((0, _)) => break,
+            Ok((n, _)) => {
+                if let Ok(ServerMsg::Revoke { device, epoch }) = ServerMsg::decode(&buf[..n]) {
+                    drain(reg, device as usize);
+                    reg.send(&ClientMsg::Drained { device, epoch });
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                continue;
+            }
+            Err(_) => break,
+        }
+    }
+    crate::gate::DAEMON_GONE.store(true, Ordering::Relaxed);
+    crate::diag::stderr(b"gpumux: lost the connection to gpumuxd; memory limits stay in force, compute time-slicing is paused\n");
+}
+
+/// Waits until this process's work on `device` is done.
+fn drain(reg: &Registration, device: usize) {
+    if device >= gpumux_common::shm::MAX_DEVICES {
+        return;
+    }
+    crate::gate::wait_no_launch_in_flight(device);
+    for ordinal in reg.ordinals_of(device) {
+        sync_primary_context(ordinal);
+    }
+}
+
+fn sync_primary_context(ordinal: c_int) {
+    let get_state = real!(cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult);
+    let retain =
+        real!(cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult);
+    let release = real!(cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(CUdevice) -> CUresult);
+    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
+    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult);
+    let sync = real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+    let (mut flags, mut active) = (0 as c_uint, 0 as c_int);
+    // SAFETY: valid out-pointers; every call follows the driver API's documented contract,
+    // and the context pushed on this thread is popped before the retain is released.
+    unsafe {
+        if get_state(ordinal, &mut flags, &mut active) != CUDA_SUCCESS || active == 0 {
+            return;
+        }
+        let mut ctx: CUcontext = std::ptr::null_mut();
+        if retain(&mut ctx, ordinal) != CUDA_SUCCESS {
+            return;
+        }
+        if push(ctx) == CUDA_SUCCESS {
+            sync();
+            let mut popped: CUcontext = std::ptr::null_mut();
+            pop(&mut popped);
+        }
+        release(ordinal);
+    }
+}

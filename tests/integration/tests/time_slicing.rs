@@ -1,0 +1,264 @@
+//! Weighted, work-conserving compute time-slicing across tenants, end to end: the real daemon
+//! and shim, `load` workloads on the fake GPU. Shares come from the fake's ground truth (device
+//! busy time per process), never from gpumux's own figures.
+
+use gpumux_integration::gpumux::Gpumux;
+use gpumux_integration::workloads::{GIB, Running, c_workload, f, i};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+/// Saturating: batches of 4 x 2 ms kernels, back to back.
+const SATURATE: &[&str] = &["--ns", "2000000", "--batch", "4", "--pause-ms", "0"];
+
+fn tenant(weight: u32) -> String {
+    format!("memory_limit = \"1GiB\"\nweight = {weight}\n")
+}
+
+/// Starts a `load` workload in `tenant` for `seconds` and waits until it runs.
+fn load(g: &Gpumux, tenant: &str, seconds: u64, args: &[&str]) -> Running {
+    let mut r = Running::spawn(
+        g.tenant_command(tenant, c_workload())
+            .arg("load")
+            .args(["--seconds", &seconds.to_string()])
+            .args(args),
+    )
+    .unwrap();
+    r.wait_for("load-start", T).expect("load started");
+    r
+}
+
+/// Device busy ns per pid on device 0.
+fn busy(g: &Gpumux) -> HashMap<u32, u64> {
+    g.gpu.snapshot().devices[0]
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.busy_ns))
+        .collect()
+}
+
+/// Device time each group of pids got over `window`, as fractions of the window.
+fn shares(g: &Gpumux, groups: &[Vec<u32>], window: Duration) -> Vec<f64> {
+    let before = busy(g);
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let after = busy(g);
+    let elapsed = t0.elapsed().as_nanos() as f64;
+    groups
+        .iter()
+        .map(|pids| {
+            pids.iter()
+                .map(|p| {
+                    after
+                        .get(p)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(before.get(p).copied().unwrap_or(0))
+                })
+                .sum::<u64>() as f64
+                / elapsed
+        })
+        .collect()
+}
+
+fn finish_ok(r: Running) -> serde_json::Value {
+    let (status, lines) = r.finish(T).unwrap();
+    assert!(status.success());
+    let l = lines.one("load").clone();
+    assert_eq!(i(&l, "result"), 0, "{l}");
+    l
+}
+
+#[test]
+fn weights_three_to_one_split_device_time() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(3)), ("b", &tenant(1))]);
+    let a = load(&g, "a", 13, SATURATE);
+    let b = load(&g, "b", 13, SATURATE);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(10));
+    let total = s[0] + s[1];
+    eprintln!("shares a={:.3} b={:.3} busy={:.3}", s[0], s[1], total);
+    assert!(
+        (s[0] / total - 0.75).abs() <= 0.03,
+        "a got {:.3} of device time, want 0.75",
+        s[0] / total
+    );
+    assert!(total >= 0.95, "device busy {total:.3}: work-conserving");
+    finish_ok(a);
+    finish_ok(b);
+    assert!(g.gpu.snapshot().devices[0].max_concurrent_kernels <= 1);
+}
+
+#[test]
+fn four_tenants_share_by_weight() {
+    let g = Gpumux::start(
+        &[16 * GIB],
+        &[
+            ("a", &tenant(1)),
+            ("b", &tenant(2)),
+            ("c", &tenant(3)),
+            ("d", &tenant(4)),
+        ],
+    );
+    let runs: Vec<Running> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|t| load(&g, t, 13, SATURATE))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let s = shares(
+        &g,
+        &runs.iter().map(|r| vec![r.pid()]).collect::<Vec<_>>(),
+        Duration::from_secs(10),
+    );
+    let total: f64 = s.iter().sum();
+    let normalized: Vec<f64> = s
+        .iter()
+        .zip([1.0, 2.0, 3.0, 4.0])
+        .map(|(x, w)| x / total / (w / 10.0))
+        .collect();
+    let jain = normalized.iter().sum::<f64>().powi(2)
+        / (4.0 * normalized.iter().map(|x| x * x).sum::<f64>());
+    eprintln!("shares {s:?} busy {total:.3} jain {jain:.4}");
+    assert!(
+        jain >= 0.99,
+        "Jain's index {jain:.4} of weight-normalised shares {normalized:?}"
+    );
+    assert!(
+        total >= 0.95,
+        "device busy {total:.3} with 4 saturating tenants"
+    );
+    for r in runs {
+        finish_ok(r);
+    }
+}
+
+#[test]
+fn lone_active_tenant_gets_the_device_and_absorbs_an_idle_share() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
+    let a = load(&g, "a", 9, SATURATE);
+    let b = load(&g, "b", 3, SATURATE);
+    let (_, b_lines) = b.finish(T).unwrap();
+    assert_eq!(i(b_lines.one("load"), "result"), 0);
+    let b_pid = b_lines.one("load-start")["pid"].as_u64().unwrap() as u32;
+    // b is idle now: a alone must get >= 95% of the device.
+    let s = shares(&g, &[vec![a.pid()]], Duration::from_secs(4));
+    eprintln!("lone share {:.3}", s[0]);
+    assert!(s[0] >= 0.95, "lone active tenant got {:.3}", s[0]);
+    // a took over within one quantum of b's last kernel.
+    let trace = fakegpu::kernel_trace(g.state_path(), 0).unwrap();
+    let b_last = trace
+        .iter()
+        .filter(|k| k.pid == b_pid)
+        .map(|k| k.end_ns)
+        .max()
+        .expect("b ran kernels");
+    let a_next = trace
+        .iter()
+        .filter(|k| k.pid == a.pid() && k.start_ns >= b_last)
+        .map(|k| k.start_ns)
+        .min()
+        .expect("a ran after b");
+    let gap = Duration::from_nanos(a_next - b_last);
+    eprintln!("gap after the idle tenant's last kernel: {gap:?}");
+    assert!(
+        gap <= Duration::from_millis(50),
+        "a waited {gap:?} (> one 50 ms quantum) after b went idle"
+    );
+    finish_ok(a);
+}
+
+#[test]
+fn compute_limit_caps_device_time_on_an_idle_device() {
+    let g = Gpumux::start(
+        &[16 * GIB],
+        &[(
+            "capped",
+            "memory_limit = \"1GiB\"\ncompute_limit = \"30%\"\n",
+        )],
+    );
+    let a = load(&g, "capped", 13, SATURATE);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = shares(&g, &[vec![a.pid()]], Duration::from_secs(10));
+    eprintln!("capped share {:.3}", s[0]);
+    assert!(
+        (s[0] - 0.30).abs() <= 0.03,
+        "capped tenant got {:.3} of device time, cap 30%",
+        s[0]
+    );
+    finish_ok(a);
+}
+
+#[test]
+fn interactive_tenant_waits_at_most_two_quanta_at_p99() {
+    let g = Gpumux::start(&[16 * GIB], &[("batch", &tenant(1)), ("web", &tenant(1))]);
+    let hog = load(&g, "batch", 12, SATURATE);
+    let web = load(
+        &g,
+        "web",
+        10,
+        &["--ns", "1000000", "--batch", "1", "--pause-ms", "20"],
+    );
+    let l = finish_ok(web);
+    eprintln!("interactive waits: {l}");
+    assert!(
+        f(&l, "wait_p99_ms") <= 100.0,
+        "p99 wait {} ms > 2 quanta (100 ms)",
+        f(&l, "wait_p99_ms")
+    );
+    assert!(
+        l["batches"].as_u64().unwrap() > 50,
+        "the interactive tenant made progress: {l}"
+    );
+    finish_ok(hog);
+}
+
+#[test]
+fn tenants_not_processes_share_the_device() {
+    let g = Gpumux::start(&[16 * GIB], &[("many", &tenant(1)), ("one", &tenant(1))]);
+    let many: Vec<Running> = (0..8).map(|_| load(&g, "many", 13, SATURATE)).collect();
+    let one = load(&g, "one", 13, SATURATE);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = shares(
+        &g,
+        &[many.iter().map(Running::pid).collect(), vec![one.pid()]],
+        Duration::from_secs(10),
+    );
+    let total = s[0] + s[1];
+    eprintln!("8-process tenant {:.3}, 1-process tenant {:.3}", s[0], s[1]);
+    assert!(
+        (s[0] / total - 0.5).abs() <= 0.05,
+        "8 processes vs 1 split {:.3}/{:.3}, want 50/50",
+        s[0] / total,
+        s[1] / total
+    );
+    for r in many {
+        finish_ok(r);
+    }
+    finish_ok(one);
+}
+
+#[test]
+fn stopped_or_killed_holder_is_skipped() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
+    let mut a = load(&g, "a", 20, SATURATE);
+    let b = load(&g, "b", 14, SATURATE);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(500));
+    let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(3));
+    eprintln!("with a stopped: a={:.3} b={:.3}", s[0], s[1]);
+    assert!(s[1] >= 0.85, "b got {:.3} while a is stopped", s[1]);
+    // SAFETY: as above.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(500));
+    let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(2));
+    eprintln!("a resumed: a={:.3} b={:.3}", s[0], s[1]);
+    assert!(s[0] > 0.3 && s[1] > 0.3, "both progress again: {s:?}");
+    a.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let s = shares(&g, &[vec![b.pid()]], Duration::from_secs(2));
+    eprintln!("a killed: b={:.3}", s[0]);
+    assert!(s[0] >= 0.9, "b got {:.3} after a was killed", s[0]);
+    finish_ok(b);
+}
