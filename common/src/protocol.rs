@@ -21,6 +21,9 @@ pub enum ClientMsg {
     Demand { device: u32 },
     /// The process stopped issuing work on `device` for slice `epoch` and its work drained.
     Drained { device: u32, epoch: u32 },
+    /// After a daemon restart: a process registered with the previous daemon takes its
+    /// accounting `slot` back. Answered like `Hello`.
+    Reattach { protocol: u32, pid: u32, slot: u32 },
 }
 
 /// Daemon → shim.
@@ -118,6 +121,11 @@ impl ClientMsg {
             ClientMsg::Drained { device, epoch } => {
                 Writer::new(3).u32(*device).u32(*epoch).0.clone()
             }
+            ClientMsg::Reattach {
+                protocol,
+                pid,
+                slot,
+            } => Writer::new(4).u32(*protocol).u32(*pid).u32(*slot).0.clone(),
         }
     }
 
@@ -132,6 +140,11 @@ impl ClientMsg {
             3 => ClientMsg::Drained {
                 device: r.u32()?,
                 epoch: r.u32()?,
+            },
+            4 => ClientMsg::Reattach {
+                protocol: r.u32()?,
+                pid: r.u32()?,
+                slot: r.u32()?,
             },
             t => return Err(ProtocolError::UnknownTag(t)),
         };
@@ -193,6 +206,11 @@ mod tests {
                 pid: 42,
             },
             ClientMsg::Demand { device: 3 },
+            ClientMsg::Reattach {
+                protocol: 1,
+                pid: 2,
+                slot: 3,
+            },
             ClientMsg::Drained {
                 device: 1,
                 epoch: 9,

@@ -95,6 +95,9 @@ pub struct ProcessSlot {
     /// 0 = free; written by the daemon at registration and reclaim.
     pub pid: AtomicU32,
     pub _pad: AtomicU32,
+    /// The process's start time (clock ticks since boot, /proc/PID/stat field 22), so a
+    /// restarted daemon can tell the registered process from a later one with its pid.
+    pub start_time: AtomicU64,
     /// Bytes this process has charged, per device.
     pub used: [AtomicU64; MAX_DEVICES],
     /// Launches this process issued, per device (an activity indicator the scheduler reads;

@@ -2,14 +2,20 @@
 //!
 //! - [`nvml`]: the node's GPUs through NVML (dlopen, a handful of calls).
 //! - [`devices`]: those GPUs as the daemon and the segments describe them.
+//! - [`procfs`]: process start times and exit notification (pidfd).
 //! - [`segments`]: a tenant's shared segments (sealed control, tenant-writable accounting).
 //! - [`scheduler`]: weighted, work-conserving time-slicing of one device (pure logic).
 //! - [`server`]: the event loop: tenant sockets, process lifetimes, quota files, control socket.
 //! - [`status`]: the status report and control requests (one schema for daemon and CLI).
+//! - [`notify`]: systemd readiness notifications (`sd_notify` over `$NOTIFY_SOCKET`).
+//! - [`cdi`]: the CDI spec that injects a tenant into a container (`gpumuxctl cdi`).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cdi;
 pub mod devices;
+pub mod notify;
 pub mod nvml;
+pub mod procfs;
 pub mod scheduler;
 pub mod segments;
 pub mod server;

@@ -7,6 +7,7 @@
 //! reports it, and the daemon returns everything the process held to its tenant.
 
 use crate::devices::Device;
+use crate::procfs;
 use crate::scheduler::{Action, Activity, Scheduler};
 use crate::segments::TenantSegments;
 use crate::status::{ControlRequest, DeviceStatus, StatusReport, TenantDeviceStatus, TenantStatus};
@@ -48,6 +49,7 @@ const K_CONN: u64 = 4 << 56;
 const K_INOTIFY: u64 = 5 << 56;
 const K_RETRY: u64 = 6 << 56;
 const K_SCHED: u64 = 7 << 56;
+const K_PIDFD: u64 = 8 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 /// A tenant the daemon serves.
@@ -64,6 +66,9 @@ struct Tenant {
     /// Slots of processes that did not acknowledge a revocation in time (stopped, stuck):
     /// not waited for again, and not counted as wanting the device, until they speak again.
     stalled: BTreeSet<usize>,
+    /// After a daemon restart: slots of live processes registered with the previous daemon,
+    /// awaiting their reattachment (slot → pidfd watch id).
+    orphans: BTreeMap<usize, u64>,
 }
 
 /// A process connected to a tenant socket.
@@ -103,6 +108,8 @@ pub struct Daemon {
     /// One scheduler per device (same order as `devices`).
     scheds: Vec<DeviceSched>,
     sched_timer: TimerFd,
+    /// Exit watches on orphaned processes (id → tenant, slot, pidfd).
+    pidfds: HashMap<u64, (String, usize, OwnedFd)>,
 }
 
 fn seqpacket_listener(path: &Path) -> Result<OwnedFd> {
@@ -131,6 +138,11 @@ impl Daemon {
             .unwrap_or(1);
         std::fs::create_dir_all(cfg.state_dir.join("tenants"))
             .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+        let segments_dir = cfg.state_dir.join("segments");
+        std::fs::create_dir_all(&segments_dir)
+            .with_context(|| format!("creating {}", segments_dir.display()))?;
+        // Accounting files are the daemon's own: never readable by tenants.
+        std::fs::set_permissions(&segments_dir, std::fs::Permissions::from_mode(0o700))?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
 
         let mut mask = SigSet::empty();
@@ -211,8 +223,10 @@ impl Daemon {
             config_errors: BTreeMap::new(),
             scheds,
             sched_timer,
+            pidfds: HashMap::new(),
         };
         d.reload_tenants();
+        d.remove_stale_segments();
         Ok(d)
     }
 
@@ -250,6 +264,20 @@ impl Daemon {
                     K_RETRY => {
                         let _ = self.retry_timer.wait();
                         self.retry_reclaims();
+                    }
+                    K_PIDFD => {
+                        if let Some((tenant, slot, pidfd)) = self.pidfds.remove(&id) {
+                            let _ = self.epoll.delete(&pidfd);
+                            if let Some(t) = self.tenants.get_mut(&tenant) {
+                                t.orphans.remove(&slot);
+                            }
+                            tracing::info!(
+                                tenant,
+                                slot,
+                                "orphaned process exited; returning its memory"
+                            );
+                            self.reclaim(&tenant, slot, 0);
+                        }
                     }
                     K_SCHED => {
                         let _ = self.sched_timer.wait();
@@ -546,10 +574,18 @@ impl Daemon {
 
     fn add_tenant(&mut self, quota: TenantQuota) -> Result<()> {
         let name = quota.name.clone();
+        let tenant_name = name.clone();
         let dir = tenant_dir(&self.cfg.state_dir, &name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        let segments = TenantSegments::create(&name, self.generation, &self.devices, &quota)?;
+        let segments_dir = self.cfg.state_dir.join("segments");
+        let segments = TenantSegments::create(
+            &name,
+            self.generation,
+            &self.devices,
+            &quota,
+            &segments_dir.join(format!("{name}.acct")),
+        )?;
         let listener = seqpacket_listener(&tenant_socket(&self.cfg.state_dir, &name))?;
         let listener_id = self.id();
         self.epoll.add(
@@ -568,8 +604,10 @@ impl Daemon {
                 processes: BTreeMap::new(),
                 removed: false,
                 stalled: BTreeSet::new(),
+                orphans: BTreeMap::new(),
             },
         );
+        self.recover_orphans(&tenant_name);
         Ok(())
     }
 
@@ -587,8 +625,112 @@ impl Daemon {
         t.segments.apply_quota(&self.devices, &closed);
         t.removed = true;
         tracing::info!(tenant = %name, processes = t.processes.len(), "tenant removed");
-        if t.processes.is_empty() {
+        self.forget_tenant_if_unused(name);
+    }
+
+    /// Drops a removed tenant once no process (registered or orphaned) remains, with its
+    /// accounting file.
+    fn forget_tenant_if_unused(&mut self, name: &str) {
+        if let Some(t) = self.tenants.get(name)
+            && t.removed
+            && t.processes.is_empty()
+            && t.orphans.is_empty()
+        {
             self.tenants.remove(name);
+            let _ = std::fs::remove_file(self.segment_path(name));
+            tracing::info!(tenant = %name, "tenant gone");
+        }
+    }
+
+    fn segment_path(&self, tenant: &str) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("segments")
+            .join(format!("{tenant}.acct"))
+    }
+
+    /// After a daemon restart: the adopted accounting segment of `tenant` lists processes the
+    /// previous daemon registered. Dead ones are reclaimed now; live ones keep their memory
+    /// and are watched (pidfd) until they reattach or exit.
+    fn recover_orphans(&mut self, tenant: &str) {
+        let Some(t) = self.tenants.get(tenant) else {
+            return;
+        };
+        if !t.segments.recovered {
+            return;
+        }
+        match accounting::audit(&t.segments.accounting, RECLAIM_LOCK_TIMEOUT) {
+            Ok(true) => tracing::warn!(
+                tenant,
+                "accounting totals had drifted from the process records; repaired"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(tenant, "cannot audit recovered accounting: {e}"),
+        }
+        let slots: Vec<(usize, u32, u64)> = t
+            .segments
+            .accounting
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(s, p)| (s, p.pid.load(Relaxed), p.start_time.load(Relaxed)))
+            .filter(|(_, pid, _)| *pid != 0)
+            .collect();
+        let (mut alive, mut dead) = (0, 0);
+        for (slot, pid, start) in slots {
+            let watch = procfs::same_process_alive(pid, start)
+                .then(|| procfs::pidfd_open(pid).ok())
+                .flatten()
+                // The pid may have exited between the check and the pidfd: check again.
+                .filter(|_| procfs::same_process_alive(pid, start));
+            match watch {
+                Some(pidfd) => {
+                    let id = self.id();
+                    if self
+                        .epoll
+                        .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, K_PIDFD | id))
+                        .is_ok()
+                    {
+                        self.pidfds.insert(id, (tenant.to_string(), slot, pidfd));
+                        if let Some(t) = self.tenants.get_mut(tenant) {
+                            t.orphans.insert(slot, id);
+                        }
+                        alive += 1;
+                        continue;
+                    }
+                    self.reclaim(tenant, slot, pid);
+                    dead += 1;
+                }
+                None => {
+                    self.reclaim(tenant, slot, pid);
+                    dead += 1;
+                }
+            }
+        }
+        tracing::info!(
+            tenant,
+            alive,
+            reclaimed = dead,
+            "recovered accounting from the previous daemon"
+        );
+    }
+
+    /// Deletes accounting files of tenants that no longer exist (left by a previous daemon).
+    fn remove_stale_segments(&self) {
+        let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join("segments")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(tenant) = name.strip_suffix(".acct")
+                && !self.tenants.contains_key(tenant)
+            {
+                tracing::info!(
+                    tenant,
+                    "removing the accounting file of a tenant that no longer exists"
+                );
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 
@@ -704,7 +846,9 @@ impl Daemon {
                 }
                 let acct = &t.segments.accounting;
                 let Some(slot) = (0..MAX_PROCESSES).find(|&s| {
-                    acct.processes[s].pid.load(Relaxed) == 0 && !t.processes.contains_key(&s)
+                    acct.processes[s].pid.load(Relaxed) == 0
+                        && !t.processes.contains_key(&s)
+                        && !t.orphans.contains_key(&s)
                 }) else {
                     return reply_refused(
                         conn,
@@ -715,6 +859,9 @@ impl Daemon {
                     );
                 };
                 let pid = if conn.pid != 0 { conn.pid } else { claimed };
+                acct.processes[slot]
+                    .start_time
+                    .store(procfs::start_time(pid).unwrap_or(0), Relaxed);
                 acct.processes[slot].pid.store(pid, Relaxed);
                 t.processes.insert(slot, pid);
                 conn.slot = Some(slot);
@@ -733,6 +880,56 @@ impl Daemon {
                     return;
                 }
                 tracing::debug!(pid, tenant = %conn.tenant, slot, "process registered");
+            }
+            ClientMsg::Reattach {
+                protocol,
+                pid: _,
+                slot,
+            } => {
+                let slot = slot as usize;
+                let refused = |conn: &Conn, reason: String| {
+                    tracing::warn!(pid = conn.pid, tenant = %conn.tenant, "reattach refused: {reason}");
+                    let _ = sock::send(
+                        conn.fd.as_fd(),
+                        &ServerMsg::Refused { reason }.encode(),
+                        &[],
+                    );
+                };
+                if conn.slot.is_some() || protocol != PROTOCOL_VERSION {
+                    return refused(conn, "protocol mismatch or already registered".into());
+                }
+                let Some(t) = self.tenants.get_mut(&conn.tenant) else {
+                    return refused(conn, format!("tenant {} no longer exists", conn.tenant));
+                };
+                let owner = (slot < MAX_PROCESSES)
+                    .then(|| t.segments.accounting.processes[slot].pid.load(Relaxed));
+                if owner != Some(conn.pid) || t.processes.contains_key(&slot) {
+                    return refused(conn, format!("slot {slot} is not this process's"));
+                }
+                if let Some(watch) = t.orphans.remove(&slot)
+                    && let Some((_, _, pidfd)) = self.pidfds.remove(&watch)
+                {
+                    let _ = self.epoll.delete(&pidfd);
+                }
+                t.processes.insert(slot, conn.pid);
+                conn.slot = Some(slot);
+                let welcome = ServerMsg::Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    slot: slot as u32,
+                    generation: self.generation,
+                };
+                let fds = [
+                    t.segments.control_fd.as_fd(),
+                    t.segments.accounting_fd.as_fd(),
+                ];
+                let pid = conn.pid;
+                if let Err(e) = sock::send(conn.fd.as_fd(), &welcome.encode(), &fds) {
+                    tracing::warn!(pid, "cannot answer a reattach: {e}");
+                    self.close_conn(id);
+                    return;
+                }
+                tracing::info!(pid, tenant = %conn.tenant, slot, "process reattached after a daemon restart");
+                self.update_scheduling();
             }
             ClientMsg::Demand { device } => {
                 let tenant = conn.tenant.clone();
@@ -775,9 +972,7 @@ impl Daemon {
                     returned = total,
                     "process gone; memory returned"
                 );
-                if t.processes.is_empty() && t.removed {
-                    self.tenants.remove(tenant);
-                }
+                self.forget_tenant_if_unused(tenant);
             }
             Err(e) => {
                 tracing::warn!(pid, tenant, "reclaim deferred: {e}");
@@ -871,7 +1066,16 @@ impl Daemon {
                     name: t.quota.name.clone(),
                     weight: t.quota.weight,
                     compute_limit_percent: t.quota.compute_limit_permille.map(|p| p as f64 / 10.0),
-                    processes: t.processes.values().copied().collect(),
+                    processes: t
+                        .processes
+                        .values()
+                        .copied()
+                        .chain(
+                            t.orphans
+                                .keys()
+                                .map(|&s| t.segments.accounting.processes[s].pid.load(Relaxed)),
+                        )
+                        .collect(),
                     socket: tenant_socket(&self.cfg.state_dir, &t.quota.name)
                         .display()
                         .to_string(),

@@ -62,38 +62,44 @@ fn enter_registered(reg: &'static Registration) -> Ticket {
     };
     let counter = &reg.accounting.processes[reg.slot].launches[device];
     counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
-    let ctl = &reg.control.devices[device];
-    if ctl.scheduled.load(Relaxed) == 0 {
-        return Ticket(None);
-    }
     loop {
+        let ctl = &reg.control().devices[device];
+        if ctl.scheduled.load(Relaxed) == 0 {
+            return Ticket(None);
+        }
         IN_FLIGHT[device].fetch_add(1, SeqCst);
-        let word = ctl.slice.load(SeqCst);
-        if word & SLICE_GRANTED != 0 || DAEMON_GONE.load(Relaxed) {
+        if ctl.slice.load(SeqCst) & SLICE_GRANTED != 0 || DAEMON_GONE.load(Relaxed) {
             return Ticket(Some(device));
         }
         IN_FLIGHT[device].fetch_sub(1, SeqCst);
-        wait_for_slice(reg, device, word);
+        wait_for_slice(reg, device);
     }
 }
 
+/// Sleeps until the tenant holds the slice on `device` (or time-slicing is off for it).
 #[cold]
-fn wait_for_slice(reg: &Registration, device: usize, mut word: u32) {
-    let ctl = &reg.control.devices[device];
+fn wait_for_slice(reg: &Registration, device: usize) {
     let acct = &reg.accounting.devices[device];
     let start = Instant::now();
     acct.waiting.fetch_add(1, SeqCst);
-    reg.send(&ClientMsg::Demand {
+    let demand = ClientMsg::Demand {
         device: device as u32,
-    });
+    };
+    reg.send(&demand);
     let mut announced = Instant::now();
-    while word & SLICE_GRANTED == 0 && !DAEMON_GONE.load(Relaxed) {
+    loop {
+        // Re-read the control segment each time: a daemon restart replaces it.
+        let ctl = &reg.control().devices[device];
+        let word = ctl.slice.load(SeqCst);
+        if word & SLICE_GRANTED != 0
+            || DAEMON_GONE.load(Relaxed)
+            || ctl.scheduled.load(Relaxed) == 0
+        {
+            break;
+        }
         futex::wait(&ctl.slice, word, Some(REANNOUNCE));
-        word = ctl.slice.load(SeqCst);
-        if word & SLICE_GRANTED == 0 && announced.elapsed() >= REANNOUNCE {
-            reg.send(&ClientMsg::Demand {
-                device: device as u32,
-            });
+        if announced.elapsed() >= REANNOUNCE {
+            reg.send(&demand);
             announced = Instant::now();
         }
     }

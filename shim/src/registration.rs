@@ -4,15 +4,19 @@
 //!
 //! Modes: no `GPUMUX_SOCKET` → pass-through; registered → quotas apply; refused (daemon
 //! unreachable or refusing) → GPU use is refused with a message, never unlimited.
+//!
+//! A daemon restart does not end a registration: the accounting segment outlives the daemon
+//! (the process keeps its mapping, the daemon keeps the file), limits stay enforced through
+//! it, and the watcher reattaches to the new daemon, which hands over a new control segment.
 //! After `fork`, the child drops the parent's registration (it is another process for the
 //! daemon and for the driver) and registers again on its next driver call.
 
 use gpumux_common::protocol::{ClientMsg, MAX_MESSAGE, PROTOCOL_VERSION, ServerMsg};
 use gpumux_common::shm::{AccountingSegment, ControlSegment, MAX_DEVICES, SegmentView};
 use gpumux_common::{ENV_SOCKET, sock};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicI8, AtomicPtr, AtomicU8, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI8, AtomicI32, AtomicPtr, AtomicU8, Ordering};
 
 /// Most CUDA device ordinals mapped.
 pub const MAX_ORDINALS: usize = 64;
@@ -29,10 +33,15 @@ static MODE: AtomicU8 = AtomicU8::new(UNINIT);
 static REG: AtomicPtr<Registration> = AtomicPtr::new(std::ptr::null_mut());
 static INIT_LOCK: parking_lot::Mutex<()> = parking_lot::const_mutex(());
 
-/// A live registration.
+/// A live registration. Leaked on creation: hooks hold `&'static` references to it.
 pub struct Registration {
-    socket: OwnedFd,
-    pub control: SegmentView<ControlSegment>,
+    /// The tenant socket path (for reattaching after a daemon restart).
+    path: PathBuf,
+    /// The current connection to the daemon (-1 while the daemon is away).
+    socket: AtomicI32,
+    /// The current control segment. Replaced on reattach; old ones are leaked, never
+    /// unmapped, so references handed out earlier stay valid.
+    control: AtomicPtr<SegmentView<ControlSegment>>,
     pub accounting: SegmentView<AccountingSegment>,
     pub slot: usize,
     /// CUDA device ordinal → index in the segments' device table (-1: not a device the
@@ -55,6 +64,13 @@ pub enum Access {
 }
 
 impl Registration {
+    /// The current control segment.
+    #[inline]
+    pub fn control(&self) -> &'static SegmentView<ControlSegment> {
+        // SAFETY: the pointer always refers to a leaked (never freed) SegmentView.
+        unsafe { &*self.control.load(Ordering::Acquire) }
+    }
+
     /// Segment device index of a CUDA ordinal: `Some(None)` when the ordinal is not a device
     /// the daemon knows, `None` when it has not been looked up yet.
     #[inline]
@@ -72,13 +88,7 @@ impl Registration {
 
     /// Records which segment device a CUDA ordinal is (matched by GPU UUID).
     pub fn map_ordinal(&self, ordinal: i32, uuid: &[u8; 16]) {
-        let words = gpumux_common::shm::uuid_words(uuid);
-        let count = (self.control.device_count.load(Ordering::Acquire) as usize).min(MAX_DEVICES);
-        let found = (0..count).find(|&i| {
-            let d = &self.control.devices[i];
-            d.uuid[0].load(Ordering::Relaxed) == words[0]
-                && d.uuid[1].load(Ordering::Relaxed) == words[1]
-        });
+        let found = self.device_by_uuid(uuid);
         if let Some(slot) = usize::try_from(ordinal)
             .ok()
             .and_then(|o| self.ordinals.get(o))
@@ -110,32 +120,66 @@ impl Registration {
     /// Segment device index for an NVML/CUDA UUID.
     pub fn device_by_uuid(&self, uuid: &[u8; 16]) -> Option<usize> {
         let words = gpumux_common::shm::uuid_words(uuid);
-        let count = (self.control.device_count.load(Ordering::Acquire) as usize).min(MAX_DEVICES);
+        let control = self.control();
+        let count = (control.device_count.load(Ordering::Acquire) as usize).min(MAX_DEVICES);
         (0..count).find(|&i| {
-            let d = &self.control.devices[i];
+            let d = &control.devices[i];
             d.uuid[0].load(Ordering::Relaxed) == words[0]
                 && d.uuid[1].load(Ordering::Relaxed) == words[1]
         })
     }
 
-    pub fn socket_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
+    /// The current daemon connection, if any.
+    pub fn socket_fd(&self) -> Option<RawFd> {
+        Some(self.socket.load(Ordering::Acquire)).filter(|&fd| fd >= 0)
     }
 
     /// Sends a message to the daemon (best effort, never blocks).
     pub fn send(&self, msg: &ClientMsg) -> bool {
+        let Some(fd) = self.socket_fd() else {
+            return false;
+        };
         let bytes = msg.encode();
-        // SAFETY: send(2) of a valid buffer on our socket; MSG_DONTWAIT so a full socket
-        // buffer never blocks a launching thread.
+        // SAFETY: send(2) of a valid buffer; MSG_DONTWAIT so a full socket buffer never blocks
+        // a launching thread. A racing reattach may have closed `fd`: send then fails (EBADF)
+        // or, if the number was reused, the daemon rejects the stray message.
         let n = unsafe {
             libc::send(
-                self.socket.as_raw_fd(),
+                fd,
                 bytes.as_ptr() as *const libc::c_void,
                 bytes.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
         n == bytes.len() as isize
+    }
+
+    /// Reattaches to a (restarted) daemon: presents this process's slot, receives the new
+    /// control segment. On success the old connection is closed and replaced.
+    pub fn reattach(&self) -> Result<(), String> {
+        let msg = ClientMsg::Reattach {
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            slot: self.slot as u32,
+        };
+        let (fd, (control, slot), _) = handshake(&self.path, &msg)?;
+        if slot != self.slot {
+            return Err(format!(
+                "the daemon moved this process from slot {} to {slot}",
+                self.slot
+            ));
+        }
+        let control: &'static SegmentView<ControlSegment> = Box::leak(Box::new(control));
+        self.control.store(
+            control as *const _ as *mut SegmentView<ControlSegment>,
+            Ordering::Release,
+        );
+        let old = self.socket.swap(fd.into_raw_fd(), Ordering::AcqRel);
+        if old >= 0 {
+            // SAFETY: closing our previous connection, which nobody else owns.
+            unsafe { libc::close(old) };
+        }
+        Ok(())
     }
 }
 
@@ -154,15 +198,23 @@ pub fn access() -> Access {
     }
 }
 
+/// The registration, if this process has one (never registers).
+#[inline]
+pub fn current() -> Option<&'static Registration> {
+    if MODE.load(Ordering::Acquire) == REGISTERED {
+        // SAFETY: see `access`.
+        Some(unsafe { &*REG.load(Ordering::Acquire) })
+    } else {
+        None
+    }
+}
+
 #[cold]
 fn register() -> Access {
-    let _guard = INIT_LOCK.lock();
-    match MODE.load(Ordering::Acquire) {
-        UNINIT => {}
-        _ => {
-            drop(_guard);
-            return access();
-        }
+    let guard = INIT_LOCK.lock();
+    if MODE.load(Ordering::Acquire) != UNINIT {
+        drop(guard);
+        return access();
     }
     let Some(path) = std::env::var_os(ENV_SOCKET)
         .filter(|p| !p.is_empty())
@@ -172,8 +224,27 @@ fn register() -> Access {
         return Access::PassThrough;
     };
     crate::fork::install_handlers();
-    match connect(&path) {
-        Ok(reg) => {
+    let hello = ClientMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+    };
+    let result = handshake(&path, &hello).and_then(|(fd, control, fds)| {
+        let accounting = SegmentView::<AccountingSegment>::open(fds.as_fd(), true)
+            .map_err(|e| format!("accounting segment: {e}"))?;
+        Ok((fd, control, accounting))
+    });
+    match result {
+        Ok((fd, control, accounting)) => {
+            let slot = control.1;
+            let reg = Registration {
+                path,
+                socket: AtomicI32::new(fd.into_raw_fd()),
+                control: AtomicPtr::new(Box::leak(Box::new(control.0))),
+                accounting,
+                slot,
+                ordinals: [const { AtomicI8::new(NOT_LOOKED_UP) }; MAX_ORDINALS],
+                single_device: AtomicI8::new(-1),
+            };
             let reg: &'static Registration = Box::leak(Box::new(reg));
             REG.store(
                 reg as *const Registration as *mut Registration,
@@ -198,10 +269,9 @@ fn register() -> Access {
     }
 }
 
-fn connect(path: &std::path::Path) -> Result<Registration, String> {
-    let fd = sock::connect(path).map_err(|e| format!("connect: {e}"))?;
+fn set_recv_timeout(fd: BorrowedFd<'_>, seconds: libc::time_t) {
     let timeout = libc::timeval {
-        tv_sec: 10,
+        tv_sec: seconds,
         tv_usec: 0,
     };
     // SAFETY: setsockopt with a valid timeval of the stated size.
@@ -214,11 +284,18 @@ fn connect(path: &std::path::Path) -> Result<Registration, String> {
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
-    let hello_msg = ClientMsg::Hello {
-        protocol: PROTOCOL_VERSION,
-        pid: std::process::id(),
-    };
-    sock::send(fd.as_fd(), &hello_msg.encode(), &[]).map_err(|e| format!("send: {e}"))?;
+}
+
+/// Connects, sends `msg` (Hello or Reattach), and returns the connection, the mapped control
+/// segment with the slot the daemon assigned, and the accounting segment's descriptor.
+#[allow(clippy::type_complexity)]
+fn handshake(
+    path: &Path,
+    msg: &ClientMsg,
+) -> Result<(OwnedFd, (SegmentView<ControlSegment>, usize), OwnedFd), String> {
+    let fd = sock::connect(path).map_err(|e| format!("connect: {e}"))?;
+    set_recv_timeout(fd.as_fd(), 10);
+    sock::send(fd.as_fd(), &msg.encode(), &[]).map_err(|e| format!("send: {e}"))?;
     let mut buf = [0u8; MAX_MESSAGE];
     let (n, mut fds) =
         sock::recv(fd.as_fd(), &mut buf, 0).map_err(|e| format!("no answer: {e}"))?;
@@ -236,48 +313,15 @@ fn connect(path: &std::path::Path) -> Result<Registration, String> {
                 return Err("the daemon sent no segments".into());
             }
             // From now on the socket is the watcher's to block on.
-            let no_timeout = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 0,
-            };
-            // SAFETY: setsockopt with a valid timeval of the stated size.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    &no_timeout as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-                )
-            };
+            set_recv_timeout(fd.as_fd(), 0);
             let accounting_fd = fds.pop().expect("two fds");
             let control_fd = fds.pop().expect("two fds");
             let control = SegmentView::<ControlSegment>::open(control_fd.as_fd(), false)
                 .map_err(|e| format!("control segment: {e}"))?;
-            let accounting = SegmentView::<AccountingSegment>::open(accounting_fd.as_fd(), true)
-                .map_err(|e| format!("accounting segment: {e}"))?;
-            Ok(Registration {
-                socket: fd,
-                control,
-                accounting,
-                slot: slot as usize,
-                ordinals: [const { AtomicI8::new(NOT_LOOKED_UP) }; MAX_ORDINALS],
-                single_device: AtomicI8::new(-1),
-            })
+            Ok((fd, (control, slot as usize), accounting_fd))
         }
         ServerMsg::Refused { reason } => Err(format!("refused: {reason}")),
         other => Err(format!("unexpected answer {other:?}")),
-    }
-}
-
-/// The registration, if this process has one (never registers).
-#[inline]
-pub fn current() -> Option<&'static Registration> {
-    if MODE.load(Ordering::Acquire) == REGISTERED {
-        // SAFETY: see `access`.
-        Some(unsafe { &*REG.load(Ordering::Acquire) })
-    } else {
-        None
     }
 }
 
@@ -287,29 +331,20 @@ pub fn current() -> Option<&'static Registration> {
 pub fn forget_after_fork() {
     let p = REG.swap(std::ptr::null_mut(), Ordering::AcqRel);
     if !p.is_null() {
-        // SAFETY: `p` is the leaked registration; we only read its fd and close our copy. The
-        // struct itself is deliberately leaked (its OwnedFd must not be closed twice).
-        unsafe { libc::close((*p).socket_fd()) };
+        // SAFETY: `p` is the leaked registration; we only take its fd and close our copy. The
+        // struct itself is deliberately leaked.
+        let fd = unsafe { (*p).socket.swap(-1, Ordering::AcqRel) };
+        if fd >= 0 {
+            // SAFETY: closing the child's copy of the parent's connection.
+            unsafe { libc::close(fd) };
+        }
     }
     if MODE.load(Ordering::Acquire) != PASS_THROUGH {
         MODE.store(UNINIT, Ordering::Release);
     }
-    // SAFETY: the child runs only the forking thread; nobody else can hold INIT_LOCK's
-    // state in a way that matters, but a parent thread might have held it at fork time.
-    unsafe { INIT_LOCK.force_unlock_if_locked() };
-}
-
-trait ForceUnlock {
-    /// # Safety
-    /// Only in a forked child, where the holder no longer exists.
-    unsafe fn force_unlock_if_locked(&self);
-}
-
-impl ForceUnlock for parking_lot::Mutex<()> {
-    unsafe fn force_unlock_if_locked(&self) {
-        if self.is_locked() {
-            // SAFETY: per the trait contract, the holder thread does not exist in this process.
-            unsafe { self.force_unlock() };
-        }
+    if INIT_LOCK.is_locked() {
+        // SAFETY: in a forked child only the forking thread exists: a holder of INIT_LOCK at
+        // fork time is gone, and the lock must be usable again.
+        unsafe { INIT_LOCK.force_unlock() };
     }
 }

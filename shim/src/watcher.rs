@@ -1,7 +1,8 @@
 //! The watcher thread: started at registration (never at load time), it listens to the daemon.
 //! On `Revoke` it drains this process's work on the device — waits out launch calls in flight,
 //! then synchronizes the device's primary contexts — and answers `Drained`. When the daemon
-//! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]).
+//! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]) and reattaches to
+//! the restarted daemon, retrying with backoff.
 
 use crate::cuda_types::*;
 use crate::hooks::real;
@@ -11,6 +12,7 @@ use gpumux_common::sock;
 use std::ffi::{c_int, c_uint};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// Starts the watcher for a fresh registration.
 pub fn start(reg: &'static Registration) {
@@ -25,13 +27,35 @@ pub fn start(reg: &'static Registration) {
 }
 
 fn run(reg: &'static Registration) {
+    loop {
+        serve(reg);
+        crate::gate::DAEMON_GONE.store(true, Ordering::Relaxed);
+        crate::diag::stderr(b"gpumux: lost the connection to gpumuxd; memory limits stay in force, compute time-slicing is paused until it is back\n");
+        let mut delay = Duration::from_millis(20);
+        loop {
+            std::thread::sleep(delay);
+            match reg.reattach() {
+                Ok(()) => {
+                    crate::gate::DAEMON_GONE.store(false, Ordering::Relaxed);
+                    crate::diag::stderr(b"gpumux: reattached to gpumuxd\n");
+                    break;
+                }
+                Err(_) => delay = (delay * 2).min(Duration::from_secs(1)),
+            }
+        }
+    }
+}
+
+/// Serves the current connection until it ends.
+fn serve(reg: &'static Registration) {
     let mut buf = [0u8; MAX_MESSAGE];
-    // SAFETY: the registration (and its socket) is leaked: the fd stays open for the process's
-    // life, except in a forked child, where this thread does not exist.
-    let fd = unsafe { BorrowedFd::borrow_raw(reg.socket_fd()) };
+    let Some(raw) = reg.socket_fd() else { return };
+    // SAFETY: only this thread replaces (and closes) the registration's connection, after
+    // this function returned; in a forked child this thread does not exist.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
     loop {
         match sock::recv(fd, &mut buf, 0) {
-            Ok((0, _)) => break,
+            Ok((0, _)) => return,
             Ok((n, _)) => {
                 if let Ok(ServerMsg::Revoke { device, epoch }) = ServerMsg::decode(&buf[..n]) {
                     drain(reg, device as usize);
@@ -44,11 +68,9 @@ fn run(reg: &'static Registration) {
             {
                 continue;
             }
-            Err(_) => break,
+            Err(_) => return,
         }
     }
-    crate::gate::DAEMON_GONE.store(true, Ordering::Relaxed);
-    crate::diag::stderr(b"gpumux: lost the connection to gpumuxd; memory limits stay in force, compute time-slicing is paused\n");
 }
 
 /// Waits until this process's work on `device` is done.

@@ -6,6 +6,7 @@ use gpumux_common::config::{DEFAULT_CONFIG_PATH, DaemonConfig, TenantQuota};
 use gpumux_common::names::{control_socket, tenant_dir, tenant_socket, validate_tenant_name};
 use gpumux_common::size::format_size;
 use gpumux_common::{ENV_SOCKET, SHIM_INSTALL_PATH};
+use gpumux_daemon::cdi;
 use gpumux_daemon::status::{ControlRequest, StatusReport};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -16,7 +17,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Operate gpumux: status, container injection, config checks"
+    about = "Operate gpumux: status, container injection (env, CDI), config checks"
 )]
 struct Args {
     /// Daemon config file (for state_dir and tenants_dir).
@@ -43,6 +44,16 @@ enum Command {
     },
     /// Validate the daemon config and every tenant file (or just PATH).
     Check { path: Option<PathBuf> },
+    /// A CDI spec with one device per tenant, for `podman run --device gpumux.dev/tenant=NAME`.
+    Cdi {
+        /// Write the spec to FILE atomically (e.g. /etc/cdi/gpumux.json) instead of stdout;
+        /// with no tenant left, FILE is removed.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Describe only this tenant (repeatable); default: every tenant file in tenants_dir.
+        #[arg(long = "tenant", value_name = "NAME")]
+        tenants: Vec<String>,
+    },
 }
 
 /// An error with its exit code.
@@ -130,7 +141,67 @@ fn run(args: Args) -> Result<(), Failure> {
             Ok(())
         }
         Command::Check { path } => check(&args.config, path.as_deref()),
+        Command::Cdi { output, tenants } => cdi_spec(&args.config, output.as_deref(), tenants),
     }
+}
+
+fn cdi_spec(config: &Path, output: Option<&Path>, tenants: Vec<String>) -> Result<(), Failure> {
+    let cfg = daemon_config(config)?;
+    let tenants = if tenants.is_empty() {
+        let scan = cdi::tenants_in(&cfg.tenants_dir).map_err(usage)?;
+        for (path, why) in &scan.skipped {
+            eprintln!("gpumuxctl: note: skipping {}: {why}", path.display());
+        }
+        scan.tenants
+    } else {
+        for t in &tenants {
+            validate_tenant_name(t).map_err(usage)?;
+            cdi::validate_device_name(t).map_err(usage)?;
+        }
+        tenants
+    };
+    let injection = cdi::Injection {
+        state_dir: cfg.state_dir.clone(),
+        shim_path: PathBuf::from(SHIM_INSTALL_PATH),
+        device_nodes: cdi::nvidia_device_nodes(Path::new("/dev")),
+    };
+    let spec = match cdi::spec(&tenants, &injection, &cfg.tenants_dir) {
+        Ok(s) => s,
+        Err(e @ cdi::CdiError::NoTenants(_)) => {
+            // CDI rejects a spec without devices: a stale file would offer deleted tenants.
+            if let Some(out) = output {
+                if cdi::remove(out).map_err(failed)? {
+                    eprintln!("gpumuxctl: {e}; removed {}", out.display());
+                } else {
+                    eprintln!("gpumuxctl: {e}; nothing written");
+                }
+                return Ok(());
+            }
+            return Err(failed(e));
+        }
+        Err(e) => return Err(usage(e)),
+    };
+    if injection.device_nodes.is_empty() {
+        eprintln!("gpumuxctl: note: no /dev/nvidia* device nodes on this host; the spec adds none");
+    }
+    let json = cdi::to_json(&spec);
+    match output {
+        Some(out) => {
+            cdi::write_atomically(out, &json).map_err(failed)?;
+            eprintln!(
+                "gpumuxctl: wrote {} ({} tenant(s): {})",
+                out.display(),
+                spec.devices.len(),
+                spec.devices
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        None => print!("{json}"),
+    }
+    Ok(())
 }
 
 fn check(config: &Path, only: Option<&Path>) -> Result<(), Failure> {

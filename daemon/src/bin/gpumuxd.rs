@@ -57,5 +57,9 @@ fn run(cfg: DaemonConfig) -> Result<()> {
     }
     let mut daemon = gpumux_daemon::server::Daemon::new(cfg, devices)?;
     tracing::info!("ready");
-    daemon.run()
+    // Sockets exist: units ordered after gpumuxd (and `systemctl start`) may go on.
+    gpumux_daemon::notify::ready();
+    let result = daemon.run();
+    gpumux_daemon::notify::stopping();
+    result
 }

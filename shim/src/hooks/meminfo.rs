@@ -13,7 +13,7 @@ use std::ffi::{c_char, c_uint};
 
 fn report(reg: &Registration, device: Option<usize>, total: u64, free: u64) -> MemView {
     match device {
-        Some(d) => view(&reg.control, &reg.accounting, d, total, free),
+        Some(d) => view(reg.control(), &reg.accounting, d, total, free),
         None => HIDDEN,
     }
 }

@@ -48,7 +48,7 @@ fn charged(
     let Some(device) = device else {
         return CUDA_ERROR_OUT_OF_MEMORY;
     };
-    if accounting::charge(&reg.control, &reg.accounting, reg.slot, device, bytes).is_err() {
+    if accounting::charge(reg.control(), &reg.accounting, reg.slot, device, bytes).is_err() {
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     let rc = alloc();
@@ -147,7 +147,7 @@ fn pitched(
             return rc;
         };
         if accounting::charge(
-            &reg.control,
+            reg.control(),
             &reg.accounting,
             reg.slot,
             rec.device,

@@ -20,6 +20,8 @@
  * Benchmarks (NAME):
  *   alloc_free   cuMemAlloc_v2(B bytes) + cuMemFree_v2, one pair per iteration (hooked)
  *   passthrough  cuCtxGetCurrent (not hooked: the driver's own function)
+ *   totalmem     cuDeviceTotalMem_v2 (hooked, and cheap in the fake: the wrapper's own cost
+ *                shows; in the shim's pass-through mode it is a passed-through hooked call)
  *   meminfo      cuMemGetInfo_v2 (hooked query)
  *   launch       cuLaunchKernel of spin(ns = 0) on a non-blocking stream: the time for the
  *                call to return; launches are issued in batches of K, and the stream is
@@ -183,6 +185,13 @@ static void op_passthrough(void) {
 }
 
 static volatile size_t sink_size;
+static CUdevice bench_dev;
+
+static void op_totalmem(void) {
+    size_t total_b = 0;
+    CHECK("totalmem", cuDeviceTotalMem, &total_b, bench_dev);
+    sink_size = total_b;
+}
 
 static void op_meminfo(void) {
     size_t free_b = 0, total_b = 0;
@@ -312,9 +321,11 @@ int main(int argc, char **argv) {
            "\"device_total\":%zu}\n",
            shim_loaded() ? "true" : "false", free_b, total_b, dev_total);
     fflush(stdout);
+    bench_dev = dev;
 
     bench_loop("alloc_free", op_alloc_free, warmup, iters, chunks, buf);
     bench_loop("passthrough", op_passthrough, warmup, iters, chunks, buf);
+    bench_loop("totalmem", op_totalmem, warmup, iters, chunks, buf);
     bench_loop("meminfo", op_meminfo, warmup, iters, chunks, buf);
 
     CUmodule mod = NULL;

@@ -19,7 +19,7 @@ use std::time::Duration;
 const SOURCE: &str = include_str!("../c/driver_bench.c");
 
 /// How the timing program reaches the (fake) driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Config {
     /// The fake driver alone: no `LD_PRELOAD`.
@@ -45,9 +45,10 @@ impl Config {
 }
 
 /// The benchmarks the C program runs, in table order: (name in its output, table label).
-pub const BENCHES: [(&str, &str); 4] = [
+pub const BENCHES: [(&str, &str); 5] = [
     ("alloc_free", "cuMemAlloc_v2 + cuMemFree_v2 pair"),
     ("passthrough", "cuCtxGetCurrent (not hooked)"),
+    ("totalmem", "cuDeviceTotalMem_v2 (hooked, cheap)"),
     ("meminfo", "cuMemGetInfo_v2 (hooked query)"),
     ("launch", "cuLaunchKernel spin(0), issue only*"),
 ];

@@ -64,6 +64,10 @@ struct Args {
     /// Launches per synchronised batch in the launch benchmark.
     #[arg(long, default_value_t = 256)]
     launch_batch: u64,
+    /// Run only these configurations (comma-separated), e.g. `registered` under a profiler;
+    /// without `bare` there is no baseline and added ns and ratios read n/a.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    configs: Vec<Config>,
     /// Give up on one run of the timing program after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
@@ -110,10 +114,17 @@ fn main() -> Result<()> {
         quota_bytes: QUOTA_BYTES,
     };
     let timeout = Duration::from_secs(args.timeout_s);
+    let mut selected: Vec<Config> = if args.configs.is_empty() {
+        Config::ALL.to_vec()
+    } else {
+        args.configs.clone()
+    };
+    selected.sort();
+    selected.dedup();
     let mut runs: Vec<(Config, Vec<RunResult>)> =
-        Config::ALL.iter().map(|&c| (c, Vec::new())).collect();
+        selected.iter().map(|&c| (c, Vec::new())).collect();
     for round in 0..repeats {
-        let mut order = Config::ALL;
+        let mut order = selected.clone();
         if round % 2 == 1 {
             order.reverse();
         }

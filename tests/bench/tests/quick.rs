@@ -15,7 +15,7 @@ const CONFIGS: [(&str, &str); 3] = [
     ("passthrough", "shim pass-through"),
     ("registered", "shim + gpumuxd"),
 ];
-const BENCHES: [&str; 4] = ["alloc_free", "passthrough", "meminfo", "launch"];
+const BENCHES: [&str; 5] = ["alloc_free", "passthrough", "totalmem", "meminfo", "launch"];
 
 #[test]
 fn quick_json_has_every_configuration_with_positive_figures() {

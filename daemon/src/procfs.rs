@@ -1,0 +1,51 @@
+//! What the daemon reads about processes from /proc and pidfds: start times (to tell a
+//! registered process from a later one that reused its pid) and exit notification.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of a `/proc/PID/stat` line (the command name, field 2, may contain spaces and
+/// parentheses: fields are counted after its closing parenthesis).
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is the process that started at `start_time` and has not exited.
+pub fn same_process_alive(pid: u32, start: u64) -> bool {
+    pid != 0 && start_time(pid) == Some(start)
+}
+
+/// A pidfd for `pid`: readable once the process exits.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags; the result is checked and owned.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        let line =
+            "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(line), Some(987654));
+        assert_eq!(parse_start_time("garbage"), None);
+        let me = start_time(std::process::id()).expect("own start time");
+        assert!(same_process_alive(std::process::id(), me));
+        assert!(!same_process_alive(std::process::id(), me + 1));
+        assert!(pidfd_open(std::process::id()).is_ok());
+    }
+}
