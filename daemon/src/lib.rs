@@ -6,6 +6,7 @@
 //! - [`segments`]: a tenant's shared segments (sealed control, tenant-writable accounting).
 //! - [`scheduler`]: weighted, work-conserving time-slicing of one device (pure logic).
 //! - [`server`]: the event loop: tenant sockets, process lifetimes, quota files, control socket.
+//! - [`metrics`]: Prometheus text exposition of the status, served over HTTP.
 //! - [`status`]: the status report and control requests (one schema for daemon and CLI).
 //! - [`notify`]: systemd readiness notifications (`sd_notify` over `$NOTIFY_SOCKET`).
 //! - [`cdi`]: the CDI spec that injects a tenant into a container (`gpumuxctl cdi`).
@@ -13,6 +14,7 @@
 
 pub mod cdi;
 pub mod devices;
+pub mod metrics;
 pub mod notify;
 pub mod nvml;
 pub mod procfs;

@@ -110,6 +110,8 @@ pub struct Daemon {
     sched_timer: TimerFd,
     /// Exit watches on orphaned processes (id → tenant, slot, pidfd).
     pidfds: HashMap<u64, (String, usize, OwnedFd)>,
+    /// Where the metrics thread listens (reported in status).
+    pub metrics_address: Option<String>,
 }
 
 fn seqpacket_listener(path: &Path) -> Result<OwnedFd> {
@@ -224,6 +226,7 @@ impl Daemon {
             scheds,
             sched_timer,
             pidfds: HashMap::new(),
+            metrics_address: None,
         };
         d.reload_tenants();
         d.remove_stale_segments();
@@ -1089,6 +1092,7 @@ impl Daemon {
             generation: self.generation,
             uptime_s: self.started.elapsed().as_secs_f64(),
             quantum_ms: self.cfg.quantum_ms,
+            metrics_address: self.metrics_address.clone(),
             devices: self
                 .devices
                 .iter()

@@ -18,6 +18,8 @@ pub struct StatusReport {
     pub generation: u64,
     pub uptime_s: f64,
     pub quantum_ms: u32,
+    /// Where Prometheus metrics are served, if enabled.
+    pub metrics_address: Option<String>,
     pub devices: Vec<DeviceStatus>,
     pub tenants: Vec<TenantStatus>,
     /// Quota files currently rejected (`file:line: reason`); their tenants keep the last good quota.
@@ -58,4 +60,43 @@ pub struct TenantDeviceStatus {
     pub device_time_ns: u64,
     /// Total time threads waited for a slice, ns.
     pub slice_wait_ns: u64,
+}
+
+/// Asking the daemon for its status failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "cannot reach gpumuxd at {path} ({source}); is it running? (`systemctl status gpumuxd`)"
+    )]
+    Connect {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to gpumuxd: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("gpumuxd answered something unexpected: {0}")]
+    BadAnswer(String),
+}
+
+/// Asks the daemon for its status over its control socket in `state_dir`.
+pub fn fetch(state_dir: &std::path::Path) -> Result<StatusReport, FetchError> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = gpumux_common::names::control_socket(state_dir);
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&path).map_err(|source| FetchError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut req = serde_json::to_vec(&ControlRequest::Status).expect("serialisable");
+    req.push(b'\n');
+    stream.write_all(&req)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| FetchError::BadAnswer(e.to_string()))?;
+    if let Some(e) = value.get("error") {
+        return Err(FetchError::BadAnswer(e.to_string()));
+    }
+    serde_json::from_value(value).map_err(|e| FetchError::BadAnswer(e.to_string()))
 }

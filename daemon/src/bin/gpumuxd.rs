@@ -55,7 +55,25 @@ fn run(cfg: DaemonConfig) -> Result<()> {
     for d in &devices {
         tracing::info!(index = d.index, uuid = %d.uuid, name = %d.name, total = d.total_bytes, "GPU");
     }
+    let metrics = match &cfg.metrics_listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding metrics_listen = \"{addr}\""))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let state_dir = cfg.state_dir.clone();
     let mut daemon = gpumux_daemon::server::Daemon::new(cfg, devices)?;
+    if let Some(listener) = metrics {
+        let addr = listener.local_addr()?.to_string();
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        daemon.metrics_address = Some(addr);
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || gpumux_daemon::metrics::serve(listener, state_dir))
+            .context("starting the metrics thread")?;
+    }
     tracing::info!("ready");
     // Sockets exist: units ordered after gpumuxd (and `systemctl start`) may go on.
     gpumux_daemon::notify::ready();

@@ -52,9 +52,15 @@ impl Gpumux {
         std::fs::write(
             &config_path,
             format!(
-                "state_dir = \"{}\"\ntenants_dir = \"{}\"\nmetrics_listen = \"\"\nlog_level = \"debug\"\n{extra_config}",
+                "state_dir = \"{}\"\ntenants_dir = \"{}\"\nlog_level = \"debug\"\n{}{extra_config}",
                 state_dir.display(),
-                tenants_dir.display()
+                tenants_dir.display(),
+                // Metrics off unless the test asks for them.
+                if extra_config.contains("metrics_listen") {
+                    ""
+                } else {
+                    "metrics_listen = \"\"\n"
+                },
             ),
         )
         .expect("write config");

@@ -1,0 +1,436 @@
+//! Operating gpumux: live quota changes through the watched tenant files, bad edits, tenant
+//! removal, Prometheus metrics, gpumuxctl (status, env, check) and its exit codes.
+
+use gpumux_integration::gpumux::{Gpumux, wait_until};
+use gpumux_integration::workloads::{
+    CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, MIB, Running, c_workload, i, run, u,
+};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+fn limit_of(g: &Gpumux, tenant: &str) -> u64 {
+    g.tenant_status(tenant)["devices"][0]["memory_limit"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn editing_a_tenant_file_changes_running_processes_limits() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
+    let mut p = Running::spawn(g.tenant_command("a", c_workload()).args([
+        "ops",
+        "alloc:x:600MiB meminfo sleep:1500 alloc:y:600MiB meminfo sleep:1500 alloc:z:600MiB meminfo",
+    ]))
+    .unwrap();
+    assert_eq!(i(&p.wait_for("meminfo", T).unwrap(), "total"), GIB as i64);
+    // Raise the limit while the process runs.
+    g.write_tenant("a", "memory_limit = \"2GiB\"\n");
+    wait_until(
+        Duration::from_secs(2),
+        || limit_of(&g, "a") == 2 * GIB,
+        || "limit not raised".into(),
+    );
+    // Then lower it below current use: nothing is freed, new allocations are refused.
+    std::thread::sleep(Duration::from_millis(1600));
+    g.write_tenant("a", "memory_limit = \"1GiB\"\n");
+    wait_until(
+        Duration::from_secs(2),
+        || limit_of(&g, "a") == GIB,
+        || "limit not lowered".into(),
+    );
+    let (_, lines) = p.finish(T).unwrap();
+    assert_eq!(i(lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
+    assert_eq!(
+        i(lines.named("alloc", "y"), "result"),
+        CUDA_SUCCESS,
+        "raised to 2 GiB: {:?}",
+        lines
+    );
+    assert_eq!(
+        i(lines.named("alloc", "z"), "result"),
+        CUDA_ERROR_OUT_OF_MEMORY,
+        "lowered to 1 GiB"
+    );
+    let infos = lines.ops("meminfo");
+    assert_eq!(
+        u(infos[1], "total"),
+        2 * GIB,
+        "the reported size follows the quota"
+    );
+    assert_eq!(u(infos[2], "total"), GIB);
+    assert_eq!(
+        u(infos[2], "free"),
+        0,
+        "use above the lowered limit reports 0 free, never underflows"
+    );
+}
+
+#[test]
+fn editing_the_weight_changes_the_split() {
+    let g = Gpumux::start(
+        &[16 * GIB],
+        &[
+            ("a", "memory_limit = \"1GiB\"\n"),
+            ("b", "memory_limit = \"1GiB\"\n"),
+        ],
+    );
+    let load = |t: &str| {
+        let mut r = Running::spawn(g.tenant_command(t, c_workload()).args([
+            "load",
+            "--ns",
+            "2000000",
+            "--batch",
+            "4",
+            "--seconds",
+            "9",
+        ]))
+        .unwrap();
+        r.wait_for("load-start", T).unwrap();
+        r
+    };
+    let (a, b) = (load("a"), load("b"));
+    g.write_tenant("a", "memory_limit = \"1GiB\"\nweight = 3\n");
+    wait_until(
+        Duration::from_secs(2),
+        || g.tenant_status("a")["weight"] == 3,
+        || "weight not applied".into(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = |pid: u32| {
+        g.gpu.snapshot().devices[0]
+            .processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .map_or(0, |p| p.busy_ns)
+    };
+    let (a0, b0) = (busy(a.pid()), busy(b.pid()));
+    std::thread::sleep(Duration::from_secs(5));
+    let (a1, b1) = (busy(a.pid()) - a0, busy(b.pid()) - b0);
+    let share = a1 as f64 / (a1 + b1) as f64;
+    eprintln!("after weight 3:1, a got {share:.3}");
+    assert!(
+        (share - 0.75).abs() < 0.05,
+        "a got {share:.3} after its weight was raised to 3"
+    );
+    for r in [a, b] {
+        assert!(r.finish(T).unwrap().0.success());
+    }
+}
+
+#[test]
+fn a_malformed_edit_is_reported_and_changes_nothing() {
+    let g = Gpumux::start(
+        &[16 * GIB],
+        &[("a", "memory_limit = \"1GiB\"\nweight = 2\n")],
+    );
+    g.write_tenant("a", "memory_limit = \"1GiB\"\nweight = 2000\n");
+    wait_until(
+        Duration::from_secs(2),
+        || {
+            !g.status().unwrap()["config_errors"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+        || "error not reported".into(),
+    );
+    let s = g.status().unwrap();
+    let err = s["config_errors"][0].as_str().unwrap();
+    assert!(
+        err.contains("a.toml:2:") && err.contains("weight = 2000 is out of range"),
+        "{err}"
+    );
+    assert_eq!(
+        g.tenant_status("a")["weight"],
+        2,
+        "the last good quota stays"
+    );
+    assert_eq!(limit_of(&g, "a"), GIB);
+    assert!(
+        g.log().contains("weight = 2000 is out of range"),
+        "the daemon logs it too"
+    );
+    // gpumuxctl check names the file, line and reason, with exit code 2.
+    let out = g.ctl().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a.toml:2: weight = 2000 is out of range"),
+        "{stderr}"
+    );
+    // Processes still register and run under the last good quota.
+    let out = run(
+        g.tenant_command("a", c_workload())
+            .args(["ops", "alloc:x:900MiB alloc:y:200MiB"]),
+        T,
+    )
+    .unwrap();
+    assert_eq!(i(out.lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
+    assert_eq!(
+        i(out.lines.named("alloc", "y"), "result"),
+        CUDA_ERROR_OUT_OF_MEMORY
+    );
+    // Fixing the file clears the error.
+    g.write_tenant("a", "memory_limit = \"1GiB\"\nweight = 5\n");
+    wait_until(
+        Duration::from_secs(2),
+        || g.tenant_status("a")["weight"] == 5,
+        || "fix not applied".into(),
+    );
+    assert!(
+        g.status().unwrap()["config_errors"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn removing_and_adding_tenants_applies_live() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
+    let mut holder = Running::spawn(g.tenant_command("a", c_workload()).args([
+        "hold",
+        "--bytes",
+        &(100 * MIB).to_string(),
+        "--seconds",
+        "30",
+    ]))
+    .unwrap();
+    assert_eq!(
+        i(&holder.wait_for("hold", T).unwrap(), "result"),
+        CUDA_SUCCESS
+    );
+    std::fs::remove_file(g.tenants_dir.join("a.toml")).unwrap();
+    wait_until(
+        Duration::from_secs(2),
+        || !g.socket("a").exists(),
+        || "socket not removed".into(),
+    );
+    // New processes cannot join a removed tenant.
+    let out = run(
+        g.tenant_command("a", c_workload())
+            .args(["ops", "alloc:x:1MiB"]),
+        T,
+    )
+    .unwrap();
+    assert!(out.stderr.contains("cannot register"), "{}", out.stderr);
+    holder.kill();
+    // A new tenant appears without a restart.
+    g.write_tenant("b", "memory_limit = \"512MiB\"\n");
+    g.wait_for_socket("b");
+    let out = run(
+        g.tenant_command("b", c_workload())
+            .args(["ops", "alloc:x:500MiB alloc:y:100MiB"]),
+        T,
+    )
+    .unwrap();
+    assert_eq!(i(out.lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
+    assert_eq!(
+        i(out.lines.named("alloc", "y"), "result"),
+        CUDA_ERROR_OUT_OF_MEMORY
+    );
+    wait_until(
+        Duration::from_secs(2),
+        || {
+            g.status().unwrap()["tenants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["name"] != "a")
+        },
+        || "removed tenant lingers".into(),
+    );
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+#[test]
+fn metrics_and_status_report_what_happens() {
+    let g = Gpumux::start_with(
+        &[16 * GIB],
+        &[("a", "memory_limit = \"1GiB\"\nweight = 4\n")],
+        "metrics_listen = \"127.0.0.1:0\"\n",
+    );
+    let mut holder = Running::spawn(g.tenant_command("a", c_workload()).args([
+        "hold",
+        "--bytes",
+        &(300 * MIB).to_string(),
+        "--seconds",
+        "30",
+    ]))
+    .unwrap();
+    assert_eq!(
+        i(&holder.wait_for("hold", T).unwrap(), "result"),
+        CUDA_SUCCESS
+    );
+    run(
+        g.tenant_command("a", c_workload())
+            .args(["ops", "alloc:x:900MiB"]),
+        T,
+    )
+    .unwrap();
+    let status = g.status().unwrap();
+    let addr = status["metrics_address"]
+        .as_str()
+        .expect("metrics address in status")
+        .to_string();
+    let body = scrape(&addr);
+    for line in [
+        format!(
+            "gpumux_memory_used_bytes{{tenant=\"a\",device=\"0\"}} {}",
+            300 * MIB
+        ),
+        format!(
+            "gpumux_memory_limit_bytes{{tenant=\"a\",device=\"0\"}} {}",
+            GIB
+        ),
+        "gpumux_allocations_refused_total{tenant=\"a\",device=\"0\"} 1".to_string(),
+        "gpumux_tenant_processes{tenant=\"a\"} 1".to_string(),
+        "gpumux_tenant_weight{tenant=\"a\"} 4".to_string(),
+        "gpumux_up 1".to_string(),
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing `{line}` in\n{body}"
+        );
+    }
+    for family in [
+        "gpumux_device_time_seconds_total",
+        "gpumux_slice_wait_seconds_total",
+        "gpumux_kernel_launches_total",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {family} counter")),
+            "{family}"
+        );
+    }
+    // The table form, and timing of one status call.
+    let t0 = Instant::now();
+    let out = g.ctl().arg("status").output().unwrap();
+    eprintln!("gpumuxctl status took {:?}", t0.elapsed());
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("TENANT")
+            && table
+                .lines()
+                .any(|l| l.starts_with("a ") && l.contains("300 MiB") && l.contains("1 GiB")),
+        "{table}"
+    );
+    holder.kill();
+}
+
+#[test]
+fn gpumuxctl_env_and_errors() {
+    let mut g = Gpumux::start(&[16 * GIB], &[("team-a", "memory_limit = \"1GiB\"\n")]);
+    let out = g.ctl().args(["env", "team-a"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("LD_PRELOAD=/usr/lib/gpumux/libgpumux.so"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("GPUMUX_SOCKET={}", g.socket("team-a").display())),
+        "{text}"
+    );
+    assert_eq!(
+        g.ctl()
+            .args(["env", "Bad/Name"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2),
+        "usage error"
+    );
+    assert_eq!(
+        g.ctl().arg("frobnicate").output().unwrap().status.code(),
+        Some(2)
+    );
+    g.kill_daemon();
+    let out = g.ctl().args(["status", "--json"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "daemon down is an operation failure"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach gpumuxd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn many_tenants_and_processes_register_at_once() {
+    let tenants: Vec<(String, String)> = (0..16)
+        .map(|t| {
+            (
+                format!("t{t:02}"),
+                "memory_limit = \"256MiB\"\n".to_string(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = tenants
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let g = Gpumux::start(&[16 * GIB], &refs);
+    let start = Instant::now();
+    let mut procs = Vec::new();
+    for (t, _) in &tenants {
+        for _ in 0..4 {
+            procs.push(
+                Running::spawn(g.tenant_command(t, c_workload()).args([
+                    "hold",
+                    "--bytes",
+                    &(32 * MIB).to_string(),
+                    "--seconds",
+                    "30",
+                ]))
+                .unwrap(),
+            );
+        }
+    }
+    for p in &mut procs {
+        assert_eq!(i(&p.wait_for("hold", T).unwrap(), "result"), CUDA_SUCCESS);
+    }
+    eprintln!(
+        "64 processes in 16 tenants registered and allocated in {:?}",
+        start.elapsed()
+    );
+    let s = g.status().unwrap();
+    let total: usize = s["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["processes"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(total, 64);
+    for t in s["tenants"].as_array().unwrap() {
+        assert_eq!(t["devices"][0]["memory_used"], 4 * 32 * MIB, "{t}");
+    }
+    drop(procs);
+    wait_until(
+        Duration::from_secs(3),
+        || {
+            g.status().unwrap()["tenants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["devices"][0]["memory_used"] == 0)
+        },
+        || "memory not returned".into(),
+    );
+}
