@@ -24,4 +24,4 @@ if [ ! -f "$deb" ]; then
     echo "cargo deb did not report a package file (got: $deb)" >&2
     exit 1
 fi
-echo "$deb"
+realpath "$deb"

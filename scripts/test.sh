@@ -30,3 +30,6 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --no-fail-fast "$@"
+echo "==> Debian package (packaging/build-deb.sh) and its contents"
+deb=$(packaging/build-deb.sh)
+GPUMUX_TEST_DEB=1 GPUMUX_DEB="$deb" cargo test -p gpumux-daemon --test packaging deb_package_contents

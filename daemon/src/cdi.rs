@@ -48,14 +48,14 @@ pub enum CdiError {
     #[error("{0}: the path is not valid UTF-8")]
     NonUtf8Path(PathBuf),
     /// The tenants directory could not be read.
-    #[error("cannot read the tenants directory {dir}: {source}")]
+    #[error("cannot read the tenants directory {dir}")]
     ReadTenants {
         dir: PathBuf,
         #[source]
         source: io::Error,
     },
     /// The spec file could not be written or removed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]

@@ -22,12 +22,9 @@ pub enum NotifyError {
     #[error("{ENV_NOTIFY_SOCKET}={0:?} is neither an absolute path nor an @abstract socket name")]
     BadAddress(String),
     /// The datagram could not be sent.
-    #[error("sending to {ENV_NOTIFY_SOCKET} {addr:?}: {source}")]
-    Send {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
+    /// (The I/O error is part of the message, not a `source()`: these errors are only logged.)
+    #[error("sending to {ENV_NOTIFY_SOCKET} {addr:?}: {cause}")]
+    Send { addr: String, cause: io::Error },
 }
 
 /// Tells systemd the daemon is ready: call once its sockets exist and it is about to serve.
@@ -81,9 +78,9 @@ pub fn notify_to(addr: &OsStr, state: &str) -> Result<(), NotifyError> {
         }
         Ok(())
     };
-    send().map_err(|source| NotifyError::Send {
+    send().map_err(|cause| NotifyError::Send {
         addr: shown(),
-        source,
+        cause,
     })
 }
 

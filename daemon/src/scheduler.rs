@@ -84,6 +84,7 @@ pub struct Scheduler {
     epoch: u32,
     /// Completed slices (tenant, start, end) for recent-share reporting.
     history: VecDeque<(String, Instant, Instant)>,
+    created: Instant,
 }
 
 /// How far back `recent_shares` looks.
@@ -99,6 +100,7 @@ impl Scheduler {
             state: State::Idle,
             epoch: 0,
             history: VecDeque::new(),
+            created: Instant::now(),
         }
     }
 
@@ -427,7 +429,10 @@ impl Scheduler {
     /// Each tenant's share of the device over the last [`SHARE_WINDOW`] (completed slices plus
     /// the current one).
     pub fn recent_shares(&self, now: Instant) -> BTreeMap<String, f64> {
-        let window_start = now.checked_sub(SHARE_WINDOW).unwrap_or(now);
+        let window_start = now
+            .checked_sub(SHARE_WINDOW)
+            .unwrap_or(self.created)
+            .max(self.created);
         let span = now
             .saturating_duration_since(window_start)
             .as_secs_f64()

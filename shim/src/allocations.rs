@@ -19,6 +19,9 @@ pub enum Kind {
 pub struct Record {
     pub device: usize,
     pub bytes: u64,
+    /// The context it was made in (0 when not context-bound, e.g. VMM handles): destroying
+    /// the context frees it.
+    pub context: u64,
 }
 
 struct Table {
@@ -54,6 +57,22 @@ pub fn remove(kind: Kind, key: u64) -> Option<Record> {
     with_table(|m| m.remove(&(kind, key)))
 }
 
+/// Forgets every allocation made in `context` (which the driver just destroyed, freeing
+/// them), returning what they charged.
+pub fn remove_context(context: u64) -> Vec<Record> {
+    if context == 0 {
+        return Vec::new();
+    }
+    with_table(|m| {
+        let keys: Vec<(Kind, u64)> = m
+            .iter()
+            .filter(|(_, r)| r.context == context)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter().filter_map(|k| m.remove(&k)).collect()
+    })
+}
+
 /// Fork support: hold the table across `fork` so the child never inherits it mid-update.
 pub fn lock_for_fork() {
     std::mem::forget(TABLE.lock());
@@ -75,29 +94,20 @@ mod tests {
 
     #[test]
     fn insert_remove_and_fork_generation() {
-        insert(
-            Kind::DevicePtr,
-            7,
-            Record {
-                device: 0,
-                bytes: 100,
-            },
-        );
-        insert(
-            Kind::MemHandle,
-            7,
-            Record {
-                device: 1,
-                bytes: 5,
-            },
-        );
-        assert_eq!(
-            remove(Kind::DevicePtr, 7),
-            Some(Record {
-                device: 0,
-                bytes: 100
-            })
-        );
+        let rec = |device, bytes, context| Record {
+            device,
+            bytes,
+            context,
+        };
+        insert(Kind::DevicePtr, 7, rec(0, 100, 0));
+        insert(Kind::MemHandle, 7, rec(1, 5, 0));
+        insert(Kind::Array, 9, rec(1, 6, 42));
+        insert(Kind::DevicePtr, 10, rec(1, 7, 42));
+        let mut gone: Vec<u64> = remove_context(42).iter().map(|r| r.bytes).collect();
+        gone.sort();
+        assert_eq!(gone, vec![6, 7], "a destroyed context's allocations");
+        assert!(remove_context(0).is_empty());
+        assert_eq!(remove(Kind::DevicePtr, 7), Some(rec(0, 100, 0)));
         assert_eq!(remove(Kind::DevicePtr, 7), None);
         lock_for_fork();
         unlock_after_fork(true);

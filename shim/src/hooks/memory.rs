@@ -53,7 +53,20 @@ fn charged(
     }
     let rc = alloc();
     if rc == CUDA_SUCCESS {
-        allocations::insert(kind, key(), Record { device, bytes });
+        let context = match kind {
+            // Physical VMM memory belongs to the device, not to a context.
+            Kind::MemHandle => 0,
+            _ => super::context::current_context(),
+        };
+        allocations::insert(
+            kind,
+            key(),
+            Record {
+                device,
+                bytes,
+                context,
+            },
+        );
     } else {
         let _ = accounting::uncharge(&reg.accounting, reg.slot, device, bytes);
     }
@@ -159,8 +172,8 @@ fn pitched(
                 Kind::DevicePtr,
                 ptr,
                 Record {
-                    device: rec.device,
                     bytes: actual,
+                    ..rec
                 },
             );
         } else {

@@ -8,6 +8,7 @@
 use crate::real::{LIBCUDA, LIBNVML, RealFn};
 use std::ffi::c_void;
 
+pub mod context;
 #[cfg(not(test))]
 pub mod dlsym;
 pub mod init;
@@ -60,6 +61,7 @@ macro_rules! hooked {
 
 #[cfg(not(test))]
 mod exports {
+    pub use super::context::*;
     pub use super::init::*;
     pub use super::launch::*;
     pub use super::meminfo::*;
@@ -79,11 +81,13 @@ hooked! {
         cuMemGetInfo, cuMemGetInfo_v2, cuDeviceTotalMem, cuDeviceTotalMem_v2,
         cuLaunchKernel, cuLaunchKernel_ptsz, cuLaunchKernelEx, cuLaunchKernelEx_ptsz,
         cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz, cuGraphLaunch, cuGraphLaunch_ptsz,
+        cuCtxDestroy, cuCtxDestroy_v2, cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2,
+        cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2,
     ]
     nvml: [nvmlInit, nvmlInit_v2, nvmlInitWithFlags, nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo_v2]
     helpers_cuda: [
         cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2,
-        cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRelease_v2,
+        cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRetain, cuCtxGetCurrent,
         cuCtxPushCurrent_v2, cuCtxPopCurrent_v2, cuCtxSynchronize,
     ]
     helpers_nvml: [nvmlDeviceGetUUID]

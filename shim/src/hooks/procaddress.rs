@@ -125,6 +125,24 @@ const VARIANTS: &[(&str, &[Variant])] = &[
         "cuGraphLaunch",
         &[v(10000, "cuGraphLaunch"), p(10000, "cuGraphLaunch_ptsz")],
     ),
+    (
+        "cuCtxDestroy",
+        &[v(2000, "cuCtxDestroy"), v(4000, "cuCtxDestroy_v2")],
+    ),
+    (
+        "cuDevicePrimaryCtxReset",
+        &[
+            v(7000, "cuDevicePrimaryCtxReset"),
+            v(11000, "cuDevicePrimaryCtxReset_v2"),
+        ],
+    ),
+    (
+        "cuDevicePrimaryCtxRelease",
+        &[
+            v(7000, "cuDevicePrimaryCtxRelease"),
+            v(11000, "cuDevicePrimaryCtxRelease_v2"),
+        ],
+    ),
 ];
 
 /// The exported symbol that answers `name` at `version` with `flags`, if `name` is hooked.

@@ -1,7 +1,7 @@
 //! `gpumux-bench --quick` end to end: it runs every configuration on the fake GPU and reports
-//! positive figures for every benchmark (behaviour only: speed targets live in the benchmark's
-//! report, not in tests). Needs the workspace built (`cargo build --workspace`), like the
-//! integration tests.
+//! positive figures for every benchmark (behaviour only: the speed targets live in the
+//! benchmark's report, not in tests). Needs the workspace built (`cargo build --workspace`),
+//! like the integration tests: the bench finds gpumuxd, the shim and the fakes next to itself.
 
 use serde_json::Value;
 use std::process::Command;
@@ -10,82 +10,86 @@ fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gpumux-bench"))
 }
 
+/// (JSON key, table label) of every configuration.
 const CONFIGS: [(&str, &str); 3] = [
     ("bare", "bare fake"),
     ("passthrough", "shim pass-through"),
     ("registered", "shim + gpumuxd"),
 ];
-const BENCHES: [&str; 5] = ["alloc_free", "passthrough", "totalmem", "meminfo", "launch"];
+/// (JSON name, part of the table label) of every benchmark.
+const BENCHES: [(&str, &str); 5] = [
+    ("alloc_free", "cuMemAlloc_v2 + cuMemFree_v2"),
+    ("passthrough", "cuCtxGetCurrent"),
+    ("totalmem", "cuDeviceTotalMem_v2"),
+    ("meminfo", "cuMemGetInfo_v2"),
+    ("launch", "cuLaunchKernel"),
+];
 
-#[test]
-fn quick_json_has_every_configuration_with_positive_figures() {
-    let out = bench().args(["--quick", "--json"]).output().unwrap();
+fn run_ok(args: &[&str]) -> Vec<u8> {
+    let out = bench().args(args).output().expect("run gpumux-bench");
     assert!(
         out.status.success(),
-        "gpumux-bench --quick --json failed: {}\n{}",
+        "gpumux-bench {args:?} failed: {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    out.stdout
+}
+
+#[test]
+fn quick_json_has_every_configuration_with_positive_figures() {
+    let stdout = run_ok(&["--quick", "--json"]);
+    let v: Value = serde_json::from_slice(&stdout).expect("JSON report");
     let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), CONFIGS.len() * BENCHES.len(), "{v:#}");
     for (key, _) in CONFIGS {
-        for bench in BENCHES {
+        for (bench, _) in BENCHES {
             let row = rows
                 .iter()
                 .find(|r| r["config"] == key && r["bench"] == bench)
                 .unwrap_or_else(|| panic!("no {bench} row for {key} in {v:#}"));
             let ns = row["median_ns"].as_f64().expect("median_ns");
-            assert!(
-                ns > 0.0 && ns.is_finite(),
-                "{bench}/{key}: {ns} ns in {row}"
-            );
+            assert!(ns > 0.0 && ns.is_finite(), "{bench}/{key}: {row}");
             let ratio = row["ratio"].as_f64().expect("ratio");
-            assert!(
-                ratio > 0.0 && ratio.is_finite(),
-                "{bench}/{key}: ratio {ratio}"
-            );
+            assert!(ratio > 0.0 && ratio.is_finite(), "{bench}/{key}: {row}");
             assert_eq!(row["runs_ns"].as_array().map(Vec::len), Some(1), "{row}");
         }
     }
+    // alloc+free and the unhooked call under both shim configurations, plus the hooked call
+    // in pass-through mode
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(
-        targets.len(),
-        4,
-        "two targets x two shim configurations: {v:#}"
-    );
+    assert_eq!(targets.len(), 5, "{v:#}");
+    assert!(targets.iter().all(|t| t["met"].is_boolean()), "{v:#}");
 }
 
 #[test]
 fn quick_table_lists_every_configuration_and_benchmark() {
-    let out = bench().arg("--quick").output().unwrap();
-    assert!(
-        out.status.success(),
-        "gpumux-bench --quick failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).expect("UTF-8 table");
-    for (_, label) in CONFIGS {
-        let lines: Vec<&str> = table.lines().filter(|l| l.contains(label)).collect();
-        // one row per benchmark (plus target lines for the shim configurations)
-        assert!(lines.len() >= BENCHES.len(), "{label}: {lines:?}\n{table}");
-        for line in lines.iter().take(BENCHES.len()) {
-            let ns: f64 = line
-                .split_once(label)
+    let stdout = run_ok(&["--quick"]);
+    let table = String::from_utf8(stdout).expect("UTF-8 table");
+    // The rows sit between the dashed rule and the next blank line.
+    let rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("----"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), CONFIGS.len() * BENCHES.len(), "{table}");
+    for (i, (_, bench_label)) in BENCHES.iter().enumerate() {
+        assert!(
+            rows[i * CONFIGS.len()].starts_with(bench_label),
+            "{bench_label} missing:\n{table}"
+        );
+        for (j, (_, config_label)) in CONFIGS.iter().enumerate() {
+            let row = rows[i * CONFIGS.len() + j];
+            let ns: f64 = row
+                .split_once(config_label)
                 .and_then(|(_, rest)| rest.split_whitespace().next())
                 .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no ns/op in {line:?}"));
-            assert!(ns > 0.0, "{line}");
+                .unwrap_or_else(|| panic!("no ns/op for {config_label} in {row:?}\n{table}"));
+            assert!(ns > 0.0, "{row}");
         }
     }
-    for label in [
-        "cuMemAlloc_v2 + cuMemFree_v2",
-        "cuCtxGetCurrent",
-        "cuMemGetInfo_v2",
-        "cuLaunchKernel",
-    ] {
-        assert!(table.contains(label), "{label} missing:\n{table}");
-    }
+    assert!(table.contains("targets"), "{table}");
 }
 
 #[test]

@@ -412,3 +412,61 @@ fn stress_many_processes_and_threads_with_kills() {
         || "device memory not returned".into(),
     );
 }
+
+#[test]
+fn forked_children_are_counted_with_their_tenant() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
+    // Parent holds 600 MiB; a forked child asking 600 MiB more is refused, 300 MiB fits.
+    for (child, want) in [
+        (600 * MIB, CUDA_ERROR_OUT_OF_MEMORY),
+        (300 * MIB, CUDA_SUCCESS),
+    ] {
+        let out = run(
+            g.tenant_command("a", c_workload()).args([
+                "fork",
+                "--parent-bytes",
+                &(600 * MIB).to_string(),
+                "--child-bytes",
+                &child.to_string(),
+            ]),
+            T,
+        )
+        .unwrap();
+        assert_eq!(
+            i(out.lines.one("parent-alloc"), "result"),
+            CUDA_SUCCESS,
+            "{:?}",
+            out.lines
+        );
+        let c = out.lines.one("child-alloc");
+        assert_eq!(i(c, "init_result"), CUDA_SUCCESS, "{c}");
+        assert_eq!(
+            i(c, "result"),
+            want,
+            "child of a 600 MiB parent asking {child}: {c}"
+        );
+        assert_eq!(i(out.lines.one("parent-done"), "free_result"), CUDA_SUCCESS);
+    }
+    g.wait_tenant_used("a", 0, Duration::from_secs(2));
+}
+
+#[test]
+fn destroying_a_context_returns_its_memory_at_once() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
+    let out = ops(
+        &g,
+        "a",
+        "alloc:x:900MiB meminfo reset meminfo alloc:y:900MiB",
+    );
+    assert_eq!(i(out.lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
+    assert_eq!(i(out.lines.one("reset"), "result"), CUDA_SUCCESS);
+    let infos = out.lines.ops("meminfo");
+    assert_eq!(
+        u(infos[1], "free"),
+        GIB,
+        "the reset context's 900 MiB came back: {:?}",
+        out.lines
+    );
+    assert_eq!(i(out.lines.named("alloc", "y"), "result"), CUDA_SUCCESS);
+    g.wait_tenant_used("a", 0, Duration::from_secs(2));
+}

@@ -13,9 +13,15 @@
  * Usage:
  *   driver_workload info
  *   driver_workload ops "<script>"        e.g. "alloc:a:900MiB alloc:b:200MiB free:a meminfo"
+ *       ops: KIND:NAME:SIZE (alloc pitch managed async pool vmm array array3d), free:NAME,
+ *       meminfo, memcpy-check:NAME, spin:NS[:COUNT], launch:NS[:COUNT], sync, sleep:MS,
+ *       device:N, reset (primary context reset: the driver frees its allocations)
  *   driver_workload spin --ns N [--count K]
  *   driver_workload stress --threads T --seconds S --max-bytes B [--seed X]
  *   driver_workload hold --bytes N --seconds S
+ *   driver_workload fork --parent-bytes N --child-bytes M
+ *       the parent allocates N and forks; the child initialises CUDA itself (a forked child
+ *       cannot use its parent's context), allocates M and exits; both report
  *   driver_workload load --ns N --seconds S [--batch B] [--pause-ms P]
  *       repeatedly: launch B spin(N) kernels, synchronize, pause P ms; reports how long each
  *       batch waited beyond its own kernel time (its wait for the device), p50/p99/max
@@ -129,6 +135,7 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
     X(cuDeviceTotalMem, (size_t * bytes, CUdevice dev))                                        \
     X(cuDevicePrimaryCtxRetain, (CUcontext * ctx, CUdevice dev))                               \
     X(cuDevicePrimaryCtxRelease, (CUdevice dev))                                               \
+    X(cuDevicePrimaryCtxReset, (CUdevice dev))                                                 \
     X(cuCtxSetCurrent, (CUcontext ctx))                                                        \
     X(cuCtxSynchronize, (void))                                                                \
     X(cuMemGetInfo, (size_t * free_bytes, size_t * total_bytes))                               \
@@ -800,6 +807,32 @@ static int valid_name(const char *s) {
     return 1;
 }
 
+/*
+ * Resets the current device's primary context: the driver destroys it and every
+ * allocation made in it; the program forgets them and retains a fresh context.
+ */
+static void do_reset(void) {
+    int dev = current_device < 0 ? 0 : current_device;
+    CUresult r = CU(cuDevicePrimaryCtxReset, dev);
+    if (r == CUDA_SUCCESS) {
+        for (struct allocation **a = &allocations; *a;) {
+            if ((*a)->device == dev && (*a)->kind != K_VMM) {
+                struct allocation *gone = *a;
+                *a = gone->next;
+                free(gone);
+            } else {
+                a = &(*a)->next;
+            }
+        }
+        primary[dev] = NULL;
+        streams[dev] = NULL;
+        spin_fn[dev] = NULL;
+        modules[dev] = NULL;
+        r = use_device(dev);
+    }
+    emit("\"op\":\"reset\",\"device\":%d,\"result\":%d", dev, r);
+}
+
 /* One op token, "verb[:arg[:arg]]"; with run == 0 it is only validated. */
 static void run_op(char *tok, int run) {
     char *parts[4] = {0};
@@ -830,6 +863,9 @@ static void run_op(char *tok, int run) {
     } else if (strcmp(verb, "meminfo") == 0) {
         if (n != 1) die_usage("usage: meminfo");
         if (run) do_meminfo();
+    } else if (strcmp(verb, "reset") == 0) {
+        if (n != 1) die_usage("usage: reset");
+        if (run) do_reset();
     } else if (strcmp(verb, "sync") == 0) {
         if (n != 1) die_usage("usage: sync");
         if (run) {
@@ -935,6 +971,46 @@ static int cmd_spin(int argc, char **argv) {
         return 0;
     }
     do_spin(ns, count, 1);
+    release_all_devices();
+    return 0;
+}
+
+/* ---- fork: a child process of a CUDA process ---- */
+#include <sys/wait.h>
+static int cmd_fork(int argc, char **argv) {
+    static const char *const flags[] = {"--parent-bytes", "--child-bytes", NULL};
+    const char *v[2] = {NULL, NULL};
+    parse_flags(argc, argv, flags, v);
+    unsigned long long parent_bytes = need_u64(v[0], "--parent-bytes");
+    unsigned long long child_bytes = need_u64(v[1], "--child-bytes");
+    load_driver();
+    CUdeviceptr p = 0;
+    CUresult r = use_device(0);
+    if (r == CUDA_SUCCESS) r = CU(cuMemAlloc, &p, (size_t)parent_bytes);
+    emit("\"op\":\"parent-alloc\",\"pid\":%d,\"bytes\":%llu,\"result\":%d", (int)getpid(),
+         parent_bytes, r);
+    pid_t child = fork();
+    if (child < 0) {
+        perror("fork");
+        return 2;
+    }
+    if (child == 0) {
+        memset(primary, 0, sizeof primary);
+        memset(streams, 0, sizeof streams);
+        current_device = -1;
+        CUresult ri = CU(cuInit, 0);
+        CUdeviceptr c = 0;
+        CUresult rc = ri == CUDA_SUCCESS ? use_device(0) : ri;
+        if (rc == CUDA_SUCCESS) rc = CU(cuMemAlloc, &c, (size_t)child_bytes);
+        emit("\"op\":\"child-alloc\",\"pid\":%d,\"bytes\":%llu,\"init_result\":%d,\"result\":%d",
+             (int)getpid(), child_bytes, ri, rc);
+        if (rc == CUDA_SUCCESS) CU(cuMemFree, c);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    CUresult rf = p ? CU(cuMemFree, p) : CUDA_SUCCESS;
+    emit("\"op\":\"parent-done\",\"child_status\":%d,\"free_result\":%d", status, rf);
     release_all_devices();
     return 0;
 }
@@ -1203,6 +1279,8 @@ int main(int argc, char **argv) {
         rc = cmd_stress(argc - 2, argv + 2);
     } else if (strcmp(cmd, "hold") == 0) {
         rc = cmd_hold(argc - 2, argv + 2);
+    } else if (strcmp(cmd, "fork") == 0) {
+        rc = cmd_fork(argc - 2, argv + 2);
     } else if (strcmp(cmd, "load") == 0) {
         rc = cmd_load(argc - 2, argv + 2);
     } else {

@@ -1,0 +1,136 @@
+//! Talking to the kubelet over its Unix sockets: registering the plugin, asking the pod
+//! resources API which containers hold which shares, and serving a gRPC service on a socket.
+
+use crate::api::v1::ListPodResourcesRequest;
+use crate::api::v1::pod_resources_lister_client::PodResourcesListerClient;
+use crate::api::v1beta1::registration_client::RegistrationClient;
+use crate::api::v1beta1::{self, RegisterRequest};
+use crate::config::PluginConfig;
+use crate::shares::tenant_name;
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::codegen::{Service, http};
+use tonic::transport::{Channel, Endpoint};
+
+/// Deadline of one call to the kubelet.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest pod resources answer accepted (the kubelet's own client allows 16 MiB).
+pub const MAX_POD_RESOURCES_MESSAGE: usize = 16 << 20;
+
+/// A call to the kubelet failed.
+#[derive(Debug, Error)]
+pub enum KubeletError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{call} on {path}: {status}")]
+    Call {
+        call: &'static str,
+        path: String,
+        status: Box<tonic::Status>,
+    },
+}
+
+/// A gRPC channel over the Unix socket at `path`.
+pub async fn connect(path: &Path) -> Result<Channel, KubeletError> {
+    let shown = path.display().to_string();
+    let endpoint = Endpoint::from_shared(format!("unix://{shown}"))
+        .map_err(|source| KubeletError::Connect {
+            path: shown.clone(),
+            source,
+        })?
+        .connect_timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| KubeletError::Connect {
+            path: shown,
+            source,
+        })
+}
+
+/// Registers the plugin (its socket name, resource and options) with the kubelet.
+pub async fn register(cfg: &PluginConfig) -> Result<(), KubeletError> {
+    let socket = cfg.kubelet_socket();
+    let mut client = RegistrationClient::new(connect(&socket).await?);
+    client
+        .register(RegisterRequest {
+            version: v1beta1::VERSION.to_string(),
+            endpoint: cfg.endpoint.clone(),
+            resource_name: cfg.resource_name.clone(),
+            options: Some(crate::plugin::options()),
+        })
+        .await
+        .map_err(|status| KubeletError::Call {
+            call: "Register",
+            path: socket.display().to_string(),
+            status: Box::new(status),
+        })?;
+    Ok(())
+}
+
+/// The tenants of the containers that hold shares of `resource_name` now, by the pod
+/// resources API (`List`): one per container, named from its device IDs as `Allocate` did.
+pub async fn live_tenants(
+    socket: &Path,
+    resource_name: &str,
+) -> Result<HashSet<String>, KubeletError> {
+    let mut client = PodResourcesListerClient::new(connect(socket).await?)
+        .max_decoding_message_size(MAX_POD_RESOURCES_MESSAGE);
+    let list = client
+        .list(ListPodResourcesRequest {})
+        .await
+        .map_err(|status| KubeletError::Call {
+            call: "List",
+            path: socket.display().to_string(),
+            status: Box::new(status),
+        })?
+        .into_inner();
+    let mut live = HashSet::new();
+    for pod in list.pod_resources {
+        for container in pod.containers {
+            let ids: Vec<String> = container
+                .devices
+                .into_iter()
+                .filter(|d| d.resource_name == resource_name)
+                .flat_map(|d| d.device_ids)
+                .collect();
+            if !ids.is_empty() {
+                live.insert(tenant_name(&ids));
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// Serves `service` on `listener` until `stop` turns true (then waits for connections to end:
+/// services must end their streams on `stop` too).
+pub async fn serve<S>(
+    listener: UnixListener,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error>
+where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tonic::transport::Server::builder()
+        .serve_with_incoming_shutdown(service, UnixListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}

@@ -1,0 +1,307 @@
+//! The plugin's life: learn the GPUs, then serve, register and watch until told to stop.
+//!
+//! Three tasks run side by side:
+//! - **health**: asks NVML every `--health-interval` and publishes the inventory (a
+//!   `watch` channel) that `ListAndWatch` streams follow;
+//! - **collector**: every `--gc-interval`, asks the pod resources API which containers hold
+//!   shares and releases the tenants of the others ([`TenantStore::collect`]); when the
+//!   kubelet cannot be asked, nothing is removed;
+//! - **registration**: serves the plugin socket, registers with the kubelet, then watches
+//!   both sockets. A restarting kubelet removes the plugin's socket and recreates its own;
+//!   either change makes the plugin serve a fresh socket and register again.
+//!
+//! Tenants live in files (quota files and the plugin's state file), so neither a kubelet
+//! restart nor a plugin restart loses or duplicates one.
+
+use crate::api::v1beta1::device_plugin_server::DevicePluginServer;
+use crate::config::PluginConfig;
+use crate::kubelet;
+use crate::nvml::{DeviceSource, NvmlError};
+use crate::plugin::{SharePlugin, unix_now};
+use crate::shares::Inventory;
+use crate::tenants::{StorePaths, TenantError, TenantStore};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the plugin cannot run.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot list GPUs: {0}")]
+    Nvml(#[from] NvmlError),
+    #[error("NVML lists no GPUs on this node")]
+    NoGpus,
+    #[error(transparent)]
+    Tenants(#[from] TenantError),
+    #[error("cannot serve on {path}: {source}")]
+    Listen {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the plugin until `shutdown` turns true. Tenants are kept on shutdown (they belong to
+/// containers that keep running); only the plugin's socket is removed.
+pub async fn run(
+    cfg: PluginConfig,
+    source: Arc<dyn DeviceSource>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    cfg.validate()?;
+    let cfg = Arc::new(cfg);
+    let store = Arc::new(TenantStore::open(
+        StorePaths {
+            plugin_state_dir: cfg.state_dir.clone(),
+            tenants_dir: cfg.tenants_dir.clone(),
+            gpumux_state_dir: cfg.gpumux_state_dir.clone(),
+        },
+        &cfg.resource_name,
+    )?);
+    for (name, rec) in store.records() {
+        tracing::info!(tenant = %name, devices = ?rec.device_ids, released = rec.released_unix.is_some(), "known tenant");
+    }
+
+    let first = probe(&source).await;
+    let gpus = first.clone()?;
+    if gpus.is_empty() {
+        return Err(RunError::NoGpus);
+    }
+    let mut inventory = Inventory::default();
+    inventory.merge(&first);
+    for g in inventory.ordered() {
+        tracing::info!(index = g.index, uuid = %g.uuid, total = g.total_memory, healthy = g.healthy, shares = cfg.shares_per_gpu, "GPU");
+    }
+    let (inv_tx, inv_rx) = watch::channel(inventory);
+
+    let health = tokio::spawn(health_loop(cfg.clone(), source, inv_tx));
+    let collector = tokio::spawn(collect_loop(cfg.clone(), store.clone()));
+    let result = registration_loop(&cfg, &store, &inv_rx, &mut shutdown).await;
+    health.abort();
+    collector.abort();
+    result
+}
+
+async fn probe(
+    source: &Arc<dyn DeviceSource>,
+) -> Result<Vec<crate::nvml::GpuInfo>, NvmlError> {
+    let s = source.clone();
+    match tokio::task::spawn_blocking(move || s.probe()).await {
+        Ok(r) => r,
+        Err(e) => Err(NvmlError::Load(format!("probe task failed: {e}"))),
+    }
+}
+
+async fn health_loop(
+    cfg: Arc<PluginConfig>,
+    source: Arc<dyn DeviceSource>,
+    tx: watch::Sender<Inventory>,
+) {
+    loop {
+        tokio::time::sleep(cfg.health_interval).await;
+        let result = probe(&source).await;
+        if let Err(e) = &result {
+            tracing::warn!("NVML probe failed, every GPU is unhealthy until it works: {e}");
+        }
+        tx.send_if_modified(|inv| {
+            let before = inv.clone();
+            inv.merge(&result);
+            for (uuid, g) in &inv.gpus {
+                let was = before.gpus.get(uuid).map(|b| b.healthy);
+                if was != Some(g.healthy) {
+                    tracing::warn!(uuid = %uuid, index = g.index, healthy = g.healthy, "GPU health changed");
+                }
+            }
+            *inv != before
+        });
+    }
+}
+
+async fn collect_loop(cfg: Arc<PluginConfig>, store: Arc<TenantStore>) {
+    let mut tick = tokio::time::interval(cfg.gc_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let live = match kubelet::live_tenants(&cfg.pod_resources_socket, &cfg.resource_name).await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("not collecting released tenants: pod resources unavailable: {e}");
+                continue;
+            }
+        };
+        match store.collect(&live, unix_now(), cfg.gc_grace.as_secs()) {
+            Ok(c) => {
+                for t in &c.released {
+                    tracing::info!(tenant = %t, "shares released: quota file removed");
+                }
+                for t in &c.forgotten {
+                    tracing::debug!(tenant = %t, "tenant gone");
+                }
+            }
+            Err(e) => tracing::error!("collecting released tenants: {e}"),
+        }
+    }
+}
+
+/// `(device, inode)` of a path, to notice a file being replaced.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Why a registration ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Shutdown,
+    Restart(&'static str),
+}
+
+struct Serving {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    identity: Option<(u64, u64)>,
+}
+
+impl Serving {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("plugin server did not stop within 5 s; aborting it");
+            task.abort();
+        }
+    }
+}
+
+fn start_serving(
+    cfg: &Arc<PluginConfig>,
+    store: &Arc<TenantStore>,
+    inventory: &watch::Receiver<Inventory>,
+) -> Result<Serving, RunError> {
+    let path = cfg.plugin_socket();
+    let listen_err = |source| RunError::Listen {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen_err(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(listen_err)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let service = SharePlugin::new(
+        cfg.clone(),
+        store.clone(),
+        inventory.clone(),
+        stop_rx.clone(),
+    );
+    let task = tokio::spawn(kubelet::serve(
+        listener,
+        DevicePluginServer::new(service),
+        stop_rx,
+    ));
+    tracing::info!(socket = %path.display(), "serving");
+    Ok(Serving {
+        stop,
+        task,
+        identity: identity(&path),
+    })
+}
+
+async fn registration_loop(
+    cfg: &Arc<PluginConfig>,
+    store: &Arc<TenantStore>,
+    inventory: &watch::Receiver<Inventory>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let tick = cfg.watch_interval.max(Duration::from_millis(10));
+    loop {
+        // The kubelet creates its directory; wait for it rather than invent it.
+        while !cfg.kubelet_dir.is_dir() {
+            tracing::info!(dir = %cfg.kubelet_dir.display(), "waiting for the kubelet's device plugin directory");
+            if sleep_or_shutdown(Duration::from_secs(1).max(tick), shutdown).await {
+                return Ok(());
+            }
+        }
+        let serving = start_serving(cfg, store, inventory)?;
+        let ended = register_and_watch(cfg, &serving, tick, shutdown).await;
+        serving.stop().await;
+        match ended {
+            Ended::Shutdown => {
+                let _ = std::fs::remove_file(cfg.plugin_socket());
+                tracing::info!("stopped");
+                return Ok(());
+            }
+            Ended::Restart(why) => tracing::warn!("{why}; serving and registering again"),
+        }
+    }
+}
+
+async fn register_and_watch(
+    cfg: &PluginConfig,
+    serving: &Serving,
+    tick: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let socket = cfg.plugin_socket();
+    let kubelet_socket = cfg.kubelet_socket();
+    let mut backoff = Duration::from_millis(100);
+    let kubelet_identity = loop {
+        if identity(&socket) != serving.identity {
+            return Ended::Restart("plugin socket removed before registration");
+        }
+        let id = identity(&kubelet_socket);
+        if id.is_some() {
+            match kubelet::register(cfg).await {
+                Ok(()) => {
+                    tracing::info!(resource = %cfg.resource_name, endpoint = %cfg.endpoint, "registered with the kubelet");
+                    break id;
+                }
+                Err(e) => tracing::warn!("registration failed (retrying in {backoff:?}): {e}"),
+            }
+        } else {
+            tracing::info!(socket = %kubelet_socket.display(), "waiting for the kubelet");
+        }
+        if sleep_or_shutdown(backoff, shutdown).await {
+            return Ended::Shutdown;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
+    loop {
+        if sleep_or_shutdown(tick, shutdown).await {
+            return Ended::Shutdown;
+        }
+        if serving.task.is_finished() {
+            return Ended::Restart("plugin server stopped");
+        }
+        if identity(&socket) != serving.identity {
+            return Ended::Restart("plugin socket removed (kubelet restart)");
+        }
+        if identity(&kubelet_socket) != kubelet_identity {
+            return Ended::Restart("kubelet socket recreated (kubelet restart)");
+        }
+    }
+}
+
+/// Sleeps `d`; true when shutdown was asked for instead.
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        r = shutdown.wait_for(|s| *s) => { let _ = r; true }
+    }
+}

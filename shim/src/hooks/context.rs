@@ -1,0 +1,114 @@
+//! Context teardown: destroying a context (or resetting / finally releasing a primary
+//! context) frees every allocation made in it, so the tenant gets those bytes back at once
+//! rather than when the process exits.
+
+#![allow(non_snake_case)]
+
+use super::real;
+use crate::allocations;
+use crate::cuda_types::*;
+use crate::ffi_guard::guard;
+use crate::registration;
+use gpumux_common::accounting;
+use std::ffi::{c_int, c_uint};
+
+/// The calling thread's current context (0 if none).
+pub fn current_context() -> u64 {
+    let get = real!(cuCtxGetCurrent: unsafe extern "C" fn(*mut CUcontext) -> CUresult, 0);
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: valid out-pointer.
+    if unsafe { get(&mut ctx) } == CUDA_SUCCESS {
+        ctx as u64
+    } else {
+        0
+    }
+}
+
+/// Gives back what the allocations of a destroyed context charged.
+fn context_gone(ctx: u64) {
+    let Some(reg) = registration::current() else {
+        return;
+    };
+    for r in allocations::remove_context(ctx) {
+        let _ = accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes);
+    }
+}
+
+/// The primary context of `dev` if it is active (its handle is stable while it exists).
+fn active_primary(dev: CUdevice) -> Option<u64> {
+    let state = real!(cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult, None);
+    let retain = real!(cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult, None);
+    let release =
+        real!(cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(CUdevice) -> CUresult, None);
+    let (mut flags, mut active) = (0 as c_uint, 0 as c_int);
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: valid out-pointers; a retain is balanced by a release, leaving the reference
+    // count as it was.
+    unsafe {
+        if state(dev, &mut flags, &mut active) != CUDA_SUCCESS || active == 0 {
+            return None;
+        }
+        if retain(&mut ctx, dev) != CUDA_SUCCESS {
+            return None;
+        }
+        release(dev);
+    }
+    Some(ctx as u64)
+}
+
+fn primary_is_active(dev: CUdevice) -> bool {
+    let state = real!(cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult, true);
+    let (mut flags, mut active) = (0 as c_uint, 0 as c_int);
+    // SAFETY: valid out-pointers.
+    unsafe { state(dev, &mut flags, &mut active) != CUDA_SUCCESS || active != 0 }
+}
+
+macro_rules! ctx_destroy {
+    ($name:ident) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for `cuCtxDestroy`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(ctx: CUcontext) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(CUcontext) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                // SAFETY: forwarding the caller's argument.
+                let rc = unsafe { f(ctx) };
+                if rc == CUDA_SUCCESS {
+                    context_gone(ctx as u64);
+                }
+                rc
+            })
+        }
+    };
+}
+ctx_destroy!(cuCtxDestroy);
+ctx_destroy!(cuCtxDestroy_v2);
+
+macro_rules! primary_teardown {
+    ($name:ident, $always:expr) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for the primary-context call.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(dev: CUdevice) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                let ctx = registration::current().and_then(|_| active_primary(dev));
+                // SAFETY: forwarding the caller's argument.
+                let rc = unsafe { f(dev) };
+                // A reset always destroys the primary context; a release only when it drops
+                // the last reference.
+                if rc == CUDA_SUCCESS
+                    && let Some(ctx) = ctx
+                    && ($always || !primary_is_active(dev))
+                {
+                    context_gone(ctx);
+                }
+                rc
+            })
+        }
+    };
+}
+primary_teardown!(cuDevicePrimaryCtxReset, true);
+primary_teardown!(cuDevicePrimaryCtxReset_v2, true);
+primary_teardown!(cuDevicePrimaryCtxRelease, false);
+primary_teardown!(cuDevicePrimaryCtxRelease_v2, false);
