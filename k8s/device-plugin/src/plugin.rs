@@ -59,7 +59,8 @@ impl SharePlugin {
 
     /// What the kubelet passes to the container runtime for this tenant.
     pub fn container_response(&self, q: &ShareQuota) -> ContainerAllocateResponse {
-        let container_dir = gpumux_common::names::tenant_dir(Path::new(CONTAINER_STATE_DIR), &q.tenant);
+        let container_dir =
+            gpumux_common::names::tenant_dir(Path::new(CONTAINER_STATE_DIR), &q.tenant);
         let container_socket =
             gpumux_common::names::tenant_socket(Path::new(CONTAINER_STATE_DIR), &q.tenant);
         let uuids: Vec<&str> = q.gpus.iter().map(|g| g.uuid.as_str()).collect();
@@ -167,7 +168,11 @@ impl DevicePlugin for SharePlugin {
                         .iter()
                         .filter(|d| d.health == crate::api::v1beta1::HEALTHY)
                         .count();
-                    tracing::info!(devices = devices.len(), healthy, "ListAndWatch: sending devices");
+                    tracing::info!(
+                        devices = devices.len(),
+                        healthy,
+                        "ListAndWatch: sending devices"
+                    );
                     let msg = ListAndWatchResponse {
                         devices: devices.clone(),
                     };

@@ -88,9 +88,7 @@ pub async fn run(
     result
 }
 
-async fn probe(
-    source: &Arc<dyn DeviceSource>,
-) -> Result<Vec<crate::nvml::GpuInfo>, NvmlError> {
+async fn probe(source: &Arc<dyn DeviceSource>) -> Result<Vec<crate::nvml::GpuInfo>, NvmlError> {
     let s = source.clone();
     match tokio::task::spawn_blocking(move || s.probe()).await {
         Ok(r) => r,

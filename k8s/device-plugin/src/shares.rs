@@ -279,7 +279,11 @@ pub fn preferred(available: &[String], must_include: &[String], size: usize) -> 
             .iter()
             .filter(|(n, _)| *n >= want)
             .min_by(|a, b| a.cmp(b))
-            .or_else(|| candidates.iter().max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1))));
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            });
         let Some((_, uuid)) = best_fit.cloned() else {
             break;
         };
@@ -308,7 +312,10 @@ mod tests {
 
     fn inv() -> Inventory {
         let mut i = Inventory::default();
-        i.merge(&Ok(vec![info(0, A, 16 << 30, true), info(1, B, 8 << 30, true)]));
+        i.merge(&Ok(vec![
+            info(0, A, 16 << 30, true),
+            info(1, B, 8 << 30, true),
+        ]));
         i
     }
 
@@ -322,7 +329,15 @@ mod tests {
         assert_eq!((s.uuid.as_str(), s.index), (A, 7));
         assert_eq!(s.to_device_id(), format!("{A}::7"));
         assert!(s.to_device_id().len() <= 63, "kubelet's device ID limit");
-        for bad in ["", "GPU-x", "GPU-x::", "::1", "GPU-x::-1", "GPU-x::1a", "GPU-x:1"] {
+        for bad in [
+            "",
+            "GPU-x",
+            "GPU-x::",
+            "::1",
+            "GPU-x::-1",
+            "GPU-x::1a",
+            "GPU-x:1",
+        ] {
             assert!(ShareId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -365,7 +380,10 @@ mod tests {
         assert_eq!(q.gpus.len(), 1);
         assert_eq!(q.gpus[0].uuid, A);
         assert_eq!(q.device_ids, ids(&[&format!("{A}::1"), &format!("{A}::3")]));
-        assert_eq!(q.tenant, tenant_name(&ids(&[&format!("{A}::1"), &format!("{A}::3")])));
+        assert_eq!(
+            q.tenant,
+            tenant_name(&ids(&[&format!("{A}::1"), &format!("{A}::3")]))
+        );
 
         // Rounds down, never above the device.
         let q = quota_for(&ids(&[&format!("{A}::0")]), &inv(), 3).unwrap();

@@ -255,7 +255,9 @@ impl TenantStore {
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(dir = %dir.display(), "cannot remove tenant directory: {e}"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "cannot remove tenant directory: {e}")
+                }
             }
             done.forgotten.push(name.clone());
         }
@@ -292,11 +294,7 @@ impl TenantStore {
         };
         let mut bytes = serde_json::to_vec_pretty(&file).expect("state serialises");
         bytes.push(b'\n');
-        write_atomic(
-            &self.paths.plugin_state_dir.join(STATE_FILE),
-            &bytes,
-            0o600,
-        )
+        write_atomic(&self.paths.plugin_state_dir.join(STATE_FILE), &bytes, 0o600)
     }
 }
 
@@ -401,7 +399,11 @@ mod tests {
         let q = quota(&[2]);
         std::fs::create_dir_all(&f.paths.tenants_dir).unwrap();
         std::fs::write(s.quota_path(&q.tenant), "memory_limit = 1\n").unwrap();
-        std::fs::write(f.paths.tenants_dir.join("team-a.toml"), "memory_limit = 1\n").unwrap();
+        std::fs::write(
+            f.paths.tenants_dir.join("team-a.toml"),
+            "memory_limit = 1\n",
+        )
+        .unwrap();
         assert!(matches!(s.ensure(&q, 1), Err(TenantError::Foreign { .. })));
         assert!(s.records().is_empty());
         let c = s.collect(&live(&[]), 1000, 0).unwrap();
@@ -465,7 +467,10 @@ mod tests {
         let s = open(&f);
         assert_eq!(s.records()[&q.tenant].device_ids, q.device_ids);
         s.ensure(&q, 6).unwrap(); // ours: no Foreign error
-        assert_eq!(s.collect(&live(&[]), 100, 0).unwrap().released, vec![q.tenant.clone()]);
+        assert_eq!(
+            s.collect(&live(&[]), 100, 0).unwrap().released,
+            vec![q.tenant.clone()]
+        );
         assert!(!s.quota_path(&q.tenant).exists());
     }
 

@@ -18,111 +18,90 @@ fn report(reg: &Registration, device: Option<usize>, total: u64, free: u64) -> M
     }
 }
 
-/// # Safety
-/// C ABI entry point; arguments as documented for `cuMemGetInfo_v2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemGetInfo_v2: unsafe extern "C" fn(*mut usize, *mut usize) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(free, total) };
-        if rc != CUDA_SUCCESS || free.is_null() || total.is_null() {
-            return rc;
-        }
-        if let Access::Registered(reg) = access() {
-            let Ok(device) = current_device(reg) else {
-                return rc;
-            };
-            // SAFETY: the driver succeeded, so both pointers are valid and written.
-            unsafe {
-                let v = report(reg, device, *total as u64, *free as u64);
-                *free = v.free as usize;
-                *total = v.total as usize;
-            }
-        }
-        rc
-    })
+/// A size type of a driver ABI version (`size_t` for `_v2`, `unsigned int` for v1).
+trait SizeWord: Copy {
+    fn get(self) -> u64;
+    /// Clamped to what the type can hold.
+    fn put(v: u64) -> Self;
 }
 
-/// # Safety
-/// C ABI entry point; `cuMemGetInfo` (v1 ABI, 32-bit sizes).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemGetInfo: unsafe extern "C" fn(*mut c_uint, *mut c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(free, total) };
-        if rc != CUDA_SUCCESS || free.is_null() || total.is_null() {
-            return rc;
-        }
-        if let Access::Registered(reg) = access() {
-            let Ok(device) = current_device(reg) else {
-                return rc;
-            };
-            // SAFETY: the driver succeeded, so both pointers are valid and written.
-            unsafe {
-                let v = report(reg, device, *total as u64, *free as u64);
-                *free = v.free.min(u32::MAX as u64) as c_uint;
-                *total = v.total.min(u32::MAX as u64) as c_uint;
-            }
-        }
-        rc
-    })
+impl SizeWord for usize {
+    fn get(self) -> u64 {
+        self as u64
+    }
+    fn put(v: u64) -> Self {
+        v as usize
+    }
 }
 
-/// # Safety
-/// C ABI entry point; arguments as documented for `cuDeviceTotalMem_v2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuDeviceTotalMem_v2: unsafe extern "C" fn(*mut usize, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(bytes, dev) };
-        if rc != CUDA_SUCCESS || bytes.is_null() {
-            return rc;
-        }
-        if let Access::Registered(reg) = access() {
-            // SAFETY: the driver succeeded, so the pointer is valid and written.
-            unsafe {
-                let v = report(
-                    reg,
-                    device_of_ordinal(reg, dev),
-                    *bytes as u64,
-                    *bytes as u64,
-                );
-                *bytes = v.total as usize;
-            }
-        }
-        rc
-    })
+impl SizeWord for c_uint {
+    fn get(self) -> u64 {
+        self as u64
+    }
+    fn put(v: u64) -> Self {
+        v.min(c_uint::MAX as u64) as c_uint
+    }
 }
 
-/// # Safety
-/// C ABI entry point; `cuDeviceTotalMem` (v1 ABI).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CUdevice) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuDeviceTotalMem: unsafe extern "C" fn(*mut c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(bytes, dev) };
-        if rc != CUDA_SUCCESS || bytes.is_null() {
-            return rc;
+macro_rules! mem_get_info {
+    ($name:ident, $t:ty) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for `cuMemGetInfo`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(free: *mut $t, total: *mut $t) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(*mut $t, *mut $t) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                // SAFETY: forwarding the caller's arguments.
+                let rc = unsafe { f(free, total) };
+                if rc != CUDA_SUCCESS || free.is_null() || total.is_null() {
+                    return rc;
+                }
+                if let Access::Registered(reg) = access()
+                    && let Ok(device) = current_device(reg)
+                {
+                    // SAFETY: the driver succeeded, so both pointers are valid and written.
+                    unsafe {
+                        let v = report(reg, device, (*total).get(), (*free).get());
+                        *free = <$t>::put(v.free);
+                        *total = <$t>::put(v.total);
+                    }
+                }
+                rc
+            })
         }
-        if let Access::Registered(reg) = access() {
-            // SAFETY: the driver succeeded, so the pointer is valid and written.
-            unsafe {
-                let v = report(
-                    reg,
-                    device_of_ordinal(reg, dev),
-                    *bytes as u64,
-                    *bytes as u64,
-                );
-                *bytes = v.total.min(u32::MAX as u64) as c_uint;
-            }
-        }
-        rc
-    })
+    };
 }
+mem_get_info!(cuMemGetInfo, c_uint);
+mem_get_info!(cuMemGetInfo_v2, usize);
+
+macro_rules! device_total_mem {
+    ($name:ident, $t:ty) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for `cuDeviceTotalMem`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(bytes: *mut $t, dev: CUdevice) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(*mut $t, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                // SAFETY: forwarding the caller's arguments.
+                let rc = unsafe { f(bytes, dev) };
+                if rc != CUDA_SUCCESS || bytes.is_null() {
+                    return rc;
+                }
+                if let Access::Registered(reg) = access() {
+                    // SAFETY: the driver succeeded, so the pointer is valid and written.
+                    unsafe {
+                        let physical = (*bytes).get();
+                        let v = report(reg, device_of_ordinal(reg, dev), physical, physical);
+                        *bytes = <$t>::put(v.total);
+                    }
+                }
+                rc
+            })
+        }
+    };
+}
+device_total_mem!(cuDeviceTotalMem, c_uint);
+device_total_mem!(cuDeviceTotalMem_v2, usize);
 
 // ---- NVML ----------------------------------------------------------------------------------
 

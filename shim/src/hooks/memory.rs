@@ -388,147 +388,80 @@ pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> C
 
 // ---- arrays ----------------------------------------------------------------------------------
 
-fn array_size_or_zero(size: Option<u64>) -> u64 {
-    // An unknown format: let the driver judge it (it refuses invalid formats) and charge
-    // nothing rather than guess.
-    size.unwrap_or(0)
+/// An array descriptor the shim can size (both ABI versions of the 2D and 3D descriptors).
+trait ArrayShape {
+    fn bytes(&self, levels: u32) -> Option<u64>;
 }
 
-/// # Safety
-/// C ABI entry point; arguments as documented for `cuArrayCreate_v2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayCreate_v2(
-    array: *mut CUarray,
-    desc: *const ArrayDescriptor,
-) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuArrayCreate_v2: unsafe extern "C" fn(*mut CUarray, *const ArrayDescriptor) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let bytes = if desc.is_null() {
-            0
-        } else {
-            // SAFETY: non-null descriptor supplied by the caller per the API contract.
-            let d = unsafe { &*desc };
-            array_size_or_zero(array_bytes(
-                d.width as u64,
-                d.height as u64,
-                1,
-                d.format,
-                d.num_channels,
-                1,
-            ))
-        };
-        // SAFETY: forwarding the caller's arguments.
-        charged(
-            bytes,
-            Target::Current,
-            Kind::Array,
-            || unsafe { f(array, desc) },
-            || out(array) as u64,
+impl ArrayShape for ArrayDescriptor {
+    fn bytes(&self, levels: u32) -> Option<u64> {
+        array_bytes(
+            self.width as u64,
+            self.height as u64,
+            1,
+            self.format,
+            self.num_channels,
+            levels,
         )
-    })
+    }
 }
 
-/// # Safety
-/// C ABI entry point; `cuArrayCreate` (v1 ABI descriptor).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayCreate(
-    array: *mut CUarray,
-    desc: *const ArrayDescriptorV1,
-) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuArrayCreate: unsafe extern "C" fn(*mut CUarray, *const ArrayDescriptorV1) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let bytes = if desc.is_null() {
-            0
-        } else {
-            // SAFETY: non-null descriptor supplied by the caller per the API contract.
-            let d = unsafe { &*desc };
-            array_size_or_zero(array_bytes(
-                d.width as u64,
-                d.height as u64,
-                1,
-                d.format,
-                d.num_channels,
-                1,
-            ))
-        };
-        // SAFETY: forwarding the caller's arguments.
-        charged(
-            bytes,
-            Target::Current,
-            Kind::Array,
-            || unsafe { f(array, desc) },
-            || out(array) as u64,
+impl ArrayShape for ArrayDescriptorV1 {
+    fn bytes(&self, levels: u32) -> Option<u64> {
+        array_bytes(
+            self.width as u64,
+            self.height as u64,
+            1,
+            self.format,
+            self.num_channels,
+            levels,
         )
-    })
+    }
 }
 
-/// # Safety
-/// C ABI entry point; arguments as documented for `cuArray3DCreate_v2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArray3DCreate_v2(
-    array: *mut CUarray,
-    desc: *const Array3dDescriptor,
-) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuArray3DCreate_v2: unsafe extern "C" fn(*mut CUarray, *const Array3dDescriptor) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let bytes = if desc.is_null() {
-            0
-        } else {
-            // SAFETY: non-null descriptor supplied by the caller per the API contract.
-            let d = unsafe { &*desc };
-            array_size_or_zero(array_bytes(
-                d.width as u64,
-                d.height as u64,
-                d.depth as u64,
-                d.format,
-                d.num_channels,
-                1,
-            ))
-        };
-        // SAFETY: forwarding the caller's arguments.
-        charged(
-            bytes,
-            Target::Current,
-            Kind::Array,
-            || unsafe { f(array, desc) },
-            || out(array) as u64,
-        )
-    })
+impl ArrayShape for Array3dDescriptor {
+    fn bytes(&self, levels: u32) -> Option<u64> {
+        let (w, h, d) = (self.width as u64, self.height as u64, self.depth as u64);
+        array_bytes(w, h, d, self.format, self.num_channels, levels)
+    }
 }
 
-/// # Safety
-/// C ABI entry point; `cuArray3DCreate` (v1 ABI descriptor).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArray3DCreate(
-    array: *mut CUarray,
-    desc: *const Array3dDescriptorV1,
-) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuArray3DCreate: unsafe extern "C" fn(*mut CUarray, *const Array3dDescriptorV1) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let bytes = if desc.is_null() {
-            0
-        } else {
-            // SAFETY: non-null descriptor supplied by the caller per the API contract.
-            let d = unsafe { &*desc };
-            array_size_or_zero(array_bytes(
-                d.width as u64,
-                d.height as u64,
-                d.depth as u64,
-                d.format,
-                d.num_channels,
-                1,
-            ))
-        };
-        // SAFETY: forwarding the caller's arguments.
-        charged(
-            bytes,
-            Target::Current,
-            Kind::Array,
-            || unsafe { f(array, desc) },
-            || out(array) as u64,
-        )
-    })
+impl ArrayShape for Array3dDescriptorV1 {
+    fn bytes(&self, levels: u32) -> Option<u64> {
+        let (w, h, d) = (self.width as u64, self.height as u64, self.depth as u64);
+        array_bytes(w, h, d, self.format, self.num_channels, levels)
+    }
 }
+
+/// Bytes an array of this descriptor occupies. A null descriptor or an unknown format is
+/// charged nothing: the driver refuses those itself.
+fn shape_bytes<D: ArrayShape>(desc: *const D, levels: u32) -> u64 {
+    if desc.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null descriptor supplied by the caller per the API contract.
+    unsafe { &*desc }.bytes(levels).unwrap_or(0)
+}
+
+macro_rules! array_create {
+    ($name:ident, $desc:ty) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for the array creation call.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(array: *mut CUarray, desc: *const $desc) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(*mut CUarray, *const $desc) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                let bytes = shape_bytes(desc, 1);
+                // SAFETY: forwarding the caller's arguments.
+                charged(bytes, Target::Current, Kind::Array, || unsafe { f(array, desc) }, || out(array) as u64)
+            })
+        }
+    };
+}
+array_create!(cuArrayCreate, ArrayDescriptorV1);
+array_create!(cuArrayCreate_v2, ArrayDescriptor);
+array_create!(cuArray3DCreate, Array3dDescriptorV1);
+array_create!(cuArray3DCreate_v2, Array3dDescriptor);
 
 /// # Safety
 /// C ABI entry point; arguments as documented for `cuArrayDestroy`.
@@ -551,20 +484,7 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
 ) -> CUresult {
     guard(CUDA_ERROR_UNKNOWN, || {
         let f = real!(cuMipmappedArrayCreate: unsafe extern "C" fn(*mut CUmipmappedArray, *const Array3dDescriptor, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let bytes = if desc.is_null() {
-            0
-        } else {
-            // SAFETY: non-null descriptor supplied by the caller per the API contract.
-            let d = unsafe { &*desc };
-            array_size_or_zero(array_bytes(
-                d.width as u64,
-                d.height as u64,
-                d.depth as u64,
-                d.format,
-                d.num_channels,
-                levels,
-            ))
-        };
+        let bytes = shape_bytes(desc, levels);
         // SAFETY: forwarding the caller's arguments.
         charged(
             bytes,

@@ -161,6 +161,24 @@ impl Gpumux {
         c
     }
 
+    /// Starts a process of `tenant` that allocates `bytes` and holds them (up to a minute),
+    /// and waits until it holds them.
+    pub fn hold(&self, tenant: &str, bytes: u64) -> crate::workloads::Running {
+        let mut r = crate::workloads::Running::spawn(
+            self.tenant_command(tenant, crate::workloads::c_workload())
+                .args(["hold", "--bytes", &bytes.to_string(), "--seconds", "60"]),
+        )
+        .expect("spawn a holder");
+        let line = r
+            .wait_for("hold", Duration::from_secs(60))
+            .expect("holder ran");
+        assert_eq!(
+            line["result"], 0,
+            "holding {bytes} bytes in {tenant}: {line}"
+        );
+        r
+    }
+
     /// `gpumuxctl --config <ours> ARGS`.
     pub fn ctl(&self) -> Command {
         let mut c = Command::new(artifact("gpumuxctl"));

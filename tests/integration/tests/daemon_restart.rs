@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(60);
 const ONE_GIB: &str = "memory_limit = \"1GiB\"\n";
 
-fn hold(g: &Gpumux, tenant: &str, bytes: u64) -> Running {
-    let mut r = Running::spawn(g.tenant_command(tenant, c_workload()).args([
-        "hold",
-        "--bytes",
-        &bytes.to_string(),
-        "--seconds",
-        "60",
-    ]))
-    .unwrap();
-    assert_eq!(i(&r.wait_for("hold", T).unwrap(), "result"), CUDA_SUCCESS);
-    r
-}
-
 #[test]
 fn sigkill_mid_stress_keeps_limits_and_accounting() {
     let mut g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB)]);
@@ -85,8 +72,8 @@ fn sigkill_mid_stress_keeps_limits_and_accounting() {
 #[test]
 fn restarted_daemon_reclaims_the_dead_and_keeps_the_living() {
     let mut g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB)]);
-    let mut survivor = hold(&g, "a", 300 * MIB);
-    let mut casualty = hold(&g, "a", 500 * MIB);
+    let mut survivor = g.hold("a", 300 * MIB);
+    let mut casualty = g.hold("a", 500 * MIB);
     assert_eq!(g.tenant_used("a", 0), 800 * MIB);
     g.kill_daemon();
     casualty.kill();

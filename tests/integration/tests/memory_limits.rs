@@ -99,18 +99,7 @@ fn refused_allocation_charges_nothing_and_reported_size_is_the_quota() {
 #[test]
 fn nvml_reports_the_quota() {
     let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
-    let mut holder = Running::spawn(g.tenant_command("a", c_workload()).args([
-        "hold",
-        "--bytes",
-        &(300 * MIB).to_string(),
-        "--seconds",
-        "30",
-    ]))
-    .unwrap();
-    assert_eq!(
-        i(&holder.wait_for("hold", T).unwrap(), "result"),
-        CUDA_SUCCESS
-    );
+    let mut holder = g.hold("a", 300 * MIB);
     let out = run(&mut g.tenant_command("a", nvml_probe()), T).unwrap();
     let dev = out.lines.one("device");
     for m in [&dev["mem_v1"], &dev["mem_v2"]] {
@@ -164,18 +153,7 @@ fn cudarc_async_allocator_is_held_to_the_quota() {
 #[test]
 fn processes_of_one_tenant_share_its_quota_and_tenants_are_independent() {
     let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT), ("b", ONE_GIB_TENANT)]);
-    let mut holder = Running::spawn(g.tenant_command("a", c_workload()).args([
-        "hold",
-        "--bytes",
-        &(600 * MIB).to_string(),
-        "--seconds",
-        "30",
-    ]))
-    .unwrap();
-    assert_eq!(
-        i(&holder.wait_for("hold", T).unwrap(), "result"),
-        CUDA_SUCCESS
-    );
+    let mut holder = g.hold("a", 600 * MIB);
 
     let out = ops(&g, "a", "alloc:x:600MiB alloc:y:300MiB");
     assert_eq!(
@@ -200,18 +178,7 @@ fn processes_of_one_tenant_share_its_quota_and_tenants_are_independent() {
 #[test]
 fn sigkilled_process_returns_its_memory_within_a_second() {
     let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
-    let mut holder = Running::spawn(g.tenant_command("a", c_workload()).args([
-        "hold",
-        "--bytes",
-        &(900 * MIB).to_string(),
-        "--seconds",
-        "60",
-    ]))
-    .unwrap();
-    assert_eq!(
-        i(&holder.wait_for("hold", T).unwrap(), "result"),
-        CUDA_SUCCESS
-    );
+    let mut holder = g.hold("a", 900 * MIB);
     assert_eq!(g.tenant_used("a", 0), 900 * MIB);
     let killed_at = Instant::now();
     holder.kill();

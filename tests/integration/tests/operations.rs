@@ -190,18 +190,7 @@ fn a_malformed_edit_is_reported_and_changes_nothing() {
 #[test]
 fn removing_and_adding_tenants_applies_live() {
     let g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
-    let mut holder = Running::spawn(g.tenant_command("a", c_workload()).args([
-        "hold",
-        "--bytes",
-        &(100 * MIB).to_string(),
-        "--seconds",
-        "30",
-    ]))
-    .unwrap();
-    assert_eq!(
-        i(&holder.wait_for("hold", T).unwrap(), "result"),
-        CUDA_SUCCESS
-    );
+    let mut holder = g.hold("a", 100 * MIB);
     std::fs::remove_file(g.tenants_dir.join("a.toml")).unwrap();
     wait_until(
         Duration::from_secs(2),
@@ -261,18 +250,7 @@ fn metrics_and_status_report_what_happens() {
         &[("a", "memory_limit = \"1GiB\"\nweight = 4\n")],
         "metrics_listen = \"127.0.0.1:0\"\n",
     );
-    let mut holder = Running::spawn(g.tenant_command("a", c_workload()).args([
-        "hold",
-        "--bytes",
-        &(300 * MIB).to_string(),
-        "--seconds",
-        "30",
-    ]))
-    .unwrap();
-    assert_eq!(
-        i(&holder.wait_for("hold", T).unwrap(), "result"),
-        CUDA_SUCCESS
-    );
+    let mut holder = g.hold("a", 300 * MIB);
     run(
         g.tenant_command("a", c_workload())
             .args(["ops", "alloc:x:900MiB"]),
