@@ -141,8 +141,8 @@ impl Registration {
         };
         let bytes = msg.encode();
         // SAFETY: send(2) of a valid buffer; MSG_DONTWAIT so a full socket buffer never blocks
-        // a launching thread. A racing reattach may have closed `fd`: send then fails (EBADF)
-        // or, if the number was reused, the daemon rejects the stray message.
+        // a launching thread. The number always names our connection (a reattach replaces it
+        // in place with dup3; only a forked child, where this registration is dead, closes it).
         let n = unsafe {
             libc::send(
                 fd,
@@ -174,10 +174,19 @@ impl Registration {
             control as *const _ as *mut SegmentView<ControlSegment>,
             Ordering::Release,
         );
-        let old = self.socket.swap(fd.into_raw_fd(), Ordering::AcqRel);
-        if old >= 0 {
-            // SAFETY: closing our previous connection, which nobody else owns.
-            unsafe { libc::close(old) };
+        // Keep the descriptor number: the new connection replaces the dead one in place
+        // (dup3 is atomic), so a thread sending concurrently can never hit a number the
+        // application has reused meanwhile.
+        let new = fd.into_raw_fd();
+        let current = self.socket.load(Ordering::Acquire);
+        if current >= 0 {
+            // SAFETY: dup3 onto our own (dead) connection's number, then close the spare.
+            unsafe {
+                libc::dup3(new, current, libc::O_CLOEXEC);
+                libc::close(new);
+            }
+        } else {
+            self.socket.store(new, Ordering::Release);
         }
         Ok(())
     }

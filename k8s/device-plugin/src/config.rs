@@ -50,7 +50,8 @@ pub struct PluginConfig {
     pub gpumux_state_dir: PathBuf,
     /// The shim library on the host (mounted read-only at [`CONTAINER_SHIM_PATH`]).
     pub shim_path: PathBuf,
-    /// Where the `/dev/nvidia*` nodes are (only those that exist are passed on).
+    /// The host's `/dev` as the plugin sees it: the `/dev/nvidia*` nodes found here are passed
+    /// on (as the host's `/dev/<name>`), the others are left out.
     pub dev_root: PathBuf,
     /// How often NVML is asked about the GPUs' health.
     pub health_interval: Duration,

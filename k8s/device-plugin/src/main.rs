@@ -42,7 +42,8 @@ struct Args {
     /// The shim library on the host, mounted read-only into containers.
     #[arg(long, default_value = CONTAINER_SHIM_PATH)]
     shim_path: PathBuf,
-    /// Where the host's /dev/nvidia* nodes are.
+    /// The host's /dev as this process sees it (e.g. a hostPath mount at /host/dev): the
+    /// /dev/nvidia* nodes found there are passed to containers.
     #[arg(long, default_value = "/dev")]
     dev_root: PathBuf,
     /// How often released tenants are looked for.

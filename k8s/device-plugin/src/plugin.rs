@@ -94,15 +94,15 @@ impl SharePlugin {
             .map(|g| format!("nvidia{}", g.minor.unwrap_or(g.index)))
             .collect();
         nodes.extend(CONTROL_NODES.iter().map(|s| s.to_string()));
+        // Looked for under `--dev-root` (the host's /dev as the plugin sees it), passed on
+        // as the host's `/dev/<name>`.
         let devices = nodes
             .into_iter()
-            .filter_map(|name| {
-                let host = self.cfg.dev_root.join(&name);
-                host.exists().then(|| DeviceSpec {
-                    container_path: format!("/dev/{name}"),
-                    host_path: host.display().to_string(),
-                    permissions: "rw".to_string(),
-                })
+            .filter(|name| self.cfg.dev_root.join(name).exists())
+            .map(|name| DeviceSpec {
+                container_path: format!("/dev/{name}"),
+                host_path: format!("/dev/{name}"),
+                permissions: "rw".to_string(),
             })
             .collect();
         ContainerAllocateResponse {
@@ -216,6 +216,16 @@ impl DevicePlugin for SharePlugin {
         &self,
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
+        // A missing library would become an empty directory at the mount source, the dynamic
+        // loader would skip the preload, and the container would run without limits.
+        if !self.cfg.shim_path.is_file() {
+            let msg = format!(
+                "the gpumux shim {} is missing on this node; refusing to start containers without it",
+                self.cfg.shim_path.display()
+            );
+            tracing::error!("Allocate: {msg}");
+            return Err(Status::failed_precondition(msg));
+        }
         let inventory = self.inventory.borrow().clone();
         let mut container_responses = Vec::new();
         for req in request.into_inner().container_requests {

@@ -465,13 +465,7 @@ fn shares_become_tenants_held_to_their_quota() {
         .collect();
     let want: Vec<(String, String, String)> = ["nvidia0", "nvidiactl", "nvidia-uvm"]
         .iter()
-        .map(|n| {
-            (
-                format!("/dev/{n}"),
-                dev.join(n).display().to_string(),
-                "rw".to_string(),
-            )
-        })
+        .map(|n| (format!("/dev/{n}"), format!("/dev/{n}"), "rw".to_string()))
         .collect();
     assert_eq!(devices, want, "only the device nodes that exist");
 
@@ -644,6 +638,11 @@ fn list_and_watch_follows_gpu_health() {
     };
     let (h, uh) = (v1beta1::HEALTHY, v1beta1::UNHEALTHY);
     assert_eq!(health(&next_list(&rt, &mut stream, &no_log)), expect(h, h));
+
+    // No shim on this "node": Allocate refuses rather than start an unlimited container.
+    let err = allocate(&rt, &mut client, &[format!("{a}::0")]).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(!root.join("tenants.d").exists(), "nothing created");
 
     *source.0.lock().unwrap() = Ok(vec![gpu(0)]);
     assert_eq!(health(&next_list(&rt, &mut stream, &no_log)), expect(h, uh));

@@ -15,6 +15,7 @@ pub mod init;
 pub mod launch;
 pub mod meminfo;
 pub mod memory;
+pub mod nvml_procs;
 pub mod procaddress;
 
 macro_rules! hooked {
@@ -66,6 +67,7 @@ mod exports {
     pub use super::launch::*;
     pub use super::meminfo::*;
     pub use super::memory::*;
+    pub use super::nvml_procs::*;
     pub use super::procaddress::*;
 }
 
@@ -84,7 +86,11 @@ hooked! {
         cuCtxDestroy, cuCtxDestroy_v2, cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2,
         cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2,
     ]
-    nvml: [nvmlInit, nvmlInit_v2, nvmlInitWithFlags, nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo_v2]
+    nvml: [
+        nvmlInit, nvmlInit_v2, nvmlInitWithFlags, nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo_v2,
+        nvmlDeviceGetComputeRunningProcesses, nvmlDeviceGetComputeRunningProcesses_v2,
+        nvmlDeviceGetComputeRunningProcesses_v3,
+    ]
     helpers_cuda: [
         cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2,
         cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRetain, cuCtxGetCurrent,

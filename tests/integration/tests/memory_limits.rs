@@ -437,3 +437,36 @@ fn destroying_a_context_returns_its_memory_at_once() {
     assert_eq!(i(out.lines.named("alloc", "y"), "result"), CUDA_SUCCESS);
     g.wait_tenant_used("a", 0, Duration::from_secs(2));
 }
+
+#[test]
+fn nvml_shows_a_tenant_only_its_own_processes() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT), ("b", ONE_GIB_TENANT)]);
+    let mut mine = g.hold("a", 100 * MIB);
+    let mut theirs = g.hold("b", 200 * MIB);
+    let out = run(&mut g.tenant_command("a", nvml_probe()), T).unwrap();
+    let procs = out.lines.one("processes");
+    for key in ["processes", "v1_processes"] {
+        let pids: Vec<u64> = procs[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| u(p, "pid"))
+            .collect();
+        assert_eq!(
+            pids,
+            vec![mine.pid() as u64],
+            "{key}: only tenant a's process: {procs}"
+        );
+    }
+    // Outside gpumux, NVML shows every process.
+    let all = run(&mut g.gpu.command(nvml_probe()), T).unwrap();
+    assert_eq!(
+        all.lines.one("processes")["processes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    mine.kill();
+    theirs.kill();
+}
