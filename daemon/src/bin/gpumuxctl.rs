@@ -1,18 +1,15 @@
 //! gpumuxctl: the operator's CLI. Exit codes: 0 ok, 1 operation failed, 2 usage/config error.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand};
 use gpumux_common::config::{DEFAULT_CONFIG_PATH, DaemonConfig, TenantQuota};
-use gpumux_common::names::{control_socket, tenant_dir, tenant_socket, validate_tenant_name};
+use gpumux_common::names::{tenant_dir, tenant_socket, validate_tenant_name};
 use gpumux_common::size::format_size;
 use gpumux_common::{ENV_SOCKET, SHIM_INSTALL_PATH};
 use gpumux_daemon::cdi;
-use gpumux_daemon::status::{ControlRequest, StatusReport};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use gpumux_daemon::status::StatusReport;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -104,7 +101,7 @@ fn run(args: Args) -> Result<(), Failure> {
     match args.command {
         Command::Status { json } => {
             let cfg = daemon_config(&args.config)?;
-            let report = fetch_status(&cfg.state_dir).map_err(failed)?;
+            let report = gpumux_daemon::status::fetch(&cfg.state_dir).map_err(failed)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
             } else {
@@ -286,31 +283,6 @@ fn check(config: &Path, only: Option<&Path>) -> Result<(), Failure> {
 
 fn looks_like_daemon_config(p: &Path) -> bool {
     p.file_name().is_some_and(|n| n == "gpumuxd.toml")
-}
-
-/// Asks the daemon for its status over the control socket.
-pub fn fetch_status(state_dir: &Path) -> Result<StatusReport> {
-    let path = control_socket(state_dir);
-    let mut stream = UnixStream::connect(&path).with_context(|| {
-        format!(
-            "cannot reach gpumuxd at {} (is it running? `systemctl status gpumuxd`)",
-            path.display()
-        )
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = serde_json::to_vec(&ControlRequest::Status)?;
-    req.push(b'\n');
-    stream.write_all(&req)?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .context("reading the daemon's answer")?;
-    let value: serde_json::Value =
-        serde_json::from_str(&line).context("the daemon's answer is not JSON")?;
-    if let Some(e) = value.get("error") {
-        return Err(anyhow!("daemon: {e}"));
-    }
-    Ok(serde_json::from_value(value)?)
 }
 
 fn render_status(r: &StatusReport) -> String {
