@@ -135,12 +135,17 @@ impl Scheduler {
     }
 
     /// Removes a tenant; if it held the device, the device is handed on.
-    pub fn remove_tenant(&mut self, name: &str, now: Instant) -> Vec<Action> {
+    pub fn remove_tenant(
+        &mut self,
+        name: &str,
+        now: Instant,
+        activity: &dyn Fn(&str) -> Activity,
+    ) -> Vec<Action> {
         self.tenants.remove(name);
         match &self.state {
             State::Granted { tenant, .. } | State::Draining { tenant, .. } if tenant == name => {
                 self.state = State::Idle;
-                self.schedule(now, &|_| Activity::default())
+                self.schedule(now, activity)
             }
             _ => Vec::new(),
         }
@@ -256,6 +261,8 @@ impl Scheduler {
                 t.budget -= ns;
             }
             t.charged_ns += used.as_nanos() as u64;
+            // It was active up to now: wanting the device again right away is no pause.
+            t.wants = true;
         }
         self.history.push_back((tenant, since, now));
         while self
@@ -294,11 +301,21 @@ impl Scheduler {
     /// The core: decide what happens now.
     fn schedule(&mut self, now: Instant, activity: &dyn Fn(&str) -> Activity) -> Vec<Action> {
         let mut actions = Vec::new();
-        // Refresh who wants the device from what the server can see.
+        // Who wants the device is what the server can see: threads waiting at the gate (a
+        // thread counts itself before it sends `Demand`, so no demand is lost). A tenant that
+        // starts wanting again after a pause (idle, stopped, stalled) starts at the busy ones'
+        // least virtual time: the pause earns no credit.
+        let holder = self.holder().map(str::to_string);
+        let floor = self.min_vtime(None);
         for (name, t) in self.tenants.iter_mut() {
-            if activity(name).waiting > 0 {
-                t.wants = true;
+            let wants = holder.as_deref() != Some(name.as_str()) && activity(name).waiting > 0;
+            if wants
+                && !t.wants
+                && let Some(floor) = floor
+            {
+                t.vtime = t.vtime.max(floor);
             }
+            t.wants = wants;
         }
         let quantum = self.quantum;
         match self.state.clone() {
@@ -663,7 +680,7 @@ mod tests {
         };
         s.demand("a", t0, &act);
         s.demand("b", t0, &act);
-        let actions = s.remove_tenant("a", t0);
+        let actions = s.remove_tenant("a", t0, &act);
         assert_eq!(
             actions,
             vec![Action::Grant {

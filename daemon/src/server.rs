@@ -429,6 +429,8 @@ impl Daemon {
                 })
                 .collect();
             let mut actions = Vec::new();
+            let tenants = &self.tenants;
+            let act = |n: &str| Self::activity(tenants, dev, n);
             let s = &mut self.scheds[dev].sched;
             let gone: Vec<String> = s
                 .recent_shares(now)
@@ -436,7 +438,7 @@ impl Daemon {
                 .filter(|n| !names.iter().any(|(m, _, _)| m == n))
                 .collect();
             for n in gone {
-                actions.extend(s.remove_tenant(&n, now));
+                actions.extend(s.remove_tenant(&n, now, &act));
             }
             for (n, w, c) in names {
                 s.set_tenant(&n, w, c, now);

@@ -6,7 +6,6 @@ use crate::api::v1::pod_resources_lister_client::PodResourcesListerClient;
 use crate::api::v1beta1::registration_client::RegistrationClient;
 use crate::api::v1beta1::{self, RegisterRequest};
 use crate::config::PluginConfig;
-use crate::shares::tenant_name;
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
@@ -77,9 +76,9 @@ pub async fn register(cfg: &PluginConfig) -> Result<(), KubeletError> {
     Ok(())
 }
 
-/// The tenants of the containers that hold shares of `resource_name` now, by the pod
-/// resources API (`List`): one per container, named from its device IDs as `Allocate` did.
-pub async fn live_tenants(
+/// The device IDs of `resource_name` that containers hold now, by the pod resources API
+/// (`List`).
+pub async fn held_device_ids(
     socket: &Path,
     resource_name: &str,
 ) -> Result<HashSet<String>, KubeletError> {
@@ -94,21 +93,14 @@ pub async fn live_tenants(
             status: Box::new(status),
         })?
         .into_inner();
-    let mut live = HashSet::new();
-    for pod in list.pod_resources {
-        for container in pod.containers {
-            let ids: Vec<String> = container
-                .devices
-                .into_iter()
-                .filter(|d| d.resource_name == resource_name)
-                .flat_map(|d| d.device_ids)
-                .collect();
-            if !ids.is_empty() {
-                live.insert(tenant_name(&ids));
-            }
-        }
-    }
-    Ok(live)
+    Ok(list
+        .pod_resources
+        .into_iter()
+        .flat_map(|pod| pod.containers)
+        .flat_map(|container| container.devices)
+        .filter(|d| d.resource_name == resource_name)
+        .flat_map(|d| d.device_ids)
+        .collect())
 }
 
 /// Serves `service` on `listener` until `stop` turns true (then waits for connections to end:

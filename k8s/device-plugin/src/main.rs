@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value = "30s", value_parser = duration)]
     gc_interval: Duration,
     /// How long after Allocate a tenant is kept though no container lists it yet.
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(long, default_value = "5m", value_parser = duration)]
     gc_grace: Duration,
     /// How often NVML is asked about GPU health.
     #[arg(long, default_value = "5s", value_parser = duration)]

@@ -4,7 +4,7 @@
 //! - **health**: asks NVML every `--health-interval` and publishes the inventory (a
 //!   `watch` channel) that `ListAndWatch` streams follow;
 //! - **collector**: every `--gc-interval`, asks the pod resources API which containers hold
-//!   shares and releases the tenants of the others ([`TenantStore::collect`]); when the
+//!   shares and releases the tenants none of whose shares is held ([`TenantStore::collect`]); when the
 //!   kubelet cannot be asked, nothing is removed;
 //! - **registration**: serves the plugin socket, registers with the kubelet, then watches
 //!   both sockets. A restarting kubelet removes the plugin's socket and recreates its own;
@@ -126,7 +126,8 @@ async fn collect_loop(cfg: Arc<PluginConfig>, store: Arc<TenantStore>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let live = match kubelet::live_tenants(&cfg.pod_resources_socket, &cfg.resource_name).await
+        let held = match kubelet::held_device_ids(&cfg.pod_resources_socket, &cfg.resource_name)
+            .await
         {
             Ok(l) => l,
             Err(e) => {
@@ -134,7 +135,7 @@ async fn collect_loop(cfg: Arc<PluginConfig>, store: Arc<TenantStore>) {
                 continue;
             }
         };
-        match store.collect(&live, unix_now(), cfg.gc_grace.as_secs()) {
+        match store.collect(&held, unix_now(), cfg.gc_grace.as_secs()) {
             Ok(c) => {
                 for t in &c.released {
                     tracing::info!(tenant = %t, "shares released: quota file removed");

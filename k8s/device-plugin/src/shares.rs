@@ -11,8 +11,8 @@
 //!
 //! The tenant's name is derived from the allocated IDs alone (the kubelet's `Allocate` carries
 //! no pod identity): `k8s-` + 16 hex digits of a hash of the sorted IDs. The kubelet never hands
-//! the same share to two live containers, so live tenants have distinct ID sets; the pod
-//! resources API lists the IDs per container, which maps tenants back to containers.
+//! the same share to two live pods, so live tenants have distinct ID sets; the pod resources
+//! API lists the IDs each container holds, which tells which tenants are still in use.
 
 use crate::api::v1beta1::{self, Device};
 use crate::nvml::{GpuInfo, NvmlError};
@@ -191,7 +191,9 @@ pub fn quota_for(
         if gpu.total_memory == 0 {
             return Err(ShareError::NoMemory(gpu.uuid.clone()));
         }
-        let part = (u128::from(gpu.total_memory) * u128::from(k) / n) as u64;
+        // Never above the GPU (IDs beyond N survive a lowered --shares-per-gpu).
+        let part = (u128::from(gpu.total_memory) * u128::from(k) / n)
+            .min(u128::from(gpu.total_memory)) as u64;
         memory_limit = memory_limit.min(part);
         weight = weight.min(k);
         gpus.push(gpu.clone());

@@ -8,11 +8,11 @@
 //! repairs; never a file the plugin has forgotten.
 //!
 //! Life of a tenant: [`TenantStore::ensure`] at `Allocate` (idempotent: the same IDs give the
-//! same tenant and file); [`TenantStore::collect`] when the pod resources API no longer lists
-//! its IDs (after a grace period, since the kubelet records an allocation just after
+//! same tenant and file); [`TenantStore::collect`] when the pod resources API lists none of its
+//! IDs any more (after a grace period, since the kubelet records an allocation just after
 //! `Allocate` returns): the quota file goes (the daemon then removes the tenant's socket), the
-//! record is marked released; a later collection removes the then empty tenant directory and
-//! the record.
+//! record is marked released; once the socket is gone, the tenant's directory and the record
+//! go too.
 
 use crate::shares::ShareQuota;
 use gpumux_common::config::TenantQuota;
@@ -216,19 +216,25 @@ impl TenantStore {
         Ok(())
     }
 
-    /// Releases the tenants not in `live` that were allocated at least `grace_secs` ago, and
-    /// forgets released tenants whose socket the daemon has removed.
+    /// Releases the tenants none of whose shares is in `held` (the device IDs containers hold
+    /// now) that were allocated at least `grace_secs` ago, and forgets released tenants whose
+    /// socket the daemon has removed.
+    ///
+    /// A tenant stays while *any* of its shares is held, not only while a container holds
+    /// exactly its set: the pod resources API does not list ordinary init containers, whose
+    /// shares the kubelet hands on to the pod's app containers; their tenant goes with the pod.
     pub fn collect(
         &self,
-        live: &HashSet<String>,
+        held: &HashSet<String>,
         now_unix: u64,
         grace_secs: u64,
     ) -> Result<Collected, TenantError> {
         let mut state = self.lock();
         let mut next = state.clone();
         let mut done = Collected::default();
+        let is_held = |rec: &TenantRecord| rec.device_ids.iter().any(|id| held.contains(id));
         for (name, rec) in next.iter_mut() {
-            if live.contains(name) {
+            if is_held(rec) {
                 continue;
             }
             if rec.released_unix.is_none()
@@ -245,7 +251,7 @@ impl TenantStore {
             }
         }
         for (name, rec) in next.iter() {
-            if rec.released_unix.is_none() || live.contains(name) {
+            if rec.released_unix.is_none() || is_held(rec) {
                 continue;
             }
             if self.tenant_socket(name).symlink_metadata().is_ok() {
@@ -364,8 +370,9 @@ mod tests {
         TenantStore::open(f.paths.clone(), "gpumux.dev/gpu-share").unwrap()
     }
 
-    fn live(names: &[&str]) -> HashSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
+    /// The device IDs held by containers with these quotas.
+    fn held(quotas: &[&ShareQuota]) -> HashSet<String> {
+        quotas.iter().flat_map(|q| q.device_ids.clone()).collect()
     }
 
     #[test]
@@ -406,7 +413,7 @@ mod tests {
         .unwrap();
         assert!(matches!(s.ensure(&q, 1), Err(TenantError::Foreign { .. })));
         assert!(s.records().is_empty());
-        let c = s.collect(&live(&[]), 1000, 0).unwrap();
+        let c = s.collect(&held(&[]), 1000, 0).unwrap();
         assert_eq!(c, Collected::default());
         assert_eq!(
             std::fs::read_to_string(s.quota_path(&q.tenant)).unwrap(),
@@ -424,11 +431,11 @@ mod tests {
         s.ensure(&b, 100).unwrap();
         // Within the grace period nothing goes, listed or not.
         assert_eq!(
-            s.collect(&live(&[]), 105, 10).unwrap(),
+            s.collect(&held(&[]), 105, 10).unwrap(),
             Collected::default()
         );
         // b is still listed; a is not.
-        let c = s.collect(&live(&[&b.tenant]), 200, 10).unwrap();
+        let c = s.collect(&held(&[&b]), 200, 10).unwrap();
         assert_eq!(c.released, vec![a.tenant.clone()]);
         assert!(!s.quota_path(&a.tenant).exists());
         assert!(s.quota_path(&b.tenant).exists());
@@ -439,22 +446,36 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_stays_while_any_of_its_shares_is_held() {
+        // An init container's shares {0, 1}, one of them handed on to the app container.
+        let f = fixture();
+        let s = open(&f);
+        let (init, app) = (quota(&[0, 1]), quota(&[1]));
+        s.ensure(&init, 0).unwrap();
+        s.ensure(&app, 0).unwrap();
+        let c = s.collect(&held(&[&app]), 100, 0).unwrap();
+        assert_eq!(c, Collected::default(), "the pod still holds share 1");
+        let c = s.collect(&held(&[]), 101, 0).unwrap();
+        assert_eq!(c.released.len(), 2, "pod gone: both tenants go");
+    }
+
+    #[test]
     fn released_tenant_waits_for_the_daemon_to_drop_its_socket() {
         let f = fixture();
         let s = open(&f);
         let a = quota(&[3]);
         s.ensure(&a, 0).unwrap();
         std::fs::write(s.tenant_socket(&a.tenant), b"").unwrap();
-        let c = s.collect(&live(&[]), 100, 0).unwrap();
+        let c = s.collect(&held(&[]), 100, 0).unwrap();
         assert_eq!((c.released.len(), c.forgotten.len()), (1, 0));
         assert!(s.records()[&a.tenant].released_unix.is_some());
         // Reallocated before it was forgotten: back to normal, file rewritten.
         s.ensure(&a, 150).unwrap();
         assert!(s.quota_path(&a.tenant).exists());
         assert!(s.records()[&a.tenant].released_unix.is_none());
-        s.collect(&live(&[]), 300, 0).unwrap();
+        s.collect(&held(&[]), 300, 0).unwrap();
         std::fs::remove_file(s.tenant_socket(&a.tenant)).unwrap();
-        let c = s.collect(&live(&[]), 301, 0).unwrap();
+        let c = s.collect(&held(&[]), 301, 0).unwrap();
         assert_eq!(c.forgotten, vec![a.tenant.clone()]);
         assert!(s.records().is_empty());
     }
@@ -468,7 +489,7 @@ mod tests {
         assert_eq!(s.records()[&q.tenant].device_ids, q.device_ids);
         s.ensure(&q, 6).unwrap(); // ours: no Foreign error
         assert_eq!(
-            s.collect(&live(&[]), 100, 0).unwrap().released,
+            s.collect(&held(&[]), 100, 0).unwrap().released,
             vec![q.tenant.clone()]
         );
         assert!(!s.quota_path(&q.tenant).exists());

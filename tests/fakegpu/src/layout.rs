@@ -8,7 +8,7 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// `FAKEGPU` + layout version, written last by the creator.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU2");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU3");
 /// Process slots in the table.
 pub const MAX_PROCS: usize = 512;
 /// Entries of a device's lock queue (kernels waiting for the device, all processes).
@@ -111,6 +111,10 @@ pub struct QueueEntry {
     pub start_time: AtomicU64,
     /// Ticket (for sanity checks).
     pub ticket: AtomicU64,
+    /// CLOCK_MONOTONIC ns at which the holder's kernel ends on the device (0 until it starts).
+    /// The device does not wait for the host: past this (plus a grace), waiters take over even
+    /// if the holder's process is stopped or descheduled.
+    pub end_ns: AtomicU64,
 }
 
 /// One kernel trace record; `seq == n + 1` when record `n` is complete.

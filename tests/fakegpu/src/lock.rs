@@ -9,6 +9,11 @@
 //! ones, so a holder or waiter that dies is recovered within about two check periods.
 //! A releasing process that wants the device again queues behind the current waiters, which is
 //! what makes two saturating processes split the device evenly.
+//!
+//! Like a real GPU, the device does not wait for the host: a holder publishes when its kernel
+//! ends ([`DeviceLockGuard::start_kernel`]); once that time has passed by [`OVERRUN_GRACE_NS`]
+//! and the holder has not released (its process is stopped, or descheduled), waiters take the
+//! device over, and the late holder's release is a no-op.
 
 use crate::layout::{LockQueue, QUEUE_CAP};
 use crate::procid;
@@ -17,6 +22,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// How long the queue head may stay unchanged before waiters check the liveness of the entries
 /// ahead of them.
 pub const RECOVERY_CHECK_NS: u64 = 20_000_000;
+
+/// How long past its kernel's end a holder may keep the device before waiters take over.
+pub const OVERRUN_GRACE_NS: u64 = 2_000_000;
 
 /// Initialises the queue's robust, process-shared mutex (creator only, under the file lock).
 pub fn init(q: &LockQueue) -> std::io::Result<()> {
@@ -133,9 +141,17 @@ impl DeviceLockGuard<'_> {
         self.entry().running.store(1, Ordering::Release);
     }
 
-    /// Undoes [`Self::mark_running`].
-    pub fn unmark_running(&self) {
-        self.entry().running.store(0, Ordering::Release);
+    /// Publishes when this holder's kernel ends on the device.
+    pub fn start_kernel(&self, end_ns: u64) {
+        self.entry().end_ns.store(end_ns, Ordering::Release);
+    }
+
+    /// Undoes [`Self::mark_running`], decrementing `running` unless a waiter that took the
+    /// device over (the holder was late) already did.
+    pub fn finish_running(&self, running: &AtomicU32) {
+        if self.entry().running.swap(0, Ordering::AcqRel) == 1 {
+            saturating_dec(running);
+        }
     }
 
     fn entry(&self) -> &crate::layout::QueueEntry {
@@ -170,6 +186,29 @@ impl Drop for DeviceLockGuard<'_> {
         }
         futex_wake_all(&self.q.seq);
     }
+}
+
+/// Takes the device from a holder whose kernel ended more than [`OVERRUN_GRACE_NS`] ago
+/// (`head`/`end_ns` as observed). Returns whether it did.
+fn expire_late_holder(q: &LockQueue, running: &AtomicU32, head: u64, end_ns: u64) -> bool {
+    let expired = {
+        let _m = QueueMutex::lock(q);
+        let e = &q.entries[(head % QUEUE_CAP as u64) as usize];
+        if q.head.load(Ordering::Acquire) != head || e.end_ns.load(Ordering::Acquire) != end_ns {
+            false
+        } else {
+            if e.running.swap(0, Ordering::AcqRel) == 1 {
+                saturating_dec(running);
+            }
+            q.head.store(head + 1, Ordering::Release);
+            q.seq.fetch_add(1, Ordering::AcqRel);
+            true
+        }
+    };
+    if expired {
+        futex_wake_all(&q.seq);
+    }
+    expired
 }
 
 /// Skips dead entries at the head of the queue, up to (not including) `limit`.
@@ -226,6 +265,7 @@ pub fn acquire<'a>(
                 e.pid.store(pid, Ordering::Release);
                 e.start_time.store(start_time, Ordering::Release);
                 e.running.store(0, Ordering::Release);
+                e.end_ns.store(0, Ordering::Release);
                 e.ticket.store(tail, Ordering::Release);
                 q.tail.store(tail + 1, Ordering::Release);
                 break tail;
@@ -252,9 +292,19 @@ pub fn acquire<'a>(
             since = now;
             continue;
         }
-        let wait = (since + RECOVERY_CHECK_NS)
-            .saturating_sub(now)
-            .max(1_000_000);
-        futex_wait(&q.seq, seq, wait);
+        // The holder's kernel is over on the device; if it has not released, take over.
+        let end_ns = q.entries[(head % QUEUE_CAP as u64) as usize]
+            .end_ns
+            .load(Ordering::Acquire);
+        let mut wait = (since + RECOVERY_CHECK_NS).saturating_sub(now);
+        if end_ns != 0 {
+            let deadline = end_ns + OVERRUN_GRACE_NS;
+            if now >= deadline {
+                expire_late_holder(q, running, head, end_ns);
+                continue;
+            }
+            wait = wait.min(deadline - now);
+        }
+        futex_wait(&q.seq, seq, wait.max(100_000));
     }
 }

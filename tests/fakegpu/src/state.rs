@@ -369,11 +369,13 @@ impl GpuState {
         let prev = d.running.fetch_add(1, Ordering::AcqRel);
         d.max_concurrent.fetch_max(prev + 1, Ordering::AcqRel);
         let start_ns = procid::monotonic_ns();
-        procid::sleep_until(start_ns + duration_ns);
-        let end_ns = procid::monotonic_ns();
-        lock::saturating_dec(&d.running);
-        guard.unmark_running();
-        let busy = end_ns - start_ns;
+        // The device time is the kernel's duration, whatever happens to this host thread (a
+        // stopped process's kernel still ends on time and the device moves on).
+        let end_ns = start_ns + duration_ns;
+        guard.start_kernel(end_ns);
+        procid::sleep_until(end_ns);
+        guard.finish_running(&d.running);
+        let busy = duration_ns;
         let pd = &self.slot(s).dev[dev as usize];
         pd.attached.store(1, Ordering::Relaxed);
         pd.busy_ns.fetch_add(busy, Ordering::AcqRel);

@@ -1,6 +1,9 @@
 //! The real gpumux on the fake GPU, for tests: a `gpumuxd` process with its own config, state
 //! and tenants directories; commands that run a workload inside a tenant (LD_PRELOAD of the
 //! real shim + the tenant's socket); status through the real `gpumuxctl`.
+//!
+//! [`Gpumux::start_on`] with [`Backend::Real`] runs the same daemon and shim on the machine's
+//! own driver and NVML instead (a real GPU; used by the scenario runner's `--real`).
 
 use anyhow::{Context, Result, bail};
 use fakegpu::testenv::{FakeGpuEnv, target_dir};
@@ -10,14 +13,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Which driver (and NVML) the daemon and the tenants' processes use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh fake GPU with these devices (memory in bytes, one entry per device).
+    Fake(Vec<u64>),
+    /// The machine's own `libcuda.so.1` and `libnvidia-ml.so.1`, found the usual way (no fake
+    /// library directory, no `FAKEGPU_*` variables).
+    Real,
+}
+
 /// A running gpumuxd on a fresh fake GPU. The daemon is stopped on drop.
 pub struct Gpumux {
+    /// The fake GPU. With [`Backend::Real`] it is an unused stand-in that nothing started by
+    /// this harness sees: use [`Gpumux::fake`] where both backends are possible.
     pub gpu: FakeGpuEnv,
     pub dir: tempfile::TempDir,
     pub state_dir: PathBuf,
     pub tenants_dir: PathBuf,
     pub config_path: PathBuf,
     daemon: Option<Child>,
+    real: bool,
 }
 
 /// Path of a built workspace binary or library.
@@ -40,7 +56,16 @@ impl Gpumux {
 
     /// Like [`Gpumux::start`], with extra daemon config lines.
     pub fn start_with(devices: &[u64], tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
-        let gpu = FakeGpuEnv::new(devices);
+        Self::start_on(Backend::Fake(devices.to_vec()), tenants, extra_config)
+    }
+
+    /// Like [`Gpumux::start_with`], on `backend`: a fresh fake GPU, or the machine's real driver.
+    pub fn start_on(backend: Backend, tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
+        let (gpu, real) = match &backend {
+            Backend::Fake(devices) => (FakeGpuEnv::new(devices), false),
+            // A minimal fake that nothing uses, so `gpu` keeps its type for existing callers.
+            Backend::Real => (FakeGpuEnv::new(&[1 << 30]), true),
+        };
         let dir = tempfile::Builder::new()
             .prefix("gpumux-test-")
             .tempdir()
@@ -71,6 +96,7 @@ impl Gpumux {
             tenants_dir,
             config_path,
             daemon: None,
+            real,
         };
         for (name, text) in tenants {
             g.write_tenant(name, text);
@@ -93,7 +119,6 @@ impl Gpumux {
         let control = self.state_dir.join("gpumuxd.sock");
         let _ = std::fs::remove_file(&control);
         let child = self
-            .gpu
             .command(artifact("gpumuxd"))
             .arg("--config")
             .arg(&self.config_path)
@@ -153,9 +178,24 @@ impl Gpumux {
         );
     }
 
-    /// A command that runs `program` as a process of `tenant` on this fake GPU.
+    /// The fake GPU, unless this runs on the real driver.
+    pub fn fake(&self) -> Option<&FakeGpuEnv> {
+        (!self.real).then_some(&self.gpu)
+    }
+
+    /// A command that runs `program` on this instance's driver, outside any tenant: with the
+    /// fake GPU's environment, or (real driver) the environment as inherited.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        if self.real {
+            Command::new(program)
+        } else {
+            self.gpu.command(program)
+        }
+    }
+
+    /// A command that runs `program` as a process of `tenant` on this instance's GPU.
     pub fn tenant_command(&self, tenant: &str, program: impl AsRef<OsStr>) -> Command {
-        let mut c = self.gpu.command(program);
+        let mut c = self.command(program);
         c.env("LD_PRELOAD", artifact("libgpumux.so"));
         c.env("GPUMUX_SOCKET", self.socket(tenant));
         c

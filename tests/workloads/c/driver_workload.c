@@ -22,9 +22,16 @@
  *   driver_workload fork --parent-bytes N --child-bytes M
  *       the parent allocates N and forks; the child initialises CUDA itself (a forked child
  *       cannot use its parent's context), allocates M and exits; both report
- *   driver_workload load --ns N --seconds S [--batch B] [--pause-ms P]
+ *   driver_workload load --ns N --seconds S [--batch B] [--pause-ms P] [--report-ms R]
+ *                        [--linger-s L]
  *       repeatedly: launch B spin(N) kernels, synchronize, pause P ms; reports how long each
- *       batch waited beyond its own kernel time (its wait for the device), p50/p99/max
+ *       batch waited beyond its own kernel time (its wait for the device), p50/p99/max.
+ *       R > 0: after a batch, at most every R ms, a "load-progress" line with the kernels
+ *       completed so far and when (CLOCK_MONOTONIC ms), plus one after the last batch.
+ *       L > 0: after the report, keep the process and its context alive, idle, L seconds
+ *   driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]
+ *       launches K spin(N) kernels, synchronizing only after every B; reports the time spent
+ *       inside the launch calls, ns per launch (overall, median and fastest batch)
  *
  * Exit codes: 0 the command ran (driver errors are reported as data), 2 usage error,
  * 3 the driver could not be loaded or cuInit failed.
@@ -268,7 +275,10 @@ static void die_usage(const char *msg) {
             "       driver_workload ops \"<op> <op> ...\"\n"
             "       driver_workload spin --ns N [--count K]\n"
             "       driver_workload stress --threads T --seconds S --max-bytes B [--seed X]\n"
-            "       driver_workload hold --bytes N --seconds S\n");
+            "       driver_workload hold --bytes N --seconds S\n"
+            "       driver_workload load --ns N --seconds S [--batch B] [--pause-ms P]\n"
+            "                            [--report-ms R] [--linger-s L]\n"
+            "       driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]\n");
     exit(2);
 }
 
@@ -276,6 +286,12 @@ static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static unsigned long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
 }
 
 /* Parses "123", "4KiB", "900MiB", "2GiB" (also K/M/G, KB/MB/GB as binary units). */
@@ -1022,15 +1038,17 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 static int cmd_load(int argc, char **argv) {
-    static const char *const flags[] = {"--ns", "--seconds", "--batch", "--pause-ms", "--device",
-                                        NULL};
-    const char *v[5] = {NULL, NULL, "4", "0", "0"};
+    static const char *const flags[] = {"--ns",     "--seconds",   "--batch",    "--pause-ms",
+                                        "--device", "--report-ms", "--linger-s", NULL};
+    const char *v[7] = {NULL, NULL, "4", "0", "0", "0", "0"};
     parse_flags(argc, argv, flags, v);
     unsigned long long ns = need_u64(v[0], "--ns");
     unsigned long long seconds = need_u64(v[1], "--seconds");
     unsigned long long batch = need_u64(v[2], "--batch");
     unsigned long long pause_ms = need_u64(v[3], "--pause-ms");
     unsigned long long dev = need_u64(v[4], "--device");
+    unsigned long long report_ms = need_u64(v[5], "--report-ms");
+    unsigned long long linger_s = need_u64(v[6], "--linger-s");
     if (batch == 0) die_usage("--batch must be positive");
     load_driver();
     CUresult r = use_device((int)dev);
@@ -1052,6 +1070,7 @@ static int cmd_load(int argc, char **argv) {
     unsigned long long param = ns;
     void *params[1] = {&param};
     double start = now_ms(), own_ms = (double)(batch * ns) / 1e6;
+    double end = start, reported = start;
     unsigned long long kernels = 0;
     while (r == CUDA_SUCCESS && now_ms() - start < (double)seconds * 1000.0) {
         double t0 = now_ms();
@@ -1060,7 +1079,15 @@ static int cmd_load(int argc, char **argv) {
             if (r == CUDA_SUCCESS) kernels++;
         }
         if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
-        double wait = now_ms() - t0 - own_ms;
+        double t1 = now_ms();
+        if (r == CUDA_SUCCESS) end = t1;
+        if (r == CUDA_SUCCESS && report_ms && t1 - reported >= (double)report_ms) {
+            /* every kernel launched so far has completed: the stream is synchronized */
+            emit("\"op\":\"load-progress\",\"t_ms\":%.3f,\"kernels\":%llu,\"batches\":%zu", t1,
+                 kernels, n + 1);
+            reported = t1;
+        }
+        double wait = t1 - t0 - own_ms;
         if (n == cap) {
             cap *= 2;
             double *grown = realloc(waits, cap * sizeof *waits);
@@ -1074,14 +1101,88 @@ static int cmd_load(int argc, char **argv) {
         if (pause_ms) usleep((useconds_t)(pause_ms * 1000));
     }
     double wall = now_ms() - start;
+    if (report_ms && reported < end) {
+        emit("\"op\":\"load-progress\",\"t_ms\":%.3f,\"kernels\":%llu,\"batches\":%zu", end,
+             kernels, n);
+    }
     qsort(waits, n, sizeof *waits, cmp_double);
     double p50 = n ? waits[n / 2] : 0, p99 = n ? waits[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] : 0;
     double max = n ? waits[n - 1] : 0;
     emit("\"op\":\"load\",\"pid\":%d,\"kernels\":%llu,\"batches\":%zu,\"wall_ms\":%.1f,"
+         "\"start_ms\":%.3f,\"end_ms\":%.3f,"
          "\"wait_p50_ms\":%.3f,\"wait_p99_ms\":%.3f,\"wait_max_ms\":%.3f,\"result\":%d,"
          "\"error\":\"%s\"",
-         (int)getpid(), kernels, n, wall, p50, p99, max, r, r ? err_name(r) : "");
+         (int)getpid(), kernels, n, wall, start, end, p50, p99, max, r, r ? err_name(r) : "");
     free(waits);
+    if (linger_s) {
+        /* idle but alive: the context stays, no launches */
+        emit("\"op\":\"linger\",\"seconds\":%llu", linger_s);
+        sleep((unsigned int)linger_s);
+    }
+    release_all_devices();
+    return 0;
+}
+
+/* ---- launch-rate: what one launch call costs (issue only, rarely synchronized) ---- */
+static int cmd_launch_rate(int argc, char **argv) {
+    static const char *const flags[] = {"--ns", "--count", "--batch", "--warmup", "--device",
+                                        NULL};
+    const char *v[5] = {"0", "100000", "1024", "1000", "0"};
+    parse_flags(argc, argv, flags, v);
+    unsigned long long ns = need_u64(v[0], "--ns");
+    unsigned long long count = need_u64(v[1], "--count");
+    unsigned long long batch = need_u64(v[2], "--batch");
+    unsigned long long warmup = need_u64(v[3], "--warmup");
+    unsigned long long dev = need_u64(v[4], "--device");
+    if (batch == 0 || count == 0) die_usage("--count and --batch must be positive");
+    load_driver();
+    CUresult r = use_device((int)dev);
+    CUfunction fn = NULL;
+    CUstream stream = NULL;
+    if (r == CUDA_SUCCESS) r = get_spin(&fn);
+    if (r == CUDA_SUCCESS) r = get_stream(&stream);
+    if (r != CUDA_SUCCESS) {
+        emit("\"op\":\"launch-rate\",\"step\":\"setup\",\"result\":%d,\"error\":\"%s\"", r,
+             err_name(r));
+        return 0;
+    }
+    unsigned long long param = ns;
+    void *params[1] = {&param};
+    /* warm-up: first launches (and, under gpumux, the wait for the slice) are not timed */
+    for (unsigned long long i = 0; i < warmup && r == CUDA_SUCCESS; i++) {
+        r = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+        if (r == CUDA_SUCCESS && (i + 1) % batch == 0) r = CU(cuStreamSynchronize, stream);
+    }
+    if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
+    size_t batches = (size_t)((count + batch - 1) / batch), n = 0;
+    double *per = malloc(batches * sizeof *per);
+    if (per == NULL) {
+        perror("malloc");
+        return 2;
+    }
+    unsigned long long launched = 0, in_calls = 0, t_start = now_ns();
+    while (r == CUDA_SUCCESS && launched < count) {
+        unsigned long long k = count - launched < batch ? count - launched : batch, done = 0;
+        unsigned long long t0 = now_ns();
+        for (; done < k; done++) {
+            r = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+            if (r != CUDA_SUCCESS) break;
+        }
+        unsigned long long t1 = now_ns();
+        launched += done;
+        in_calls += t1 - t0;
+        if (done) per[n++] = (double)(t1 - t0) / (double)done;
+        if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
+    }
+    double wall_ms = (double)(now_ns() - t_start) / 1e6;
+    qsort(per, n, sizeof *per, cmp_double);
+    emit("\"op\":\"launch-rate\",\"pid\":%d,\"ns\":%llu,\"count\":%llu,\"batch\":%llu,"
+         "\"launched\":%llu,\"ns_per_launch\":%.2f,\"median_batch_ns_per_launch\":%.2f,"
+         "\"min_batch_ns_per_launch\":%.2f,\"wall_ms\":%.3f,\"result\":%d,\"error\":\"%s\"",
+         (int)getpid(), ns, count, batch, launched,
+         launched ? (double)in_calls / (double)launched : 0.0, n ? per[n / 2] : 0.0,
+         n ? per[0] : 0.0, wall_ms, r, r ? err_name(r) : "");
+    free(per);
     release_all_devices();
     return 0;
 }
@@ -1283,6 +1384,8 @@ int main(int argc, char **argv) {
         rc = cmd_fork(argc - 2, argv + 2);
     } else if (strcmp(cmd, "load") == 0) {
         rc = cmd_load(argc - 2, argv + 2);
+    } else if (strcmp(cmd, "launch-rate") == 0) {
+        rc = cmd_launch_rate(argc - 2, argv + 2);
     } else {
         die_usage("unknown subcommand");
         rc = 2;
