@@ -131,6 +131,16 @@ fn seqpacket_listener(path: &Path) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A monotonic timerfd registered in `epoll` under `token`.
+fn watched_timer(epoll: &Epoll, token: u64) -> Result<TimerFd> {
+    let t = TimerFd::new(
+        ClockId::CLOCK_MONOTONIC,
+        TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+    )?;
+    epoll.add(t.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+    Ok(t)
+}
+
 impl Daemon {
     /// Sets up sockets and watches; serves no one until [`Daemon::run`].
     pub fn new(cfg: DaemonConfig, devices: Vec<Device>) -> Result<Self> {
@@ -173,23 +183,8 @@ impl Daemon {
             EpollEvent::new(EpollFlags::EPOLLIN, K_INOTIFY),
         )?;
 
-        let retry_timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
-        )?;
-        epoll.add(
-            retry_timer.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, K_RETRY),
-        )?;
-
-        let sched_timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
-        )?;
-        epoll.add(
-            sched_timer.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, K_SCHED),
-        )?;
+        let retry_timer = watched_timer(&epoll, K_RETRY)?;
+        let sched_timer = watched_timer(&epoll, K_SCHED)?;
         let quantum = Duration::from_millis(cfg.quantum_ms as u64);
         let scheds = devices
             .iter()

@@ -586,6 +586,10 @@ fn gpu(index: u32) -> GpuInfo {
 /// The plugin also waits for a kubelet that is not up yet.
 #[test]
 fn list_and_watch_follows_gpu_health() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug,h2=info,hyper=info,tower=info")
+        .with_test_writer()
+        .try_init();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

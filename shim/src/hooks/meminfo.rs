@@ -172,50 +172,53 @@ fn nvml_device(reg: &Registration, device: nvmlDevice_t) -> Option<usize> {
     reg.device_by_uuid(&uuid)
 }
 
-/// # Safety
-/// C ABI entry point; arguments as documented for `nvmlDeviceGetMemoryInfo`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
-    device: nvmlDevice_t,
-    memory: *mut NvmlMemory,
-) -> nvmlReturn_t {
-    guard(NVML_ERROR_UNKNOWN, || {
-        let f = real!(nvmlDeviceGetMemoryInfo: unsafe extern "C" fn(nvmlDevice_t, *mut NvmlMemory) -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
-        // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(device, memory) };
-        if rc != NVML_SUCCESS || memory.is_null() {
-            return rc;
-        }
-        if let Access::Registered(reg) = access() {
-            // SAFETY: NVML succeeded, so `memory` is valid and written.
-            let m = unsafe { &mut *memory };
-            let v = report(reg, nvml_device(reg, device), m.total, m.free);
-            (m.total, m.free, m.used) = (v.total, v.free, v.used);
-        }
-        rc
-    })
+/// An NVML memory struct version the shim rewrites.
+trait NvmlMemoryInfo {
+    fn physical(&self) -> (u64, u64);
+    fn set(&mut self, v: MemView);
 }
 
-/// # Safety
-/// C ABI entry point; arguments as documented for `nvmlDeviceGetMemoryInfo_v2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
-    device: nvmlDevice_t,
-    memory: *mut NvmlMemoryV2,
-) -> nvmlReturn_t {
-    guard(NVML_ERROR_UNKNOWN, || {
-        let f = real!(nvmlDeviceGetMemoryInfo_v2: unsafe extern "C" fn(nvmlDevice_t, *mut NvmlMemoryV2) -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
-        // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(device, memory) };
-        if rc != NVML_SUCCESS || memory.is_null() {
-            return rc;
-        }
-        if let Access::Registered(reg) = access() {
-            // SAFETY: NVML succeeded, so `memory` is valid and written.
-            let m = unsafe { &mut *memory };
-            let v = report(reg, nvml_device(reg, device), m.total, m.free);
-            (m.total, m.free, m.used, m.reserved) = (v.total, v.free, v.used, 0);
-        }
-        rc
-    })
+impl NvmlMemoryInfo for NvmlMemory {
+    fn physical(&self) -> (u64, u64) {
+        (self.total, self.free)
+    }
+    fn set(&mut self, v: MemView) {
+        (self.total, self.free, self.used) = (v.total, v.free, v.used);
+    }
 }
+
+impl NvmlMemoryInfo for NvmlMemoryV2 {
+    fn physical(&self) -> (u64, u64) {
+        (self.total, self.free)
+    }
+    fn set(&mut self, v: MemView) {
+        (self.total, self.free, self.used, self.reserved) = (v.total, v.free, v.used, 0);
+    }
+}
+
+macro_rules! nvml_memory_info {
+    ($name:ident, $t:ty) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for `nvmlDeviceGetMemoryInfo`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(device: nvmlDevice_t, memory: *mut $t) -> nvmlReturn_t {
+            guard(NVML_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(nvmlDevice_t, *mut $t) -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
+                // SAFETY: forwarding the caller's arguments.
+                let rc = unsafe { f(device, memory) };
+                if rc != NVML_SUCCESS || memory.is_null() {
+                    return rc;
+                }
+                if let Access::Registered(reg) = access() {
+                    // SAFETY: NVML succeeded, so `memory` is valid and written.
+                    let m = unsafe { &mut *memory };
+                    let (total, free) = m.physical();
+                    m.set(report(reg, nvml_device(reg, device), total, free));
+                }
+                rc
+            })
+        }
+    };
+}
+nvml_memory_info!(nvmlDeviceGetMemoryInfo, NvmlMemory);
+nvml_memory_info!(nvmlDeviceGetMemoryInfo_v2, NvmlMemoryV2);
