@@ -4,11 +4,12 @@
 //! - **health**: asks NVML every `--health-interval` and publishes the inventory (a
 //!   `watch` channel) that `ListAndWatch` streams follow;
 //! - **collector**: every `--gc-interval`, asks the pod resources API which containers hold
-//!   shares and releases the tenants none of whose shares is held ([`TenantStore::collect`]); when the
-//!   kubelet cannot be asked, nothing is removed;
+//!   shares and releases the tenants none of whose shares is held ([`TenantStore::collect`]);
+//!   when the kubelet cannot be asked, nothing is removed;
 //! - **registration**: serves the plugin socket, registers with the kubelet, then watches
-//!   both sockets. A restarting kubelet removes the plugin's socket and recreates its own;
-//!   either change makes the plugin serve a fresh socket and register again.
+//!   both sockets (inotify on the kubelet's directory, and polling every `--watch-interval`).
+//!   A restarting kubelet removes the plugin's socket and recreates its own; either change
+//!   makes the plugin serve a fresh socket and register again.
 //!
 //! Tenants live in files (quota files and the plugin's state file), so neither a kubelet
 //! restart nor a plugin restart loses or duplicates one.
@@ -20,6 +21,7 @@ use crate::nvml::{DeviceSource, NvmlError};
 use crate::plugin::{SharePlugin, unix_now};
 use crate::shares::Inventory;
 use crate::tenants::{StorePaths, TenantError, TenantStore};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -149,11 +151,14 @@ async fn collect_loop(cfg: Arc<PluginConfig>, store: Arc<TenantStore>) {
     }
 }
 
-/// `(device, inode)` of a path, to notice a file being replaced.
-fn identity(path: &Path) -> Option<(u64, u64)> {
+/// Identity of a file: device, inode and change time, to notice it being replaced (a new file
+/// may reuse the inode number of a removed one).
+type FileId = (u64, u64, i64, i64);
+
+fn identity(path: &Path) -> Option<FileId> {
     std::fs::symlink_metadata(path)
         .ok()
-        .map(|m| (m.dev(), m.ino()))
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// Why a registration ended.
@@ -166,7 +171,7 @@ enum Ended {
 struct Serving {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
-    identity: Option<(u64, u64)>,
+    identity: Option<FileId>,
 }
 
 impl Serving {
@@ -248,6 +253,59 @@ async fn registration_loop(
     }
 }
 
+/// Changes in the kubelet's directory, by inotify: catches a recreated `kubelet.sock` even when
+/// the new file reuses the old one's inode number and change time. Without inotify (e.g. the
+/// watch limit is reached) the identity polling alone remains.
+struct DirWatch {
+    inotify: Option<Inotify>,
+}
+
+impl DirWatch {
+    fn new(dir: &Path) -> DirWatch {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|i| {
+                i.add_watch(
+                    dir,
+                    AddWatchFlags::IN_CREATE
+                        | AddWatchFlags::IN_MOVED_TO
+                        | AddWatchFlags::IN_DELETE
+                        | AddWatchFlags::IN_MOVED_FROM
+                        | AddWatchFlags::IN_DELETE_SELF
+                        | AddWatchFlags::IN_MOVE_SELF,
+                )?;
+                Ok(i)
+            })
+            .map_err(
+                |e| tracing::warn!(dir = %dir.display(), "no inotify watch ({e}); polling only"),
+            )
+            .ok();
+        DirWatch { inotify }
+    }
+
+    /// Names created or removed since the last call (`None` for the directory itself).
+    fn changes(&self) -> Vec<Option<std::ffi::OsString>> {
+        let Some(i) = &self.inotify else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Ok(events) = i.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            out.extend(events.into_iter().map(|e| {
+                if e.mask
+                    .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
+                {
+                    None
+                } else {
+                    e.name
+                }
+            }));
+        }
+        out
+    }
+}
+
 async fn register_and_watch(
     cfg: &PluginConfig,
     serving: &Serving,
@@ -256,6 +314,7 @@ async fn register_and_watch(
 ) -> Ended {
     let socket = cfg.plugin_socket();
     let kubelet_socket = cfg.kubelet_socket();
+    let dir_watch = DirWatch::new(&cfg.kubelet_dir);
     let mut backoff = Duration::from_millis(100);
     let kubelet_identity = loop {
         if identity(&socket) != serving.identity {
@@ -263,6 +322,8 @@ async fn register_and_watch(
         }
         let id = identity(&kubelet_socket);
         if id.is_some() {
+            // Whatever happened so far is the kubelet we are about to register with.
+            dir_watch.changes();
             match kubelet::register(cfg).await {
                 Ok(()) => {
                     tracing::info!(resource = %cfg.resource_name, endpoint = %cfg.endpoint, "registered with the kubelet");
@@ -290,6 +351,18 @@ async fn register_and_watch(
         }
         if identity(&kubelet_socket) != kubelet_identity {
             return Ended::Restart("kubelet socket recreated (kubelet restart)");
+        }
+        for change in dir_watch.changes() {
+            match change {
+                None => return Ended::Restart("kubelet directory replaced"),
+                Some(name) if name == crate::api::v1beta1::KUBELET_SOCKET => {
+                    return Ended::Restart("kubelet socket recreated (kubelet restart)");
+                }
+                Some(name) if name.as_os_str() == cfg.endpoint.as_str() => {
+                    return Ended::Restart("plugin socket removed (kubelet restart)");
+                }
+                Some(_) => {}
+            }
         }
     }
 }

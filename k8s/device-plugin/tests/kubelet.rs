@@ -423,9 +423,10 @@ fn shares_become_tenants_held_to_their_quota() {
         .into_inner();
     assert_eq!(pref.container_responses[0].device_i_ds, ids[..2].to_vec());
     let mine = ids[..2].to_vec();
-    let resp = allocate(&rt, &mut client, &mine).expect("Allocate");
-    // The kubelet records the allocation right after Allocate returns.
+    // The kubelet records the allocation right after Allocate returns; recording it first
+    // keeps the test independent of the collector's timing (--gc-grace covers the gap).
     kubelet.set_pods(vec![pod("train", "main", &mine)]);
+    let resp = allocate(&rt, &mut client, &mine).expect("Allocate");
 
     // Env, mounts, devices.
     let tenant = tenant_name(&mine);

@@ -42,6 +42,9 @@ struct Args {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Keep every scenario's daemon log in this directory.
+    #[arg(long, value_name = "DIR")]
+    keep_logs: Option<std::path::PathBuf>,
     /// Scenarios to run (default: all).
     scenarios: Vec<String>,
 }
@@ -94,6 +97,8 @@ fn main() -> Result<()> {
         quick: args.quick,
         real: args.real,
         log_dir: log_dir.clone(),
+        keep_logs: args.keep_logs.clone(),
+        daemon_notes: Default::default(),
     };
     let mut rows: Vec<Row> = Vec::new();
     for s in &selected {
@@ -101,6 +106,20 @@ fn main() -> Result<()> {
         let t = Instant::now();
         let result = std::panic::catch_unwind(|| (s.run)(&ctx))
             .unwrap_or_else(|_| Err(anyhow!("the scenario panicked (see the message above)")));
+        let daemon_notes = std::mem::take(
+            &mut *ctx
+                .daemon_notes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let result = result.map(|mut r| {
+            if let Some(first) = r.first_mut() {
+                for n in &daemon_notes {
+                    *first = first.clone().note(n);
+                }
+            }
+            r
+        });
         match result {
             Ok(r) => {
                 for row in &r {
@@ -113,7 +132,11 @@ fn main() -> Result<()> {
             }
             Err(e) => {
                 eprintln!("  {} failed: {e:#}", s.name);
-                rows.push(Row::error(s.name, &e));
+                let mut row = Row::error(s.name, &e);
+                for n in &daemon_notes {
+                    row = row.note(n);
+                }
+                rows.push(row);
             }
         }
         eprintln!("  ({:.1} s)", t.elapsed().as_secs_f64());

@@ -18,6 +18,7 @@ use gpumux_integration::workloads::c_workload;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A scenario: its name, what it shows, and how it runs.
@@ -99,6 +100,93 @@ pub struct Ctx {
     pub real: bool,
     /// Where workloads' stderr goes.
     pub log_dir: PathBuf,
+    /// Where to keep each scenario's daemon log, if anywhere.
+    pub keep_logs: Option<PathBuf>,
+    /// What the daemons of the scenario that just ran logged as warnings or errors (a summary
+    /// per daemon; the runner adds it to the scenario's notes and clears it).
+    pub daemon_notes: Mutex<Vec<String>>,
+}
+
+/// A scenario's gpumuxd: the harness's [`Gpumux`], whose log is summarised into
+/// [`Ctx::daemon_notes`] (and kept, with `--keep-logs`) when it is dropped.
+pub struct Daemon<'a> {
+    g: Gpumux,
+    ctx: &'a Ctx,
+}
+
+impl std::ops::Deref for Daemon<'_> {
+    type Target = Gpumux;
+    fn deref(&self) -> &Gpumux {
+        &self.g
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        let log = self.g.log();
+        if let Some(note) = summarise_log(&log) {
+            self.ctx
+                .daemon_notes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(note);
+        }
+        if let Some(dir) = &self.ctx.keep_logs {
+            let _ = std::fs::create_dir_all(dir);
+            let name = format!("gpumuxd-{}.log", self.g.daemon_pid().unwrap_or(0));
+            let _ = std::fs::write(dir.join(name), log);
+        }
+    }
+}
+
+/// Counts of the daemon's warnings and errors by message (fields and ANSI colours stripped),
+/// e.g. `daemon log: 2× WARN process did not drain in time ...`.
+pub fn summarise_log(log: &str) -> Option<String> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in log.lines() {
+        let plain = strip_ansi(line);
+        let Some(level) = ["WARN", "ERROR"]
+            .into_iter()
+            .find(|l| plain.split_whitespace().nth(1) == Some(*l))
+        else {
+            continue;
+        };
+        // "<time> LEVEL target: message key=value ..."
+        let msg = plain.split_once(": ").map_or(plain.as_str(), |(_, m)| m);
+        let words: Vec<&str> = msg.split(' ').collect();
+        let keep = words
+            .iter()
+            .rposition(|w| !w.contains('='))
+            .map_or(0, |i| i + 1);
+        let key = format!("{level} {}", words[..keep].join(" "));
+        match counts.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((key, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n}× {k}")).collect();
+    Some(format!("daemon log: {}", parts.join(", ")))
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ ... final byte in @..~
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A `load` workload's shape.
@@ -157,15 +245,16 @@ impl Ctx {
     }
 
     /// A gpumuxd on a fresh device with `tenants`.
-    fn start(&self, tenants: &[(&str, String)]) -> Result<Gpumux> {
+    fn start(&self, tenants: &[(&str, String)]) -> Result<Daemon<'_>> {
         let backend = if self.real {
             Backend::Real
         } else {
             Backend::Fake(vec![DEVICE_BYTES])
         };
         let refs: Vec<(&str, &str)> = tenants.iter().map(|(n, t)| (*n, t.as_str())).collect();
-        std::panic::catch_unwind(|| Gpumux::start_on(backend, &refs, ""))
-            .map_err(|_| anyhow!("could not start gpumuxd (see the message above)"))
+        let g = std::panic::catch_unwind(|| Gpumux::start_on(backend, &refs, ""))
+            .map_err(|_| anyhow!("could not start gpumuxd (see the message above)"))?;
+        Ok(Daemon { g, ctx: self })
     }
 
     /// Starts a `load` in `tenant` for `seconds` (and idle `linger_s` after) and waits until it
@@ -239,30 +328,6 @@ fn check_loads(loads: &[&Load]) -> Result<()> {
     Ok(())
 }
 
-/// Notes from the fake's side: its shares for `groups` next to ours, and whether kernels ever
-/// overlapped (they must not).
-fn fake_note(g: &Gpumux, w: &Window, labels: &[&str], groups: &[Vec<usize>]) -> Option<String> {
-    let s = w.fake_shares(groups)?;
-    let (_, busy) = w.busy();
-    let mut parts: Vec<String> = labels
-        .iter()
-        .zip(&s)
-        .map(|(l, x)| format!("{l} {:.1}%", x * 100.0))
-        .collect();
-    if let Some(b) = busy {
-        parts.push(format!("busy {:.1}%", b * 100.0));
-    }
-    let mut note = format!("fake ground truth: {}", parts.join(", "));
-    if let Some(m) = overlap(g)
-        && m > 1
-    {
-        note.push_str(&format!(
-            "; KERNELS OVERLAPPED (max {m} at once on the fake)"
-        ));
-    }
-    Some(note)
-}
-
 /// The fake's high-water mark of kernels running at once.
 fn overlap(g: &Gpumux) -> Option<u32> {
     let fake = g.fake()?;
@@ -274,8 +339,18 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
-/// Adds the fake's cross-check and the relative disagreement (points) of `ours` vs the fake's
-/// figure for the same group.
+fn shares_text(labels: &[&str], shares: &[f64]) -> String {
+    labels
+        .iter()
+        .zip(shares)
+        .map(|(l, x)| format!("{l} {}", pct(*x)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Notes with each group's share of the window by the workloads' reports and, on the fake, by
+/// its ground truth next to them (flagging a disagreement over 2 points, and kernels that ever
+/// overlapped, which must not happen).
 fn with_fake(
     mut row: Row,
     g: &Gpumux,
@@ -283,22 +358,37 @@ fn with_fake(
     labels: &[&str],
     groups: &[Vec<usize>],
 ) -> Row {
-    if let Some(n) = fake_note(g, w, labels, groups) {
-        row = row.note(n);
-        if let Some(fs) = w.fake_shares(groups) {
-            let ours = w.shares(groups);
-            let diff = ours
-                .iter()
-                .zip(&fs)
-                .map(|(a, b)| (a - b).abs() * 100.0)
-                .fold(0.0, f64::max);
-            row = row.fig("fake_max_diff_points", diff);
-            if diff > 2.0 {
-                row = row.note(format!(
-                    "workload reports and the fake disagree by {diff:.1} points"
-                ));
-            }
+    let ours = w.shares(groups);
+    let (busy, fake_busy) = w.busy();
+    row = row.note(format!(
+        "{:.0} s window, reports: {}, busy {}",
+        w.len_ms() / 1e3,
+        shares_text(labels, &ours),
+        pct(busy)
+    ));
+    if let Some(fs) = w.fake_shares(groups) {
+        row = row.note(format!(
+            "fake ground truth: {}, busy {}",
+            shares_text(labels, &fs),
+            pct(fake_busy.unwrap_or(f64::NAN))
+        ));
+        let diff = ours
+            .iter()
+            .zip(&fs)
+            .map(|(a, b)| (a - b).abs() * 100.0)
+            .fold(0.0, f64::max);
+        row = row.fig("fake_max_diff_points", diff);
+        if diff > 2.0 {
+            row = row.note(format!(
+                "REPORTS AND THE FAKE DISAGREE by {diff:.1} points"
+            ));
         }
+    }
+    if let Some(m) = overlap(g)
+        && m > 1
+    {
+        row = row.note(format!("KERNELS OVERLAPPED (max {m} at once on the fake)"));
+        row.verdict = Verdict::Fail;
     }
     row
 }
@@ -321,11 +411,6 @@ fn weights_3_1(ctx: &Ctx) -> Result<Vec<Row>> {
         format!("a {} / b {} of busy time", pct(frac), pct(1.0 - frac)),
     )
     .target("a 75% ± 3", (frac * 100.0 - 75.0).abs() <= 3.0)
-    .note(format!(
-        "{:.0} s window, device busy {}",
-        w.len_ms() / 1e3,
-        pct(busy)
-    ))
     .fig("a_share", s[0])
     .fig("b_share", s[1]);
     Ok(vec![with_fake(row, &g, &w, &["a", "b"], &groups)])
@@ -365,24 +450,19 @@ fn weights_1_2_3_4(ctx: &Ctx) -> Result<Vec<Row>> {
         format!("Jain {j:.4} (shares {} %)", shares.join("/")),
     )
     .target("≥ 0.99", j >= 0.99)
-    .note(format!("device busy {}", pct(busy)))
     .fig("jain", j)
     .fig("busy", busy);
-    let row = match w.fake_shares(&groups) {
-        Some(fs) => {
-            let fb: f64 = fs.iter().sum();
-            let fj = measure::jain(
-                &fs.iter()
-                    .zip(weights)
-                    .map(|(x, wt)| x / fb / (wt / 10.0))
-                    .collect::<Vec<_>>(),
-            );
-            with_fake(row, &g, &w, &names, &groups)
-                .note(format!("fake Jain {fj:.4}"))
-                .fig("fake_jain", fj)
-        }
-        None => row,
-    };
+    let mut row = with_fake(row, &g, &w, &names, &groups);
+    if let Some(fs) = w.fake_shares(&groups) {
+        let fb: f64 = fs.iter().sum();
+        let fj = measure::jain(
+            &fs.iter()
+                .zip(weights)
+                .map(|(x, wt)| x / fb / (wt / 10.0))
+                .collect::<Vec<_>>(),
+        );
+        row = row.note(format!("fake Jain {fj:.4}")).fig("fake_jain", fj);
+    }
     Ok(vec![row])
 }
 
@@ -566,7 +646,6 @@ fn processes_8_vs_1(ctx: &Ctx) -> Result<Vec<Row>> {
         format!("8-process tenant {} / 1-process {}", pct(frac), pct(1.0 - frac)),
     )
     .target("50% ± 3", (frac * 100.0 - 50.0).abs() <= 3.0)
-    .note(format!("device busy {}", pct(busy)))
     .fig("many_share", s[0])
     .fig("one_share", s[1]);
     Ok(vec![with_fake(row, &g, &w, &["many", "one"], &groups)])
@@ -950,4 +1029,23 @@ fn many_tenants(ctx: &Ctx) -> Result<Vec<Row>> {
     .fig("median_ms", med)
     .fig("table_ms", table_ms);
     Ok(vec![start_row, status_row])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_log_summary_counts_warnings_by_message() {
+        let log = "2026-01-01T00:00:00.1Z \x1b[33m WARN\x1b[0m \x1b[2mgpumux_daemon::server\x1b[0m\x1b[2m:\x1b[0m process did not drain in time (stopped or stuck); passing it over \x1b[3mtenant\x1b[0m\x1b[2m=\x1b[0ma pid=12 dev=0\n\
+                   2026-01-01T00:00:00.2Z  INFO gpumux_daemon::server: tenant added tenant=a\n\
+                   2026-01-01T00:00:00.3Z  WARN gpumux_daemon::server: process did not drain in time (stopped or stuck); passing it over tenant=a pid=13 dev=0\n";
+        assert_eq!(
+            summarise_log(log).as_deref(),
+            Some(
+                "daemon log: 2× WARN process did not drain in time (stopped or stuck); passing it over"
+            )
+        );
+        assert_eq!(summarise_log("x  INFO y: z\n"), None);
+    }
 }
