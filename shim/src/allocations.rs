@@ -24,21 +24,45 @@ pub struct Record {
     pub context: u64,
 }
 
+/// Hashing for driver handles: they are addresses or counters the driver chose, not attacker
+/// input, so a multiply-shift hash (a few instructions) replaces SipHash on the hot path.
+#[derive(Default, Clone, Copy)]
+struct HandleHasher(u64);
+
+impl std::hash::Hasher for HandleHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as u64);
+    }
+}
+
+type Handles = std::hash::BuildHasherDefault<HandleHasher>;
+
 struct Table {
     generation: u32,
-    map: HashMap<(Kind, u64), Record>,
+    map: HashMap<(Kind, u64), Record, Handles>,
 }
 
 static TABLE: parking_lot::Mutex<Option<Table>> = parking_lot::const_mutex(None);
 /// Bumped in a forked child: a table from an older generation belongs to the parent.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
 
-fn with_table<R>(f: impl FnOnce(&mut HashMap<(Kind, u64), Record>) -> R) -> R {
+fn with_table<R>(f: impl FnOnce(&mut HashMap<(Kind, u64), Record, Handles>) -> R) -> R {
     let mut guard = TABLE.lock();
     let generation = GENERATION.load(Ordering::Acquire);
     let table = guard.get_or_insert_with(|| Table {
         generation,
-        map: HashMap::new(),
+        map: HashMap::default(),
     });
     if table.generation != generation {
         table.map.clear();

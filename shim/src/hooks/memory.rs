@@ -39,9 +39,14 @@ fn charged(
         return alloc();
     }
     let device = match target {
-        Target::Current => match current_device(reg) {
-            Ok(d) => d,
-            Err(rc) => return rc,
+        // A process that sees one device allocates on it (without a context the driver call
+        // fails and the charge is given back).
+        Target::Current => match reg.single_device() {
+            Some(d) => Some(d),
+            None => match current_device(reg) {
+                Ok(d) => d,
+                Err(rc) => return rc,
+            },
         },
         Target::Ordinal(o) => device_of_ordinal(reg, o),
     };
