@@ -106,12 +106,8 @@ fn main() -> Result<()> {
         let t = Instant::now();
         let result = std::panic::catch_unwind(|| (s.run)(&ctx))
             .unwrap_or_else(|_| Err(anyhow!("the scenario panicked (see the message above)")));
-        let daemon_notes = std::mem::take(
-            &mut *ctx
-                .daemon_notes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let daemon_notes =
+            std::mem::take(&mut *ctx.daemon_notes.lock().unwrap_or_else(|p| p.into_inner()));
         let result = result.map(|mut r| {
             if let Some(first) = r.first_mut() {
                 for n in &daemon_notes {

@@ -116,6 +116,8 @@ pub fn fake_busy(g: &Gpumux) -> Option<HashMap<u32, u64>> {
 pub struct Window {
     pub t0: f64,
     pub t1: f64,
+    /// The loads' pids (same order as the loads).
+    pub pids: Vec<u32>,
     /// Device ms per load, by its reports (same order as the loads).
     pub reported_ms: Vec<f64>,
     /// Device ms per load by the fake's ground truth.
@@ -154,7 +156,8 @@ impl Window {
                     a.get(&pid)
                         .copied()
                         .unwrap_or(0)
-                        .saturating_sub(b.get(&pid).copied().unwrap_or(0)) as f64
+                        .saturating_sub(b.get(&pid).copied().unwrap_or(0))
+                        as f64
                         / 1e6
                 };
                 (
@@ -167,6 +170,7 @@ impl Window {
         Window {
             t0,
             t1,
+            pids: loads.iter().map(|l| l.proc.pid()).collect(),
             reported_ms,
             fake_ms,
             fake_busy_ms,
@@ -221,6 +225,22 @@ pub fn trace(g: &Gpumux, t0: f64, t1: f64) -> Result<Option<Vec<KernelRecord>>> 
     Ok(Some(t))
 }
 
+/// Runs of consecutive kernels of the same group in a trace: `(group, first start ns, last end
+/// ns)`; kernels of pids not in `group_of` are skipped. Each change of group is a switch.
+pub fn runs(trace: &[KernelRecord], group_of: &HashMap<u32, usize>) -> Vec<(usize, u64, u64)> {
+    let mut out: Vec<(usize, u64, u64)> = Vec::new();
+    for k in trace {
+        let Some(&g) = group_of.get(&k.pid) else {
+            continue;
+        };
+        match out.last_mut() {
+            Some(r) if r.0 == g => r.2 = k.end_ns,
+            _ => out.push((g, k.start_ns, k.end_ns)),
+        }
+    }
+    out
+}
+
 /// The `p`-th percentile (0..=100, nearest rank) of `xs`; NaN when empty.
 pub fn percentile(xs: &[f64], p: f64) -> f64 {
     if xs.is_empty() {
@@ -265,6 +285,24 @@ mod tests {
         assert_eq!(kernels_at(&p, ns, 150.0), 4.0);
         assert_eq!(kernels_at(&p, ns, 199.0), 7.5);
         assert_eq!(kernels_at(&p, ns, 300.0), 8.0);
+    }
+
+    #[test]
+    fn runs_merge_consecutive_kernels_of_a_group() {
+        let k = |pid, start_ns, end_ns| KernelRecord {
+            pid,
+            start_ns,
+            end_ns,
+        };
+        let t = [
+            k(1, 0, 10),
+            k(2, 10, 20),
+            k(3, 20, 30),
+            k(9, 30, 35),
+            k(1, 40, 50),
+        ];
+        let g: HashMap<u32, usize> = [(1, 0), (2, 0), (3, 1)].into();
+        assert_eq!(runs(&t, &g), vec![(0, 0, 20), (1, 20, 30), (0, 40, 50)]);
     }
 
     #[test]

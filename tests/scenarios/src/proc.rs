@@ -81,8 +81,10 @@ impl Proc {
 
     /// Waits up to `timeout` for the first line whose `"op"` is `op`.
     pub fn wait_for(&self, op: &str, timeout: Duration) -> Result<Value> {
-        self.wait_until(timeout, |lines| lines.iter().find(|v| v["op"] == op).cloned())
-            .with_context(|| format!("{} printed no {op:?} line", self.label))
+        self.wait_until(timeout, |lines| {
+            lines.iter().find(|v| v["op"] == op).cloned()
+        })
+        .with_context(|| format!("{} printed no {op:?} line", self.label))
     }
 
     /// Waits up to `timeout` until `f` (over every line so far) returns something; an error
@@ -109,7 +111,11 @@ impl Proc {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("{} timed out after {timeout:?}; lines: {:?}", self.label, g.lines);
+                bail!(
+                    "{} timed out after {timeout:?}; lines: {:?}",
+                    self.label,
+                    g.lines
+                );
             }
             g = cv
                 .wait_timeout(g, left)

@@ -351,13 +351,7 @@ fn shares_text(labels: &[&str], shares: &[f64]) -> String {
 /// Notes with each group's share of the window by the workloads' reports and, on the fake, by
 /// its ground truth next to them (flagging a disagreement over 2 points, and kernels that ever
 /// overlapped, which must not happen).
-fn with_fake(
-    mut row: Row,
-    g: &Gpumux,
-    w: &Window,
-    labels: &[&str],
-    groups: &[Vec<usize>],
-) -> Row {
+fn with_fake(mut row: Row, g: &Gpumux, w: &Window, labels: &[&str], groups: &[Vec<usize>]) -> Row {
     let ours = w.shares(groups);
     let (busy, fake_busy) = w.busy();
     row = row.note(format!(
@@ -379,10 +373,28 @@ fn with_fake(
             .fold(0.0, f64::max);
         row = row.fig("fake_max_diff_points", diff);
         if diff > 2.0 {
-            row = row.note(format!(
-                "REPORTS AND THE FAKE DISAGREE by {diff:.1} points"
-            ));
+            row = row.note(format!("REPORTS AND THE FAKE DISAGREE by {diff:.1} points"));
         }
+    }
+    if groups.len() > 1
+        && let Ok(Some(trace)) = measure::trace(g, w.t0, w.t1)
+    {
+        // How the device actually alternated: runs of one group's kernels.
+        let group_of: HashMap<u32, usize> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(gi, idx)| idx.iter().map(move |&i| (w.pids[i], gi)))
+            .collect();
+        let runs = measure::runs(&trace, &group_of);
+        let lens: Vec<f64> = runs.iter().map(|r| (r.2 - r.1) as f64 / 1e6).collect();
+        let per_s = runs.len().saturating_sub(1) as f64 / (w.len_ms() / 1e3);
+        row = row
+            .note(format!(
+                "fake trace: {per_s:.0} tenant switches/s, median run {:.1} ms",
+                percentile(&lens, 50.0)
+            ))
+            .fig("switches_per_s", per_s)
+            .fig("median_run_ms", percentile(&lens, 50.0));
     }
     if let Some(m) = overlap(g)
         && m > 1
@@ -442,7 +454,10 @@ fn weights_1_2_3_4(ctx: &Ctx) -> Result<Vec<Row>> {
         .map(|(x, wt)| x / busy / (wt / 10.0))
         .collect();
     let j = measure::jain(&normalised);
-    let shares: Vec<String> = s.iter().map(|x| format!("{:.1}", x / busy * 100.0)).collect();
+    let shares: Vec<String> = s
+        .iter()
+        .map(|x| format!("{:.1}", x / busy * 100.0))
+        .collect();
     let row = Row::new(
         "weights-1-2-3-4",
         j,
@@ -604,7 +619,11 @@ fn interactive(ctx: &Ctx) -> Result<Vec<Row>> {
     }
     check_loads(&[&hog])?;
     let num = |k: &str| l[k].as_f64().with_context(|| format!("{k} in {l}"));
-    let (p50, p99, max) = (num("wait_p50_ms")?, num("wait_p99_ms")?, num("wait_max_ms")?);
+    let (p50, p99, max) = (
+        num("wait_p50_ms")?,
+        num("wait_p99_ms")?,
+        num("wait_max_ms")?,
+    );
     let batches = num("batches")?;
     Ok(vec![
         Row::new(
@@ -643,7 +662,11 @@ fn processes_8_vs_1(ctx: &Ctx) -> Result<Vec<Row>> {
         "processes-8-vs-1",
         frac * 100.0,
         "%",
-        format!("8-process tenant {} / 1-process {}", pct(frac), pct(1.0 - frac)),
+        format!(
+            "8-process tenant {} / 1-process {}",
+            pct(frac),
+            pct(1.0 - frac)
+        ),
     )
     .target("50% ± 3", (frac * 100.0 - 50.0).abs() <= 3.0)
     .fig("many_share", s[0])
@@ -766,11 +789,7 @@ fn launch_cost(ctx: &Ctx) -> Result<Vec<Row>> {
     // Two tenants may use the device, so it is time-sliced; only a launches, so a holds the
     // slice throughout (a lone tenant keeps it with no timer).
     let g = ctx.start(&[("a", tenant(1)), ("b", tenant(1))])?;
-    let (count, repeats) = if ctx.quick {
-        (20_000, 1)
-    } else {
-        (200_000, 5)
-    };
+    let (count, repeats) = if ctx.quick { (20_000, 1) } else { (200_000, 5) };
     let mut bare = Vec::new();
     let mut shim = Vec::new();
     for round in 0..repeats {
@@ -974,13 +993,11 @@ fn many_tenants(ctx: &Ctx) -> Result<Vec<Row>> {
         }
         if i == 0 {
             let v: Value = serde_json::from_slice(&out.stdout)?;
-            seen_procs = v["tenants"]
-                .as_array()
-                .map_or(0, |ts| {
-                    ts.iter()
-                        .map(|t| t["processes"].as_array().map_or(0, Vec::len))
-                        .sum()
-                });
+            seen_procs = v["tenants"].as_array().map_or(0, |ts| {
+                ts.iter()
+                    .map(|t| t["processes"].as_array().map_or(0, Vec::len))
+                    .sum()
+            });
         }
     }
     let t = Instant::now();

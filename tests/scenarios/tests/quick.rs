@@ -53,7 +53,9 @@ fn quick_run_yields_a_row_with_numbers_for_every_scenario() {
         let figures = row["figures"].as_object().expect("figures");
         assert!(!figures.is_empty(), "{name}: no figures: {row}");
         assert!(
-            figures.values().all(|f| f.as_f64().is_some_and(f64::is_finite)),
+            figures
+                .values()
+                .all(|f| f.as_f64().is_some_and(f64::is_finite)),
             "{name}: {row}"
         );
     }
