@@ -82,6 +82,10 @@ pub struct AccountingDevice {
     pub refused: AtomicU64,
     /// Highest `used` seen.
     pub peak: AtomicU64,
+    /// Threads of the tenant inside a synchronize call on this device (work is outstanding:
+    /// the holder is busy even though it launches nothing).
+    pub syncing: AtomicU32,
+    pub _pad2: AtomicU32,
     /// Threads currently blocked waiting for a compute slice.
     pub waiting: AtomicU32,
     pub _pad: AtomicU32,

@@ -34,6 +34,8 @@ pub struct Activity {
     pub waiting: u32,
     /// Launches issued so far (monotonic).
     pub launches: u64,
+    /// Threads waiting in a synchronize call for the tenant's own queued work.
+    pub syncing: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ struct Tenant {
     /// Asked for the device and not served since.
     wants: bool,
     charged_ns: u64,
+    /// Since when the tenant has not wanted the device (None while it wants or holds it).
+    idle_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +121,7 @@ impl Scheduler {
         let cap = cap_permille
             .filter(|&c| c < 1000)
             .map(|c| c as f64 / 1000.0);
-        let min_vtime = self.min_vtime(None);
+        let min_vtime = self.min_vtime(now);
         let t = self
             .tenants
             .entry(name.to_string())
@@ -129,6 +133,7 @@ impl Scheduler {
                 budget_at: now,
                 wants: false,
                 charged_ns: 0,
+                idle_since: Some(now),
             });
         t.weight = weight.max(1);
         t.cap = cap;
@@ -158,13 +163,22 @@ impl Scheduler {
         }
     }
 
-    fn min_vtime(&self, except: Option<&str>) -> Option<f64> {
+    /// The least virtual time among tenants that want or hold the device; the holder counts
+    /// with its running slice so far (it is charged only when the slice ends, and a long
+    /// uncontended slice must not look like credit to a newcomer).
+    fn min_vtime(&self, now: Instant) -> Option<f64> {
+        let running = match &self.state {
+            State::Granted { tenant, since, .. } | State::Draining { tenant, since, .. } => {
+                Some((tenant.as_str(), now.saturating_duration_since(*since)))
+            }
+            _ => None,
+        };
         self.tenants
             .iter()
-            .filter(|(n, t)| {
-                Some(n.as_str()) != except && (t.wants || self.holder() == Some(n.as_str()))
+            .filter_map(|(n, t)| match running {
+                Some((h, ran)) if h == n => Some(t.vtime + ran.as_nanos() as f64 / t.weight as f64),
+                _ => t.wants.then_some(t.vtime),
             })
-            .map(|(_, t)| t.vtime)
             .reduce(f64::min)
     }
 
@@ -175,21 +189,11 @@ impl Scheduler {
         now: Instant,
         activity: &dyn Fn(&str) -> Activity,
     ) -> Vec<Action> {
-        let holder = self.holder().map(str::to_string);
-        let floor = self.min_vtime(Some(tenant));
-        let Some(t) = self.tenants.get_mut(tenant) else {
-            return Vec::new();
-        };
-        if holder.as_deref() == Some(tenant) {
+        if !self.tenants.contains_key(tenant) || self.holder() == Some(tenant) {
             return Vec::new();
         }
-        if !t.wants {
-            // Waking from idle: no credit for the idle time.
-            if let Some(floor) = floor {
-                t.vtime = t.vtime.max(floor);
-            }
-            t.wants = true;
-        }
+        // Who wants the device is read from `activity` (the demanding thread counted itself
+        // waiting before it sent the demand).
         self.schedule(now, activity)
     }
 
@@ -261,8 +265,6 @@ impl Scheduler {
                 t.budget -= ns;
             }
             t.charged_ns += used.as_nanos() as u64;
-            // It was active up to now: wanting the device again right away is no pause.
-            t.wants = true;
         }
         self.history.push_back((tenant, since, now));
         while self
@@ -303,21 +305,31 @@ impl Scheduler {
         let mut actions = Vec::new();
         // Who wants the device is what the server can see: threads waiting at the gate (a
         // thread counts itself before it sends `Demand`, so no demand is lost). A tenant that
-        // starts wanting again after a pause (idle, stopped, stalled) starts at the busy ones'
-        // least virtual time: the pause earns no credit.
+        // starts wanting again after a pause of a quantum or more (idle, stopped, stalled)
+        // starts at the busy ones' least virtual time: the pause earns no credit. A shorter
+        // gap (a holder whose threads had not yet come back to the gate when its slice was
+        // drained) keeps the tenant's place.
         let holder = self.holder().map(str::to_string);
-        let floor = self.min_vtime(None);
+        let floor = self.min_vtime(now);
+        let quantum = self.quantum;
         for (name, t) in self.tenants.iter_mut() {
-            let wants = holder.as_deref() != Some(name.as_str()) && activity(name).waiting > 0;
-            if wants
-                && !t.wants
-                && let Some(floor) = floor
-            {
-                t.vtime = t.vtime.max(floor);
+            let is_holder = holder.as_deref() == Some(name.as_str());
+            let wants = !is_holder && activity(name).waiting > 0;
+            if wants && !t.wants {
+                let paused = t
+                    .idle_since
+                    .is_some_and(|s| now.saturating_duration_since(s) >= quantum);
+                if paused && let Some(floor) = floor {
+                    t.vtime = t.vtime.max(floor);
+                }
+            }
+            if wants || is_holder {
+                t.idle_since = None;
+            } else if t.idle_since.is_none() {
+                t.idle_since = Some(now);
             }
             t.wants = wants;
         }
-        let quantum = self.quantum;
         match self.state.clone() {
             State::Granted {
                 tenant,
@@ -345,9 +357,10 @@ impl Scheduler {
                 let launches = activity(&tenant).launches;
                 let idle = match idle_check {
                     Some((at, seen)) if now >= at => {
-                        // No launch since the last check: the holder has no new work (a thread
-                        // still counted as waiting after the grant is one that cannot run).
-                        if seen == launches {
+                        // No launch since the last check and nobody waiting for queued work:
+                        // the holder has nothing for the device (a thread still counted as
+                        // waiting after the grant is one that cannot run).
+                        if seen == launches && activity(&tenant).syncing == 0 {
                             true
                         } else {
                             self.state = State::Granted {
@@ -490,12 +503,17 @@ mod tests {
         busy: &[&str],
         seconds: f64,
     ) -> HashMap<String, f64> {
-        let q = Duration::from_millis(20);
-        let mut s = Scheduler::new(q);
         let t0 = Instant::now();
+        let mut s = Scheduler::new(Duration::from_millis(20));
         for (n, w, c) in weights {
             s.set_tenant(n, *w, *c, t0);
         }
+        run(&mut s, t0, busy, seconds)
+    }
+
+    /// Drives `s` from `t0` for `seconds` with the tenants in `busy` always having work (the
+    /// holder drains 1 ms after a revocation); returns each tenant's share of the time.
+    fn run(s: &mut Scheduler, t0: Instant, busy: &[&str], seconds: f64) -> HashMap<String, f64> {
         let mut now = t0;
         let end = t0 + Duration::from_secs_f64(seconds);
         let busy: Vec<String> = busy.iter().map(|b| b.to_string()).collect();
@@ -503,13 +521,14 @@ mod tests {
         let act = |n: &str| Activity {
             waiting: busy.iter().any(|b| b == n) as u32,
             launches: launches.get(),
+            ..Default::default()
         };
         let mut pending: Vec<Action> = Vec::new();
         for b in &busy {
             pending.extend(s.demand(b, now, &act));
         }
         let mut held: HashMap<String, f64> = HashMap::new();
-        let mut holder: Option<(String, Instant)> = None;
+        let mut holder: Option<(String, Instant)> = s.holder().map(|h| (h.to_string(), t0));
         while now < end {
             while !pending.is_empty() {
                 let a = pending.remove(0);
@@ -532,10 +551,31 @@ mod tests {
                 .max(now + Duration::from_micros(100));
             pending.extend(s.tick(now, &act));
         }
+        if let Some((h, since)) = holder {
+            *held.entry(h).or_default() += (now.min(end) - since.min(end)).as_secs_f64();
+        }
         let total: f64 = held.values().sum();
         held.into_iter()
             .map(|(k, v)| (k, v / seconds.max(total)))
             .collect()
+    }
+
+    #[test]
+    fn a_long_uncontended_slice_is_no_credit_for_a_newcomer() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Duration::from_millis(20));
+        s.set_tenant("a", 1, None, t0);
+        s.set_tenant("b", 1, None, t0);
+        // a has the device alone for 5 s (one slice, no timer), then b arrives.
+        let alone = run(&mut s, t0, &["a"], 5.0);
+        assert!(alone["a"] > 0.99, "{alone:?}");
+        let t1 = t0 + Duration::from_secs(5);
+        let both = run(&mut s, t1, &["a", "b"], 4.0);
+        let b = both.get("b").copied().unwrap_or(0.0);
+        assert!(
+            (b - 0.5).abs() < 0.05,
+            "b must neither be starved nor monopolise: {both:?}"
+        );
     }
 
     #[test]
@@ -577,6 +617,7 @@ mod tests {
         let act = |n: &str| Activity {
             waiting: (n == "a") as u32,
             launches: 0,
+            ..Default::default()
         };
         let actions = s.demand("a", now, &act);
         assert_eq!(
@@ -599,10 +640,12 @@ mod tests {
         let idle_a = |n: &str| Activity {
             waiting: (n == "b") as u32,
             launches: 7,
+            ..Default::default()
         };
         s.demand("a", t0, &|n| Activity {
             waiting: (n == "a") as u32,
             launches: 7,
+            ..Default::default()
         });
         let t1 = t0 + Duration::from_millis(5);
         assert!(s.demand("b", t1, &idle_a).is_empty());
@@ -638,6 +681,7 @@ mod tests {
         let act = |_: &str| Activity {
             waiting: 1,
             launches: 0,
+            ..Default::default()
         };
         s.demand("a", t0, &act);
         s.demand("b", t0, &act);
@@ -677,6 +721,7 @@ mod tests {
         let act = |_: &str| Activity {
             waiting: 1,
             launches: 0,
+            ..Default::default()
         };
         s.demand("a", t0, &act);
         s.demand("b", t0, &act);

@@ -460,6 +460,11 @@ impl Daemon {
                 .keys()
                 .map(|&s| a.processes[s].launches[dev].load(Relaxed))
                 .fold(0u64, u64::wrapping_add),
+            syncing: if responsive {
+                a.devices[dev].syncing.load(SeqCst)
+            } else {
+                0
+            },
         }
     }
 

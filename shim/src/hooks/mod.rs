@@ -17,6 +17,7 @@ pub mod meminfo;
 pub mod memory;
 pub mod nvml_procs;
 pub mod procaddress;
+pub mod sync;
 
 macro_rules! hooked {
     (cuda: [$($c:ident),* $(,)?] nvml: [$($n:ident),* $(,)?] helpers_cuda: [$($hc:ident),* $(,)?] helpers_nvml: [$($hn:ident),* $(,)?]) => {
@@ -69,6 +70,7 @@ mod exports {
     pub use super::memory::*;
     pub use super::nvml_procs::*;
     pub use super::procaddress::*;
+    pub use super::sync::*;
 }
 
 hooked! {
@@ -85,6 +87,7 @@ hooked! {
         cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz, cuGraphLaunch, cuGraphLaunch_ptsz,
         cuCtxDestroy, cuCtxDestroy_v2, cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2,
         cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2,
+        cuCtxSynchronize, cuStreamSynchronize, cuStreamSynchronize_ptsz, cuEventSynchronize,
     ]
     nvml: [
         nvmlInit, nvmlInit_v2, nvmlInitWithFlags, nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo_v2,
@@ -94,7 +97,7 @@ hooked! {
     helpers_cuda: [
         cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2,
         cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRetain, cuCtxGetCurrent,
-        cuCtxPushCurrent_v2, cuCtxPopCurrent_v2, cuCtxSynchronize,
+        cuCtxPushCurrent_v2, cuCtxPopCurrent_v2,
     ]
     helpers_nvml: [nvmlDeviceGetUUID]
 }

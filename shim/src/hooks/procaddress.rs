@@ -125,6 +125,15 @@ const VARIANTS: &[(&str, &[Variant])] = &[
         "cuGraphLaunch",
         &[v(10000, "cuGraphLaunch"), p(10000, "cuGraphLaunch_ptsz")],
     ),
+    ("cuCtxSynchronize", &[v(2000, "cuCtxSynchronize")]),
+    (
+        "cuStreamSynchronize",
+        &[
+            v(2000, "cuStreamSynchronize"),
+            p(7000, "cuStreamSynchronize_ptsz"),
+        ],
+    ),
+    ("cuEventSynchronize", &[v(2000, "cuEventSynchronize")]),
     (
         "cuCtxDestroy",
         &[v(2000, "cuCtxDestroy"), v(4000, "cuCtxDestroy_v2")],

@@ -1,0 +1,73 @@
+//! Synchronize calls. A thread waiting for its own queued work tells the scheduler the tenant
+//! is busy even though it launches nothing (a per-device counter in the accounting segment), so
+//! a holder that synchronizes between batches keeps its slice instead of looking idle.
+
+#![allow(non_snake_case)]
+
+use super::real;
+use crate::cuda_types::*;
+use crate::ffi_guard::guard;
+use crate::registration::{Access, access};
+use std::ffi::c_void;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::SeqCst;
+
+/// Counts the calling thread as synchronizing on its device while alive.
+struct Syncing(Option<&'static AtomicU32>);
+
+impl Syncing {
+    fn enter() -> Self {
+        let Access::Registered(reg) = access() else {
+            return Syncing(None);
+        };
+        let device = match reg.single_device() {
+            Some(d) => Some(d),
+            None => super::init::current_device(reg).ok().flatten(),
+        };
+        let counter = device.map(|d| &reg.accounting.devices[d].syncing);
+        if let Some(c) = counter {
+            c.fetch_add(1, SeqCst);
+        }
+        Syncing(counter)
+    }
+}
+
+impl Drop for Syncing {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// # Safety
+/// C ABI entry point; `cuCtxSynchronize`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let f =
+            real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        let _s = Syncing::enter();
+        // SAFETY: no arguments.
+        unsafe { f() }
+    })
+}
+
+macro_rules! sync_on {
+    ($name:ident, $handle:ty) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for the synchronize call.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(handle: $handle) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn($handle) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                let _s = Syncing::enter();
+                // SAFETY: forwarding the caller's argument.
+                unsafe { f(handle) }
+            })
+        }
+    };
+}
+sync_on!(cuStreamSynchronize, CUstream);
+sync_on!(cuStreamSynchronize_ptsz, CUstream);
+sync_on!(cuEventSynchronize, *mut c_void);
