@@ -52,13 +52,10 @@ pub fn enter() -> Result<Ticket, CUresult> {
 
 #[inline]
 fn enter_registered(reg: &'static Registration) -> Ticket {
-    let device = match reg.single_device() {
-        Some(d) => d,
-        None => match crate::hooks::init::current_device(reg) {
-            Ok(Some(d)) => d,
-            // No context or not a tenant device: the driver reports it on the launch.
-            _ => return Ticket(None),
-        },
+    let device = match crate::hooks::init::working_device(reg) {
+        Ok(Some(d)) => d,
+        // No context or not a tenant device: the driver reports it on the launch.
+        _ => return Ticket(None),
     };
     let counter = &reg.accounting.processes[reg.slot].launches[device];
     counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);

@@ -85,6 +85,16 @@ pub fn current_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
     Ok(device_of_ordinal(reg, dev))
 }
 
+/// The device the calling thread works on: the only one the process sees (no driver call), or
+/// the current context's.
+#[inline]
+pub fn working_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
+    match reg.single_device() {
+        Some(d) => Ok(Some(d)),
+        None => current_device(reg),
+    }
+}
+
 /// The daemon's device index for a CUDA ordinal, looking it up on first use.
 pub fn device_of_ordinal(reg: &Registration, ordinal: CUdevice) -> Option<usize> {
     match reg.device_index(ordinal) {

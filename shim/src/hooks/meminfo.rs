@@ -3,7 +3,7 @@
 
 #![allow(non_snake_case)]
 
-use super::init::{current_device, device_of_ordinal};
+use super::init::{device_of_ordinal, working_device};
 use super::real;
 use crate::cuda_types::*;
 use crate::ffi_guard::guard;
@@ -57,7 +57,7 @@ macro_rules! mem_get_info {
                     return rc;
                 }
                 if let Access::Registered(reg) = access()
-                    && let Ok(device) = current_device(reg)
+                    && let Ok(device) = working_device(reg)
                 {
                     // SAFETY: the driver succeeded, so both pointers are valid and written.
                     unsafe {

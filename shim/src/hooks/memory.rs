@@ -4,7 +4,7 @@
 
 #![allow(non_snake_case)]
 
-use super::init::{current_device, device_of_ordinal};
+use super::init::{device_of_ordinal, working_device};
 use super::real;
 use crate::allocations::{self, Kind, Record};
 use crate::cuda_types::*;
@@ -41,12 +41,9 @@ fn charged(
     let device = match target {
         // A process that sees one device allocates on it (without a context the driver call
         // fails and the charge is given back).
-        Target::Current => match reg.single_device() {
-            Some(d) => Some(d),
-            None => match current_device(reg) {
-                Ok(d) => d,
-                Err(rc) => return rc,
-            },
+        Target::Current => match working_device(reg) {
+            Ok(d) => d,
+            Err(rc) => return rc,
         },
         Target::Ordinal(o) => device_of_ordinal(reg, o),
     };

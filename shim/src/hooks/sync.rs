@@ -20,10 +20,7 @@ impl Syncing {
         let Access::Registered(reg) = access() else {
             return Syncing(None);
         };
-        let device = match reg.single_device() {
-            Some(d) => Some(d),
-            None => super::init::current_device(reg).ok().flatten(),
-        };
+        let device = super::init::working_device(reg).ok().flatten();
         let counter = device.map(|d| &reg.accounting.devices[d].syncing);
         if let Some(c) = counter {
             c.fetch_add(1, SeqCst);

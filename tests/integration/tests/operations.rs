@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
+/// The timing-sensitive tests here (a measured split, many processes at once) run one at a
+/// time.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn limit_of(g: &Gpumux, tenant: &str) -> u64 {
     g.tenant_status(tenant)["devices"][0]["memory_limit"]
         .as_u64()
@@ -69,6 +76,7 @@ fn editing_a_tenant_file_changes_running_processes_limits() {
 
 #[test]
 fn editing_the_weight_changes_the_split() {
+    let _serial = exclusive();
     let g = Gpumux::start(
         &[16 * GIB],
         &[
@@ -352,6 +360,7 @@ fn gpumuxctl_env_and_errors() {
 
 #[test]
 fn many_tenants_and_processes_register_at_once() {
+    let _serial = exclusive();
     let tenants: Vec<(String, String)> = (0..16)
         .map(|t| {
             (

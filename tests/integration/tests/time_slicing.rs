@@ -11,6 +11,13 @@ const T: Duration = Duration::from_secs(60);
 /// Saturating: batches of 4 x 2 ms kernels, back to back.
 const SATURATE: &[&str] = &["--ns", "2000000", "--batch", "4", "--pause-ms", "0"];
 
+/// Shares are measured over wall-clock windows: run these tests one at a time so they do not
+/// compete for the machine's CPUs with each other.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn tenant(weight: u32) -> String {
     format!("memory_limit = \"1GiB\"\nweight = {weight}\n")
 }
@@ -71,6 +78,7 @@ fn finish_ok(r: Running) -> serde_json::Value {
 
 #[test]
 fn weights_three_to_one_split_device_time() {
+    let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(3)), ("b", &tenant(1))]);
     let a = load(&g, "a", 13, SATURATE);
     let b = load(&g, "b", 13, SATURATE);
@@ -91,6 +99,7 @@ fn weights_three_to_one_split_device_time() {
 
 #[test]
 fn four_tenants_share_by_weight() {
+    let _serial = exclusive();
     let g = Gpumux::start(
         &[16 * GIB],
         &[
@@ -134,6 +143,7 @@ fn four_tenants_share_by_weight() {
 
 #[test]
 fn lone_active_tenant_gets_the_device_and_absorbs_an_idle_share() {
+    let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
     let a = load(&g, "a", 9, SATURATE);
     let b = load(&g, "b", 3, SATURATE);
@@ -169,6 +179,7 @@ fn lone_active_tenant_gets_the_device_and_absorbs_an_idle_share() {
 
 #[test]
 fn compute_limit_caps_device_time_on_an_idle_device() {
+    let _serial = exclusive();
     let g = Gpumux::start(
         &[16 * GIB],
         &[(
@@ -190,6 +201,7 @@ fn compute_limit_caps_device_time_on_an_idle_device() {
 
 #[test]
 fn interactive_tenant_waits_at_most_two_quanta_at_p99() {
+    let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("batch", &tenant(1)), ("web", &tenant(1))]);
     let hog = load(&g, "batch", 12, SATURATE);
     let web = load(
@@ -214,6 +226,7 @@ fn interactive_tenant_waits_at_most_two_quanta_at_p99() {
 
 #[test]
 fn tenants_not_processes_share_the_device() {
+    let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("many", &tenant(1)), ("one", &tenant(1))]);
     let many: Vec<Running> = (0..8).map(|_| load(&g, "many", 13, SATURATE)).collect();
     let one = load(&g, "one", 13, SATURATE);
@@ -239,6 +252,7 @@ fn tenants_not_processes_share_the_device() {
 
 #[test]
 fn stopped_or_killed_holder_is_skipped() {
+    let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
     let mut a = load(&g, "a", 20, SATURATE);
     let b = load(&g, "b", 14, SATURATE);
