@@ -1,0 +1,192 @@
+//! Glue between the per-device schedulers ([`crate::scheduler`]) and the tenants: which devices
+//! are time-sliced, what the schedulers observe, and carrying out grants and revocations.
+
+use super::*;
+
+impl Daemon {
+    /// Brings every device's scheduler in line with the tenants: who may use the device, with
+    /// which weight and cap; a device is time-sliced when two or more tenants share it or a
+    /// tenant on it is capped.
+    pub(super) fn update_scheduling(&mut self) {
+        let now = Instant::now();
+        for dev in 0..self.devices.len() {
+            let d = &self.devices[dev];
+            let users: Vec<&Tenant> = self
+                .tenants
+                .values()
+                .filter(|t| !t.removed && t.quota.allows(d.index, &d.uuid))
+                .collect();
+            let scheduled = users.len() >= 2
+                || users
+                    .iter()
+                    .any(|t| t.quota.compute_limit_permille.is_some_and(|c| c < 1000));
+            for t in self.tenants.values() {
+                let on = scheduled && users.iter().any(|u| u.quota.name == t.quota.name);
+                t.segments.control.devices[dev]
+                    .scheduled
+                    .store(on as u32, SeqCst);
+            }
+            let names: Vec<(String, u32, Option<u32>)> = users
+                .iter()
+                .map(|t| {
+                    (
+                        t.quota.name.clone(),
+                        t.quota.weight,
+                        t.quota.compute_limit_permille,
+                    )
+                })
+                .collect();
+            let mut actions = Vec::new();
+            let tenants = &self.tenants;
+            let act = |n: &str| Self::activity(tenants, dev, n);
+            let s = &mut self.scheds[dev].sched;
+            let gone: Vec<String> = s
+                .recent_shares(now)
+                .into_keys()
+                .filter(|n| !names.iter().any(|(m, _, _)| m == n))
+                .collect();
+            for n in gone {
+                actions.extend(s.remove_tenant(&n, now, &act));
+            }
+            for (n, w, c) in names {
+                s.set_tenant(&n, w, c, now);
+            }
+            self.apply_actions(dev, actions);
+        }
+    }
+
+    /// What the scheduler may observe of a tenant on device `dev`.
+    pub(super) fn activity(tenants: &BTreeMap<String, Tenant>, dev: usize, name: &str) -> Activity {
+        let Some(t) = tenants.get(name) else {
+            return Activity::default();
+        };
+        let a = &t.segments.accounting;
+        let responsive = t.processes.keys().any(|s| !t.stalled.contains(s));
+        Activity {
+            waiting: if responsive {
+                a.devices[dev].waiting.load(SeqCst)
+            } else {
+                0
+            },
+            launches: t
+                .processes
+                .keys()
+                .map(|&s| a.processes[s].launches[dev].load(Relaxed))
+                .fold(0u64, u64::wrapping_add),
+            syncing: if responsive {
+                a.devices[dev].syncing.load(SeqCst)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Runs one scheduler operation on device `dev` and carries out its actions.
+    pub(super) fn sched_event(
+        &mut self,
+        dev: usize,
+        op: impl FnOnce(&mut Scheduler, Instant, &dyn Fn(&str) -> Activity) -> Vec<Action>,
+    ) {
+        let now = Instant::now();
+        let tenants = &self.tenants;
+        let act = |n: &str| Self::activity(tenants, dev, n);
+        let actions = op(&mut self.scheds[dev].sched, now, &act);
+        self.apply_actions(dev, actions);
+    }
+
+    pub(super) fn apply_actions(&mut self, dev: usize, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Grant { tenant, epoch } => {
+                    if let Some(t) = self.tenants.get(&tenant) {
+                        let word = &t.segments.control.devices[dev].slice;
+                        word.store((epoch << 1) | SLICE_GRANTED, SeqCst);
+                        futex::wake(word, u32::MAX);
+                        tracing::trace!(tenant, dev, epoch, "slice granted");
+                    }
+                    // A grant while a drain is pending means the drain timed out.
+                    if let Some((late_tenant, _, pending)) = self.scheds[dev].draining.take() {
+                        for id in pending {
+                            if let Some(slot) = self.conns.get(&id).and_then(|c| c.slot) {
+                                let pid = self.conns[&id].pid;
+                                tracing::warn!(tenant = %late_tenant, pid, dev, "process did not drain in time (stopped or stuck); passing it over");
+                                if let Some(t) = self.tenants.get_mut(&late_tenant) {
+                                    t.stalled.insert(slot);
+                                }
+                            }
+                        }
+                    }
+                }
+                Action::Revoke { tenant, epoch } => {
+                    let mut pending = HashSet::new();
+                    if let Some(t) = self.tenants.get(&tenant) {
+                        t.segments.control.devices[dev]
+                            .slice
+                            .store(epoch << 1, SeqCst);
+                        let msg = ServerMsg::Revoke {
+                            device: dev as u32,
+                            epoch,
+                        }
+                        .encode();
+                        for (id, c) in &self.conns {
+                            let responsive = c.slot.is_some_and(|s| !t.stalled.contains(&s));
+                            if c.tenant == tenant
+                                && responsive
+                                && sock::send(c.fd.as_fd(), &msg, &[]).is_ok()
+                            {
+                                pending.insert(*id);
+                            }
+                        }
+                    }
+                    tracing::trace!(
+                        tenant,
+                        dev,
+                        epoch,
+                        waiting_for = pending.len(),
+                        "slice revoked"
+                    );
+                    if pending.is_empty() {
+                        self.sched_event(dev, |s, now, act| s.drained(&tenant, epoch, now, act));
+                    } else {
+                        self.scheds[dev].draining = Some((tenant, epoch, pending));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection acknowledged (or can no longer acknowledge) a revocation on `dev`.
+    pub(super) fn acknowledge(&mut self, dev: usize, conn: u64, epoch: Option<u32>) {
+        let Some((tenant, e, pending)) = &mut self.scheds[dev].draining else {
+            return;
+        };
+        if epoch.is_some_and(|x| x != *e) || !pending.remove(&conn) || !pending.is_empty() {
+            return;
+        }
+        let (tenant, epoch) = (tenant.clone(), *e);
+        self.scheds[dev].draining = None;
+        self.sched_event(dev, |s, now, act| s.drained(&tenant, epoch, now, act));
+    }
+
+    pub(super) fn rearm_sched_timer(&mut self) {
+        let next = self
+            .scheds
+            .iter()
+            .filter_map(|s| s.sched.next_deadline())
+            .min();
+        match next {
+            Some(at) => {
+                let wait = at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_micros(50));
+                let _ = self.sched_timer.set(
+                    Expiration::OneShot(TimeSpec::from_duration(wait)),
+                    TimerSetTimeFlags::empty(),
+                );
+            }
+            None => {
+                let _ = self.sched_timer.unset();
+            }
+        }
+    }
+}
