@@ -470,3 +470,27 @@ fn nvml_shows_a_tenant_only_its_own_processes() {
     mine.kill();
     theirs.kill();
 }
+
+/// NCCL and vLLM create VMM memory with no current context: the allocation is charged to the
+/// device its properties name, and refused over the quota (no crash, no other code).
+#[test]
+fn vmm_without_a_current_context_is_charged_to_its_device() {
+    let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
+    let out = ops(
+        &g,
+        "a",
+        "device:0 nocontext vmm:x:900MiB vmm:y:200MiB device:0 meminfo",
+    );
+    assert_eq!(i(out.lines.one("nocontext"), "result"), CUDA_SUCCESS);
+    assert_eq!(
+        i(out.lines.named("vmm", "x"), "result"),
+        CUDA_SUCCESS,
+        "{:?}",
+        out.lines
+    );
+    let y = out.lines.named("vmm", "y");
+    assert_eq!(i(y, "result"), CUDA_ERROR_OUT_OF_MEMORY, "{y}");
+    assert_eq!(y["step"], "cuMemCreate", "{y}");
+    assert_eq!(u(out.lines.one("meminfo"), "free"), GIB - 900 * MIB);
+    g.wait_tenant_used("a", 0, Duration::from_secs(2));
+}

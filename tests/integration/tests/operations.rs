@@ -3,7 +3,7 @@
 
 use gpumux_integration::gpumux::{Gpumux, wait_until};
 use gpumux_integration::workloads::{
-    CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, MIB, Running, c_workload, i, run, u,
+    CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, MIB, Running, c_workload, i, nvml_probe, run, u,
 };
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ fn editing_a_tenant_file_changes_running_processes_limits() {
     let g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
     let mut p = Running::spawn(g.tenant_command("a", c_workload()).args([
         "ops",
-        "alloc:x:600MiB meminfo sleep:1500 alloc:y:600MiB meminfo sleep:1500 alloc:z:600MiB meminfo",
+        "alloc:x:600MiB meminfo sleep:1500 alloc:y:600MiB meminfo sleep:1500 alloc:z:600MiB meminfo sleep:1500",
     ]))
     .unwrap();
     assert_eq!(i(&p.wait_for("meminfo", T).unwrap(), "total"), GIB as i64);
@@ -46,6 +46,16 @@ fn editing_a_tenant_file_changes_running_processes_limits() {
         Duration::from_secs(2),
         || limit_of(&g, "a") == GIB,
         || "limit not lowered".into(),
+    );
+    // While the tenant uses 1.2 GiB of a 1 GiB quota, NVML reports 0 free, never an underflow.
+    std::thread::sleep(Duration::from_millis(300));
+    let nvml = run(&mut g.tenant_command("a", nvml_probe()), T).unwrap();
+    let mem = &nvml.lines.one("device")["mem_v2"];
+    assert_eq!(i(mem, "result"), 0, "{mem}");
+    assert_eq!(
+        (u(mem, "total"), u(mem, "used"), u(mem, "free")),
+        (GIB, 1200 * MIB, 0),
+        "{mem}"
     );
     let (_, lines) = p.finish(T).unwrap();
     assert_eq!(i(lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
@@ -67,6 +77,11 @@ fn editing_a_tenant_file_changes_running_processes_limits() {
         "the reported size follows the quota"
     );
     assert_eq!(u(infos[2], "total"), GIB);
+    assert_eq!(
+        i(infos[2], "result"),
+        CUDA_SUCCESS,
+        "no error when use exceeds the quota"
+    );
     assert_eq!(
         u(infos[2], "free"),
         0,

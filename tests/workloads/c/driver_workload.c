@@ -15,7 +15,8 @@
  *   driver_workload ops "<script>"        e.g. "alloc:a:900MiB alloc:b:200MiB free:a meminfo"
  *       ops: KIND:NAME:SIZE (alloc pitch managed async pool vmm array array3d), free:NAME,
  *       meminfo, memcpy-check:NAME, spin:NS[:COUNT], launch:NS[:COUNT], sync, sleep:MS,
- *       device:N, reset (primary context reset: the driver frees its allocations)
+ *       device:N, reset (primary context reset: the driver frees its allocations),
+ *       nocontext (no current context on this thread, as NCCL/vLLM create VMM memory)
  *   driver_workload spin --ns N [--count K]
  *   driver_workload stress --threads T --seconds S --max-bytes B [--seed X]
  *   driver_workload hold --bytes N --seconds S
@@ -879,6 +880,12 @@ static void run_op(char *tok, int run) {
     } else if (strcmp(verb, "meminfo") == 0) {
         if (n != 1) die_usage("usage: meminfo");
         if (run) do_meminfo();
+    } else if (strcmp(verb, "nocontext") == 0) {
+        if (n != 1) die_usage("usage: nocontext");
+        if (run) {
+            CUresult r = CU(cuCtxSetCurrent, NULL);
+            emit("\"op\":\"nocontext\",\"result\":%d", r);
+        }
     } else if (strcmp(verb, "reset") == 0) {
         if (n != 1) die_usage("usage: reset");
         if (run) do_reset();
