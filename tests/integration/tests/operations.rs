@@ -436,3 +436,56 @@ fn many_tenants_and_processes_register_at_once() {
         || "memory not returned".into(),
     );
 }
+
+/// Context switches of every thread of `pid` so far.
+fn context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// No polling: with tenants configured and a registered process holding memory, an idle
+/// daemon (and the process's watcher thread) sleeps.
+#[test]
+fn an_idle_daemon_sleeps() {
+    let g = Gpumux::start_with(
+        &[16 * GIB],
+        &[
+            ("a", "memory_limit = \"1GiB\"\n"),
+            ("b", "memory_limit = \"1GiB\"\n"),
+        ],
+        "metrics_listen = \"127.0.0.1:0\"\n",
+    );
+    let mut holder = g.hold("a", 100 * MIB);
+    let daemon = g.daemon_pid().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (d0, h0) = (context_switches(daemon), context_switches(holder.pid()));
+    std::thread::sleep(Duration::from_secs(2));
+    let (d1, h1) = (context_switches(daemon), context_switches(holder.pid()));
+    eprintln!(
+        "over 2 s idle: daemon {} context switches, holder {}",
+        d1 - d0,
+        h1 - h0
+    );
+    assert!(
+        d1 - d0 <= 2,
+        "the daemon woke {} times in 2 s of idleness",
+        d1 - d0
+    );
+    assert!(
+        h1 - h0 <= 4,
+        "the holder (its shim watcher included) woke {} times",
+        h1 - h0
+    );
+    holder.kill();
+}
