@@ -5,6 +5,7 @@
 //! - [`real`]: finding real functions without ever mistaking the shim's own for them.
 //! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
 //! - [`allocations`]: what this process has charged, by handle.
+//! - [`contexts`]: the contexts the application created, for draining on revocation.
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
 //! - [`watcher`]: the thread that drains this process's work when the daemon revokes a slice.
@@ -16,6 +17,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod allocations;
+pub mod contexts;
 pub mod cuda_types;
 pub mod diag;
 pub mod ffi_guard;

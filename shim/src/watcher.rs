@@ -82,6 +82,24 @@ fn drain(reg: &Registration, device: usize) {
     for ordinal in reg.ordinals_of(device) {
         sync_primary_context(ordinal);
     }
+    crate::contexts::for_each_on(device, |ctx| sync_context(ctx as CUcontext));
+}
+
+/// Synchronizes an application-created context (the registry is held: it cannot be destroyed
+/// meanwhile).
+fn sync_context(ctx: CUcontext) {
+    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
+    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult);
+    let sync = real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+    // SAFETY: `ctx` is a live context (destroys wait for the registry); the context pushed on
+    // this thread is popped again.
+    unsafe {
+        if push(ctx) == CUDA_SUCCESS {
+            sync();
+            let mut popped: CUcontext = std::ptr::null_mut();
+            pop(&mut popped);
+        }
+    }
 }
 
 fn sync_primary_context(ordinal: c_int) {

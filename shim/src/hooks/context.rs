@@ -72,7 +72,7 @@ macro_rules! ctx_destroy {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let f = real!($name: unsafe extern "C" fn(CUcontext) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
                 // SAFETY: forwarding the caller's argument.
-                let rc = unsafe { f(ctx) };
+                let rc = crate::contexts::destroy(ctx as u64, CUDA_SUCCESS, || unsafe { f(ctx) });
                 if rc == CUDA_SUCCESS {
                     context_gone(ctx as u64);
                 }
@@ -83,6 +83,75 @@ macro_rules! ctx_destroy {
 }
 ctx_destroy!(cuCtxDestroy);
 ctx_destroy!(cuCtxDestroy_v2);
+
+/// After the application created a context (now current on this thread): remember it.
+fn context_created(rc: CUresult, pctx: *mut CUcontext, dev: CUdevice) {
+    if rc != CUDA_SUCCESS || pctx.is_null() {
+        return;
+    }
+    if let Some(reg) = registration::current()
+        && let Some(device) = super::init::device_of_ordinal(reg, dev)
+    {
+        // SAFETY: the driver succeeded, so `*pctx` holds the new context.
+        crate::contexts::created(unsafe { *pctx } as u64, device);
+    }
+}
+
+macro_rules! ctx_create {
+    ($name:ident) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for `cuCtxCreate`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(*mut CUcontext, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                // SAFETY: forwarding the caller's arguments.
+                let rc = unsafe { f(pctx, flags, dev) };
+                context_created(rc, pctx, dev);
+                rc
+            })
+        }
+    };
+}
+ctx_create!(cuCtxCreate);
+ctx_create!(cuCtxCreate_v2);
+
+/// # Safety
+/// C ABI entry point; arguments as documented for `cuCtxCreate_v3` (execution affinity).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v3(
+    pctx: *mut CUcontext,
+    params: *mut std::ffi::c_void,
+    num_params: c_int,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let f = real!(cuCtxCreate_v3: unsafe extern "C" fn(*mut CUcontext, *mut std::ffi::c_void, c_int, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        // SAFETY: forwarding the caller's arguments.
+        let rc = unsafe { f(pctx, params, num_params, flags, dev) };
+        context_created(rc, pctx, dev);
+        rc
+    })
+}
+
+/// # Safety
+/// C ABI entry point; arguments as documented for `cuCtxCreate_v4` (creation parameters).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v4(
+    pctx: *mut CUcontext,
+    params: *mut std::ffi::c_void,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let f = real!(cuCtxCreate_v4: unsafe extern "C" fn(*mut CUcontext, *mut std::ffi::c_void, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        // SAFETY: forwarding the caller's arguments.
+        let rc = unsafe { f(pctx, params, flags, dev) };
+        context_created(rc, pctx, dev);
+        rc
+    })
+}
 
 macro_rules! primary_teardown {
     ($name:ident, $always:expr) => {

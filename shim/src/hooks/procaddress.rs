@@ -125,6 +125,15 @@ const VARIANTS: &[(&str, &[Variant])] = &[
         "cuGraphLaunch",
         &[v(10000, "cuGraphLaunch"), p(10000, "cuGraphLaunch_ptsz")],
     ),
+    (
+        "cuCtxCreate",
+        &[
+            v(2000, "cuCtxCreate"),
+            v(3020, "cuCtxCreate_v2"),
+            v(11040, "cuCtxCreate_v3"),
+            v(12050, "cuCtxCreate_v4"),
+        ],
+    ),
     ("cuCtxSynchronize", &[v(2000, "cuCtxSynchronize")]),
     (
         "cuStreamSynchronize",

@@ -276,3 +276,37 @@ fn stopped_or_killed_holder_is_skipped() {
     assert!(s[0] >= 0.9, "b got {:.3} after a was killed", s[0]);
     finish_ok(b);
 }
+
+/// A process on a context of its own (`cuCtxCreate`, not the primary context) is drained on
+/// revocation like any other: the device runs one tenant's slice at a time, not interleaved
+/// kernels of both.
+#[test]
+fn own_contexts_are_drained_too() {
+    let _serial = exclusive();
+    let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
+    let a = load(&g, "a", 8, &[SATURATE, &["--own-context", "1"]].concat());
+    let b = load(&g, "b", 8, SATURATE);
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = fakegpu::procid::monotonic_ns();
+    let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(5));
+    let trace: Vec<_> = fakegpu::kernel_trace(g.state_path(), 0)
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.start_ns >= t0)
+        .collect();
+    let switches = trace.windows(2).filter(|w| w[0].pid != w[1].pid).count();
+    eprintln!(
+        "own context: a={:.3} b={:.3}, {switches} tenant switches over 5 s ({} kernels)",
+        s[0],
+        s[1],
+        trace.len()
+    );
+    assert!((s[0] - s[1]).abs() < 0.1, "equal weights: {s:?}");
+    // 50 ms quanta: ~20 switches/s. Undrained, every 2 ms kernel would alternate (~250/s).
+    assert!(
+        switches < 5 * 50,
+        "{switches} switches in 5 s: the tenants' kernels interleave"
+    );
+    finish_ok(a);
+    finish_ok(b);
+}

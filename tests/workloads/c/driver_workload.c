@@ -23,7 +23,7 @@
  *   driver_workload fork --parent-bytes N --child-bytes M
  *       the parent allocates N and forks; the child initialises CUDA itself (a forked child
  *       cannot use its parent's context), allocates M and exits; both report
- *   driver_workload load --ns N --seconds S [--batch B] [--pause-ms P] [--report-ms R]
+ *   driver_workload load --ns N --seconds S [--batch B] [--pause-ms P] [--own-context 1] [--report-ms R]
  *                        [--linger-s L]
  *       repeatedly: launch B spin(N) kernels, synchronize, pause P ms; reports how long each
  *       batch waited beyond its own kernel time (its wait for the device), p50/p99/max.
@@ -145,6 +145,7 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
     X(cuDevicePrimaryCtxRelease, (CUdevice dev))                                               \
     X(cuDevicePrimaryCtxReset, (CUdevice dev))                                                 \
     X(cuCtxSetCurrent, (CUcontext ctx))                                                        \
+    X(cuCtxCreate, (CUcontext * ctx, void *params, unsigned int flags, CUdevice dev))          \
     X(cuCtxSynchronize, (void))                                                                \
     X(cuMemGetInfo, (size_t * free_bytes, size_t * total_bytes))                               \
     X(cuMemAlloc, (CUdeviceptr * dptr, size_t bytes))                                          \
@@ -1045,9 +1046,10 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 static int cmd_load(int argc, char **argv) {
-    static const char *const flags[] = {"--ns",     "--seconds",   "--batch",    "--pause-ms",
-                                        "--device", "--report-ms", "--linger-s", NULL};
-    const char *v[7] = {NULL, NULL, "4", "0", "0", "0", "0"};
+    static const char *const flags[] = {"--ns",       "--seconds",  "--batch",
+                                        "--pause-ms", "--device",   "--report-ms",
+                                        "--linger-s", "--own-context", NULL};
+    const char *v[8] = {NULL, NULL, "4", "0", "0", "0", "0", "0"};
     parse_flags(argc, argv, flags, v);
     unsigned long long ns = need_u64(v[0], "--ns");
     unsigned long long seconds = need_u64(v[1], "--seconds");
@@ -1056,9 +1058,18 @@ static int cmd_load(int argc, char **argv) {
     unsigned long long dev = need_u64(v[4], "--device");
     unsigned long long report_ms = need_u64(v[5], "--report-ms");
     unsigned long long linger_s = need_u64(v[6], "--linger-s");
+    unsigned long long own_context = need_u64(v[7], "--own-context");
     if (batch == 0) die_usage("--batch must be positive");
     load_driver();
-    CUresult r = use_device((int)dev);
+    CUresult r;
+    if (own_context) {
+        /* A context of its own (cuCtxCreate), not the device's primary context. */
+        CUcontext ctx = NULL;
+        r = CU(cuCtxCreate, &ctx, NULL, 0, (CUdevice)dev);
+        if (r == CUDA_SUCCESS) current_device = (int)dev;
+    } else {
+        r = use_device((int)dev);
+    }
     CUfunction fn = NULL;
     CUstream stream = NULL;
     if (r == CUDA_SUCCESS) r = get_spin(&fn);
