@@ -135,21 +135,9 @@ impl Daemon {
                 acct.processes[slot].pid.store(pid, Relaxed);
                 t.processes.insert(slot, pid);
                 conn.slot = Some(slot);
-                let welcome = ServerMsg::Welcome {
-                    protocol: PROTOCOL_VERSION,
-                    slot: slot as u32,
-                    generation: self.generation,
-                };
-                let fds = [
-                    t.segments.control_fd.as_fd(),
-                    t.segments.accounting_fd.as_fd(),
-                ];
-                if let Err(e) = sock::send(conn.fd.as_fd(), &welcome.encode(), &fds) {
-                    tracing::warn!(pid, "cannot answer a registration: {e}");
-                    self.close_conn(id);
-                    return;
+                if self.welcome(id) {
+                    tracing::debug!(pid, tenant = %self.conns[&id].tenant, slot, "process registered");
                 }
-                tracing::debug!(pid, tenant = %conn.tenant, slot, "process registered");
             }
             ClientMsg::Reattach {
                 protocol,
@@ -183,22 +171,16 @@ impl Daemon {
                 }
                 t.processes.insert(slot, conn.pid);
                 conn.slot = Some(slot);
-                let welcome = ServerMsg::Welcome {
-                    protocol: PROTOCOL_VERSION,
-                    slot: slot as u32,
-                    generation: self.generation,
-                };
-                let fds = [
-                    t.segments.control_fd.as_fd(),
-                    t.segments.accounting_fd.as_fd(),
-                ];
-                let pid = conn.pid;
-                if let Err(e) = sock::send(conn.fd.as_fd(), &welcome.encode(), &fds) {
-                    tracing::warn!(pid, "cannot answer a reattach: {e}");
-                    self.close_conn(id);
+                let (pid, tenant) = (conn.pid, conn.tenant.clone());
+                if !self.welcome(id) {
                     return;
                 }
-                tracing::info!(pid, tenant = %conn.tenant, slot, "process reattached after a daemon restart");
+                tracing::info!(
+                    pid,
+                    tenant,
+                    slot,
+                    "process reattached after a daemon restart"
+                );
                 self.update_scheduling();
             }
             ClientMsg::Demand { device } => {
@@ -214,6 +196,32 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Answers a registered (or reattached) connection with its slot and the tenant's two
+    /// segments. On failure the connection is closed (its slot reclaimed) and false returned.
+    pub(super) fn welcome(&mut self, id: u64) -> bool {
+        let Some(conn) = self.conns.get(&id) else {
+            return false;
+        };
+        let (Some(slot), Some(t)) = (conn.slot, self.tenants.get(&conn.tenant)) else {
+            return false;
+        };
+        let welcome = ServerMsg::Welcome {
+            protocol: PROTOCOL_VERSION,
+            slot: slot as u32,
+            generation: self.generation,
+        };
+        let fds = [
+            t.segments.control_fd.as_fd(),
+            t.segments.accounting_fd.as_fd(),
+        ];
+        if let Err(e) = sock::send(conn.fd.as_fd(), &welcome.encode(), &fds) {
+            tracing::warn!(pid = conn.pid, "cannot answer a registration: {e}");
+            self.close_conn(id);
+            return false;
+        }
+        true
     }
 
     pub(super) fn close_conn(&mut self, id: u64) {

@@ -231,3 +231,25 @@ fn check_config(config: Config, lines: &Lines, expect: &Expect) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The C program embeds the workloads' spin kernel: keep the copy identical.
+    #[test]
+    fn embedded_spin_kernel_matches_the_workloads_ptx() {
+        let ptx = include_str!("../../workloads/ptx/spin.ptx");
+        let code: Vec<&str> = ptx
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty() && !l.trim_start().starts_with("//"))
+            .collect();
+        assert!(code.len() > 5, "{code:?}");
+        for line in code {
+            let quoted = format!("\"{}\\n\"", line.replace('\\', "\\\\").replace('"', "\\\""));
+            assert!(
+                super::SOURCE.contains(&quoted),
+                "driver_bench.c lacks PTX line {line:?}"
+            );
+        }
+    }
+}
