@@ -2,6 +2,7 @@
 //!
 //! - [`size`]: byte sizes as operators write them (`"10GiB"`).
 //! - [`names`]: tenant names and the paths derived from them.
+//! - [`nvml`]: the node's GPUs and their health, from NVML through `dlopen`.
 //! - [`config`]: the daemon config file and the per-tenant quota files, strictly validated.
 //! - [`protocol`]: the messages on a tenant's socket.
 //! - [`shm`]: the layout of the two shared segments a tenant's processes map.
@@ -16,6 +17,7 @@ pub mod accounting;
 pub mod config;
 pub mod futex;
 pub mod names;
+pub mod nvml;
 pub mod protocol;
 pub mod shm;
 pub mod shm_mutex;

@@ -1,7 +1,7 @@
 //! The node's GPUs as the daemon knows them (from NVML), with identities in the form the
 //! shared segments carry.
 
-use crate::nvml::{self, NvmlError};
+use gpumux_common::nvml::{DeviceSource, Nvml, NvmlError};
 use gpumux_common::shm::{MAX_DEVICES, parse_gpu_uuid};
 use serde::Serialize;
 
@@ -19,7 +19,11 @@ pub struct Device {
 /// Discovers the node's GPUs through NVML.
 pub fn discover() -> Result<Vec<Device>, NvmlError> {
     let mut out = Vec::new();
-    for d in nvml::devices()? {
+    for d in Nvml.probe()? {
+        if !d.healthy {
+            tracing::warn!(index = d.index, uuid = %d.uuid, "NVML cannot read this GPU's memory; not sharing it");
+            continue;
+        }
         if out.len() == MAX_DEVICES {
             tracing::warn!(
                 index = d.index,

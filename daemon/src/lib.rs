@@ -1,7 +1,7 @@
 //! gpumuxd, the node daemon, and the library behind gpumuxctl.
 //!
-//! - [`nvml`]: the node's GPUs through NVML (dlopen, a handful of calls).
-//! - [`devices`]: those GPUs as the daemon and the segments describe them.
+//! - [`devices`]: the node's GPUs (from `gpumux_common::nvml`) as the daemon and the segments
+//!   describe them.
 //! - [`procfs`]: process start times and exit notification (pidfd).
 //! - [`segments`]: a tenant's shared segments (sealed control, tenant-writable accounting).
 //! - [`scheduler`]: weighted, work-conserving time-slicing of one device (pure logic).
@@ -16,7 +16,6 @@ pub mod cdi;
 pub mod devices;
 pub mod metrics;
 pub mod notify;
-pub mod nvml;
 pub mod procfs;
 pub mod scheduler;
 pub mod segments;

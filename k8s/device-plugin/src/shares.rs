@@ -306,6 +306,7 @@ mod tests {
         GpuInfo {
             index,
             uuid: uuid.into(),
+            name: "GPU".into(),
             minor: Some(index),
             total_memory: total,
             healthy,

@@ -358,6 +358,7 @@ mod tests {
         inv.merge(&Ok(vec![GpuInfo {
             index: 0,
             uuid: A.into(),
+            name: "GPU".into(),
             minor: Some(0),
             total_memory: 16 << 30,
             healthy: true,

@@ -576,6 +576,7 @@ fn gpu(index: u32) -> GpuInfo {
     GpuInfo {
         index,
         uuid: fakegpu::device_uuid_string(index),
+        name: "gpumux Fake GPU".into(),
         minor: Some(index),
         total_memory: 8 * GIB,
         healthy: true,

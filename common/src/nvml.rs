@@ -1,0 +1,212 @@
+//! The node's GPUs and their health, from NVML through `dlopen` (no link-time dependency on the
+//! driver, so the daemon and the Kubernetes plugin start and say what is wrong on a node
+//! without one).
+//!
+//! A probe lists every GPU NVML can name (by UUID). A GPU whose memory cannot be read is listed
+//! as unhealthy; a GPU NVML no longer lists at all is for the caller to notice (the plugin
+//! remembers the GPUs it has seen). The [`DeviceSource`] trait lets tests script what NVML
+//! would say.
+
+use std::ffi::{CStr, c_char, c_uint, c_void};
+use std::sync::OnceLock;
+use thiserror::Error;
+
+/// NVML could not be used.
+#[derive(Debug, Error, Clone)]
+pub enum NvmlError {
+    #[error("cannot load libnvidia-ml.so.1 ({0}); is the NVIDIA driver installed?")]
+    Load(String),
+    #[error("libnvidia-ml.so.1 lacks `{0}`; the driver is too old")]
+    Symbol(&'static str),
+    #[error("NVML {call} failed with code {code}")]
+    Call { call: &'static str, code: u32 },
+}
+
+/// One GPU as a probe saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// NVML index (the node's order).
+    pub index: u32,
+    /// `GPU-...`.
+    pub uuid: String,
+    /// Product name (empty when NVML would not say).
+    pub name: String,
+    /// Minor number of `/dev/nvidia<minor>`, when NVML reports it.
+    pub minor: Option<u32>,
+    /// Device memory in bytes (0 when it could not be read).
+    pub total_memory: u64,
+    /// NVML answered every query about this GPU.
+    pub healthy: bool,
+}
+
+/// Where the GPUs come from: NVML in production, a script in tests.
+pub trait DeviceSource: Send + Sync + 'static {
+    /// Lists the GPUs present now. An error means nothing could be learned (all unhealthy).
+    fn probe(&self) -> Result<Vec<GpuInfo>, NvmlError>;
+}
+
+type Handle = *mut c_void;
+
+#[repr(C)]
+#[derive(Default)]
+struct MemoryInfo {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+struct Api {
+    init: unsafe extern "C" fn() -> u32,
+    shutdown: unsafe extern "C" fn() -> u32,
+    count: unsafe extern "C" fn(*mut c_uint) -> u32,
+    handle_by_index: unsafe extern "C" fn(c_uint, *mut Handle) -> u32,
+    uuid: unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32,
+    memory: unsafe extern "C" fn(Handle, *mut MemoryInfo) -> u32,
+    name: unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32,
+    /// Optional: absent from some NVML builds (and from the test fake).
+    minor: Option<unsafe extern "C" fn(Handle, *mut c_uint) -> u32>,
+}
+
+fn dl_error() -> String {
+    // SAFETY: dlerror returns null or a valid C string owned by the loader.
+    unsafe {
+        let e = libc::dlerror();
+        if e.is_null() {
+            "unknown error".to_string()
+        } else {
+            CStr::from_ptr(e).to_string_lossy().into_owned()
+        }
+    }
+}
+
+fn load() -> Result<Api, NvmlError> {
+    // SAFETY: dlopen with a valid C string. The handle is never closed: NVML stays loaded for
+    // the process's lifetime, so the function pointers below stay valid.
+    let lib = unsafe {
+        libc::dlopen(
+            c"libnvidia-ml.so.1".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_LOCAL,
+        )
+    };
+    if lib.is_null() {
+        return Err(NvmlError::Load(dl_error()));
+    }
+    let lookup = |name: &CStr| -> *mut c_void {
+        // SAFETY: `lib` is a live handle and `name` a valid C string.
+        unsafe { libc::dlsym(lib, name.as_ptr()) }
+    };
+    macro_rules! sym {
+        ($name:literal : $ty:ty) => {{
+            let p = lookup(CStr::from_bytes_with_nul(concat!($name, "\0").as_bytes()).unwrap());
+            if p.is_null() {
+                return Err(NvmlError::Symbol($name));
+            }
+            // SAFETY: NVML documents this symbol with the signature of the field it fills.
+            unsafe { std::mem::transmute::<*mut c_void, $ty>(p) }
+        }};
+    }
+    let minor_ptr = lookup(c"nvmlDeviceGetMinorNumber");
+    let minor = if minor_ptr.is_null() {
+        None
+    } else {
+        // SAFETY: `nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t, unsigned int *)`.
+        Some(unsafe {
+            std::mem::transmute::<*mut c_void, unsafe extern "C" fn(Handle, *mut c_uint) -> u32>(
+                minor_ptr,
+            )
+        })
+    };
+    Ok(Api {
+        init: sym!("nvmlInit_v2": unsafe extern "C" fn() -> u32),
+        shutdown: sym!("nvmlShutdown": unsafe extern "C" fn() -> u32),
+        count: sym!("nvmlDeviceGetCount_v2": unsafe extern "C" fn(*mut c_uint) -> u32),
+        handle_by_index: sym!("nvmlDeviceGetHandleByIndex_v2": unsafe extern "C" fn(c_uint, *mut Handle) -> u32),
+        uuid: sym!("nvmlDeviceGetUUID": unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32),
+        memory: sym!("nvmlDeviceGetMemoryInfo": unsafe extern "C" fn(Handle, *mut MemoryInfo) -> u32),
+        name: sym!("nvmlDeviceGetName": unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32),
+        minor,
+    })
+}
+
+fn check(call: &'static str, code: u32) -> Result<(), NvmlError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(NvmlError::Call { call, code })
+    }
+}
+
+fn c_string(buf: &[c_char]) -> String {
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The real NVML (`libnvidia-ml.so.1`, loaded on first use).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Nvml;
+
+impl Nvml {
+    fn api() -> Result<&'static Api, NvmlError> {
+        static API: OnceLock<Result<Api, NvmlError>> = OnceLock::new();
+        API.get_or_init(load).as_ref().map_err(Clone::clone)
+    }
+}
+
+impl DeviceSource for Nvml {
+    fn probe(&self) -> Result<Vec<GpuInfo>, NvmlError> {
+        let api = Self::api()?;
+        // SAFETY: NVML's contract: init before use; init/shutdown are reference counted, so
+        // each probe balances its own init with a shutdown.
+        check("nvmlInit_v2", unsafe { (api.init)() })?;
+        let result = probe_devices(api);
+        // SAFETY: balances the successful init above.
+        unsafe { (api.shutdown)() };
+        result
+    }
+}
+
+fn probe_devices(api: &Api) -> Result<Vec<GpuInfo>, NvmlError> {
+    let mut n: c_uint = 0;
+    // SAFETY: valid out-pointer; NVML is initialised.
+    check("nvmlDeviceGetCount_v2", unsafe { (api.count)(&mut n) })?;
+    let mut out = Vec::with_capacity(n as usize);
+    for index in 0..n {
+        let mut h: Handle = std::ptr::null_mut();
+        // SAFETY: index < count, valid out-pointer.
+        if unsafe { (api.handle_by_index)(index, &mut h) } != 0 {
+            // Without a handle there is no UUID: the GPU counts as gone.
+            continue;
+        }
+        let mut uuid = [0 as c_char; 96];
+        // SAFETY: handle from NVML, buffer and its length.
+        if unsafe { (api.uuid)(h, uuid.as_mut_ptr(), uuid.len() as c_uint) } != 0 {
+            continue;
+        }
+        let mut name = [0 as c_char; 96];
+        // SAFETY: handle from NVML, buffer and its length.
+        if unsafe { (api.name)(h, name.as_mut_ptr(), name.len() as c_uint) } != 0 {
+            name[0] = 0;
+        }
+        let mut mem = MemoryInfo::default();
+        // SAFETY: handle from NVML, valid out-pointer.
+        let mem_ok = unsafe { (api.memory)(h, &mut mem) } == 0;
+        let minor = api.minor.and_then(|f| {
+            let mut m: c_uint = 0;
+            // SAFETY: handle from NVML, valid out-pointer.
+            (unsafe { f(h, &mut m) } == 0).then_some(m)
+        });
+        out.push(GpuInfo {
+            index,
+            uuid: c_string(&uuid),
+            name: c_string(&name),
+            minor,
+            total_memory: if mem_ok { mem.total } else { 0 },
+            healthy: mem_ok,
+        });
+    }
+    Ok(out)
+}
