@@ -395,45 +395,28 @@ trait ArrayShape {
     fn bytes(&self, levels: u32) -> Option<u64>;
 }
 
-impl ArrayShape for ArrayDescriptor {
-    fn bytes(&self, levels: u32) -> Option<u64> {
-        array_bytes(
-            self.width as u64,
-            self.height as u64,
-            1,
-            self.format,
-            self.num_channels,
-            levels,
-        )
-    }
+macro_rules! array_shape {
+    ($desc:ty, 2d) => {
+        impl ArrayShape for $desc {
+            fn bytes(&self, levels: u32) -> Option<u64> {
+                let (w, h) = (self.width as u64, self.height as u64);
+                array_bytes(w, h, 1, self.format, self.num_channels, levels)
+            }
+        }
+    };
+    ($desc:ty, 3d) => {
+        impl ArrayShape for $desc {
+            fn bytes(&self, levels: u32) -> Option<u64> {
+                let (w, h, d) = (self.width as u64, self.height as u64, self.depth as u64);
+                array_bytes(w, h, d, self.format, self.num_channels, levels)
+            }
+        }
+    };
 }
-
-impl ArrayShape for ArrayDescriptorV1 {
-    fn bytes(&self, levels: u32) -> Option<u64> {
-        array_bytes(
-            self.width as u64,
-            self.height as u64,
-            1,
-            self.format,
-            self.num_channels,
-            levels,
-        )
-    }
-}
-
-impl ArrayShape for Array3dDescriptor {
-    fn bytes(&self, levels: u32) -> Option<u64> {
-        let (w, h, d) = (self.width as u64, self.height as u64, self.depth as u64);
-        array_bytes(w, h, d, self.format, self.num_channels, levels)
-    }
-}
-
-impl ArrayShape for Array3dDescriptorV1 {
-    fn bytes(&self, levels: u32) -> Option<u64> {
-        let (w, h, d) = (self.width as u64, self.height as u64, self.depth as u64);
-        array_bytes(w, h, d, self.format, self.num_channels, levels)
-    }
-}
+array_shape!(ArrayDescriptor, 2d);
+array_shape!(ArrayDescriptorV1, 2d);
+array_shape!(Array3dDescriptor, 3d);
+array_shape!(Array3dDescriptorV1, 3d);
 
 /// Bytes an array of this descriptor occupies. A null descriptor or an unknown format is
 /// charged nothing: the driver refuses those itself.

@@ -219,6 +219,21 @@ impl Gpumux {
         r
     }
 
+    /// Starts `load --seconds S ARGS` (kernels on the device, see the C workload) in `tenant`
+    /// and waits until it runs.
+    pub fn load(&self, tenant: &str, seconds: u64, args: &[&str]) -> crate::workloads::Running {
+        let mut r = crate::workloads::Running::spawn(
+            self.tenant_command(tenant, crate::workloads::c_workload())
+                .arg("load")
+                .args(["--seconds", &seconds.to_string()])
+                .args(args),
+        )
+        .expect("spawn a load");
+        r.wait_for("load-start", Duration::from_secs(60))
+            .expect("load started");
+        r
+    }
+
     /// `gpumuxctl --config <ours> ARGS`.
     pub fn ctl(&self) -> Command {
         let mut c = Command::new(artifact("gpumuxctl"));

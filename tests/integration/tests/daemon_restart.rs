@@ -106,22 +106,8 @@ fn restarted_daemon_reclaims_the_dead_and_keeps_the_living() {
 #[test]
 fn time_sliced_processes_survive_a_daemon_restart() {
     let mut g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB), ("b", ONE_GIB)]);
-    let load = |t: &str| {
-        let mut r = Running::spawn(g.tenant_command(t, c_workload()).args([
-            "load",
-            "--ns",
-            "2000000",
-            "--batch",
-            "4",
-            "--seconds",
-            "6",
-        ]))
-        .unwrap();
-        r.wait_for("load-start", T).unwrap();
-        r
-    };
-    let a = load("a");
-    let b = load("b");
+    let a = g.load("a", 6, &["--ns", "2000000", "--batch", "4"]);
+    let b = g.load("b", 6, &["--ns", "2000000", "--batch", "4"]);
     std::thread::sleep(Duration::from_secs(1));
     g.kill_daemon();
     std::thread::sleep(Duration::from_millis(500));

@@ -99,21 +99,10 @@ fn editing_the_weight_changes_the_split() {
             ("b", "memory_limit = \"1GiB\"\n"),
         ],
     );
-    let load = |t: &str| {
-        let mut r = Running::spawn(g.tenant_command(t, c_workload()).args([
-            "load",
-            "--ns",
-            "2000000",
-            "--batch",
-            "4",
-            "--seconds",
-            "9",
-        ]))
-        .unwrap();
-        r.wait_for("load-start", T).unwrap();
-        r
-    };
-    let (a, b) = (load("a"), load("b"));
+    let (a, b) = (
+        g.load("a", 9, &["--ns", "2000000", "--batch", "4"]),
+        g.load("b", 9, &["--ns", "2000000", "--batch", "4"]),
+    );
     g.write_tenant("a", "memory_limit = \"1GiB\"\nweight = 3\n");
     wait_until(
         Duration::from_secs(2),

@@ -3,7 +3,7 @@
 //! busy time per process), never from gpumux's own figures.
 
 use gpumux_integration::gpumux::Gpumux;
-use gpumux_integration::workloads::{GIB, Running, c_workload, f, i};
+use gpumux_integration::workloads::{GIB, Running, f, i};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -20,19 +20,6 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 
 fn tenant(weight: u32) -> String {
     format!("memory_limit = \"1GiB\"\nweight = {weight}\n")
-}
-
-/// Starts a `load` workload in `tenant` for `seconds` and waits until it runs.
-fn load(g: &Gpumux, tenant: &str, seconds: u64, args: &[&str]) -> Running {
-    let mut r = Running::spawn(
-        g.tenant_command(tenant, c_workload())
-            .arg("load")
-            .args(["--seconds", &seconds.to_string()])
-            .args(args),
-    )
-    .unwrap();
-    r.wait_for("load-start", T).expect("load started");
-    r
 }
 
 /// Device busy ns per pid on device 0.
@@ -80,8 +67,8 @@ fn finish_ok(r: Running) -> serde_json::Value {
 fn weights_three_to_one_split_device_time() {
     let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(3)), ("b", &tenant(1))]);
-    let a = load(&g, "a", 13, SATURATE);
-    let b = load(&g, "b", 13, SATURATE);
+    let a = g.load("a", 13, SATURATE);
+    let b = g.load("b", 13, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
     let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(10));
     let total = s[0] + s[1];
@@ -111,7 +98,7 @@ fn four_tenants_share_by_weight() {
     );
     let runs: Vec<Running> = ["a", "b", "c", "d"]
         .iter()
-        .map(|t| load(&g, t, 13, SATURATE))
+        .map(|t| g.load(t, 13, SATURATE))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let s = shares(
@@ -145,8 +132,8 @@ fn four_tenants_share_by_weight() {
 fn lone_active_tenant_gets_the_device_and_absorbs_an_idle_share() {
     let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
-    let a = load(&g, "a", 9, SATURATE);
-    let b = load(&g, "b", 3, SATURATE);
+    let a = g.load("a", 9, SATURATE);
+    let b = g.load("b", 3, SATURATE);
     let (_, b_lines) = b.finish(T).unwrap();
     assert_eq!(i(b_lines.one("load"), "result"), 0);
     let b_pid = b_lines.one("load-start")["pid"].as_u64().unwrap() as u32;
@@ -187,7 +174,7 @@ fn compute_limit_caps_device_time_on_an_idle_device() {
             "memory_limit = \"1GiB\"\ncompute_limit = \"30%\"\n",
         )],
     );
-    let a = load(&g, "capped", 13, SATURATE);
+    let a = g.load("capped", 13, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
     let s = shares(&g, &[vec![a.pid()]], Duration::from_secs(10));
     eprintln!("capped share {:.3}", s[0]);
@@ -203,9 +190,8 @@ fn compute_limit_caps_device_time_on_an_idle_device() {
 fn interactive_tenant_waits_at_most_two_quanta_at_p99() {
     let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("batch", &tenant(1)), ("web", &tenant(1))]);
-    let hog = load(&g, "batch", 12, SATURATE);
-    let web = load(
-        &g,
+    let hog = g.load("batch", 12, SATURATE);
+    let web = g.load(
         "web",
         10,
         &["--ns", "1000000", "--batch", "1", "--pause-ms", "20"],
@@ -228,8 +214,8 @@ fn interactive_tenant_waits_at_most_two_quanta_at_p99() {
 fn tenants_not_processes_share_the_device() {
     let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("many", &tenant(1)), ("one", &tenant(1))]);
-    let many: Vec<Running> = (0..8).map(|_| load(&g, "many", 13, SATURATE)).collect();
-    let one = load(&g, "one", 13, SATURATE);
+    let many: Vec<Running> = (0..8).map(|_| g.load("many", 13, SATURATE)).collect();
+    let one = g.load("one", 13, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
     let s = shares(
         &g,
@@ -254,8 +240,8 @@ fn tenants_not_processes_share_the_device() {
 fn stopped_or_killed_holder_is_skipped() {
     let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
-    let mut a = load(&g, "a", 20, SATURATE);
-    let b = load(&g, "b", 14, SATURATE);
+    let mut a = g.load("a", 20, SATURATE);
+    let b = g.load("b", 14, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(a.pid() as i32, libc::SIGSTOP) };
@@ -284,8 +270,8 @@ fn stopped_or_killed_holder_is_skipped() {
 fn own_contexts_are_drained_too() {
     let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
-    let a = load(&g, "a", 8, &[SATURATE, &["--own-context", "1"]].concat());
-    let b = load(&g, "b", 8, SATURATE);
+    let a = g.load("a", 8, &[SATURATE, &["--own-context", "1"]].concat());
+    let b = g.load("b", 8, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
     let t0 = fakegpu::procid::monotonic_ns();
     let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(5));
