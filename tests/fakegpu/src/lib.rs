@@ -15,6 +15,7 @@ pub mod config;
 pub mod layout;
 pub mod lock;
 pub mod procid;
+pub mod robust;
 pub mod snapshot;
 pub mod state;
 pub mod testenv;

@@ -28,63 +28,20 @@ pub const OVERRUN_GRACE_NS: u64 = 2_000_000;
 
 /// Initialises the queue's robust, process-shared mutex (creator only, under the file lock).
 pub fn init(q: &LockQueue) -> std::io::Result<()> {
-    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-    // SAFETY: attr is initialised by pthread_mutexattr_init before any other use; the mutex
-    // storage lies in the shared mapping, is not in use by anyone yet (the creator holds the
-    // file lock) and is initialised in place.
-    unsafe {
-        let a = attr.as_mut_ptr();
-        check(libc::pthread_mutexattr_init(a))?;
-        check(libc::pthread_mutexattr_setpshared(
-            a,
-            libc::PTHREAD_PROCESS_SHARED,
-        ))?;
-        check(libc::pthread_mutexattr_setrobust(
-            a,
-            libc::PTHREAD_MUTEX_ROBUST,
-        ))?;
-        check(libc::pthread_mutex_init(q.mutex.get(), a))?;
-        libc::pthread_mutexattr_destroy(a);
-    }
-    Ok(())
+    crate::robust::init(&q.mutex)
 }
 
-fn check(rc: libc::c_int) -> std::io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::from_raw_os_error(rc))
-    }
+/// Locks the queue. A holder that died inside a critical section left the queue consistent (every
+/// critical section keeps it so at each store), so there is nothing to repair.
+struct QueueMutex<'a> {
+    _held: crate::robust::Guard<'a>,
 }
-
-struct QueueMutex<'a>(&'a LockQueue);
 
 impl<'a> QueueMutex<'a> {
     fn lock(q: &'a LockQueue) -> Self {
-        loop {
-            // SAFETY: the mutex was initialised by the state file's creator and lives in the
-            // mapping, which outlives this guard.
-            let rc = unsafe { libc::pthread_mutex_lock(q.mutex.get()) };
-            match rc {
-                0 => return Self(q),
-                libc::EOWNERDEAD => {
-                    // The previous owner died inside a critical section. Every critical section
-                    // leaves the queue consistent at each store, so mark it consistent.
-                    // SAFETY: we own the mutex (EOWNERDEAD acquires it).
-                    unsafe { libc::pthread_mutex_consistent(q.mutex.get()) };
-                    return Self(q);
-                }
-                libc::EINTR | libc::EAGAIN => continue,
-                other => panic!("fakegpu: device lock mutex failed: {other}"),
-            }
+        Self {
+            _held: crate::robust::lock(&q.mutex),
         }
-    }
-}
-
-impl Drop for QueueMutex<'_> {
-    fn drop(&mut self) {
-        // SAFETY: this guard holds the mutex.
-        unsafe { libc::pthread_mutex_unlock(self.0.mutex.get()) };
     }
 }
 

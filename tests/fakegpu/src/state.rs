@@ -162,6 +162,7 @@ impl GpuState {
             let d = self.block(i as u32);
             d.total.store(bytes, Ordering::Relaxed);
             lock::init(&d.lock).map_err(|e| io_err(&self.path, e))?;
+            crate::robust::init(&d.mem_mutex).map_err(|e| io_err(&self.path, e))?;
         }
         let h = self.header();
         h.device_count.store(self.devices, Ordering::Relaxed);
@@ -268,36 +269,41 @@ impl GpuState {
         let d = self.check_dev(dev)?;
         let s = self.my_slot()?;
         let total = d.total.load(Ordering::Relaxed);
-        let mut reclaimed = false;
-        loop {
-            let used = d.used.load(Ordering::Acquire);
-            let fits = used.checked_add(bytes).is_some_and(|n| n <= total);
-            if !fits {
-                if !reclaimed {
-                    reclaimed = true;
-                    if self.reclaim_dead() > 0 {
-                        continue;
-                    }
-                    // Nothing reclaimed: re-read once more in case of a concurrent free.
-                    continue;
-                }
-                return Err(FakeGpuError::OutOfMemory {
-                    device: dev,
-                    requested: bytes,
-                    free: total.saturating_sub(used),
-                });
-            }
-            if d.used
-                .compare_exchange_weak(used, used + bytes, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                break;
-            }
-        }
         let pd = &self.slot(s).dev[dev as usize];
-        pd.attached.store(1, Ordering::Relaxed);
-        pd.used.fetch_add(bytes, Ordering::AcqRel);
-        Ok(())
+        for attempt in 0..2 {
+            {
+                let guard = crate::robust::lock(&d.mem_mutex);
+                if guard.owner_died {
+                    self.repair_used(dev);
+                }
+                let used = d.used.load(Ordering::Acquire);
+                if used.checked_add(bytes).is_some_and(|n| n <= total) {
+                    d.used.store(used + bytes, Ordering::Release);
+                    pd.attached.store(1, Ordering::Relaxed);
+                    pd.used.fetch_add(bytes, Ordering::AcqRel);
+                    return Ok(());
+                }
+                if attempt == 1 {
+                    return Err(FakeGpuError::OutOfMemory {
+                        device: dev,
+                        requested: bytes,
+                        free: total.saturating_sub(used),
+                    });
+                }
+            }
+            // Full: give back what dead processes held (like the real driver), then retry.
+            self.reclaim_dead();
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Recomputes a device's `used` from the processes' records (the records are the truth).
+    /// Caller holds the device's `mem_mutex`.
+    fn repair_used(&self, dev: u32) {
+        let sum: u64 = (0..MAX_PROCS)
+            .map(|i| self.slot(i).dev[dev as usize].used.load(Ordering::Acquire))
+            .sum();
+        self.block(dev).used.store(sum, Ordering::Release);
     }
 
     /// Returns `bytes` of `dev`'s memory charged to the calling process.
@@ -305,6 +311,10 @@ impl GpuState {
         let Ok(d) = self.check_dev(dev) else { return };
         let Ok(s) = self.my_slot() else { return };
         let pd = &self.slot(s).dev[dev as usize];
+        let guard = crate::robust::lock(&d.mem_mutex);
+        if guard.owner_died {
+            self.repair_used(dev);
+        }
         let taken = saturating_sub(&pd.used, bytes);
         saturating_sub(&d.used, taken);
     }
@@ -329,6 +339,10 @@ impl GpuState {
                 continue;
             }
             for (dev, pd) in s.dev.iter().enumerate().take(self.devices as usize) {
+                let guard = crate::robust::lock(&self.block(dev as u32).mem_mutex);
+                if guard.owner_died {
+                    self.repair_used(dev as u32);
+                }
                 let used = pd.used.swap(0, Ordering::AcqRel);
                 saturating_sub(&self.block(dev as u32).used, used);
             }
