@@ -687,17 +687,29 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     })
 }
 
-/// `nvmlDeviceGetCudaComputeCapability`: not simulated by NVML here.
+/// `nvmlDeviceGetCudaComputeCapability`: the fake device's, as the fake driver reports it.
 ///
 /// # Safety
-/// No pointer is dereferenced.
+/// `major` and `minor` must be null or valid for a write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
     device: nvmlDevice_t,
-    _major: *mut c_int,
-    _minor: *mut c_int,
+    major: *mut c_int,
+    minor: *mut c_int,
 ) -> nvmlReturn_t {
-    guard(|| with_device(device, |_, _| NVML_ERROR_NOT_SUPPORTED))
+    guard(|| {
+        with_device(device, |_, _| {
+            if major.is_null() || minor.is_null() {
+                return NVML_ERROR_INVALID_ARGUMENT;
+            }
+            // SAFETY: non-null, and the caller guarantees they are writable.
+            unsafe {
+                *major = fakegpu::COMPUTE_CAPABILITY.0;
+                *minor = fakegpu::COMPUTE_CAPABILITY.1;
+            }
+            NVML_SUCCESS
+        })
+    })
 }
 
 fn monotonic_ns() -> u64 {

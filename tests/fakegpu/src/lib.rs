@@ -22,8 +22,9 @@ pub mod testenv;
 pub mod trace;
 
 pub use config::{
-    DEFAULT_DEVICE_BYTES, DEVICE_NAME, DeviceConfig, MAX_DEVICES, default_state_path,
-    device_pci_bus, device_pci_bus_id, device_uuid, device_uuid_string, parse_size, parse_sizes,
+    COMPUTE_CAPABILITY, DEFAULT_DEVICE_BYTES, DEVICE_NAME, DeviceConfig, MAX_DEVICES,
+    default_state_path, device_pci_bus, device_pci_bus_id, device_uuid, device_uuid_string,
+    parse_size, parse_sizes,
 };
 pub use lock::DeviceLockGuard;
 pub use snapshot::{
