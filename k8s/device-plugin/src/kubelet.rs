@@ -127,6 +127,21 @@ pub async fn holders(
     Ok(out)
 }
 
+/// Waits up to `timeout` for gpumuxd to open a new tenant's socket at `socket` (it does so
+/// once it has read the tenant's quota file); whether it appeared.
+pub async fn wait_for_socket(socket: &Path, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if socket.exists() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Serves `service` on `listener` until `stop` turns true (then waits for connections to end:
 /// services must end their streams on `stop` too).
 pub async fn serve<S>(

@@ -15,6 +15,7 @@
 //! - [`plugin`]: the `DevicePlugin` service (`ListAndWatch`, `Allocate`, ...).
 //! - [`kubelet`]: registration, pod resources queries, serving on a Unix socket.
 //! - [`run`]: the plugin's life: health polling, tenant collection, (re-)registration.
+//! - [`process`]: logging and the signal-driven runtime (shared with the DRA driver).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod kubelet;
 pub mod nvml;
 pub mod plugin;
+pub mod process;
 pub mod run;
 pub mod shares;
 pub mod tenants;

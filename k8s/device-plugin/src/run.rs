@@ -93,7 +93,8 @@ pub async fn run(
     result
 }
 
-async fn probe(source: &Arc<dyn DeviceSource>) -> Result<Vec<crate::nvml::GpuInfo>, NvmlError> {
+/// Asks `source` for the GPUs on a blocking thread (NVML calls may take a while).
+pub async fn probe(source: &Arc<dyn DeviceSource>) -> Result<Vec<crate::nvml::GpuInfo>, NvmlError> {
     let s = source.clone();
     match tokio::task::spawn_blocking(move || s.probe()).await {
         Ok(r) => r,
@@ -170,9 +171,10 @@ async fn collect_loop(cfg: Arc<PluginConfig>, store: Arc<TenantStore>) {
 
 /// Identity of a file: device, inode and change time, to notice it being replaced (a new file
 /// may reuse the inode number of a removed one).
-type FileId = (u64, u64, i64, i64);
+pub type FileId = (u64, u64, i64, i64);
 
-fn identity(path: &Path) -> Option<FileId> {
+/// The [`FileId`] of `path` (not following a symlink), `None` if it does not exist.
+pub fn identity(path: &Path) -> Option<FileId> {
     std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
@@ -385,7 +387,7 @@ async fn register_and_watch(
 }
 
 /// Sleeps `d`; true when shutdown was asked for instead.
-async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     if *shutdown.borrow() {
         return true;
     }
