@@ -3,9 +3,9 @@
 //! busy time per process), never from gpumux's own figures.
 
 use gpumux_integration::gpumux::Gpumux;
+use gpumux_integration::slicing::shares;
 use gpumux_integration::workloads::{GIB, Running, f, i};
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 /// Saturating: batches of 4 x 2 ms kernels, back to back.
@@ -20,39 +20,6 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 
 fn tenant(weight: u32) -> String {
     format!("memory_limit = \"1GiB\"\nweight = {weight}\n")
-}
-
-/// Device busy ns per pid on device 0.
-fn busy(g: &Gpumux) -> HashMap<u32, u64> {
-    g.gpu.snapshot().devices[0]
-        .processes
-        .iter()
-        .map(|p| (p.pid, p.busy_ns))
-        .collect()
-}
-
-/// Device time each group of pids got over `window`, as fractions of the window.
-fn shares(g: &Gpumux, groups: &[Vec<u32>], window: Duration) -> Vec<f64> {
-    let before = busy(g);
-    let t0 = Instant::now();
-    std::thread::sleep(window);
-    let after = busy(g);
-    let elapsed = t0.elapsed().as_nanos() as f64;
-    groups
-        .iter()
-        .map(|pids| {
-            pids.iter()
-                .map(|p| {
-                    after
-                        .get(p)
-                        .copied()
-                        .unwrap_or(0)
-                        .saturating_sub(before.get(p).copied().unwrap_or(0))
-                })
-                .sum::<u64>() as f64
-                / elapsed
-        })
-        .collect()
 }
 
 fn finish_ok(r: Running) -> serde_json::Value {
