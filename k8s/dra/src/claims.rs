@@ -94,6 +94,38 @@ pub struct GpuConfig {
     pub compute_limit: Option<String>,
 }
 
+/// What a valid [`GpuConfig`] sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedConfig {
+    pub priority: Option<Priority>,
+    pub compute_limit_permille: Option<u32>,
+}
+
+impl GpuConfig {
+    /// Checks opaque `parameters` meant for this driver; the error says what is wrong.
+    pub fn parse(parameters: &serde_json::Value) -> Result<ParsedConfig, String> {
+        let cfg: GpuConfig =
+            serde_json::from_value(parameters.clone()).map_err(|e| format!("parameters: {e}"))?;
+        if cfg.api_version != CONFIG_API_VERSION || cfg.kind != CONFIG_KIND {
+            return Err(format!(
+                "parameters are {}/{}, expected apiVersion: {CONFIG_API_VERSION}, kind: {CONFIG_KIND}",
+                cfg.api_version, cfg.kind
+            ));
+        }
+        Ok(ParsedConfig {
+            priority: cfg.priority.as_deref().map(str::parse).transpose()?,
+            compute_limit_permille: cfg
+                .compute_limit
+                .as_deref()
+                .map(|c| {
+                    gpumux_common::size::parse_percent_permille(c)
+                        .map_err(|e| format!("computeLimit: {e}"))
+                })
+                .transpose()?,
+        })
+    }
+}
+
 /// One allocated device of the claim, as the kubelet wants it back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimDevice {
@@ -323,22 +355,12 @@ pub fn quota_for(
             driver: driver.to_string(),
             reason,
         };
-        let cfg: GpuConfig = serde_json::from_value(opaque.parameters.0.clone())
-            .map_err(|e| bad(format!("parameters: {e}")))?;
-        if cfg.api_version != CONFIG_API_VERSION || cfg.kind != CONFIG_KIND {
-            return Err(bad(format!(
-                "parameters are {}/{}, expected apiVersion: {CONFIG_API_VERSION}, kind: {CONFIG_KIND}",
-                cfg.api_version, cfg.kind
-            )));
+        let cfg = GpuConfig::parse(&opaque.parameters.0).map_err(bad)?;
+        if let Some(p) = cfg.priority {
+            priority = p;
         }
-        if let Some(p) = &cfg.priority {
-            priority = p.parse().map_err(bad)?;
-        }
-        if let Some(c) = &cfg.compute_limit {
-            compute_limit_permille = Some(
-                gpumux_common::size::parse_percent_permille(c)
-                    .map_err(|e| bad(format!("computeLimit: {e}")))?,
-            );
+        if let Some(c) = cfg.compute_limit_permille {
+            compute_limit_permille = Some(c);
         }
     }
 
