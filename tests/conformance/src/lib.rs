@@ -5,8 +5,11 @@
 //!   `libnvidia-ml.so.1` through `dlsym` (the `conformance-probe` binary prints it);
 //! - [`table`]: the fake driver's `cuGetProcAddress` table generated from a real driver;
 //! - [`oracle`]: where the real libraries are (`scripts/fetch-nvidia-libs.sh`);
-//! - [`report`]: comparison results (`target/conformance/*.json`) and `docs/CONFORMANCE.md`.
+//! - [`report`]: comparison results (`target/conformance/*.json`) and `docs/CONFORMANCE.md`
+//!   (rendered by the `conformance-report` binary).
 
 pub mod exports;
+pub mod oracle;
 pub mod probe;
+pub mod report;
 pub mod table;

@@ -301,3 +301,71 @@ pub fn nvml_lines(lib: &Library, names: &[String]) -> Vec<String> {
 
 /// The header line of the probe's NVML output.
 pub const NVML_HEADER: &str = "# name\tsymbol";
+
+/// The differences between two probe outputs (`expected`: the driver's; `actual`: `subject`'s),
+/// lines keyed by their first `key_fields` tab-separated fields, `#` lines ignored: one line per
+/// key whose rest differs or that only one side has, in `expected`'s order.
+pub fn diff_lines(
+    expected: &[String],
+    actual: &[String],
+    key_fields: usize,
+    subject: &str,
+) -> Vec<String> {
+    fn split(line: &str, n: usize) -> (String, String) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let n = n.min(fields.len());
+        (fields[..n].join(" "), fields[n..].join(" "))
+    }
+    let data = |lines: &[String]| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| split(l, key_fields))
+            .collect()
+    };
+    let (want, got) = (data(expected), data(actual));
+    let got_map: HashMap<&str, &str> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let want_keys: std::collections::HashSet<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+    let mut out = Vec::new();
+    for (k, v) in &want {
+        match got_map.get(k.as_str()) {
+            Some(g) if g == v => {}
+            Some(g) => out.push(format!("{k}: driver {v}; {subject} {g}")),
+            None => out.push(format!("{k}: driver {v}; {subject} has no answer")),
+        }
+    }
+    for (k, g) in &got {
+        if !want_keys.contains(k.as_str()) {
+            out.push(format!("{k}: driver has no answer; {subject} {g}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_by_key() {
+        let l = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let want = l(&["# h", "a\t1\tx", "b\t1\ty", "c\t1\tz"]);
+        let got = l(&["# other", "a\t1\tx", "b\t1\tY", "d\t1\tw"]);
+        assert_eq!(
+            diff_lines(&want, &got, 2, "fake"),
+            [
+                "b 1: driver y; fake Y",
+                "c 1: driver z; fake has no answer",
+                "d 1: driver has no answer; fake w"
+            ]
+        );
+        assert!(diff_lines(&want, &want, 2, "fake").is_empty());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(flags_name(2), "PER_THREAD_DEFAULT_STREAM");
+        assert_eq!(status_name(2), "VERSION_NOT_SUFFICIENT");
+        assert_eq!(status_name(STATUS_SENTINEL), "unwritten");
+    }
+}
