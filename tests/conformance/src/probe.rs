@@ -71,6 +71,53 @@ pub enum ProbeError {
     /// The export list could not be read.
     #[error(transparent)]
     Exports(#[from] crate::exports::ExportsError),
+    /// The `conformance-probe` binary failed.
+    #[error("{command} failed ({status}): {stderr}")]
+    Run {
+        /// The command line.
+        command: String,
+        /// How it ended.
+        status: String,
+        /// Its stderr.
+        stderr: String,
+    },
+}
+
+/// Runs the `conformance-probe` binary `bin` in `mode` (`cuda`, `nvml`, `procaddr-table`) on
+/// `lib`, asking the names `names_from` exports, with `envs` added to its environment (e.g.
+/// `LD_PRELOAD` of a shim and its `GPUMUX_SOCKET`); returns its output lines.
+pub fn run(
+    bin: &Path,
+    mode: &str,
+    lib: &Path,
+    names_from: &Path,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> Result<Vec<String>, ProbeError> {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(mode).arg(lib).arg("--names-from").arg(names_from);
+    cmd.envs(envs.iter().copied());
+    let command = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| ProbeError::Run {
+        command: command.clone(),
+        status: "not started".into(),
+        stderr: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(ProbeError::Run {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The number of data lines (not `#` comments) of a probe output.
+pub fn data_lines(lines: &[String]) -> usize {
+    lines.iter().filter(|l| !l.starts_with('#')).count()
 }
 
 /// A library opened with `dlopen`, with every export's address looked up through the handle.

@@ -6,6 +6,13 @@
 //! `docs/CONFORMANCE.md`: one section per [`Comparison::section`], one table row per comparison
 //! (driver, what was compared, count, differences) and the list of differences where there are
 //! any. A new comparison adds a row by writing its own JSON; nothing else changes.
+//!
+//! Adding one (e.g. NVIDIA's driver with the shim preloaded against the driver alone): run the
+//! probe both ways with [`crate::probe::run`] (its `envs` take `LD_PRELOAD` and `GPUMUX_SOCKET`),
+//! compare with [`crate::probe::diff_lines`] (key fields: 4 for `cuda`, 1 for `nvml`), and
+//! [`Comparison::record`] a result with its own `id` (`cuda-procaddr-550-shim-tenant`), the
+//! `section` of the table it belongs to (`cuGetProcAddress`), the `driver`
+//! ([`crate::oracle::RealDriver::version`]) and a `subject` naming what was compared with it.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -93,6 +100,22 @@ impl Comparison {
     /// Writes the result to [`results_dir`].
     pub fn write(&self) -> Result<PathBuf, ReportError> {
         self.write_to(&results_dir())
+    }
+
+    /// What a test does with its result: [`Comparison::write`] it and say so on stderr.
+    ///
+    /// # Panics
+    /// When the result cannot be written.
+    pub fn record(&self) {
+        let path = self.write().expect("write the conformance result");
+        eprintln!(
+            "{}: {} {} compared, {} differences ({})",
+            self.id,
+            self.compared,
+            self.unit,
+            self.differences.len(),
+            path.display()
+        );
     }
 }
 

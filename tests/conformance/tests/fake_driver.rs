@@ -8,11 +8,10 @@
 
 use gpumux_conformance::exports::{exported_functions, is_cuda_api, is_nvml_api};
 use gpumux_conformance::oracle::{self, RealDriver};
-use gpumux_conformance::probe::{self, diff_lines};
+use gpumux_conformance::probe::{self, data_lines, diff_lines};
 use gpumux_conformance::report::Comparison;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const FAKE_CUDA: &str = "fake libcuda.so.1";
 const FAKE_NVML: &str = "fake libnvidia-ml.so.1";
@@ -30,40 +29,8 @@ fn fake(file: &str) -> PathBuf {
 
 /// The probe's output lines for `mode` on `lib`, asking the names `names_from` exports.
 fn probe(mode: &str, lib: &Path, names_from: &Path) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_conformance-probe"))
-        .arg(mode)
-        .arg(lib)
-        .arg("--names-from")
-        .arg(names_from)
-        .output()
-        .expect("run conformance-probe");
-    assert!(
-        out.status.success(),
-        "conformance-probe {mode} {} failed: {}",
-        lib.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("UTF-8 probe output")
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn data_lines(lines: &[String]) -> usize {
-    lines.iter().filter(|l| !l.starts_with('#')).count()
-}
-
-fn record(c: &Comparison) {
-    let path = c.write().expect("write the conformance result");
-    eprintln!(
-        "{}: {} {} compared, {} differences ({})",
-        c.id,
-        c.compared,
-        c.unit,
-        c.differences.len(),
-        path.display()
-    );
+    let bin = Path::new(env!("CARGO_BIN_EXE_conformance-probe"));
+    probe::run(bin, mode, lib, names_from, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
 const PROCADDR_METHOD: &str = "Every API base name the driver exports (the export without \
@@ -97,7 +64,7 @@ fn fake_get_proc_address_answers_like_the_550_driver() {
     let mut c = procaddr_comparison("cuda-procaddr-550-fake", &real, FAKE_CUDA);
     c.compared = data_lines(&want);
     c.differences = diff_lines(&want, &got, 4, "fake");
-    record(&c);
+    c.record();
     assert!(c.compared > 20_000, "too few resolutions: {}", c.compared);
     assert!(
         c.differences.is_empty(),
@@ -132,7 +99,7 @@ fn fake_differs_from_the_535_driver_only_where_550_does() {
         c.differences.len(),
         names.into_iter().collect::<Vec<_>>().join(", ")
     ));
-    record(&c);
+    c.record();
     assert!(
         unexplained.is_empty(),
         "asked 535's names, the fake and the 550 driver differ:\n{}",
@@ -193,7 +160,7 @@ fn fake_table_is_the_550_drivers_at_every_version() {
             differences: diff_lines(want, got, 3, "table"),
             note: None,
         };
-        record(&c);
+        c.record();
         if !c.differences.is_empty() {
             failures.push(format!(
                 "{subject}: {} rows differ (regenerate with scripts/generate-procaddr-table.sh if \
@@ -243,7 +210,7 @@ fn fake_exports_every_function_of_the_550_driver() {
             .collect(),
         note: None,
     };
-    record(&c);
+    c.record();
     assert!(
         c.differences.is_empty(),
         "the fake lacks {} of the driver's functions:\n{}",
@@ -278,7 +245,7 @@ fn fake_nvml_exports_every_function_of_the_550_driver() {
         differences: diff_lines(&want, &got, 1, "fake"),
         note: None,
     };
-    record(&c);
+    c.record();
     let nvml_names = exported_functions(&real.libnvml()).unwrap();
     assert_eq!(
         c.compared,
