@@ -19,6 +19,7 @@
 //! `CUDA_ERROR_NOT_SUPPORTED` stub of that name (`exports::unsupported`).
 
 use crate::types::{CUresult, err};
+use std::cmp::Ordering;
 use std::ffi::{c_int, c_void};
 
 /// `CU_GET_PROC_ADDRESS_SUCCESS`.
@@ -84,21 +85,23 @@ pub fn lookup(name: &[u8], version: c_int, flags: u64) -> Result<&'static Row, C
         FLAG_LEGACY => Class::Legacy,
         _ => Class::Default,
     };
-    let start = ROWS.partition_point(|r| (r.name.as_bytes(), r.class) < (name, class));
-    let end =
-        start + ROWS[start..].partition_point(|r| (r.name.as_bytes(), r.class) == (name, class));
-    let rows = match &ROWS[start..end] {
-        [] => UNKNOWN
-            .iter()
-            .filter(|r| r.class == class)
-            .collect::<Vec<_>>(),
-        rows => rows.iter().collect(),
+    let known = rows(ROWS, |r| (r.name.as_bytes(), r.class).cmp(&(name, class)));
+    let rows = match known {
+        [] => rows(UNKNOWN, |r| r.class.cmp(&class)),
+        known => known,
     };
     let version = version as u32;
-    rows.into_iter()
+    rows.iter()
         .take_while(|r| r.from <= version)
         .last()
         .ok_or(err::UNKNOWN)
+}
+
+/// The rows of a sorted `table` that `cmp` finds equal.
+fn rows(table: &'static [Row], cmp: impl Fn(&Row) -> Ordering) -> &'static [Row] {
+    let start = table.partition_point(|r| cmp(r) == Ordering::Less);
+    let end = table.partition_point(|r| cmp(r) != Ordering::Greater);
+    &table[start..end]
 }
 
 /// The address a row hands out (null for none).
