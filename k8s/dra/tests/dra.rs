@@ -20,7 +20,7 @@ use gpumux_dra::quantity;
 use gpumux_integration::gpumux::{Gpumux, artifact, wait_until};
 use gpumux_integration::slicing::shares;
 use gpumux_integration::workloads::{
-    CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, Running, c_workload, i, run, u,
+    CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, Running, c_workload, i, nvml_probe, run, u,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -547,7 +547,17 @@ fn claims_become_tenants_held_to_their_share() {
     assert_eq!(d["allowMultipleAllocations"], true);
     assert_eq!(d["attributes"]["productName"]["string"], "gpumux Fake GPU");
     assert_eq!(d["attributes"]["computeCapability"]["version"], "9.0.0");
-    assert_eq!(d["attributes"]["driverVersion"]["version"], "575.51.3");
+    // The driver version NVML reports (`550.163.01` from the fake), as a semantic version.
+    let nvml = run(&mut g.command(nvml_probe()), T).expect("nvml probe");
+    let reported = nvml.lines.one("init")["driver_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d["attributes"]["driverVersion"]["version"].as_str(),
+        gpumux_dra::slices::semver(&reported).as_deref(),
+        "NVML says {reported}"
+    );
     let mem = &d["capacity"]["memory"];
     assert_eq!(q(&mem["value"]), 16 * GIB);
     assert_eq!(
