@@ -22,8 +22,11 @@ use gpumux_common::nvml::Nvml;
 pub(super) const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 /// Announcements nobody waits for (module loads) measure a device at most this often.
 const MIN_INTERVAL: Duration = Duration::from_millis(20);
-/// Announcements queued per device at most (a flood is answered without measuring again).
+/// Announcements queued per device at most, and per connection and device: beyond that an
+/// announcement is answered at once without another measurement (the queued ones are measured
+/// anyway), so a flooding process neither grows the daemon nor delays other processes.
 const MAX_QUEUED: usize = 4096;
+const MAX_QUEUED_PER_CONN: usize = 16;
 
 /// A process's announcement, until its device is measured.
 struct Request {
@@ -85,7 +88,14 @@ impl Daemon {
         let Some(slot) = conn.slot else {
             return answer_now(conn);
         };
-        if dev >= self.devices.len() || self.fp.requests[dev].len() >= MAX_QUEUED {
+        if dev >= self.devices.len()
+            || self.fp.requests[dev].len() >= MAX_QUEUED
+            || self.fp.requests[dev]
+                .iter()
+                .filter(|r| r.conn == id)
+                .count()
+                >= MAX_QUEUED_PER_CONN
+        {
             return answer_now(conn);
         }
         let tenant = conn.tenant.clone();

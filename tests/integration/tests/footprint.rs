@@ -570,3 +570,96 @@ fn unmanaged_process_is_reported_and_reduces_what_tenants_see_free() {
     );
     r.kill();
 }
+
+#[test]
+fn footprint_announcements_cannot_hurt_the_daemon() {
+    use gpumux_common::protocol::{ClientMsg, PROTOCOL_VERSION, ServerMsg};
+    use gpumux_common::sock;
+    use std::os::fd::{AsFd, AsRawFd};
+    let g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
+    let fd = sock::connect(&g.socket("a")).unwrap();
+    let hello = ClientMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: 1,
+    };
+    sock::send(fd.as_fd(), &hello.encode(), &[]).unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _fds) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
+    assert!(matches!(
+        ServerMsg::decode(&buf[..n]).unwrap(),
+        ServerMsg::Welcome { .. }
+    ));
+    // A device that does not exist, and a reservation the process never made: answered,
+    // nothing settled.
+    let bad = ClientMsg::Footprint {
+        device: 999,
+        reserved: u64::MAX,
+        seq: 7,
+    };
+    sock::send(fd.as_fd(), &bad.encode(), &[]).unwrap();
+    let (n, _) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
+    assert_eq!(
+        ServerMsg::decode(&buf[..n]).unwrap(),
+        ServerMsg::Measured {
+            device: 999,
+            seq: 7
+        }
+    );
+    let odd = ClientMsg::Footprint {
+        device: 0,
+        reserved: u64::MAX,
+        seq: 8,
+    };
+    sock::send(fd.as_fd(), &odd.encode(), &[]).unwrap();
+    let (n, _) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
+    assert_eq!(
+        ServerMsg::decode(&buf[..n]).unwrap(),
+        ServerMsg::Measured { device: 0, seq: 8 }
+    );
+    // A flood of announcements from a process that does not even read the answers (the
+    // daemon never blocks on it): the daemon keeps serving (status, another process of the
+    // tenant allocating), and what the flooder reads is well-formed.
+    let flood = ClientMsg::Footprint {
+        device: 0,
+        reserved: 0,
+        seq: 9,
+    }
+    .encode();
+    for _ in 0..2000 {
+        // SAFETY: send(2) of a valid buffer on our own socket, without blocking.
+        unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                flood.as_ptr().cast(),
+                flood.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+    }
+    let t = g.tenant_status("a");
+    assert_eq!(u(device0(&t), "memory_used"), 0, "{t}");
+    let out = run(
+        g.tenant_command("a", c_workload())
+            .args(["ops", "alloc:x:1GiB"]),
+        T,
+    )
+    .unwrap();
+    assert_eq!(i(out.lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
+    let mut answers = 0;
+    // SAFETY: recv(2) into a valid buffer on our own socket, without blocking.
+    while let n @ 1.. = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    } {
+        assert_eq!(
+            ServerMsg::decode(&buf[..n as usize]).unwrap(),
+            ServerMsg::Measured { device: 0, seq: 9 }
+        );
+        answers += 1;
+    }
+    assert!(answers > 0);
+}
