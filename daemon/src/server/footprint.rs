@@ -208,6 +208,9 @@ impl Daemon {
                 self.apply_reading(dev, &listing, &requests, now);
             }
             Err(e) => {
+                // Nothing to confirm against until NVML answers again (and no re-reading
+                // every millisecond meanwhile).
+                self.fp.tracker.retain(|k| k.device != dev);
                 if !self.fp.failing[dev] {
                     tracing::warn!(
                         device = index,
@@ -302,11 +305,14 @@ impl Daemon {
                     .store(bytes, Relaxed);
             }
         }
+        // Pending changes of processes this reading did not see (gone, or no figure from
+        // NVML) are dropped: nothing would confirm them.
         self.fp.tracker.retain(|k| {
             k.device != dev
-                || registered
-                    .iter()
-                    .any(|r| r.tenant == k.tenant && r.slot == k.slot && r.pid == k.pid)
+                || reading.overheads.iter().any(|&(i, _)| {
+                    let r = &registered[i];
+                    r.tenant == k.tenant && r.slot == k.slot && r.pid == k.pid
+                })
         });
         self.record_unmanaged(dev, &reading.unmanaged, &registered);
     }
