@@ -160,6 +160,24 @@ pub fn array_format_bytes(format: c_uint) -> Option<u64> {
     })
 }
 
+/// The API base name of an exported driver symbol, as a loader asks `cuGetProcAddress` for
+/// it: without the per-thread-default-stream suffix (`_ptsz`/`_ptds`), then the ABI version
+/// suffix (`_v2`, `_v3`, ...). `cuMemcpyHtoD_v2_ptds` → `cuMemcpyHtoD`.
+pub fn base_name(symbol: &str) -> &str {
+    let s = symbol
+        .strip_suffix("_ptsz")
+        .or_else(|| symbol.strip_suffix("_ptds"))
+        .unwrap_or(symbol);
+    match s.rsplit_once("_v") {
+        Some((base, v))
+            if !base.is_empty() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
+        _ => s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +297,25 @@ mod tests {
             Some(1)
         );
         assert_eq!(array_format_bytes(0x77), None);
+    }
+
+    #[test]
+    fn base_names() {
+        assert_eq!(base_name("cuMemAlloc_v2"), "cuMemAlloc");
+        assert_eq!(base_name("cuMemcpyHtoD_v2_ptds"), "cuMemcpyHtoD");
+        assert_eq!(
+            base_name("cuStreamGetCaptureInfo_v3_ptsz"),
+            "cuStreamGetCaptureInfo"
+        );
+        assert_eq!(base_name("cuLaunchKernel_ptsz"), "cuLaunchKernel");
+        assert_eq!(base_name("cuGetProcAddress_v2"), "cuGetProcAddress");
+        assert_eq!(base_name("cuMemcpy3DPeer"), "cuMemcpy3DPeer");
+        assert_eq!(base_name("cuInit"), "cuInit");
+        assert_eq!(base_name("cuFoo_vx"), "cuFoo_vx");
+        assert_eq!(base_name("_v2"), "_v2");
+        assert_eq!(
+            base_name("nvmlDeviceGetComputeRunningProcesses_v3"),
+            "nvmlDeviceGetComputeRunningProcesses"
+        );
     }
 }

@@ -29,6 +29,7 @@ mod procaddress;
 mod sync;
 pub(crate) mod table;
 
+pub(crate) use gpumux_common::cuda_abi::base_name;
 pub(crate) use table::{ENTRY_POINTS, lookup, variants_of};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,23 +90,6 @@ pub(crate) struct EntryPoint {
     /// The base name, as `cuGetProcAddress` is asked for it.
     pub(crate) name: &'static str,
     pub(crate) class: Class,
-}
-
-/// The base name of an exported symbol: without the per-thread-default-stream suffix
-/// (`_ptds`/`_ptsz`) and then the ABI version suffix (`_v2`, `_v3`, ...).
-pub(crate) fn base_name(symbol: &str) -> &str {
-    let s = symbol
-        .strip_suffix("_ptds")
-        .or_else(|| symbol.strip_suffix("_ptsz"))
-        .unwrap_or(symbol);
-    match s.rsplit_once("_v") {
-        Some((base, n))
-            if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            base
-        }
-        _ => s,
-    }
 }
 
 /// The class of a base name in `lib` (`"cuda"`/`"nvml"`), `None` when the table does not
@@ -289,24 +273,6 @@ pub(crate) use real;
 mod tests {
     use super::*;
     use std::collections::HashSet;
-
-    #[test]
-    fn base_names() {
-        assert_eq!(base_name("cuMemAlloc_v2"), "cuMemAlloc");
-        assert_eq!(base_name("cuMemcpyHtoD_v2_ptds"), "cuMemcpyHtoD");
-        assert_eq!(
-            base_name("cuStreamGetCaptureInfo_v3_ptsz"),
-            "cuStreamGetCaptureInfo"
-        );
-        assert_eq!(base_name("cuLaunchKernel_ptsz"), "cuLaunchKernel");
-        assert_eq!(base_name("cuGetProcAddress_v2"), "cuGetProcAddress");
-        assert_eq!(base_name("cuInit"), "cuInit");
-        assert_eq!(base_name("cuMemAllocPitch_vx"), "cuMemAllocPitch_vx");
-        assert_eq!(
-            base_name("nvmlDeviceGetComputeRunningProcesses_v3"),
-            "nvmlDeviceGetComputeRunningProcesses"
-        );
-    }
 
     /// The table's own consistency: one entry per base name, each variant named after its
     /// base, hooked classes hook, pass-through and graph-memory entries hook nothing, and
