@@ -12,13 +12,14 @@ use crate::cuda_types::*;
 use crate::registration;
 use std::ffi::{c_int, c_uint, c_void};
 
-/// The calling thread's current context (0 if none).
+/// The context whose memory an allocation made now belongs to: the calling thread's current
+/// context (the primary context when that is a green context's), 0 if none.
 pub(super) fn current_context() -> u64 {
     let get = real!(cuCtxGetCurrent, 0);
     let mut ctx: CUcontext = std::ptr::null_mut();
     // SAFETY: valid out-pointer.
     if unsafe { get(&mut ctx) } == CUDA_SUCCESS {
-        ctx as u64
+        crate::contexts::memory_owner(ctx as u64)
     } else {
         0
     }
@@ -189,4 +190,65 @@ pub(super) unsafe fn primary_release(
 ) -> CUresult {
     // SAFETY: the caller's contract.
     unsafe { primary_teardown(real, dev, false) }
+}
+
+/// `cuGreenCtxCreate`: tracked for draining (through the `CUcontext` it converts to); it holds
+/// a reference to the device's primary context, whose memory it shares.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn green_ctx_create(
+    real: sig::cuGreenCtxCreate,
+    pctx: *mut CUgreenCtx,
+    desc: *mut c_void,
+    dev: CUdevice,
+    flags: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    let rc = unsafe { real(pctx, desc, dev, flags) };
+    if rc != CUDA_SUCCESS || pctx.is_null() {
+        return rc;
+    }
+    let Some(reg) = registration::current() else {
+        return rc;
+    };
+    let Some(device) = super::init::device_of_ordinal(reg, dev) else {
+        return rc;
+    };
+    let from_green = real!(cuCtxFromGreenCtx, rc);
+    // SAFETY: the driver succeeded, so `*pctx` holds the new green context.
+    let green = unsafe { *pctx };
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: valid out-pointer and the green context just created.
+    if unsafe { from_green(&mut ctx, green) } == CUDA_SUCCESS {
+        let primary = active_primary(dev).unwrap_or(0);
+        crate::contexts::created_green(
+            ctx as u64,
+            device,
+            crate::contexts::Green {
+                handle: green as u64,
+                ordinal: dev,
+                primary,
+            },
+        );
+    }
+    rc
+}
+
+/// `cuGreenCtxDestroy`: releases its reference to the primary context; when that was the
+/// last, the primary context is destroyed with its memory, which the tenant gets back.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn green_ctx_destroy(real: sig::cuGreenCtxDestroy, ctx: CUgreenCtx) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    let (rc, gone) =
+        crate::contexts::destroy_green(ctx as u64, CUDA_SUCCESS, || unsafe { real(ctx) });
+    if let Some(g) = gone
+        && g.primary != 0
+        && !primary_is_active(g.ordinal)
+    {
+        context_gone(g.primary);
+    }
+    rc
 }

@@ -5,7 +5,7 @@
 
 use super::table::sig;
 use crate::cuda_types::*;
-use std::ffi::{c_uint, c_void};
+use std::ffi::{c_int, c_uint, c_void};
 
 /// Runs `launch` holding a gate ticket (or returns the gate's error).
 fn gated(launch: impl FnOnce() -> CUresult) -> CUresult {
@@ -65,4 +65,57 @@ pub(super) unsafe fn graph_launch(
 ) -> CUresult {
     // SAFETY: forwarding the caller's arguments.
     gated(|| unsafe { real(exec, stream) })
+}
+
+/// `cuLaunchCooperativeKernelMultiDevice` (deprecated): kernels on several devices at once,
+/// gated on the calling thread's device.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_multi_device(
+    real: sig::cuLaunchCooperativeKernelMultiDevice,
+    params: *mut c_void,
+    num_devices: c_uint,
+    flags: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(|| unsafe { real(params, num_devices, flags) })
+}
+
+/// `cuLaunch` (pre-4.0 API: one block).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_legacy(real: sig::cuLaunch, f: CUfunction) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    gated(|| unsafe { real(f) })
+}
+
+/// `cuLaunchGrid` (pre-4.0 API).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_grid(
+    real: sig::cuLaunchGrid,
+    f: CUfunction,
+    grid_width: c_int,
+    grid_height: c_int,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(|| unsafe { real(f, grid_width, grid_height) })
+}
+
+/// `cuLaunchGridAsync` (pre-4.0 API).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_grid_async(
+    real: sig::cuLaunchGridAsync,
+    f: CUfunction,
+    grid_width: c_int,
+    grid_height: c_int,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(|| unsafe { real(f, grid_width, grid_height, stream) })
 }

@@ -11,7 +11,7 @@ use crate::allocations::{self, Kind, Record};
 use crate::cuda_types::*;
 use crate::registration::{self, Access, access};
 use gpumux_common::accounting;
-use std::ffi::c_uint;
+use std::ffi::{c_uint, c_void};
 
 /// Which device an allocation lands on.
 enum Target {
@@ -67,6 +67,7 @@ fn charged(
                 device,
                 bytes,
                 context,
+                extra_refs: 0,
             },
         );
     } else {
@@ -402,6 +403,50 @@ pub(super) unsafe fn mem_release(
 ) -> CUresult {
     // SAFETY: forwarding the caller's argument.
     freed(Kind::MemHandle, handle, || unsafe { real(handle) })
+}
+
+/// After the driver handed out a VMM handle again (`*handle`): if it is one this process
+/// charged, one more reference to it.
+///
+/// # Safety
+/// `handle` is the out-pointer of a call that returned `rc`.
+unsafe fn handed_out_again(rc: CUresult, handle: *mut CUmemGenericAllocationHandle) -> CUresult {
+    if rc == CUDA_SUCCESS && !handle.is_null() && registration::current().is_some() {
+        // SAFETY: the caller's contract: the driver succeeded and wrote the handle.
+        allocations::retain(Kind::MemHandle, unsafe { out(handle) });
+    }
+    rc
+}
+
+/// `cuMemRetainAllocationHandle`: the handle mapped at `addr`, one more reference to it (the
+/// driver's documentation: "the same handle value used to map the memory", to be released
+/// once more).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mem_retain_handle(
+    real: sig::cuMemRetainAllocationHandle,
+    handle: *mut CUmemGenericAllocationHandle,
+    addr: *mut c_void,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments; then its out-pointer of that call.
+    unsafe { handed_out_again(real(handle, addr), handle) }
+}
+
+/// `cuMemImportFromShareableHandle`: another process's memory is not charged here; re-importing
+/// this process's own export may hand out a handle it charged, which then holds a reference
+/// more.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mem_import_shareable(
+    real: sig::cuMemImportFromShareableHandle,
+    handle: *mut CUmemGenericAllocationHandle,
+    os_handle: *mut c_void,
+    handle_type: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments; then its out-pointer of that call.
+    unsafe { handed_out_again(real(handle, os_handle, handle_type), handle) }
 }
 
 // ---- arrays ----------------------------------------------------------------------------------

@@ -311,4 +311,58 @@ mod tests {
         assert_eq!(class_of("cuda", "cuMemcpy"), Some(Class::PassThrough));
         assert_eq!(class_of("cuda", "cuNoSuchFunction"), None);
     }
+
+    /// Every function NVIDIA's drivers export is classified by the table, and every exported
+    /// variant of an entry point the shim hooks is wrapped (a variant left out would be a way
+    /// around the quota or the gate). A row of docs/CONFORMANCE.md per driver.
+    #[test]
+    fn table_knows_every_export_of_nvidias_drivers() {
+        use gpumux_conformance::{exports::exported_functions, oracle, report::Comparison};
+        let mut failures = Vec::new();
+        for branch in oracle::DRIVERS {
+            let Some(driver) = oracle::require(branch) else {
+                return;
+            };
+            let exports = exported_functions(&driver.libcuda()).expect("read the driver's exports");
+            let exports: Vec<&String> = exports.iter().filter(|n| n.starts_with("cu")).collect();
+            let mut differences = Vec::new();
+            for export in &exports {
+                let base = base_name(export);
+                let Some(class) = class_of("cuda", base) else {
+                    differences.push(format!("{export}: {base} is not in the entry-point table"));
+                    continue;
+                };
+                let hooked = class.hooked()
+                    || variants_of(base)
+                        .iter()
+                        .any(|v| lookup(v.as_bytes()).is_some());
+                if hooked && lookup(export.as_bytes()).is_none() {
+                    differences.push(format!(
+                        "{export}: a variant of {base} ({class:?}) the shim does not wrap"
+                    ));
+                }
+            }
+            let c = Comparison {
+                id: format!("shim-table-{branch}"),
+                section: "The shim's entry-point table".into(),
+                driver: driver.version(),
+                subject: "shim/src/hooks/table.rs".into(),
+                method: "Every `cu*` function the driver exports (its ELF dynamic symbol table) \
+                    must have its base name in the shim's table, which says what the shim does \
+                    with it (charged allocation, free, gated launch, synchronize, memory report, \
+                    context lifecycle, import, graph memory, pass-through); every exported \
+                    variant of an entry point the shim hooks must have the shim's wrapper."
+                    .into(),
+                compared: exports.len(),
+                unit: "exports".into(),
+                differences,
+                note: None,
+            };
+            c.record();
+            if !c.differences.is_empty() {
+                failures.push(format!("{branch}:\n{}", c.differences.join("\n")));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 }

@@ -155,6 +155,22 @@ super::entry_points! {
                 cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult
                     => launch::graph_launch;
             },
+            cuLaunchCooperativeKernelMultiDevice {
+                cuLaunchCooperativeKernelMultiDevice(params: *mut c_void, num_devices: c_uint,
+                    flags: c_uint) -> CUresult => launch::launch_multi_device;
+            },
+            // The pre-4.0 launch API (parameters set with cuParamSet*, cuFuncSetBlockShape).
+            cuLaunch {
+                cuLaunch(f: CUfunction) -> CUresult => launch::launch_legacy;
+            },
+            cuLaunchGrid {
+                cuLaunchGrid(f: CUfunction, grid_width: c_int, grid_height: c_int) -> CUresult
+                    => launch::launch_grid;
+            },
+            cuLaunchGridAsync {
+                cuLaunchGridAsync(f: CUfunction, grid_width: c_int, grid_height: c_int,
+                    stream: CUstream) -> CUresult => launch::launch_grid_async;
+            },
         ],
         Sync: [
             cuCtxSynchronize {
@@ -192,25 +208,48 @@ super::entry_points! {
                 cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult
                     => context::primary_release;
             },
+            cuGreenCtxCreate {
+                cuGreenCtxCreate(pctx: *mut CUgreenCtx, desc: *mut c_void, dev: CUdevice,
+                    flags: c_uint) -> CUresult => context::green_ctx_create;
+            },
+            cuGreenCtxDestroy {
+                cuGreenCtxDestroy(ctx: CUgreenCtx) -> CUresult => context::green_ctx_destroy;
+            },
         ],
         Import: [
-            cuDestroyExternalMemory, cuEGLStreamConsumerAcquireFrame, cuEGLStreamConsumerConnect,
-            cuEGLStreamConsumerConnectWithFlags, cuEGLStreamConsumerDisconnect,
+            // Another process's memory (CUDA IPC, exported pools): charged to its allocator.
+            cuIpcOpenMemHandle, cuIpcCloseMemHandle, cuMemPoolImportFromShareableHandle,
+            cuMemPoolImportPointer,
+            // Another API's memory (external memory, OpenGL, EGL, VDPAU interop).
+            cuImportExternalMemory, cuExternalMemoryGetMappedBuffer,
+            cuExternalMemoryGetMappedMipmappedArray, cuDestroyExternalMemory,
+            cuGLRegisterBufferObject, cuGLUnregisterBufferObject, cuGLMapBufferObject,
+            cuGLMapBufferObjectAsync, cuGLUnmapBufferObject, cuGLUnmapBufferObjectAsync,
+            cuGLSetBufferObjectMapFlags, cuGraphicsGLRegisterBuffer, cuGraphicsGLRegisterImage,
+            cuGraphicsEGLRegisterImage, cuGraphicsVDPAURegisterOutputSurface,
+            cuGraphicsVDPAURegisterVideoSurface, cuGraphicsUnregisterResource,
+            cuGraphicsMapResources, cuGraphicsUnmapResources, cuGraphicsResourceGetMappedPointer,
+            cuGraphicsResourceGetMappedMipmappedArray, cuGraphicsSubResourceGetMappedArray,
+            cuGraphicsResourceGetMappedEglFrame, cuGraphicsResourceSetMapFlags,
+            cuEGLStreamConsumerConnect, cuEGLStreamConsumerConnectWithFlags,
+            cuEGLStreamConsumerDisconnect, cuEGLStreamConsumerAcquireFrame,
             cuEGLStreamConsumerReleaseFrame, cuEGLStreamProducerConnect,
             cuEGLStreamProducerDisconnect, cuEGLStreamProducerPresentFrame,
-            cuEGLStreamProducerReturnFrame, cuExternalMemoryGetMappedBuffer,
-            cuExternalMemoryGetMappedMipmappedArray, cuGLMapBufferObject, cuGLMapBufferObjectAsync,
-            cuGLRegisterBufferObject, cuGLSetBufferObjectMapFlags, cuGLUnmapBufferObject,
-            cuGLUnmapBufferObjectAsync, cuGLUnregisterBufferObject, cuGraphicsEGLRegisterImage,
-            cuGraphicsGLRegisterBuffer, cuGraphicsGLRegisterImage, cuGraphicsMapResources,
-            cuGraphicsResourceGetMappedEglFrame, cuGraphicsResourceGetMappedMipmappedArray,
-            cuGraphicsResourceGetMappedPointer, cuGraphicsResourceSetMapFlags,
-            cuGraphicsSubResourceGetMappedArray, cuGraphicsUnmapResources,
-            cuGraphicsUnregisterResource, cuGraphicsVDPAURegisterOutputSurface,
-            cuGraphicsVDPAURegisterVideoSurface, cuImportExternalMemory, cuIpcCloseMemHandle,
-            cuIpcOpenMemHandle, cuMemImportFromShareableHandle, cuMemPoolImportFromShareableHandle,
-            cuMemPoolImportPointer, cuMemRetainAllocationHandle, cuMulticastBindAddr,
-            cuMulticastBindMem, cuMulticastCreate,
+            cuEGLStreamProducerReturnFrame,
+            // Multicast objects: the memory bound into one comes from cuMemCreate (charged
+            // there); the object itself is an address range, not memory.
+            cuMulticastCreate, cuMulticastBindMem, cuMulticastBindAddr,
+            // The same handle again: a reference more to what cuMemCreate charged, if it was
+            // this process's (its last cuMemRelease gives the bytes back, not the first).
+            cuMemImportFromShareableHandle {
+                cuMemImportFromShareableHandle(handle: *mut CUmemGenericAllocationHandle,
+                    os_handle: *mut c_void, handle_type: c_uint) -> CUresult
+                    => memory::mem_import_shareable;
+            },
+            cuMemRetainAllocationHandle {
+                cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle,
+                    addr: *mut c_void) -> CUresult => memory::mem_retain_handle;
+            },
         ],
         GraphMemory: [
             cuDeviceGetGraphMemAttribute, cuDeviceGraphMemTrim, cuDeviceSetGraphMemAttribute,
@@ -220,14 +259,11 @@ super::entry_points! {
             cuGraphUpload, cuStreamBeginCapture, cuStreamBeginCaptureToGraph, cuStreamEndCapture,
         ],
         PassThrough: [
-            // Issue #9 section 3: launches and green contexts the shim is to hook next.
-            cuLaunch, cuLaunchGrid, cuLaunchGridAsync, cuLaunchCooperativeKernelMultiDevice,
-            cuGreenCtxCreate, cuGreenCtxDestroy,
             cuArray3DGetDescriptor, cuArrayGetDescriptor, cuArrayGetMemoryRequirements,
             cuArrayGetPlane, cuArrayGetSparseProperties, cuCoredumpGetAttribute,
             cuCoredumpGetAttributeGlobal, cuCoredumpSetAttribute, cuCoredumpSetAttributeGlobal,
             cuCtxAttach, cuCtxDetach, cuCtxDisablePeerAccess, cuCtxEnablePeerAccess,
-            cuCtxFromGreenCtx, cuCtxGetApiVersion, cuCtxGetCacheConfig, cuCtxGetDevResource,
+            cuCtxGetApiVersion, cuCtxGetCacheConfig, cuCtxGetDevResource,
             cuCtxGetExecAffinity, cuCtxGetFlags, cuCtxGetId, cuCtxGetLimit, cuCtxGetSharedMemConfig,
             cuCtxGetStreamPriorityRange, cuCtxResetPersistingL2Cache, cuCtxSetCacheConfig,
             cuCtxSetCurrent, cuCtxSetFlags, cuCtxSetLimit, cuCtxSetSharedMemConfig,
@@ -329,6 +365,9 @@ super::entry_points! {
             cudbgGetAPI, cudbgGetAPIVersion, cudbgMain, cudbgReportDriverApiError,
             cudbgReportDriverInternalError,
             // Real functions the shim calls itself.
+            cuCtxFromGreenCtx {
+                cuCtxFromGreenCtx(pctx: *mut CUcontext, green: CUgreenCtx) -> CUresult;
+            },
             cuCtxGetCurrent {
                 cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult;
             },
