@@ -58,9 +58,10 @@ pub(crate) enum Class {
     Context,
     /// Lists the device's processes (NVML): filtered to the tenant's own.
     ProcessList,
-    /// Maps memory allocated elsewhere (another process, another API): not charged again;
-    /// its release or close refunds nothing (only what this process charged is ever given
-    /// back). Called through untouched.
+    /// Maps memory allocated elsewhere (another process, another API, a handle charged
+    /// already): not charged again; its release or close refunds nothing (only what this
+    /// process charged is ever given back). Called through untouched, except where the
+    /// driver may hand back a handle this process charged (one more reference to it).
     Import,
     /// Graph memory (allocation/free nodes, the graph memory pool): charged by the graph
     /// hooks of issue #12; called through untouched until then.
