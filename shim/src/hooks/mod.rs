@@ -24,6 +24,7 @@ pub(crate) mod init;
 mod launch;
 mod meminfo;
 mod memory;
+mod modules;
 mod nvml_procs;
 mod procaddress;
 mod sync;
@@ -53,9 +54,12 @@ pub(crate) enum Class {
     Sync,
     /// Reports device memory: the tenant's quota as the device's size.
     MemReport,
-    /// Creates or destroys a context: tracked for draining; a teardown returns the memory it
-    /// frees.
+    /// Creates or destroys a context: tracked for draining; created under the tenant's limit
+    /// (its own memory reserved, then measured); a teardown returns the memory it frees.
     Context,
+    /// Loads or unloads code into device memory (modules, libraries): the daemon measures the
+    /// process's footprint after it.
+    Footprint,
     /// Lists the device's processes (NVML): filtered to the tenant's own.
     ProcessList,
     /// Maps memory allocated elsewhere (another process, another API, a handle charged

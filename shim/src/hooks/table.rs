@@ -10,9 +10,10 @@
 
 #![allow(non_snake_case)]
 
-use super::{context, init, launch, meminfo, memory, nvml_procs, procaddress, sync};
+use super::{context, init, launch, meminfo, memory, modules, nvml_procs, procaddress, sync};
 use crate::cuda_types::*;
 use crate::real::{LIBCUDA, LIBNVML};
+use modules::c_int_option;
 use nvml_procs::{ProcessInfoV1, ProcessInfoV2};
 use std::ffi::{c_char, c_int, c_uint, c_void};
 
@@ -208,12 +209,53 @@ super::entry_points! {
                 cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult
                     => context::primary_release;
             },
+            cuDevicePrimaryCtxRetain {
+                cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult
+                    => context::primary_retain;
+            },
             cuGreenCtxCreate {
                 cuGreenCtxCreate(pctx: *mut CUgreenCtx, desc: *mut c_void, dev: CUdevice,
                     flags: c_uint) -> CUresult => context::green_ctx_create;
             },
             cuGreenCtxDestroy {
                 cuGreenCtxDestroy(ctx: CUgreenCtx) -> CUresult => context::green_ctx_destroy;
+            },
+        ],
+        Footprint: [
+            cuModuleLoad {
+                cuModuleLoad(module: *mut *mut c_void, fname: *const c_char) -> CUresult
+                    => modules::module_load;
+            },
+            cuModuleLoadData {
+                cuModuleLoadData(module: *mut *mut c_void, image: *const c_void) -> CUresult
+                    => modules::module_load;
+            },
+            cuModuleLoadDataEx {
+                cuModuleLoadDataEx(module: *mut *mut c_void, image: *const c_void,
+                    num_options: c_uint, options: *mut c_int_option, values: *mut *mut c_void)
+                    -> CUresult => modules::module_load_ex;
+            },
+            cuModuleLoadFatBinary {
+                cuModuleLoadFatBinary(module: *mut *mut c_void, fat_cubin: *const c_void)
+                    -> CUresult => modules::module_load;
+            },
+            cuModuleUnload {
+                cuModuleUnload(module: *mut c_void) -> CUresult => modules::module_unload;
+            },
+            cuLibraryLoadData {
+                cuLibraryLoadData(library: *mut *mut c_void, image: *const c_void,
+                    jit_options: *mut c_int_option, jit_values: *mut *mut c_void, num_jit: c_uint,
+                    library_options: *mut c_int_option, library_values: *mut *mut c_void,
+                    num_library: c_uint) -> CUresult => modules::library_load;
+            },
+            cuLibraryLoadFromFile {
+                cuLibraryLoadFromFile(library: *mut *mut c_void, fname: *const c_char,
+                    jit_options: *mut c_int_option, jit_values: *mut *mut c_void, num_jit: c_uint,
+                    library_options: *mut c_int_option, library_values: *mut *mut c_void,
+                    num_library: c_uint) -> CUresult => modules::library_load;
+            },
+            cuLibraryUnload {
+                cuLibraryUnload(library: *mut c_void) -> CUresult => modules::library_unload;
             },
         ],
         Import: [
@@ -263,8 +305,8 @@ super::entry_points! {
             cuArrayGetPlane, cuArrayGetSparseProperties, cuCoredumpGetAttribute,
             cuCoredumpGetAttributeGlobal, cuCoredumpSetAttribute, cuCoredumpSetAttributeGlobal,
             cuCtxAttach, cuCtxDetach, cuCtxDisablePeerAccess, cuCtxEnablePeerAccess,
-            cuCtxGetApiVersion, cuCtxGetCacheConfig, cuCtxGetDevResource,
-            cuCtxGetExecAffinity, cuCtxGetFlags, cuCtxGetId, cuCtxGetLimit, cuCtxGetSharedMemConfig,
+            cuCtxGetApiVersion, cuCtxGetCacheConfig, cuCtxGetDevResource, cuCtxGetExecAffinity,
+            cuCtxGetFlags, cuCtxGetId, cuCtxGetLimit, cuCtxGetSharedMemConfig,
             cuCtxGetStreamPriorityRange, cuCtxResetPersistingL2Cache, cuCtxSetCacheConfig,
             cuCtxSetCurrent, cuCtxSetFlags, cuCtxSetLimit, cuCtxSetSharedMemConfig,
             cuDestroyExternalSemaphore, cuDevResourceGenerateDesc, cuDevSmResourceSplitByCount,
@@ -311,9 +353,8 @@ super::entry_points! {
             cuKernelGetFunction, cuKernelGetName, cuKernelGetParamInfo, cuKernelSetAttribute,
             cuKernelSetCacheConfig, cuLaunchHostFunc, cuLibraryEnumerateKernels, cuLibraryGetGlobal,
             cuLibraryGetKernel, cuLibraryGetKernelCount, cuLibraryGetManaged, cuLibraryGetModule,
-            cuLibraryGetUnifiedFunction, cuLibraryLoadData, cuLibraryLoadFromFile, cuLibraryUnload,
-            cuLinkAddData, cuLinkAddFile, cuLinkComplete, cuLinkCreate, cuLinkDestroy,
-            cuMemAddressFree, cuMemAddressReserve, cuMemAdvise, cuMemAllocHost,
+            cuLibraryGetUnifiedFunction, cuLinkAddData, cuLinkAddFile, cuLinkComplete, cuLinkCreate,
+            cuLinkDestroy, cuMemAddressFree, cuMemAddressReserve, cuMemAdvise, cuMemAllocHost,
             cuMemExportToShareableHandle, cuMemFreeHost, cuMemGetAccess, cuMemGetAddressRange,
             cuMemGetAllocationGranularity, cuMemGetAllocationPropertiesFromHandle,
             cuMemGetAttribute, cuMemGetHandleForAddressRange, cuMemHostAlloc,
@@ -332,10 +373,8 @@ super::entry_points! {
             cuMipmappedArrayGetLevel, cuMipmappedArrayGetMemoryRequirements,
             cuMipmappedArrayGetSparseProperties, cuModuleEnumerateFunctions, cuModuleGetFunction,
             cuModuleGetFunctionCount, cuModuleGetGlobal, cuModuleGetLoadingMode, cuModuleGetSurfRef,
-            cuModuleGetTexRef, cuModuleLoad, cuModuleLoadData, cuModuleLoadDataEx,
-            cuModuleLoadFatBinary, cuModuleUnload, cuMulticastAddDevice, cuMulticastGetGranularity,
-            cuMulticastUnbind, cuOccupancyAvailableDynamicSMemPerBlock,
-            cuOccupancyMaxActiveBlocksPerMultiprocessor,
+            cuModuleGetTexRef, cuMulticastAddDevice, cuMulticastGetGranularity, cuMulticastUnbind,
+            cuOccupancyAvailableDynamicSMemPerBlock, cuOccupancyMaxActiveBlocksPerMultiprocessor,
             cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags, cuOccupancyMaxActiveClusters,
             cuOccupancyMaxPotentialBlockSize, cuOccupancyMaxPotentialBlockSizeWithFlags,
             cuOccupancyMaxPotentialClusterSize, cuParamSetSize, cuParamSetTexRef, cuParamSetf,
@@ -393,9 +432,6 @@ super::entry_points! {
             cuDevicePrimaryCtxGetState {
                 cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int)
                     -> CUresult;
-            },
-            cuDevicePrimaryCtxRetain {
-                cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult;
             },
         ],
     }
