@@ -15,6 +15,8 @@ pub type CUarray = *mut c_void;
 pub type CUmipmappedArray = *mut c_void;
 pub type CUmemoryPool = *mut c_void;
 pub type CUgraphExec = *mut c_void;
+pub type CUgraph = *mut c_void;
+pub type CUgraphNode = *mut c_void;
 pub type CUmemGenericAllocationHandle = u64;
 
 pub const CUDA_SUCCESS: CUresult = 0;
@@ -104,6 +106,40 @@ pub struct MemAllocationPropHead {
 
 /// `CU_MEM_LOCATION_TYPE_DEVICE`.
 pub const CU_MEM_LOCATION_TYPE_DEVICE: c_int = 1;
+
+/// `CU_GRAPH_NODE_TYPE_GRAPH` (a child graph node).
+pub const CU_GRAPH_NODE_TYPE_GRAPH: c_uint = 4;
+/// `CU_GRAPH_NODE_TYPE_MEM_ALLOC`.
+pub const CU_GRAPH_NODE_TYPE_MEM_ALLOC: c_uint = 10;
+/// `CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT`: physical memory the driver holds for graph
+/// allocations in this process.
+pub const CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT: c_uint = 2;
+/// `CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD`.
+pub const CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD: u64 = 2;
+/// `CU_STREAM_CAPTURE_STATUS_NONE`.
+pub const CU_STREAM_CAPTURE_STATUS_NONE: c_int = 0;
+
+/// `CUDA_MEM_ALLOC_NODE_PARAMS` (v1; `CUmemPoolProps` is 88 bytes in every CUDA 11.2+
+/// header): where and how much a graph allocation node allocates.
+#[repr(C)]
+pub struct MemAllocNodeParams {
+    pub alloc_type: c_int,
+    pub handle_types: c_int,
+    pub location_type: c_int,
+    pub location_id: c_int,
+    pub pool_rest: [u8; 72],
+    pub access_descs: *const c_void,
+    pub access_desc_count: usize,
+    pub bytesize: usize,
+    pub dptr: CUdeviceptr,
+}
+
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS`: the flags come first.
+#[repr(C)]
+pub struct GraphInstantiateParamsHead {
+    pub flags: u64,
+    pub upload_stream: CUstream,
+}
 
 /// Bytes per element of a `CUarray_format`, or `None` for an unknown format.
 pub fn array_format_bytes(format: c_uint) -> Option<u64> {

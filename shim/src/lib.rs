@@ -5,6 +5,7 @@
 //! - [`real`]: finding real functions without ever mistaking the shim's own for them.
 //! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
 //! - [`allocations`]: what this process has charged, by handle.
+//! - [`graph_memory`]: CUDA graph memory as charged (executable graphs, graph memory pools).
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
@@ -23,6 +24,7 @@ pub mod diag;
 pub mod ffi_guard;
 pub mod fork;
 pub mod gate;
+pub mod graph_memory;
 pub mod hooks;
 pub mod quota_view;
 pub mod real;

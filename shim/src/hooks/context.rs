@@ -32,6 +32,7 @@ fn context_gone(ctx: u64) {
     for r in allocations::remove_context(ctx) {
         let _ = accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes);
     }
+    super::graph::context_gone(ctx);
 }
 
 /// The primary context of `dev` if it is active (its handle is stable while it exists).

@@ -1,5 +1,7 @@
 //! Kernel and graph launches: each goes through the compute time-slicing gate (`crate::gate`),
-//! which costs no system call while the tenant holds its slice, then to the driver.
+//! which costs no system call while the tenant holds its slice, then to the driver. A graph
+//! launch is one unit of the holder's work (the drain waits for all of it); its graph memory is
+//! charged before the driver commits it (`super::graph`).
 
 #![allow(non_snake_case)]
 
@@ -77,7 +79,7 @@ macro_rules! graph_launch {
                     Err(rc) => return rc,
                 };
                 // SAFETY: forwarding the caller's arguments.
-                unsafe { real_fn(exec, stream) }
+                super::graph::committing(exec, || unsafe { real_fn(exec, stream) })
             })
         }
     };

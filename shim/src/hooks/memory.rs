@@ -287,39 +287,62 @@ pub unsafe extern "C" fn cuMemFree(dptr: u32) -> CUresult {
 
 // ---- stream-ordered allocation -----------------------------------------------------------
 
+/// Whether `stream` is capturing: a stream-ordered allocation there becomes a graph allocation
+/// node, whose memory the driver commits only when the graph is launched (charged then, by
+/// `super::graph`).
+fn capturing(stream: CUstream, ptsz: bool) -> bool {
+    let is_capturing = if ptsz {
+        real!(cuStreamIsCapturing_ptsz: unsafe extern "C" fn(CUstream, *mut std::ffi::c_int) -> CUresult, false)
+    } else {
+        real!(cuStreamIsCapturing: unsafe extern "C" fn(CUstream, *mut std::ffi::c_int) -> CUresult, false)
+    };
+    let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { is_capturing(stream, &mut status) };
+    rc == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE
+}
+
 macro_rules! alloc_async {
-    ($name:ident) => {
+    ($name:ident, $ptsz:expr) => {
         /// # Safety
         /// C ABI entry point; arguments as documented for `cuMemAllocAsync`.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let f = real!($name: unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                if capturing(stream, $ptsz) {
+                    // SAFETY: forwarding the caller's arguments.
+                    return unsafe { f(dptr, bytesize, stream) };
+                }
                 // SAFETY: forwarding the caller's arguments.
                 charged(bytesize as u64, Target::Current, Kind::DevicePtr, || unsafe { f(dptr, bytesize, stream) }, || out(dptr))
             })
         }
     };
 }
-alloc_async!(cuMemAllocAsync);
-alloc_async!(cuMemAllocAsync_ptsz);
+alloc_async!(cuMemAllocAsync, false);
+alloc_async!(cuMemAllocAsync_ptsz, true);
 
 macro_rules! alloc_from_pool {
-    ($name:ident) => {
+    ($name:ident, $ptsz:expr) => {
         /// # Safety
         /// C ABI entry point; arguments as documented for `cuMemAllocFromPoolAsync`.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(dptr: *mut CUdeviceptr, bytesize: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let f = real!($name: unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                if capturing(stream, $ptsz) {
+                    // SAFETY: forwarding the caller's arguments.
+                    return unsafe { f(dptr, bytesize, pool, stream) };
+                }
                 // SAFETY: forwarding the caller's arguments.
                 charged(bytesize as u64, Target::Current, Kind::DevicePtr, || unsafe { f(dptr, bytesize, pool, stream) }, || out(dptr))
             })
         }
     };
 }
-alloc_from_pool!(cuMemAllocFromPoolAsync);
-alloc_from_pool!(cuMemAllocFromPoolAsync_ptsz);
+alloc_from_pool!(cuMemAllocFromPoolAsync, false);
+alloc_from_pool!(cuMemAllocFromPoolAsync_ptsz, true);
 
 macro_rules! free_async {
     ($name:ident) => {

@@ -11,6 +11,7 @@ use std::ffi::c_void;
 pub mod context;
 #[cfg(not(test))]
 pub mod dlsym;
+pub mod graph;
 pub mod init;
 pub mod launch;
 pub mod meminfo;
@@ -64,6 +65,7 @@ macro_rules! hooked {
 #[cfg(not(test))]
 mod exports {
     pub use super::context::*;
+    pub use super::graph::*;
     pub use super::init::*;
     pub use super::launch::*;
     pub use super::meminfo::*;
@@ -89,6 +91,9 @@ hooked! {
         cuCtxDestroy, cuCtxDestroy_v2, cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2,
         cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2,
         cuCtxSynchronize, cuStreamSynchronize, cuStreamSynchronize_ptsz, cuEventSynchronize,
+        cuGraphInstantiate, cuGraphInstantiate_v2, cuGraphInstantiateWithFlags,
+        cuGraphInstantiateWithParams, cuGraphInstantiateWithParams_ptsz,
+        cuGraphUpload, cuGraphUpload_ptsz, cuGraphExecDestroy, cuDeviceGraphMemTrim,
     ]
     nvml: [
         nvmlInit, nvmlInit_v2, nvmlInitWithFlags, nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo_v2,
@@ -99,6 +104,9 @@ hooked! {
         cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2,
         cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRetain, cuCtxGetCurrent,
         cuCtxPushCurrent_v2, cuCtxPopCurrent_v2,
+        cuGraphGetNodes, cuGraphNodeGetType, cuGraphMemAllocNodeGetParams,
+        cuGraphChildGraphNodeGetGraph, cuDeviceGetGraphMemAttribute,
+        cuStreamIsCapturing, cuStreamIsCapturing_ptsz,
     ]
     helpers_nvml: [nvmlDeviceGetUUID]
 }

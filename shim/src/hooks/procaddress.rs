@@ -126,6 +126,31 @@ const VARIANTS: &[(&str, &[Variant])] = &[
         &[v(10000, "cuGraphLaunch"), p(10000, "cuGraphLaunch_ptsz")],
     ),
     (
+        "cuGraphUpload",
+        &[v(11010, "cuGraphUpload"), p(11010, "cuGraphUpload_ptsz")],
+    ),
+    (
+        "cuGraphInstantiate",
+        &[
+            v(10000, "cuGraphInstantiate"),
+            v(11000, "cuGraphInstantiate_v2"),
+            v(12000, "cuGraphInstantiateWithFlags"),
+        ],
+    ),
+    (
+        "cuGraphInstantiateWithFlags",
+        &[v(11040, "cuGraphInstantiateWithFlags")],
+    ),
+    (
+        "cuGraphInstantiateWithParams",
+        &[
+            v(12000, "cuGraphInstantiateWithParams"),
+            p(12000, "cuGraphInstantiateWithParams_ptsz"),
+        ],
+    ),
+    ("cuGraphExecDestroy", &[v(10000, "cuGraphExecDestroy")]),
+    ("cuDeviceGraphMemTrim", &[v(11040, "cuDeviceGraphMemTrim")]),
+    (
         "cuCtxCreate",
         &[
             v(2000, "cuCtxCreate"),

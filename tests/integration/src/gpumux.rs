@@ -222,9 +222,25 @@ impl Gpumux {
     /// Starts `load --seconds S ARGS` (kernels on the device, see the C workload) in `tenant`
     /// and waits until it runs.
     pub fn load(&self, tenant: &str, seconds: u64, args: &[&str]) -> crate::workloads::Running {
+        self.start_load(tenant, "load", seconds, args)
+    }
+
+    /// Starts `graph --seconds S ARGS` (a captured CUDA graph replayed in a loop, see the C
+    /// workload) in `tenant` and waits until it runs.
+    pub fn graph(&self, tenant: &str, seconds: u64, args: &[&str]) -> crate::workloads::Running {
+        self.start_load(tenant, "graph", seconds, args)
+    }
+
+    fn start_load(
+        &self,
+        tenant: &str,
+        mode: &str,
+        seconds: u64,
+        args: &[&str],
+    ) -> crate::workloads::Running {
         let mut r = crate::workloads::Running::spawn(
             self.tenant_command(tenant, crate::workloads::c_workload())
-                .arg("load")
+                .arg(mode)
                 .args(["--seconds", &seconds.to_string()])
                 .args(args),
         )
