@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
-/// A decode-like step: 8 spin kernels of 2 ms captured once, replayed 4 graphs per batch.
-const REPLAY: &[&str] = &["--ns", "2000000", "--kernels", "8", "--batch", "4"];
+/// A decode-like step: 8 spin kernels of 2 ms captured once; each step launches the graph and
+/// synchronizes.
+const REPLAY: &[&str] = &["--ns", "2000000", "--kernels", "8", "--batch", "1"];
 
 /// Shares are measured over wall-clock windows: one such test at a time in this binary.
 fn exclusive() -> std::sync::MutexGuard<'static, ()> {
