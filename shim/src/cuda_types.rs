@@ -25,6 +25,8 @@ pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
 pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
 pub const CUDA_ERROR_OPERATING_SYSTEM: CUresult = 304;
 pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
+pub const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: CUresult = 901;
+pub const CUDA_ERROR_STREAM_CAPTURE_UNJOINED: CUresult = 904;
 pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
 
 /// `cuGetProcAddress` flag: the per-thread-default-stream variant is wanted.

@@ -7,6 +7,7 @@
 //! - [`allocations`]: what this process has charged, by handle.
 //! - [`graph_memory`]: CUDA graph memory as charged (executable graphs, graph memory pools).
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
+//! - [`captures`]: stream captures in progress (the drain waits for them to end).
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
 //! - [`watcher`]: the thread that drains this process's work when the daemon revokes a slice.
@@ -18,6 +19,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod allocations;
+pub mod captures;
 pub mod contexts;
 pub mod cuda_types;
 pub mod diag;

@@ -23,10 +23,11 @@ fn walk(graph: CUgraph, depth: u32, out: &mut Vec<(CUdevice, u64)>) {
     let node_type =
         real!(cuGraphNodeGetType: unsafe extern "C" fn(CUgraphNode, *mut c_uint) -> CUresult);
     let mut n = 0usize;
+    if depth > MAX_DEPTH {
+        return;
+    }
     // SAFETY: a null array asks for the count only.
-    if depth > MAX_DEPTH
-        || unsafe { get_nodes(graph, std::ptr::null_mut(), &mut n) } != CUDA_SUCCESS
-    {
+    if unsafe { get_nodes(graph, std::ptr::null_mut(), &mut n) } != CUDA_SUCCESS {
         return;
     }
     let mut nodes: Vec<CUgraphNode> = vec![std::ptr::null_mut(); n];
@@ -353,3 +354,81 @@ pub unsafe extern "C" fn cuDeviceGraphMemTrim(dev: CUdevice) -> CUresult {
         rc
     })
 }
+
+// ---- stream capture: recorded so the drain waits for captures to end ----------------------
+
+/// Records a capture that began (`rc` is the driver's answer).
+fn began(rc: CUresult, stream: CUstream, ptsz: bool) -> CUresult {
+    if rc == CUDA_SUCCESS {
+        crate::captures::begun(stream, ptsz);
+    }
+    rc
+}
+
+macro_rules! begin_capture {
+    ($name:ident, $ptsz:expr $(, $mode:ident)?) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for `cuStreamBeginCapture`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(stream: CUstream $(, $mode: c_uint)?) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(CUstream $(, begin_capture!(@ty $mode))?) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                // SAFETY: forwarding the caller's arguments.
+                began(unsafe { f(stream $(, $mode)?) }, stream, $ptsz)
+            })
+        }
+    };
+    (@ty $mode:ident) => { c_uint };
+}
+begin_capture!(cuStreamBeginCapture, false);
+begin_capture!(cuStreamBeginCapture_ptsz, true);
+begin_capture!(cuStreamBeginCapture_v2, false, mode);
+begin_capture!(cuStreamBeginCapture_v2_ptsz, true, mode);
+
+macro_rules! begin_capture_to_graph {
+    ($name:ident, $ptsz:expr) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for `cuStreamBeginCaptureToGraph`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            stream: CUstream,
+            graph: CUgraph,
+            deps: *const CUgraphNode,
+            edge_data: *const std::ffi::c_void,
+            n: usize,
+            mode: c_uint,
+        ) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(CUstream, CUgraph, *const CUgraphNode, *const std::ffi::c_void, usize, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                // SAFETY: forwarding the caller's arguments.
+                began(unsafe { f(stream, graph, deps, edge_data, n, mode) }, stream, $ptsz)
+            })
+        }
+    };
+}
+begin_capture_to_graph!(cuStreamBeginCaptureToGraph, false);
+begin_capture_to_graph!(cuStreamBeginCaptureToGraph_ptsz, true);
+
+macro_rules! end_capture {
+    ($name:ident, $ptsz:expr) => {
+        /// # Safety
+        /// C ABI entry point; arguments as documented for `cuStreamEndCapture`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(stream: CUstream, graph: *mut CUgraph) -> CUresult {
+            guard(CUDA_ERROR_UNKNOWN, || {
+                let f = real!($name: unsafe extern "C" fn(CUstream, *mut CUgraph) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                // SAFETY: forwarding the caller's arguments.
+                let rc = unsafe { f(stream, graph) };
+                // Success, an invalidated capture and unjoined work all end the capture.
+                if matches!(rc, CUDA_SUCCESS | CUDA_ERROR_STREAM_CAPTURE_INVALIDATED | CUDA_ERROR_STREAM_CAPTURE_UNJOINED)
+                    || !crate::captures::is_capturing(stream as u64, $ptsz)
+                {
+                    crate::captures::ended(stream, $ptsz);
+                }
+                rc
+            })
+        }
+    };
+}
+end_capture!(cuStreamEndCapture, false);
+end_capture!(cuStreamEndCapture_ptsz, true);

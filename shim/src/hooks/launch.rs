@@ -11,7 +11,7 @@ use crate::ffi_guard::guard;
 use std::ffi::{c_uint, c_void};
 
 macro_rules! launch_kernel {
-    ($name:ident) => {
+    ($name:ident, $ptsz:expr) => {
         /// # Safety
         /// C ABI entry point; arguments as documented for `cuLaunchKernel`.
         #[unsafe(no_mangle)]
@@ -30,7 +30,7 @@ macro_rules! launch_kernel {
         ) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter() {
+                let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(stream as u64, $ptsz)) {
                     Ok(t) => t,
                     Err(rc) => return rc,
                 };
@@ -40,20 +40,30 @@ macro_rules! launch_kernel {
         }
     };
 }
-launch_kernel!(cuLaunchKernel);
-launch_kernel!(cuLaunchKernel_ptsz);
-launch_kernel!(cuLaunchCooperativeKernel);
-launch_kernel!(cuLaunchCooperativeKernel_ptsz);
+launch_kernel!(cuLaunchKernel, false);
+launch_kernel!(cuLaunchKernel_ptsz, true);
+launch_kernel!(cuLaunchCooperativeKernel, false);
+launch_kernel!(cuLaunchCooperativeKernel_ptsz, true);
+
+/// The stream of a `CUlaunchConfig` (after the grid, block and shared-memory `unsigned int`s).
+fn config_stream(config: *const c_void) -> CUstream {
+    if config.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: a non-null CUlaunchConfig from the caller: 7 unsigned ints, then the stream
+    // handle at offset 32.
+    unsafe { *(config.cast::<u8>().add(32) as *const CUstream) }
+}
 
 macro_rules! launch_ex {
-    ($name:ident) => {
+    ($name:ident, $ptsz:expr) => {
         /// # Safety
         /// C ABI entry point; arguments as documented for `cuLaunchKernelEx`.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(*const c_void, CUfunction, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter() {
+                let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(config_stream(config) as u64, $ptsz)) {
                     Ok(t) => t,
                     Err(rc) => return rc,
                 };
@@ -63,18 +73,18 @@ macro_rules! launch_ex {
         }
     };
 }
-launch_ex!(cuLaunchKernelEx);
-launch_ex!(cuLaunchKernelEx_ptsz);
+launch_ex!(cuLaunchKernelEx, false);
+launch_ex!(cuLaunchKernelEx_ptsz, true);
 
 macro_rules! graph_launch {
-    ($name:ident) => {
+    ($name:ident, $ptsz:expr) => {
         /// # Safety
         /// C ABI entry point; arguments as documented for `cuGraphLaunch`.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter() {
+                let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(stream as u64, $ptsz)) {
                     Ok(t) => t,
                     Err(rc) => return rc,
                 };
@@ -84,5 +94,5 @@ macro_rules! graph_launch {
         }
     };
 }
-graph_launch!(cuGraphLaunch);
-graph_launch!(cuGraphLaunch_ptsz);
+graph_launch!(cuGraphLaunch, false);
+graph_launch!(cuGraphLaunch_ptsz, true);

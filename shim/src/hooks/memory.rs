@@ -291,15 +291,7 @@ pub unsafe extern "C" fn cuMemFree(dptr: u32) -> CUresult {
 /// node, whose memory the driver commits only when the graph is launched (charged then, by
 /// `super::graph`).
 fn capturing(stream: CUstream, ptsz: bool) -> bool {
-    let is_capturing = if ptsz {
-        real!(cuStreamIsCapturing_ptsz: unsafe extern "C" fn(CUstream, *mut std::ffi::c_int) -> CUresult, false)
-    } else {
-        real!(cuStreamIsCapturing: unsafe extern "C" fn(CUstream, *mut std::ffi::c_int) -> CUresult, false)
-    };
-    let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
-    // SAFETY: valid out-pointer.
-    let rc = unsafe { is_capturing(stream, &mut status) };
-    rc == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE
+    crate::captures::any() && crate::captures::is_capturing(stream as u64, ptsz)
 }
 
 macro_rules! alloc_async {

@@ -149,6 +149,29 @@ const VARIANTS: &[(&str, &[Variant])] = &[
         ],
     ),
     ("cuGraphExecDestroy", &[v(10000, "cuGraphExecDestroy")]),
+    (
+        "cuStreamBeginCapture",
+        &[
+            v(10000, "cuStreamBeginCapture"),
+            p(10000, "cuStreamBeginCapture_ptsz"),
+            v(10010, "cuStreamBeginCapture_v2"),
+            p(10010, "cuStreamBeginCapture_v2_ptsz"),
+        ],
+    ),
+    (
+        "cuStreamBeginCaptureToGraph",
+        &[
+            v(12030, "cuStreamBeginCaptureToGraph"),
+            p(12030, "cuStreamBeginCaptureToGraph_ptsz"),
+        ],
+    ),
+    (
+        "cuStreamEndCapture",
+        &[
+            v(10000, "cuStreamEndCapture"),
+            p(10000, "cuStreamEndCapture_ptsz"),
+        ],
+    ),
     ("cuDeviceGraphMemTrim", &[v(11040, "cuDeviceGraphMemTrim")]),
     (
         "cuCtxCreate",

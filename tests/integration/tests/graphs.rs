@@ -220,3 +220,38 @@ fn captured_workspace_is_charged_when_the_graph_is_uploaded() {
     assert_eq!(i(l, "result"), CUDA_ERROR_OUT_OF_MEMORY, "{l}");
     g.wait_tenant_used("a", 0, Duration::from_secs(5));
 }
+
+/// A capture in progress is host work: a slice revoked meanwhile must not break it (the drain's
+/// context synchronize would invalidate the capture), and captured launches, which put nothing
+/// on the device, must not wait for a slice.
+#[test]
+fn a_capture_survives_slice_revocations() {
+    let _serial = exclusive();
+    let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
+    let a = g.load("a", 8, &["--ns", "2000000", "--batch", "4"]);
+    // b captures 8 launches with 25 ms of host work before each: 200 ms, several quanta, while
+    // a saturates the device.
+    let out = run(
+        g.tenant_command("b", c_workload()).args([
+            "graph",
+            "--seconds",
+            "2",
+            "--ns",
+            "1000000",
+            "--capture-pause-ms",
+            "25",
+        ]),
+        T,
+    )
+    .unwrap();
+    let l = out.lines.one("load");
+    assert_eq!(
+        i(l, "result"),
+        CUDA_SUCCESS,
+        "b's capture or replay failed: {l}"
+    );
+    assert!(l["kernels"].as_u64().unwrap() > 0, "{l}");
+    let (status, lines) = a.finish(T).unwrap();
+    assert!(status.success());
+    assert_eq!(i(lines.one("load"), "result"), 0);
+}

@@ -35,9 +35,10 @@
  *       completed so far and when (CLOCK_MONOTONIC ms), plus one after the last batch.
  *       L > 0: after the report, keep the process and its context alive, idle, L seconds
  *   driver_workload graph --ns N --kernels K --seconds S [--batch B] [--pause-ms P] [--mem M]
- *                         [--report-ms R] [--linger-s L]
+ *                         [--report-ms R] [--linger-s L] [--capture-pause-ms C]
  *       a decode-like step: K spin(N) kernels (with --mem, between a stream-ordered allocation
- *       of M bytes and its free) captured ONCE into a CUDA graph, instantiated, uploaded, then
+ *       of M bytes and its free) captured ONCE into a CUDA graph (C > 0: C ms of host work
+ *       between captured launches, as a framework tracing a model), instantiated, uploaded, then
  *       replayed like `load`: B launches of the graph, synchronize, pause P ms; reports as `load`
  *       does (op "graph"), kernels counted per node
  *   driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]
@@ -330,6 +331,7 @@ static void die_usage(const char *msg) {
             "                            [--report-ms R] [--linger-s L]\n"
             "       driver_workload graph --ns N --kernels K --seconds S [--batch B] [--pause-ms P]\n"
             "                             [--mem M] [--report-ms R] [--linger-s L]\n"
+            "                             [--capture-pause-ms C]\n"
             "       driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]\n");
     exit(2);
 }
@@ -1325,8 +1327,8 @@ static int cmd_load(int argc, char **argv) {
 static int cmd_graph(int argc, char **argv) {
     static const char *const flags[] = {"--ns",       "--kernels",   "--seconds",  "--batch",
                                         "--pause-ms", "--device",    "--report-ms", "--linger-s",
-                                        "--mem",      NULL};
-    const char *v[9] = {NULL, "8", NULL, "1", "0", "0", "0", "0", "0"};
+                                        "--mem",      "--capture-pause-ms", NULL};
+    const char *v[10] = {NULL, "8", NULL, "1", "0", "0", "0", "0", "0", "0"};
     parse_flags(argc, argv, flags, v);
     unsigned long long ns = need_u64(v[0], "--ns");
     unsigned long long count = need_u64(v[1], "--kernels");
@@ -1337,6 +1339,7 @@ static int cmd_graph(int argc, char **argv) {
     unsigned long long report_ms = need_u64(v[6], "--report-ms");
     unsigned long long linger_s = need_u64(v[7], "--linger-s");
     unsigned long long mem = need_u64(v[8], "--mem");
+    unsigned long long capture_pause_ms = need_u64(v[9], "--capture-pause-ms");
     if (batch == 0 || count == 0) die_usage("--batch and --kernels must be positive");
     load_driver();
     CUresult r = use_device((int)dev);
@@ -1357,8 +1360,10 @@ static int cmd_graph(int argc, char **argv) {
     if (r == CUDA_SUCCESS) {
         CUdeviceptr workspace = 0;
         CUresult rc = mem ? CU(cuMemAllocAsync, &workspace, (size_t)mem, stream) : CUDA_SUCCESS;
-        for (unsigned long long i = 0; i < count && rc == CUDA_SUCCESS; i++)
+        for (unsigned long long i = 0; i < count && rc == CUDA_SUCCESS; i++) {
+            if (capture_pause_ms) usleep((useconds_t)(capture_pause_ms * 1000));
             rc = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+        }
         if (rc == CUDA_SUCCESS && mem) rc = CU(cuMemFreeAsync, workspace, stream);
         r = CU(cuStreamEndCapture, stream, &graph);
         if (rc != CUDA_SUCCESS) r = rc;

@@ -1,0 +1,122 @@
+//! Stream captures in progress in this process. While a stream captures, synchronizing its
+//! context (the drain) would invalidate the capture (the driver refuses to synchronize a
+//! capturing stream, from any thread, in any capture mode), and launches into it put nothing on
+//! the device. So the watcher waits for captures to end before it drains, and the gate lets
+//! captured launches through without a slice. Reset in a forked child.
+
+use crate::cuda_types::{CU_STREAM_CAPTURE_STATUS_NONE, CUDA_SUCCESS, CUstream};
+use crate::hooks::real;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A capturing stream: its handle, and whether it was named through a per-thread-default-stream
+/// entry point (then a null handle is that thread's stream, which another thread cannot query).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Capture {
+    stream: u64,
+    ptsz: bool,
+}
+
+struct Active {
+    generation: u32,
+    list: Vec<Capture>,
+}
+
+static ACTIVE: parking_lot::Mutex<Active> = parking_lot::const_mutex(Active {
+    generation: 0,
+    list: Vec::new(),
+});
+/// How many captures are recorded (read without the lock on the launch path).
+static COUNT: AtomicU32 = AtomicU32::new(0);
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+fn with<R>(f: impl FnOnce(&mut Vec<Capture>) -> R) -> R {
+    let mut a = ACTIVE.lock();
+    let generation = GENERATION.load(Ordering::Acquire);
+    if a.generation != generation {
+        a.list.clear();
+        a.generation = generation;
+    }
+    let r = f(&mut a.list);
+    COUNT.store(a.list.len() as u32, Ordering::Release);
+    r
+}
+
+/// A capture began on `stream`.
+pub fn begun(stream: CUstream, ptsz: bool) {
+    let c = Capture {
+        stream: stream as u64,
+        ptsz,
+    };
+    with(|l| {
+        if !l.contains(&c) {
+            l.push(c);
+        }
+    });
+}
+
+/// The capture on `stream` ended.
+pub fn ended(stream: CUstream, ptsz: bool) {
+    let c = Capture {
+        stream: stream as u64,
+        ptsz,
+    };
+    with(|l| l.retain(|x| *x != c));
+}
+
+/// Whether any capture may be in progress (no lock, no driver call).
+#[inline]
+pub fn any() -> bool {
+    COUNT.load(Ordering::Acquire) != 0
+}
+
+/// Asks the driver whether `stream` (a `CUstream` handle's value) captures (`ptsz`: through the
+/// per-thread entry point).
+pub fn is_capturing(stream: u64, ptsz: bool) -> bool {
+    let stream = stream as CUstream;
+    let f = if ptsz {
+        real!(cuStreamIsCapturing_ptsz: unsafe extern "C" fn(CUstream, *mut std::ffi::c_int) -> i32, false)
+    } else {
+        real!(cuStreamIsCapturing: unsafe extern "C" fn(CUstream, *mut std::ffi::c_int) -> i32, false)
+    };
+    let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { f(stream, &mut status) };
+    rc == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE
+}
+
+/// Drain support: waits (up to `limit`) until no capture is in progress. Captures whose stream
+/// the driver says no longer captures (it was destroyed, or the capture ended in a way the shim
+/// did not see) are forgotten; a null per-thread stream is another thread's and is trusted to
+/// end with `cuStreamEndCapture`. Returns whether none is left.
+pub fn wait_until_none(limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        let left = with(|l| {
+            l.retain(|c| (c.ptsz && c.stream == 0) || is_capturing(c.stream, c.ptsz));
+            l.len()
+        });
+        if left == 0 {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Fork support: hold the list across `fork`.
+pub fn lock_for_fork() {
+    std::mem::forget(ACTIVE.lock());
+}
+
+/// Fork support: release after `fork`; in the child, forget the parent's captures.
+pub fn unlock_after_fork(child: bool) {
+    if child {
+        GENERATION.fetch_add(1, Ordering::AcqRel);
+        COUNT.store(0, Ordering::Release);
+    }
+    // SAFETY: `lock_for_fork` locked the list on this thread and forgot the guard.
+    unsafe { ACTIVE.force_unlock() };
+}
