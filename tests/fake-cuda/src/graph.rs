@@ -510,6 +510,8 @@ struct State {
 /// The process's graphs, executable graphs, captures and graph memory pools.
 pub struct Graphs {
     st: Mutex<State>,
+    /// Captures in progress (read without the lock on every stream operation).
+    capturing: AtomicU64,
 }
 
 fn key(s: &Arc<Stream>) -> usize {
@@ -552,6 +554,7 @@ impl Graphs {
                 pools: vec![Pool::default(); devices as usize],
                 ..State::default()
             }),
+            capturing: AtomicU64::new(0),
         }
     }
 }
@@ -1318,7 +1321,7 @@ pub fn drop_context(p: &Process, ctx: &Context) {
         .map(|(id, _)| *id)
         .collect();
     for id in caps {
-        end_capture_state(&mut st, id);
+        end_capture_state(p, &mut st, id);
     }
     trim_locked(p, &mut st, ctx.device);
 }
@@ -1332,8 +1335,9 @@ fn invalidate(st: &mut State, id: u64) {
 }
 
 /// Forgets a capture's streams and events (its graph stays).
-fn end_capture_state(st: &mut State, id: u64) -> Option<CaptureData> {
+fn end_capture_state(p: &Process, st: &mut State, id: u64) -> Option<CaptureData> {
     let c = st.captures.remove(&id)?;
+    p.graphs.capturing.fetch_sub(1, Ordering::Release);
     for k in c.streams.keys() {
         st.stream_capture.remove(k);
         st.info_bufs.remove(k);
@@ -1347,6 +1351,9 @@ fn end_capture_state(st: &mut State, id: u64) -> Option<CaptureData> {
 /// dependency on the capture): `CUDA_ERROR_STREAM_CAPTURE_IMPLICIT`, and the capture is
 /// invalidated.
 pub fn route(p: &Process, ctx: &Context, s: &Arc<Stream>) -> Res<Route> {
+    if p.graphs.capturing.load(Ordering::Acquire) == 0 {
+        return Ok(Route::Submit);
+    }
     let mut st = p.graphs.st.lock();
     if st.captures.is_empty() {
         return Ok(Route::Submit);
@@ -1464,6 +1471,7 @@ pub fn begin(
         }
     };
     let id = p.new_handle();
+    p.graphs.capturing.fetch_add(1, Ordering::Release);
     st.stream_capture.insert(key(s), id);
     st.captures.insert(
         id,
@@ -1514,7 +1522,7 @@ pub fn end(p: &Process, s: &Arc<Stream>) -> Res<u64> {
         .streams
         .iter()
         .any(|(k, (_, deps))| *k != key(s) && deps.iter().any(|d| !joined.contains(d)));
-    let c = end_capture_state(&mut st, id).expect("present");
+    let c = end_capture_state(p, &mut st, id).expect("present");
     if c.invalid || unjoined {
         if c.own_graph {
             drop(st);
@@ -1672,6 +1680,9 @@ pub fn capture_wait(
 /// has a global-mode capture: `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, and those captures are
 /// invalidated.
 pub fn unsafe_call(p: &Process) -> Res<()> {
+    if p.graphs.capturing.load(Ordering::Acquire) == 0 {
+        return Ok(());
+    }
     let mut st = p.graphs.st.lock();
     if st.captures.is_empty() {
         return Ok(());
@@ -1744,7 +1755,7 @@ pub fn forget_stream(p: &Process, s: &Arc<Stream>) {
     if let Some(&id) = st.stream_capture.get(&key(s)) {
         invalidate(&mut st, id);
         if st.captures[&id].origin == key(s) {
-            if let Some(c) = end_capture_state(&mut st, id)
+            if let Some(c) = end_capture_state(p, &mut st, id)
                 && c.own_graph
             {
                 drop(st);
