@@ -10,11 +10,35 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A capturing stream: its handle, and whether it was named through a per-thread-default-stream
-/// entry point (then a null handle is that thread's stream, which another thread cannot query).
+/// entry point. A per-thread default stream (a null handle through such an entry point, or
+/// `CU_STREAM_PER_THREAD`) is the capturing thread's own: another thread cannot query it, so it is
+/// told apart by the thread.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Capture {
     stream: u64,
     ptsz: bool,
+    /// The capturing thread (kernel thread id) for a per-thread default stream, else 0.
+    thread: i64,
+}
+
+/// `CU_STREAM_PER_THREAD`.
+const STREAM_PER_THREAD: u64 = 2;
+
+impl Capture {
+    fn new(stream: CUstream, ptsz: bool) -> Self {
+        let stream = stream as u64;
+        let thread_bound = (ptsz && stream == 0) || stream == STREAM_PER_THREAD;
+        Capture {
+            stream,
+            ptsz,
+            // SAFETY: gettid takes no arguments and cannot fail.
+            thread: if thread_bound {
+                unsafe { libc::syscall(libc::SYS_gettid) }
+            } else {
+                0
+            },
+        }
+    }
 }
 
 struct Active {
@@ -44,10 +68,7 @@ fn with<R>(f: impl FnOnce(&mut Vec<Capture>) -> R) -> R {
 
 /// A capture began on `stream`.
 pub fn begun(stream: CUstream, ptsz: bool) {
-    let c = Capture {
-        stream: stream as u64,
-        ptsz,
-    };
+    let c = Capture::new(stream, ptsz);
     with(|l| {
         if !l.contains(&c) {
             l.push(c);
@@ -57,10 +78,7 @@ pub fn begun(stream: CUstream, ptsz: bool) {
 
 /// The capture on `stream` ended.
 pub fn ended(stream: CUstream, ptsz: bool) {
-    let c = Capture {
-        stream: stream as u64,
-        ptsz,
-    };
+    let c = Capture::new(stream, ptsz);
     with(|l| l.retain(|x| *x != c));
 }
 
@@ -87,13 +105,13 @@ pub fn is_capturing(stream: u64, ptsz: bool) -> bool {
 
 /// Drain support: waits (up to `limit`) until no capture is in progress. Captures whose stream
 /// the driver says no longer captures (it was destroyed, or the capture ended in a way the shim
-/// did not see) are forgotten; a null per-thread stream is another thread's and is trusted to
+/// did not see) are forgotten; a per-thread default stream is another thread's and is trusted to
 /// end with `cuStreamEndCapture`. Returns whether none is left.
 pub fn wait_until_none(limit: Duration) -> bool {
     let start = Instant::now();
     loop {
         let left = with(|l| {
-            l.retain(|c| (c.ptsz && c.stream == 0) || is_capturing(c.stream, c.ptsz));
+            l.retain(|c| c.thread != 0 || is_capturing(c.stream, c.ptsz));
             l.len()
         });
         if left == 0 {
