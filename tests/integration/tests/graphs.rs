@@ -3,49 +3,16 @@
 //! the tenant's quota when the driver commits it (at launch), returned when the executable graph
 //! is destroyed. Device time and memory come from the fake GPU's ground truth.
 
-use gpumux_integration::gpumux::Gpumux;
+use gpumux_integration::gpumux::{Gpumux, exclusive, weighted_tenant as tenant};
 use gpumux_integration::workloads::{
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, MIB, Running, c_workload, i, run, u,
 };
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 /// A decode-like step: 8 spin kernels of 2 ms captured once; each step launches the graph and
 /// synchronizes.
 const REPLAY: &[&str] = &["--ns", "2000000", "--kernels", "8", "--batch", "1"];
-
-/// Shares are measured over wall-clock windows: one such test at a time in this binary.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn tenant(weight: u32) -> String {
-    format!("memory_limit = \"1GiB\"\nweight = {weight}\n")
-}
-
-/// Device time each pid got over `window`, as fractions of it, from the fake's busy counters.
-fn shares(g: &Gpumux, pids: &[u32], window: Duration) -> Vec<f64> {
-    let busy = || -> HashMap<u32, u64> {
-        g.gpu.snapshot().devices[0]
-            .processes
-            .iter()
-            .map(|p| (p.pid, p.busy_ns))
-            .collect()
-    };
-    let before = busy();
-    let t0 = Instant::now();
-    std::thread::sleep(window);
-    let after = busy();
-    let elapsed = t0.elapsed().as_nanos() as f64;
-    pids.iter()
-        .map(|p| {
-            let a = after.get(p).copied().unwrap_or(0);
-            a.saturating_sub(before.get(p).copied().unwrap_or(0)) as f64 / elapsed
-        })
-        .collect()
-}
 
 fn finish_ok(r: Running) {
     let (status, lines) = r.finish(T).unwrap();
@@ -62,7 +29,7 @@ fn a_lone_graph_replaying_tenant_keeps_the_device_busy() {
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
     let a = g.graph("a", 9, REPLAY);
     std::thread::sleep(Duration::from_millis(500));
-    let s = shares(&g, &[a.pid()], Duration::from_secs(6));
+    let s = g.device_shares(&[vec![a.pid()]], Duration::from_secs(6));
     eprintln!("lone graph-replaying tenant: device busy {:.3}", s[0]);
     assert!(s[0] >= 0.97, "device busy {:.3} with graph replays", s[0]);
     finish_ok(a);
@@ -76,7 +43,7 @@ fn graph_replays_split_device_time_three_to_one_and_are_drained() {
     let b = g.graph("b", 13, REPLAY);
     std::thread::sleep(Duration::from_millis(500));
     let t0 = fakegpu::procid::monotonic_ns();
-    let s = shares(&g, &[a.pid(), b.pid()], Duration::from_secs(10));
+    let s = g.device_shares(&[vec![a.pid()], vec![b.pid()]], Duration::from_secs(10));
     let total = s[0] + s[1];
     let trace: Vec<_> = fakegpu::kernel_trace(g.state_path(), 0)
         .unwrap()
@@ -105,25 +72,10 @@ fn graph_replays_split_device_time_three_to_one_and_are_drained() {
     assert!(g.gpu.snapshot().devices[0].max_concurrent_kernels <= 1);
 }
 
-fn ops(g: &Gpumux, tenant: &str, script: &str) -> gpumux_integration::workloads::Output {
-    let mut c = g.tenant_command(tenant, c_workload());
-    c.args(["ops", script]);
-    let out = run(&mut c, T).expect("run workload");
-    assert!(
-        out.status.success(),
-        "workload failed: {:?}\n{}\nlog:\n{}",
-        out.status,
-        out.stderr,
-        g.log()
-    );
-    out
-}
-
 #[test]
 fn graph_memory_beyond_the_quota_fails_at_launch_and_charges_nothing() {
     let g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
-    let out = ops(
-        &g,
+    let out = g.ops(
         "a",
         "graph:big:2GiB graph-launch:big meminfo \
          graph:g:900MiB graph-launch:g meminfo graph:h:200MiB graph-launch:h meminfo",
@@ -163,8 +115,7 @@ fn graph_memory_beyond_the_quota_fails_at_launch_and_charges_nothing() {
 #[test]
 fn graph_memory_comes_back_when_the_graph_is_destroyed() {
     let g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
-    let out = ops(
-        &g,
+    let out = g.ops(
         "a",
         "graph:g:600MiB meminfo graph-launch:g graph-launch:g meminfo graph-destroy:g meminfo \
          alloc:x:900MiB free:x graph:g2:700MiB graph-launch:g2 graph-trim meminfo",
