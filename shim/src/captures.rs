@@ -28,15 +28,16 @@ impl Capture {
     fn new(stream: CUstream, ptsz: bool) -> Self {
         let stream = stream as u64;
         let thread_bound = (ptsz && stream == 0) || stream == STREAM_PER_THREAD;
+        let thread = if thread_bound {
+            // SAFETY: gettid takes no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_gettid) }
+        } else {
+            0
+        };
         Capture {
             stream,
             ptsz,
-            // SAFETY: gettid takes no arguments and cannot fail.
-            thread: if thread_bound {
-                unsafe { libc::syscall(libc::SYS_gettid) }
-            } else {
-                0
-            },
+            thread,
         }
     }
 }
