@@ -104,11 +104,16 @@ pub fn lock_for_fork() {
 
 /// Fork support: release after `fork` (parent and child); in the child, also orphan the
 /// parent's records.
-pub fn unlock_after_fork(child: bool) {
+///
+/// # Safety
+/// Only after [`lock_for_fork`] on this thread (the `pthread_atfork` prepare handler), once:
+/// it unlocks the table that call left locked.
+pub unsafe fn unlock_after_fork(child: bool) {
     if child {
         GENERATION.fetch_add(1, Ordering::AcqRel);
     }
-    // SAFETY: `lock_for_fork` locked the table on this thread and forgot the guard.
+    // SAFETY: (the caller's contract) `lock_for_fork` locked the table on this thread and
+    // forgot the guard.
     unsafe { TABLE.force_unlock() };
 }
 
@@ -134,7 +139,8 @@ mod tests {
         assert_eq!(remove(Kind::DevicePtr, 7), Some(rec(0, 100, 0)));
         assert_eq!(remove(Kind::DevicePtr, 7), None);
         lock_for_fork();
-        unlock_after_fork(true);
+        // SAFETY: right after `lock_for_fork` on this thread.
+        unsafe { unlock_after_fork(true) };
         assert_eq!(
             remove(Kind::MemHandle, 7),
             None,

@@ -68,7 +68,7 @@ fn with<R>(f: impl FnOnce(&mut Vec<Capture>) -> R) -> R {
 }
 
 /// A capture began on `stream`.
-pub fn begun(stream: CUstream, ptsz: bool) {
+pub(crate) fn begun(stream: CUstream, ptsz: bool) {
     let c = Capture::new(stream, ptsz);
     with(|l| {
         if !l.contains(&c) {
@@ -78,25 +78,25 @@ pub fn begun(stream: CUstream, ptsz: bool) {
 }
 
 /// The capture on `stream` ended.
-pub fn ended(stream: CUstream, ptsz: bool) {
+pub(crate) fn ended(stream: CUstream, ptsz: bool) {
     let c = Capture::new(stream, ptsz);
     with(|l| l.retain(|x| *x != c));
 }
 
 /// Whether any capture may be in progress (no lock, no driver call).
 #[inline]
-pub fn any() -> bool {
+pub(crate) fn any() -> bool {
     COUNT.load(Ordering::Acquire) != 0
 }
 
 /// Asks the driver whether `stream` (a `CUstream` handle's value) captures (`ptsz`: through the
 /// per-thread entry point).
-pub fn is_capturing(stream: u64, ptsz: bool) -> bool {
+pub(crate) fn is_capturing(stream: u64, ptsz: bool) -> bool {
     let stream = stream as CUstream;
     let f = if ptsz {
-        real!(cuStreamIsCapturing_ptsz: unsafe extern "C" fn(CUstream, *mut std::ffi::c_int) -> i32, false)
+        real!(cuStreamIsCapturing_ptsz, false)
     } else {
-        real!(cuStreamIsCapturing: unsafe extern "C" fn(CUstream, *mut std::ffi::c_int) -> i32, false)
+        real!(cuStreamIsCapturing, false)
     };
     let mut status = CU_STREAM_CAPTURE_STATUS_NONE;
     // SAFETY: valid out-pointer.
@@ -108,7 +108,7 @@ pub fn is_capturing(stream: u64, ptsz: bool) -> bool {
 /// the driver says no longer captures (it was destroyed, or the capture ended in a way the shim
 /// did not see) are forgotten; a per-thread default stream is another thread's and is trusted to
 /// end with `cuStreamEndCapture`. Returns whether none is left.
-pub fn wait_until_none(limit: Duration) -> bool {
+pub(crate) fn wait_until_none(limit: Duration) -> bool {
     let start = Instant::now();
     loop {
         let left = with(|l| {
@@ -126,12 +126,15 @@ pub fn wait_until_none(limit: Duration) -> bool {
 }
 
 /// Fork support: hold the list across `fork`.
-pub fn lock_for_fork() {
+pub(crate) fn lock_for_fork() {
     std::mem::forget(ACTIVE.lock());
 }
 
 /// Fork support: release after `fork`; in the child, forget the parent's captures.
-pub fn unlock_after_fork(child: bool) {
+///
+/// # Safety
+/// Only after [`lock_for_fork`] on this thread (the atfork handlers).
+pub(crate) unsafe fn unlock_after_fork(child: bool) {
     if child {
         GENERATION.fetch_add(1, Ordering::AcqRel);
         COUNT.store(0, Ordering::Release);

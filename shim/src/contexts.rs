@@ -62,11 +62,16 @@ pub fn lock_for_fork() {
 }
 
 /// Fork support: release after `fork`; in the child, forget the parent's contexts.
-pub fn unlock_after_fork(child: bool) {
+///
+/// # Safety
+/// Only after [`lock_for_fork`] on this thread (the `pthread_atfork` prepare handler), once:
+/// it unlocks the registry that call left locked.
+pub unsafe fn unlock_after_fork(child: bool) {
     if child {
         GENERATION.fetch_add(1, Ordering::AcqRel);
     }
-    // SAFETY: `lock_for_fork` locked the registry on this thread and forgot the guard.
+    // SAFETY: (the caller's contract) `lock_for_fork` locked the registry on this thread and
+    // forgot the guard.
     unsafe { REGISTRY.force_unlock() };
 }
 
@@ -92,7 +97,8 @@ mod tests {
         for_each_on(0, |c| seen.push(c));
         assert_eq!(seen, vec![12]);
         lock_for_fork();
-        unlock_after_fork(true);
+        // SAFETY: right after `lock_for_fork` on this thread.
+        unsafe { unlock_after_fork(true) };
         seen.clear();
         for_each_on(1, |c| seen.push(c));
         assert!(seen.is_empty(), "a child forgets its parent's contexts");

@@ -22,29 +22,29 @@ use std::collections::HashMap;
 
 /// Graph memory of an executable graph on one device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Part {
+pub(crate) struct Part {
     /// CUDA ordinal (for driver calls).
-    pub ordinal: i32,
+    pub(crate) ordinal: i32,
     /// Segment device index.
-    pub device: usize,
+    pub(crate) device: usize,
     /// Bytes of its allocation nodes on that device.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// An executable graph with graph memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Exec {
+pub(crate) struct Exec {
     /// The context it was instantiated in.
-    pub context: u64,
+    pub(crate) context: u64,
     /// Its graph memory, per device.
-    pub parts: Vec<Part>,
+    pub(crate) parts: Vec<Part>,
     /// Charged: launched or uploaded since the device's graph memory was last trimmed.
-    pub warm: bool,
+    pub(crate) warm: bool,
 }
 
 /// The process's executable graphs with graph memory and what their devices' pools are charged.
 #[derive(Default, Debug)]
-pub struct Table {
+pub(crate) struct Table {
     execs: HashMap<u64, Exec>,
     /// Charged per device for graph memory.
     charged: [u64; MAX_DEVICES],
@@ -52,7 +52,7 @@ pub struct Table {
 
 impl Table {
     /// Records a new executable graph (nothing to record without graph memory).
-    pub fn insert(&mut self, exec: u64, context: u64, parts: Vec<Part>) {
+    pub(crate) fn insert(&mut self, exec: u64, context: u64, parts: Vec<Part>) {
         if !parts.is_empty() {
             self.execs.insert(
                 exec,
@@ -66,17 +66,18 @@ impl Table {
     }
 
     /// The record of an executable graph with graph memory.
-    pub fn get(&self, exec: u64) -> Option<&Exec> {
+    pub(crate) fn get(&self, exec: u64) -> Option<&Exec> {
         self.execs.get(&exec)
     }
 
     /// Charged per device.
-    pub fn charged(&self, device: usize) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn charged(&self, device: usize) -> u64 {
         self.charged.get(device).copied().unwrap_or(0)
     }
 
     /// A cold graph's parts were charged and it launched: it is warm.
-    pub fn warmed(&mut self, exec: u64) {
+    pub(crate) fn warmed(&mut self, exec: u64) {
         if let Some(e) = self.execs.get_mut(&exec)
             && !e.warm
         {
@@ -89,13 +90,13 @@ impl Table {
 
     /// Forgets a destroyed executable graph; returns its record (its charge stays until the
     /// driver's pool is trimmed).
-    pub fn remove(&mut self, exec: u64) -> Option<Exec> {
+    pub(crate) fn remove(&mut self, exec: u64) -> Option<Exec> {
         self.execs.remove(&exec)
     }
 
     /// Forgets the executable graphs of a destroyed context; returns the `(ordinal, device)`
     /// pairs whose pools must be reconciled.
-    pub fn remove_context(&mut self, context: u64) -> Vec<(i32, usize)> {
+    pub(crate) fn remove_context(&mut self, context: u64) -> Vec<(i32, usize)> {
         let gone: Vec<u64> = self
             .execs
             .iter()
@@ -115,7 +116,7 @@ impl Table {
 
     /// After a trim: the driver holds `reserved` on `device`. The charge becomes that, and every
     /// graph with memory there is cold. Returns `(to give back, to charge)`.
-    pub fn reconcile(&mut self, device: usize, reserved: u64) -> (u64, u64) {
+    pub(crate) fn reconcile(&mut self, device: usize, reserved: u64) -> (u64, u64) {
         let Some(c) = self.charged.get_mut(device) else {
             return (0, 0);
         };
@@ -132,12 +133,13 @@ impl Table {
 /// The process's table and the fork generation it belongs to. Held for writing across the
 /// driver calls that change the graph memory pool (a cold launch, a trim, a destroy), for
 /// reading across warm launches, so the charge and the driver's pool change together.
-pub static TABLE: parking_lot::RwLock<(u32, Option<Table>)> = parking_lot::const_rwlock((0, None));
+pub(crate) static TABLE: parking_lot::RwLock<(u32, Option<Table>)> =
+    parking_lot::const_rwlock((0, None));
 /// Bumped in a forked child: the parent's graphs are not the child's.
 static GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The table for the current fork generation (emptied when stale).
-pub fn current(slot: &mut (u32, Option<Table>)) -> &mut Table {
+pub(crate) fn current(slot: &mut (u32, Option<Table>)) -> &mut Table {
     let generation = GENERATION.load(std::sync::atomic::Ordering::Acquire);
     if slot.0 != generation {
         *slot = (generation, None);
@@ -146,7 +148,7 @@ pub fn current(slot: &mut (u32, Option<Table>)) -> &mut Table {
 }
 
 /// Whether the table (as read) knows `exec` for the current generation, and if it is warm.
-pub fn lookup(slot: &(u32, Option<Table>), exec: u64) -> Option<bool> {
+pub(crate) fn lookup(slot: &(u32, Option<Table>), exec: u64) -> Option<bool> {
     if slot.0 != GENERATION.load(std::sync::atomic::Ordering::Acquire) {
         return None;
     }
@@ -154,12 +156,15 @@ pub fn lookup(slot: &(u32, Option<Table>), exec: u64) -> Option<bool> {
 }
 
 /// Fork support: hold the table across `fork`.
-pub fn lock_for_fork() {
+pub(crate) fn lock_for_fork() {
     std::mem::forget(TABLE.write());
 }
 
 /// Fork support: release after `fork`; in the child, orphan the parent's records.
-pub fn unlock_after_fork(child: bool) {
+///
+/// # Safety
+/// Only after [`lock_for_fork`] on this thread (the atfork handlers).
+pub(crate) unsafe fn unlock_after_fork(child: bool) {
     if child {
         GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }

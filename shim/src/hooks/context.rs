@@ -1,20 +1,20 @@
-//! Context teardown: destroying a context (or resetting / finally releasing a primary
-//! context) frees every allocation made in it, so the tenant gets those bytes back at once
-//! rather than when the process exits.
-
-#![allow(non_snake_case)]
+//! Context lifecycle: contexts the application creates are tracked (the watcher drains them on
+//! revocation); destroying a context (or resetting / finally releasing a primary context)
+//! frees every allocation made in it, so the tenant gets those bytes back at once rather than
+//! when the process exits.
+//!
+//! Handlers of the entry-point table (`Context`).
 
 use super::real;
+use super::table::sig;
 use crate::allocations;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use crate::registration;
-use gpumux_common::accounting;
-use std::ffi::{c_int, c_uint};
+use std::ffi::{c_int, c_uint, c_void};
 
 /// The calling thread's current context (0 if none).
-pub fn current_context() -> u64 {
-    let get = real!(cuCtxGetCurrent: unsafe extern "C" fn(*mut CUcontext) -> CUresult, 0);
+pub(super) fn current_context() -> u64 {
+    let get = real!(cuCtxGetCurrent, 0);
     let mut ctx: CUcontext = std::ptr::null_mut();
     // SAFETY: valid out-pointer.
     if unsafe { get(&mut ctx) } == CUDA_SUCCESS {
@@ -30,17 +30,16 @@ fn context_gone(ctx: u64) {
         return;
     };
     for r in allocations::remove_context(ctx) {
-        let _ = accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes);
+        super::memory::give_back_bytes(reg, r.device, r.bytes);
     }
     super::graph::context_gone(ctx);
 }
 
 /// The primary context of `dev` if it is active (its handle is stable while it exists).
 fn active_primary(dev: CUdevice) -> Option<u64> {
-    let state = real!(cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult, None);
-    let retain = real!(cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult, None);
-    let release =
-        real!(cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(CUdevice) -> CUresult, None);
+    let state = real!(cuDevicePrimaryCtxGetState, None);
+    let retain = real!(cuDevicePrimaryCtxRetain, None);
+    let release = real!(cuDevicePrimaryCtxRelease_v2, None);
     let (mut flags, mut active) = (0 as c_uint, 0 as c_int);
     let mut ctx: CUcontext = std::ptr::null_mut();
     // SAFETY: valid out-pointers; a retain is balanced by a release, leaving the reference
@@ -58,35 +57,30 @@ fn active_primary(dev: CUdevice) -> Option<u64> {
 }
 
 fn primary_is_active(dev: CUdevice) -> bool {
-    let state = real!(cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult, true);
+    let state = real!(cuDevicePrimaryCtxGetState, true);
     let (mut flags, mut active) = (0 as c_uint, 0 as c_int);
     // SAFETY: valid out-pointers.
     unsafe { state(dev, &mut flags, &mut active) != CUDA_SUCCESS || active != 0 }
 }
 
-macro_rules! ctx_destroy {
-    ($name:ident) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuCtxDestroy`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(ctx: CUcontext) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(CUcontext) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's argument.
-                let rc = crate::contexts::destroy(ctx as u64, CUDA_SUCCESS, || unsafe { f(ctx) });
-                if rc == CUDA_SUCCESS {
-                    context_gone(ctx as u64);
-                }
-                rc
-            })
-        }
-    };
+/// `cuCtxDestroy`/`_v2`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn ctx_destroy(real: sig::cuCtxDestroy_v2, ctx: CUcontext) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    let rc = crate::contexts::destroy(ctx as u64, CUDA_SUCCESS, || unsafe { real(ctx) });
+    if rc == CUDA_SUCCESS {
+        context_gone(ctx as u64);
+    }
+    rc
 }
-ctx_destroy!(cuCtxDestroy);
-ctx_destroy!(cuCtxDestroy_v2);
 
 /// After the application created a context (now current on this thread): remember it.
-fn context_created(rc: CUresult, pctx: *mut CUcontext, dev: CUdevice) {
+///
+/// # Safety
+/// `pctx` is the caller's out-pointer of a creation call that returned `rc`.
+unsafe fn context_created(rc: CUresult, pctx: *mut CUcontext, dev: CUdevice) {
     if rc != CUDA_SUCCESS || pctx.is_null() {
         return;
     }
@@ -98,87 +92,102 @@ fn context_created(rc: CUresult, pctx: *mut CUcontext, dev: CUdevice) {
     }
 }
 
-macro_rules! ctx_create {
-    ($name:ident) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuCtxCreate`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(*mut CUcontext, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                let rc = unsafe { f(pctx, flags, dev) };
-                context_created(rc, pctx, dev);
-                rc
-            })
-        }
-    };
-}
-ctx_create!(cuCtxCreate);
-ctx_create!(cuCtxCreate_v2);
-
+/// `cuCtxCreate`/`_v2`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuCtxCreate_v3` (execution affinity).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v3(
+/// The C API's contract.
+pub(super) unsafe fn ctx_create(
+    real: sig::cuCtxCreate_v2,
     pctx: *mut CUcontext,
-    params: *mut std::ffi::c_void,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    let rc = unsafe { real(pctx, flags, dev) };
+    // SAFETY: the caller's out-pointer of the call just made.
+    unsafe { context_created(rc, pctx, dev) };
+    rc
+}
+
+/// `cuCtxCreate_v3` (execution affinity).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn ctx_create_v3(
+    real: sig::cuCtxCreate_v3,
+    pctx: *mut CUcontext,
+    params: *mut c_void,
     num_params: c_int,
     flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuCtxCreate_v3: unsafe extern "C" fn(*mut CUcontext, *mut std::ffi::c_void, c_int, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(pctx, params, num_params, flags, dev) };
-        context_created(rc, pctx, dev);
-        rc
-    })
+    // SAFETY: forwarding the caller's arguments.
+    let rc = unsafe { real(pctx, params, num_params, flags, dev) };
+    // SAFETY: the caller's out-pointer of the call just made.
+    unsafe { context_created(rc, pctx, dev) };
+    rc
 }
 
+/// `cuCtxCreate_v4` (creation parameters).
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuCtxCreate_v4` (creation parameters).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v4(
+/// The C API's contract.
+pub(super) unsafe fn ctx_create_v4(
+    real: sig::cuCtxCreate_v4,
     pctx: *mut CUcontext,
-    params: *mut std::ffi::c_void,
+    params: *mut c_void,
     flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuCtxCreate_v4: unsafe extern "C" fn(*mut CUcontext, *mut std::ffi::c_void, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(pctx, params, flags, dev) };
-        context_created(rc, pctx, dev);
-        rc
-    })
+    // SAFETY: forwarding the caller's arguments.
+    let rc = unsafe { real(pctx, params, flags, dev) };
+    // SAFETY: the caller's out-pointer of the call just made.
+    unsafe { context_created(rc, pctx, dev) };
+    rc
 }
 
-macro_rules! primary_teardown {
-    ($name:ident, $always:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for the primary-context call.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(dev: CUdevice) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let ctx = registration::current().and_then(|_| active_primary(dev));
-                // SAFETY: forwarding the caller's argument.
-                let rc = unsafe { f(dev) };
-                // A reset always destroys the primary context; a release only when it drops
-                // the last reference.
-                if rc == CUDA_SUCCESS
-                    && let Some(ctx) = ctx
-                    && ($always || !primary_is_active(dev))
-                {
-                    context_gone(ctx);
-                }
-                rc
-            })
-        }
-    };
+/// Runs a primary-context teardown; `always`: it destroys the context (a reset), else only
+/// when it drops the last reference (a release).
+///
+/// # Safety
+/// The C API's contract for `real`.
+unsafe fn primary_teardown(
+    real: unsafe extern "C" fn(CUdevice) -> CUresult,
+    dev: CUdevice,
+    always: bool,
+) -> CUresult {
+    let ctx = registration::current().and_then(|_| active_primary(dev));
+    // SAFETY: forwarding the caller's argument.
+    let rc = unsafe { real(dev) };
+    if rc == CUDA_SUCCESS
+        && let Some(ctx) = ctx
+        && (always || !primary_is_active(dev))
+    {
+        context_gone(ctx);
+    }
+    rc
 }
-primary_teardown!(cuDevicePrimaryCtxReset, true);
-primary_teardown!(cuDevicePrimaryCtxReset_v2, true);
-primary_teardown!(cuDevicePrimaryCtxRelease, false);
-primary_teardown!(cuDevicePrimaryCtxRelease_v2, false);
+
+/// `cuDevicePrimaryCtxReset`/`_v2`: always destroys the primary context.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn primary_reset(
+    real: sig::cuDevicePrimaryCtxReset_v2,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: the caller's contract.
+    unsafe { primary_teardown(real, dev, true) }
+}
+
+/// `cuDevicePrimaryCtxRelease`/`_v2`: destroys the primary context with its last reference.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn primary_release(
+    real: sig::cuDevicePrimaryCtxRelease_v2,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: the caller's contract.
+    unsafe { primary_teardown(real, dev, false) }
+}

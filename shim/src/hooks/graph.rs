@@ -2,26 +2,26 @@
 //! launch (charge a cold graph's memory before the driver commits it), executable graph
 //! destruction and `cuDeviceGraphMemTrim` (the charge follows what the driver's graph memory
 //! pool still holds). The policy is in [`crate::graph_memory`]; graph launches also pass the
-//! compute gate (`super::launch`).
-
-#![allow(non_snake_case)]
+//! compute gate (`super::launch`). Stream capture begin/end are recorded for the drain
+//! ([`crate::captures`]).
+//!
+//! Handlers of the entry-point table (`GraphMemory`, `Capture`).
 
 use super::real;
+use super::table::sig;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use crate::graph_memory::{self, Part, TABLE, Table};
 use crate::registration::{Access, Registration, access};
 use gpumux_common::accounting;
-use std::ffi::{c_char, c_uint};
+use std::ffi::{c_char, c_uint, c_void};
 
 /// Child graphs nest; a graph deeper than this is not walked further.
 const MAX_DEPTH: u32 = 16;
 
 /// `(ordinal, bytes)` of every allocation node of `graph`, child graphs included.
 fn walk(graph: CUgraph, depth: u32, out: &mut Vec<(CUdevice, u64)>) {
-    let get_nodes = real!(cuGraphGetNodes: unsafe extern "C" fn(CUgraph, *mut CUgraphNode, *mut usize) -> CUresult);
-    let node_type =
-        real!(cuGraphNodeGetType: unsafe extern "C" fn(CUgraphNode, *mut c_uint) -> CUresult);
+    let get_nodes = real!(cuGraphGetNodes);
+    let node_type = real!(cuGraphNodeGetType);
     let mut n = 0usize;
     if depth > MAX_DEPTH {
         return;
@@ -43,18 +43,18 @@ fn walk(graph: CUgraph, depth: u32, out: &mut Vec<(CUdevice, u64)>) {
         }
         match t {
             CU_GRAPH_NODE_TYPE_MEM_ALLOC => {
-                let params = real!(cuGraphMemAllocNodeGetParams: unsafe extern "C" fn(CUgraphNode, *mut MemAllocNodeParams) -> CUresult);
+                let params = real!(cuGraphMemAllocNodeGetParams);
                 // SAFETY: an all-zero MemAllocNodeParams is valid (integers and null pointers).
                 let mut p: MemAllocNodeParams = unsafe { std::mem::zeroed() };
                 // SAFETY: valid out-pointer of the documented struct.
                 if unsafe { params(node, &mut p) } == CUDA_SUCCESS
-                    && p.location_type == CU_MEM_LOCATION_TYPE_DEVICE
+                    && p.pool_props.location.kind == CU_MEM_LOCATION_TYPE_DEVICE
                 {
-                    out.push((p.location_id, p.bytesize as u64));
+                    out.push((p.pool_props.location.id, p.bytesize as u64));
                 }
             }
             CU_GRAPH_NODE_TYPE_GRAPH => {
-                let child = real!(cuGraphChildGraphNodeGetGraph: unsafe extern "C" fn(CUgraphNode, *mut CUgraph) -> CUresult);
+                let child = real!(cuGraphChildGraphNodeGetGraph);
                 let mut g: CUgraph = std::ptr::null_mut();
                 // SAFETY: valid out-pointer.
                 if unsafe { child(node, &mut g) } == CUDA_SUCCESS {
@@ -108,7 +108,7 @@ fn uncharge_parts(reg: &Registration, parts: &[Part]) {
 /// Runs a launch or upload of `exec` (which makes the driver commit its graph memory): a cold
 /// graph's memory is charged first; over the quota it fails with `CUDA_ERROR_OUT_OF_MEMORY`
 /// and nothing is charged.
-pub fn committing(exec: CUgraphExec, run: impl FnOnce() -> CUresult) -> CUresult {
+pub(super) fn committing(exec: CUgraphExec, run: impl FnOnce() -> CUresult) -> CUresult {
     let reg = match access() {
         Access::Registered(r) => r,
         Access::PassThrough => return run(),
@@ -180,14 +180,14 @@ fn instantiating(
 
 /// Sets the charge of `device`'s graph memory to what the driver holds now (after a trim).
 fn reconcile(reg: &Registration, table: &mut Table, ordinal: CUdevice, device: usize) {
-    let attr = real!(cuDeviceGetGraphMemAttribute: unsafe extern "C" fn(CUdevice, c_uint, *mut u64) -> CUresult);
+    let attr = real!(cuDeviceGetGraphMemAttribute);
     let mut reserved = 0u64;
     // SAFETY: valid out-pointer (a cuuint64_t for this attribute).
     let rc = unsafe {
         attr(
             ordinal,
             CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT,
-            &mut reserved,
+            (&mut reserved as *mut u64).cast(),
         )
     };
     if rc != CUDA_SUCCESS {
@@ -208,13 +208,13 @@ fn reconcile(reg: &Registration, table: &mut Table, ordinal: CUdevice, device: u
 
 /// Trims `ordinal`'s graph memory pool (the driver returns what no graph uses).
 fn trim(ordinal: CUdevice) {
-    let f = real!(cuDeviceGraphMemTrim: unsafe extern "C" fn(CUdevice) -> CUresult);
+    let f = real!(cuDeviceGraphMemTrim);
     // SAFETY: plain value argument.
     unsafe { f(ordinal) };
 }
 
 /// After a context was destroyed (with its graphs): its graphs' memory is gone from the pool.
-pub fn context_gone(context: u64) {
+pub(super) fn context_gone(context: u64) {
     let Some(reg) = crate::registration::current() else {
         return;
     };
@@ -225,134 +225,112 @@ pub fn context_gone(context: u64) {
     }
 }
 
-macro_rules! instantiate_v1 {
-    ($name:ident) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuGraphInstantiate` (the 5-argument
-        /// ABI).
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            out: *mut CUgraphExec,
-            graph: CUgraph,
-            err_node: *mut CUgraphNode,
-            log: *mut c_char,
-            len: usize,
-        ) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut CUgraphNode, *mut c_char, usize) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                instantiating(out, graph, false, || unsafe { f(out, graph, err_node, log, len) })
-            })
-        }
-    };
-}
-instantiate_v1!(cuGraphInstantiate);
-instantiate_v1!(cuGraphInstantiate_v2);
-
+/// `cuGraphInstantiate`/`_v2` (the 5-argument ABI).
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuGraphInstantiateWithFlags`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
+/// The C API's contract.
+pub(super) unsafe fn instantiate_v1(
+    real: sig::cuGraphInstantiate,
+    out: *mut CUgraphExec,
+    graph: CUgraph,
+    err_node: *mut CUgraphNode,
+    log: *mut c_char,
+    len: usize,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    instantiating(out, graph, false, || unsafe {
+        real(out, graph, err_node, log, len)
+    })
+}
+
+/// `cuGraphInstantiateWithFlags`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn instantiate_with_flags(
+    real: sig::cuGraphInstantiateWithFlags,
     out: *mut CUgraphExec,
     graph: CUgraph,
     flags: u64,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuGraphInstantiateWithFlags: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, u64) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        instantiating(out, graph, false, || unsafe { f(out, graph, flags) })
-    })
+    // SAFETY: forwarding the caller's arguments.
+    instantiating(out, graph, false, || unsafe { real(out, graph, flags) })
 }
 
-macro_rules! instantiate_with_params {
-    ($name:ident) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuGraphInstantiateWithParams`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            out: *mut CUgraphExec,
-            graph: CUgraph,
-            params: *mut GraphInstantiateParamsHead,
-        ) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, *mut GraphInstantiateParamsHead) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let upload = !params.is_null()
-                    // SAFETY: non-null parameters supplied by the caller.
-                    && unsafe { (*params).flags } & CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD != 0;
-                // SAFETY: forwarding the caller's arguments.
-                instantiating(out, graph, upload, || unsafe { f(out, graph, params) })
-            })
-        }
-    };
-}
-instantiate_with_params!(cuGraphInstantiateWithParams);
-instantiate_with_params!(cuGraphInstantiateWithParams_ptsz);
-
-macro_rules! graph_upload {
-    ($name:ident) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuGraphUpload`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                committing(exec, || unsafe { f(exec, stream) })
-            })
-        }
-    };
-}
-graph_upload!(cuGraphUpload);
-graph_upload!(cuGraphUpload_ptsz);
-
+/// `cuGraphInstantiateWithParams`/`_ptsz` (`CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD` commits the
+/// graph's memory at once).
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuGraphExecDestroy`. The driver keeps a
-/// destroyed graph's memory in its pool: the shim trims the pool so it returns to the device,
-/// and the tenant's charge follows.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuGraphExecDestroy: unsafe extern "C" fn(CUgraphExec) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let Some(reg) = crate::registration::current() else {
-            // SAFETY: forwarding the caller's argument.
-            return unsafe { f(exec) };
-        };
-        let mut slot = TABLE.write();
-        // SAFETY: as above.
-        let rc = unsafe { f(exec) };
-        let table = graph_memory::current(&mut slot);
-        if rc == CUDA_SUCCESS
-            && let Some(e) = table.remove(exec as u64)
-        {
-            for p in e.parts {
-                trim(p.ordinal);
-                reconcile(reg, table, p.ordinal, p.device);
-            }
-        }
-        rc
-    })
+/// The C API's contract.
+pub(super) unsafe fn instantiate_with_params(
+    real: sig::cuGraphInstantiateWithParams,
+    out: *mut CUgraphExec,
+    graph: CUgraph,
+    params: *mut GraphInstantiateParams,
+) -> CUresult {
+    let upload = !params.is_null()
+        // SAFETY: non-null parameters supplied by the caller.
+        && unsafe { (*params).flags } & CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD != 0;
+    // SAFETY: forwarding the caller's arguments.
+    instantiating(out, graph, upload, || unsafe { real(out, graph, params) })
 }
 
+/// `cuGraphUpload`/`_ptsz`: the driver commits the graph's memory.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuDeviceGraphMemTrim`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGraphMemTrim(dev: CUdevice) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuDeviceGraphMemTrim: unsafe extern "C" fn(CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let Some(reg) = crate::registration::current() else {
-            // SAFETY: forwarding the caller's argument.
-            return unsafe { f(dev) };
-        };
-        let mut slot = TABLE.write();
-        // SAFETY: as above.
-        let rc = unsafe { f(dev) };
-        if rc == CUDA_SUCCESS
-            && let Some(device) = super::init::device_of_ordinal(reg, dev)
-        {
-            reconcile(reg, graph_memory::current(&mut slot), dev, device);
+/// The C API's contract.
+pub(super) unsafe fn upload(
+    real: sig::cuGraphUpload,
+    exec: CUgraphExec,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    committing(exec, || unsafe { real(exec, stream) })
+}
+
+/// `cuGraphExecDestroy`. The driver keeps a destroyed graph's memory in its pool: the shim trims
+/// the pool so it returns to the device, and the tenant's charge follows.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn exec_destroy(real: sig::cuGraphExecDestroy, exec: CUgraphExec) -> CUresult {
+    let Some(reg) = crate::registration::current() else {
+        // SAFETY: forwarding the caller's argument.
+        return unsafe { real(exec) };
+    };
+    let mut slot = TABLE.write();
+    // SAFETY: as above.
+    let rc = unsafe { real(exec) };
+    let table = graph_memory::current(&mut slot);
+    if rc == CUDA_SUCCESS
+        && let Some(e) = table.remove(exec as u64)
+    {
+        for p in e.parts {
+            trim(p.ordinal);
+            reconcile(reg, table, p.ordinal, p.device);
         }
-        rc
-    })
+    }
+    rc
+}
+
+/// `cuDeviceGraphMemTrim`: the charge follows what the pool still holds.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mem_trim(real: sig::cuDeviceGraphMemTrim, dev: CUdevice) -> CUresult {
+    let Some(reg) = crate::registration::current() else {
+        // SAFETY: forwarding the caller's argument.
+        return unsafe { real(dev) };
+    };
+    let mut slot = TABLE.write();
+    // SAFETY: as above.
+    let rc = unsafe { real(dev) };
+    if rc == CUDA_SUCCESS
+        && let Some(device) = super::init::device_of_ordinal(reg, dev)
+    {
+        reconcile(reg, graph_memory::current(&mut slot), dev, device);
+    }
+    rc
 }
 
 // ---- stream capture: recorded so the drain waits for captures to end ----------------------
@@ -365,70 +343,133 @@ fn began(rc: CUresult, stream: CUstream, ptsz: bool) -> CUresult {
     rc
 }
 
-macro_rules! begin_capture {
-    ($name:ident, $ptsz:expr $(, $mode:ident)?) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuStreamBeginCapture`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(stream: CUstream $(, $mode: c_uint)?) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(CUstream $(, begin_capture!(@ty $mode))?) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                began(unsafe { f(stream $(, $mode)?) }, stream, $ptsz)
-            })
-        }
-    };
-    (@ty $mode:ident) => { c_uint };
+/// Records the end of the capture on `stream` (`rc` is `cuStreamEndCapture`'s answer).
+fn ended(rc: CUresult, stream: CUstream, ptsz: bool) -> CUresult {
+    // Success, an invalidated capture and unjoined work all end the capture.
+    if matches!(
+        rc,
+        CUDA_SUCCESS | CUDA_ERROR_STREAM_CAPTURE_INVALIDATED | CUDA_ERROR_STREAM_CAPTURE_UNJOINED
+    ) || !crate::captures::is_capturing(stream as u64, ptsz)
+    {
+        crate::captures::ended(stream, ptsz);
+    }
+    rc
 }
-begin_capture!(cuStreamBeginCapture, false);
-begin_capture!(cuStreamBeginCapture_ptsz, true);
-begin_capture!(cuStreamBeginCapture_v2, false, mode);
-begin_capture!(cuStreamBeginCapture_v2_ptsz, true, mode);
 
-macro_rules! begin_capture_to_graph {
-    ($name:ident, $ptsz:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuStreamBeginCaptureToGraph`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            stream: CUstream,
-            graph: CUgraph,
-            deps: *const CUgraphNode,
-            edge_data: *const std::ffi::c_void,
-            n: usize,
-            mode: c_uint,
-        ) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(CUstream, CUgraph, *const CUgraphNode, *const std::ffi::c_void, usize, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                began(unsafe { f(stream, graph, deps, edge_data, n, mode) }, stream, $ptsz)
-            })
-        }
-    };
+/// `cuStreamBeginCapture` (the 10.0 ABI: global mode).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn begin_capture_v1(
+    real: sig::cuStreamBeginCapture,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    began(unsafe { real(stream) }, stream, false)
 }
-begin_capture_to_graph!(cuStreamBeginCaptureToGraph, false);
-begin_capture_to_graph!(cuStreamBeginCaptureToGraph_ptsz, true);
 
-macro_rules! end_capture {
-    ($name:ident, $ptsz:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuStreamEndCapture`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(stream: CUstream, graph: *mut CUgraph) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(CUstream, *mut CUgraph) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                let rc = unsafe { f(stream, graph) };
-                // Success, an invalidated capture and unjoined work all end the capture.
-                if matches!(rc, CUDA_SUCCESS | CUDA_ERROR_STREAM_CAPTURE_INVALIDATED | CUDA_ERROR_STREAM_CAPTURE_UNJOINED)
-                    || !crate::captures::is_capturing(stream as u64, $ptsz)
-                {
-                    crate::captures::ended(stream, $ptsz);
-                }
-                rc
-            })
-        }
-    };
+/// `cuStreamBeginCapture_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn begin_capture_v1_ptsz(
+    real: sig::cuStreamBeginCapture_ptsz,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    began(unsafe { real(stream) }, stream, true)
 }
-end_capture!(cuStreamEndCapture, false);
-end_capture!(cuStreamEndCapture_ptsz, true);
+
+/// `cuStreamBeginCapture_v2`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn begin_capture(
+    real: sig::cuStreamBeginCapture_v2,
+    stream: CUstream,
+    mode: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    began(unsafe { real(stream, mode) }, stream, false)
+}
+
+/// `cuStreamBeginCapture_v2_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn begin_capture_ptsz(
+    real: sig::cuStreamBeginCapture_v2_ptsz,
+    stream: CUstream,
+    mode: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    began(unsafe { real(stream, mode) }, stream, true)
+}
+
+/// `cuStreamBeginCaptureToGraph`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn begin_capture_to_graph(
+    real: sig::cuStreamBeginCaptureToGraph,
+    stream: CUstream,
+    graph: CUgraph,
+    deps: *const CUgraphNode,
+    edge_data: *const c_void,
+    n: usize,
+    mode: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    began(
+        unsafe { real(stream, graph, deps, edge_data, n, mode) },
+        stream,
+        false,
+    )
+}
+
+/// `cuStreamBeginCaptureToGraph_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn begin_capture_to_graph_ptsz(
+    real: sig::cuStreamBeginCaptureToGraph_ptsz,
+    stream: CUstream,
+    graph: CUgraph,
+    deps: *const CUgraphNode,
+    edge_data: *const c_void,
+    n: usize,
+    mode: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    began(
+        unsafe { real(stream, graph, deps, edge_data, n, mode) },
+        stream,
+        true,
+    )
+}
+
+/// `cuStreamEndCapture`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn end_capture(
+    real: sig::cuStreamEndCapture,
+    stream: CUstream,
+    graph: *mut CUgraph,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    ended(unsafe { real(stream, graph) }, stream, false)
+}
+
+/// `cuStreamEndCapture_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn end_capture_ptsz(
+    real: sig::cuStreamEndCapture_ptsz,
+    stream: CUstream,
+    graph: *mut CUgraph,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    ended(unsafe { real(stream, graph) }, stream, true)
+}

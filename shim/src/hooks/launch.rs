@@ -1,98 +1,147 @@
 //! Kernel and graph launches: each goes through the compute time-slicing gate (`crate::gate`),
 //! which costs no system call while the tenant holds its slice, then to the driver. A graph
 //! launch is one unit of the holder's work (the drain waits for all of it); its graph memory is
-//! charged before the driver commits it (`super::graph`).
+//! charged before the driver commits it (`super::graph`). A launch into a capturing stream puts
+//! nothing on the device: without the slice it passes the gate (asked of the driver only then).
+//!
+//! Handlers of the entry-point table (`Launch`); the `_ptsz` variants have their own handlers
+//! because a null stream means the calling thread's per-thread stream there.
 
-#![allow(non_snake_case)]
-
-use super::real;
+use super::table::sig;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use std::ffi::{c_uint, c_void};
 
-macro_rules! launch_kernel {
-    ($name:ident, $ptsz:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuLaunchKernel`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            f: CUfunction,
-            gx: c_uint,
-            gy: c_uint,
-            gz: c_uint,
-            bx: c_uint,
-            by: c_uint,
-            bz: c_uint,
-            shared: c_uint,
-            stream: CUstream,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let real_fn = real!($name: unsafe extern "C" fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(stream as u64, $ptsz)) {
-                    Ok(t) => t,
-                    Err(rc) => return rc,
-                };
-                // SAFETY: forwarding the caller's arguments.
-                unsafe { real_fn(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) }
-            })
-        }
+/// Runs `launch` on `stream` holding a gate ticket (or returns the gate's error).
+fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
+    let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(stream as u64, ptsz)) {
+        Ok(t) => t,
+        Err(rc) => return rc,
     };
+    launch()
 }
-launch_kernel!(cuLaunchKernel, false);
-launch_kernel!(cuLaunchKernel_ptsz, true);
-launch_kernel!(cuLaunchCooperativeKernel, false);
-launch_kernel!(cuLaunchCooperativeKernel_ptsz, true);
+
+/// `cuLaunchKernel`, `cuLaunchCooperativeKernel` (one signature).
+///
+/// # Safety
+/// The C API's contract.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn launch_kernel(
+    real: sig::cuLaunchKernel,
+    f: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(stream, false, || unsafe {
+        real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+    })
+}
+
+/// `cuLaunchKernel_ptsz`, `cuLaunchCooperativeKernel_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn launch_kernel_ptsz(
+    real: sig::cuLaunchKernel_ptsz,
+    f: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(stream, true, || unsafe {
+        real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+    })
+}
 
 /// The stream of a `CUlaunchConfig` (after the grid, block and shared-memory `unsigned int`s).
-fn config_stream(config: *const c_void) -> CUstream {
+///
+/// # Safety
+/// `config` is null or a `CUlaunchConfig`.
+unsafe fn config_stream(config: *const c_void) -> CUstream {
     if config.is_null() {
         return std::ptr::null_mut();
     }
-    // SAFETY: a non-null CUlaunchConfig from the caller: 7 unsigned ints, then the stream
-    // handle at offset 32.
+    // SAFETY: a CUlaunchConfig: 7 unsigned ints, then the stream handle at offset 32.
     unsafe { *(config.cast::<u8>().add(32) as *const CUstream) }
 }
 
-macro_rules! launch_ex {
-    ($name:ident, $ptsz:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuLaunchKernelEx`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let real_fn = real!($name: unsafe extern "C" fn(*const c_void, CUfunction, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(config_stream(config) as u64, $ptsz)) {
-                    Ok(t) => t,
-                    Err(rc) => return rc,
-                };
-                // SAFETY: forwarding the caller's arguments.
-                unsafe { real_fn(config, f, params, extra) }
-            })
-        }
-    };
+/// `cuLaunchKernelEx`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_kernel_ex(
+    real: sig::cuLaunchKernelEx,
+    config: *const c_void,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: the caller's launch configuration.
+    let stream = unsafe { config_stream(config) };
+    // SAFETY: forwarding the caller's arguments.
+    gated(stream, false, || unsafe { real(config, f, params, extra) })
 }
-launch_ex!(cuLaunchKernelEx, false);
-launch_ex!(cuLaunchKernelEx_ptsz, true);
 
-macro_rules! graph_launch {
-    ($name:ident, $ptsz:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuGraphLaunch`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let real_fn = real!($name: unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(stream as u64, $ptsz)) {
-                    Ok(t) => t,
-                    Err(rc) => return rc,
-                };
-                // SAFETY: forwarding the caller's arguments.
-                super::graph::committing(exec, || unsafe { real_fn(exec, stream) })
-            })
-        }
-    };
+/// `cuLaunchKernelEx_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_kernel_ex_ptsz(
+    real: sig::cuLaunchKernelEx_ptsz,
+    config: *const c_void,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: the caller's launch configuration.
+    let stream = unsafe { config_stream(config) };
+    // SAFETY: forwarding the caller's arguments.
+    gated(stream, true, || unsafe { real(config, f, params, extra) })
 }
-graph_launch!(cuGraphLaunch, false);
-graph_launch!(cuGraphLaunch_ptsz, true);
+
+/// `cuGraphLaunch`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn graph_launch(
+    real: sig::cuGraphLaunch,
+    exec: CUgraphExec,
+    stream: CUstream,
+) -> CUresult {
+    gated(stream, false, || {
+        // SAFETY: forwarding the caller's arguments.
+        super::graph::committing(exec, || unsafe { real(exec, stream) })
+    })
+}
+
+/// `cuGraphLaunch_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn graph_launch_ptsz(
+    real: sig::cuGraphLaunch_ptsz,
+    exec: CUgraphExec,
+    stream: CUstream,
+) -> CUresult {
+    gated(stream, true, || {
+        // SAFETY: forwarding the caller's arguments.
+        super::graph::committing(exec, || unsafe { real(exec, stream) })
+    })
+}

@@ -1,11 +1,9 @@
 //! NVML's per-process lists show a tenant only its own processes: another tenant's pids and
 //! memory use are that tenant's business.
+//!
+//! Handlers of the entry-point table (`ProcessList`).
 
-#![allow(non_snake_case)]
-
-use super::real;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use crate::registration::{Access, Registration, access};
 use std::ffi::c_uint;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,22 +11,22 @@ use std::sync::atomic::Ordering::Relaxed;
 /// `nvmlProcessInfo_v1_t`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ProcessInfoV1 {
-    pub pid: c_uint,
-    pub used_gpu_memory: u64,
+pub(crate) struct ProcessInfoV1 {
+    pub(crate) pid: c_uint,
+    pub(crate) used_gpu_memory: u64,
 }
 
 /// `nvmlProcessInfo_v2_t` (also what `_v3` fills).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ProcessInfoV2 {
-    pub pid: c_uint,
-    pub used_gpu_memory: u64,
-    pub gpu_instance_id: c_uint,
-    pub compute_instance_id: c_uint,
+pub(crate) struct ProcessInfoV2 {
+    pub(crate) pid: c_uint,
+    pub(crate) used_gpu_memory: u64,
+    pub(crate) gpu_instance_id: c_uint,
+    pub(crate) compute_instance_id: c_uint,
 }
 
-trait HasPid: Copy {
+pub(super) trait HasPid: Copy {
     fn pid(&self) -> u32;
 }
 impl HasPid for ProcessInfoV1 {
@@ -62,31 +60,27 @@ fn keep_own<T: HasPid>(reg: &Registration, list: &mut [T]) -> usize {
     kept
 }
 
-macro_rules! running_processes {
-    ($name:ident, $info:ty) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `nvmlDeviceGetComputeRunningProcesses`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(device: nvmlDevice_t, count: *mut c_uint, infos: *mut $info) -> nvmlReturn_t {
-            guard(NVML_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut $info) -> nvmlReturn_t, NVML_ERROR_DRIVER_NOT_LOADED);
-                // SAFETY: forwarding the caller's arguments.
-                let rc = unsafe { f(device, count, infos) };
-                if rc != NVML_SUCCESS || count.is_null() || infos.is_null() {
-                    return rc;
-                }
-                if let Access::Registered(reg) = access() {
-                    // SAFETY: NVML succeeded: `*count` entries of `infos` are valid.
-                    unsafe {
-                        let list = std::slice::from_raw_parts_mut(infos, *count as usize);
-                        *count = keep_own(reg, list) as c_uint;
-                    }
-                }
-                rc
-            })
+/// `nvmlDeviceGetComputeRunningProcesses` (v1–v3): only the tenant's own processes.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn running_processes<I: HasPid>(
+    real: unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut I) -> nvmlReturn_t,
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut I,
+) -> nvmlReturn_t {
+    // SAFETY: forwarding the caller's arguments.
+    let rc = unsafe { real(device, count, infos) };
+    if rc != NVML_SUCCESS || count.is_null() || infos.is_null() {
+        return rc;
+    }
+    if let Access::Registered(reg) = access() {
+        // SAFETY: NVML succeeded: `*count` entries of `infos` are valid.
+        unsafe {
+            let list = std::slice::from_raw_parts_mut(infos, *count as usize);
+            *count = keep_own(reg, list) as c_uint;
         }
-    };
+    }
+    rc
 }
-running_processes!(nvmlDeviceGetComputeRunningProcesses, ProcessInfoV1);
-running_processes!(nvmlDeviceGetComputeRunningProcesses_v2, ProcessInfoV2);
-running_processes!(nvmlDeviceGetComputeRunningProcesses_v3, ProcessInfoV2);

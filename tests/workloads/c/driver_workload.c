@@ -234,7 +234,8 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
                                size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *params))              \
     X(cuGraphAddMemFreeNode, (CUgraphNode * node, CUgraph graph, const CUgraphNode *deps,       \
                               size_t ndeps, CUdeviceptr dptr))                                 \
-    X(cuGraphInstantiate, (CUgraphExec * exec, CUgraph graph, unsigned long long flags))       \
+    X(cuGraphInstantiateWithFlags,                                                             \
+      (CUgraphExec * exec, CUgraph graph, unsigned long long flags))                           \
     X(cuGraphUpload, (CUgraphExec exec, CUstream stream))                                      \
     X(cuGraphLaunch, (CUgraphExec exec, CUstream stream))                                      \
     X(cuGraphExecDestroy, (CUgraphExec exec))                                                  \
@@ -958,8 +959,8 @@ static void do_graph(const char *name, unsigned long long bytes) {
         r = CU(cuGraphAddMemFreeNode, &fr, g, &alloc, 1, p.dptr);
     }
     if (r == CUDA_SUCCESS) {
-        step = "cuGraphInstantiate";
-        r = CU(cuGraphInstantiate, &e, g, 0ULL);
+        step = "cuGraphInstantiateWithFlags";
+        r = CU(cuGraphInstantiateWithFlags, &e, g, 0ULL);
     }
     if (r == CUDA_SUCCESS) {
         snprintf(graphs[slot].name, sizeof graphs[slot].name, "%s", name);
@@ -1372,7 +1373,7 @@ static int cmd_graph(int argc, char **argv) {
     }
     if (r == CUDA_SUCCESS) {
         step = "instantiate";
-        r = CU(cuGraphInstantiate, &exec, graph, 0ULL);
+        r = CU(cuGraphInstantiateWithFlags, &exec, graph, 0ULL);
     }
     if (r == CUDA_SUCCESS) {
         step = "upload";
