@@ -7,6 +7,10 @@ use crate::driver::{Process, process};
 use crate::graph::{self, KernelNode, Memcpy3d, MemsetNode, NodeKind};
 use crate::stream::{self, Event, HostFn};
 use crate::types::*;
+use gpumux_common::cuda_abi::{
+    CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE, GraphInstantiateParams,
+    MemAllocNodeParams, MemLocation, MemPoolProps,
+};
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::Arc;
 
@@ -51,41 +55,6 @@ pub struct HostNodeParams {
     data: *mut c_void,
 }
 
-/// `CUmemPoolProps` (88 bytes in every CUDA 11.2+ header).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemPoolProps {
-    alloc_type: c_uint,
-    handle_types: c_uint,
-    location_type: c_uint,
-    location_id: c_int,
-    win32: *mut c_void,
-    max_size: usize,
-    usage: u16,
-    reserved: [u8; 54],
-}
-
-/// `CUDA_MEM_ALLOC_NODE_PARAMS` (v1).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemAllocNodeParams {
-    pool: MemPoolProps,
-    access: *const c_void,
-    access_count: usize,
-    bytesize: usize,
-    dptr: CUdeviceptr,
-}
-
-/// `CUDA_GRAPH_INSTANTIATE_PARAMS`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct InstantiateParams {
-    flags: u64,
-    upload_stream: Handle,
-    err_node: Handle,
-    result: c_uint,
-}
-
 /// `CUgraphExecUpdateResultInfo`.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -94,11 +63,6 @@ pub struct UpdateResultInfo {
     error_node: Handle,
     error_from_node: Handle,
 }
-
-/// `CU_MEM_ALLOCATION_TYPE_PINNED`.
-const ALLOC_PINNED: c_uint = 1;
-/// `CU_MEM_LOCATION_TYPE_DEVICE`.
-const LOCATION_DEVICE: c_uint = 1;
 
 /// Reads a dependency array.
 ///
@@ -281,7 +245,7 @@ fn instantiate(out: *mut Handle, graph: Handle, flags: u64) -> Res<()> {
 fn instantiate_with_params(
     out: *mut Handle,
     graph: Handle,
-    prm: *mut InstantiateParams,
+    prm: *mut GraphInstantiateParams,
     ptds: bool,
 ) -> Res<()> {
     need(out)?;
@@ -296,8 +260,8 @@ fn instantiate_with_params(
         None
     };
     let r = graph::instantiate(p, &c, hval(graph), flags & !graph::FLAG_UPLOAD);
-    ip.err_node = std::ptr::null_mut();
-    ip.result = match r {
+    ip.err_node_out = std::ptr::null_mut();
+    ip.result_out = match r {
         Ok(_) => 0,
         Err(err::INVALID_VALUE) => 2,
         Err(err::NOT_SUPPORTED) => 3,
@@ -606,15 +570,18 @@ cuda_fn! {
         need(out)?;
         // SAFETY: input/output pointer from the caller (null checked).
         let mut prm = unsafe { read_in(params)? };
-        if prm.pool.alloc_type != ALLOC_PINNED || prm.pool.location_type != LOCATION_DEVICE || prm.bytesize == 0 {
+        if prm.pool_props.alloc_type != CU_MEM_ALLOCATION_TYPE_PINNED
+            || prm.pool_props.location.kind != CU_MEM_LOCATION_TYPE_DEVICE
+            || prm.bytesize == 0
+        {
             return Err(err::INVALID_VALUE);
         }
-        if prm.pool.handle_types != 0 {
+        if prm.pool_props.handle_types != 0 {
             // Exportable graph memory is not simulated.
             return Err(err::NOT_SUPPORTED);
         }
         let p = process()?;
-        let device = p.device(prm.pool.location_id).map_err(|_| err::INVALID_VALUE)?;
+        let device = p.device(prm.pool_props.location.id).map_err(|_| err::INVALID_VALUE)?;
         // SAFETY: dependency array from the caller.
         let deps = unsafe { deps_in(deps, n)? };
         let (node, va) = graph::add_alloc(p, hval(g), &deps, device, prm.bytesize as u64)?;
@@ -633,18 +600,20 @@ cuda_fn! {
         };
         let (device, size) = graph::alloc_info(p, va).ok_or(err::INVALID_VALUE)?;
         let prm = MemAllocNodeParams {
-            pool: MemPoolProps {
-                alloc_type: ALLOC_PINNED,
+            pool_props: MemPoolProps {
+                alloc_type: CU_MEM_ALLOCATION_TYPE_PINNED,
                 handle_types: 0,
-                location_type: LOCATION_DEVICE,
-                location_id: device as c_int,
-                win32: std::ptr::null_mut(),
+                location: MemLocation {
+                    kind: CU_MEM_LOCATION_TYPE_DEVICE,
+                    id: device as c_int,
+                },
+                win32_security_attributes: std::ptr::null_mut(),
                 max_size: 0,
                 usage: 0,
                 reserved: [0; 54],
             },
-            access: std::ptr::null(),
-            access_count: 0,
+            access_descs: std::ptr::null(),
+            access_desc_count: 0,
             bytesize: size as usize,
             dptr: va,
         };
@@ -764,10 +733,10 @@ cuda_fn! {
         }
         instantiate(out, g, flags)
     }
-    fn cuGraphInstantiateWithParams(out: *mut Handle, g: Handle, prm: *mut InstantiateParams) {
+    fn cuGraphInstantiateWithParams(out: *mut Handle, g: Handle, prm: *mut GraphInstantiateParams) {
         instantiate_with_params(out, g, prm, false)
     }
-    fn cuGraphInstantiateWithParams_ptsz(out: *mut Handle, g: Handle, prm: *mut InstantiateParams) {
+    fn cuGraphInstantiateWithParams_ptsz(out: *mut Handle, g: Handle, prm: *mut GraphInstantiateParams) {
         instantiate_with_params(out, g, prm, true)
     }
     fn cuGraphExecGetFlags(exec: Handle, out: *mut u64) {
