@@ -356,61 +356,36 @@ fn ended(rc: CUresult, stream: CUstream, ptsz: bool) -> CUresult {
     rc
 }
 
-/// `cuStreamBeginCapture` (the 10.0 ABI: global mode).
+/// `cuStreamBeginCapture` (the 10.0 ABI: global mode); `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn begin_capture_v1(
+pub(super) unsafe fn begin_capture_v1<const PTSZ: bool>(
     real: sig::cuStreamBeginCapture,
     stream: CUstream,
 ) -> CUresult {
     // SAFETY: forwarding the caller's argument.
-    began(unsafe { real(stream) }, stream, false)
+    began(unsafe { real(stream) }, stream, PTSZ)
 }
 
-/// `cuStreamBeginCapture_ptsz`.
+/// `cuStreamBeginCapture_v2`; `PTSZ`: `_v2_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn begin_capture_v1_ptsz(
-    real: sig::cuStreamBeginCapture_ptsz,
-    stream: CUstream,
-) -> CUresult {
-    // SAFETY: forwarding the caller's argument.
-    began(unsafe { real(stream) }, stream, true)
-}
-
-/// `cuStreamBeginCapture_v2`.
-///
-/// # Safety
-/// The C API's contract.
-pub(super) unsafe fn begin_capture(
+pub(super) unsafe fn begin_capture<const PTSZ: bool>(
     real: sig::cuStreamBeginCapture_v2,
     stream: CUstream,
     mode: c_uint,
 ) -> CUresult {
     // SAFETY: forwarding the caller's arguments.
-    began(unsafe { real(stream, mode) }, stream, false)
+    began(unsafe { real(stream, mode) }, stream, PTSZ)
 }
 
-/// `cuStreamBeginCapture_v2_ptsz`.
+/// `cuStreamBeginCaptureToGraph`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn begin_capture_ptsz(
-    real: sig::cuStreamBeginCapture_v2_ptsz,
-    stream: CUstream,
-    mode: c_uint,
-) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    began(unsafe { real(stream, mode) }, stream, true)
-}
-
-/// `cuStreamBeginCaptureToGraph`.
-///
-/// # Safety
-/// The C API's contract.
-pub(super) unsafe fn begin_capture_to_graph(
+pub(super) unsafe fn begin_capture_to_graph<const PTSZ: bool>(
     real: sig::cuStreamBeginCaptureToGraph,
     stream: CUstream,
     graph: CUgraph,
@@ -423,53 +398,19 @@ pub(super) unsafe fn begin_capture_to_graph(
     began(
         unsafe { real(stream, graph, deps, edge_data, n, mode) },
         stream,
-        false,
+        PTSZ,
     )
 }
 
-/// `cuStreamBeginCaptureToGraph_ptsz`.
+/// `cuStreamEndCapture`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn begin_capture_to_graph_ptsz(
-    real: sig::cuStreamBeginCaptureToGraph_ptsz,
-    stream: CUstream,
-    graph: CUgraph,
-    deps: *const CUgraphNode,
-    edge_data: *const c_void,
-    n: usize,
-    mode: c_uint,
-) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    began(
-        unsafe { real(stream, graph, deps, edge_data, n, mode) },
-        stream,
-        true,
-    )
-}
-
-/// `cuStreamEndCapture`.
-///
-/// # Safety
-/// The C API's contract.
-pub(super) unsafe fn end_capture(
+pub(super) unsafe fn end_capture<const PTSZ: bool>(
     real: sig::cuStreamEndCapture,
     stream: CUstream,
     graph: *mut CUgraph,
 ) -> CUresult {
     // SAFETY: forwarding the caller's arguments.
-    ended(unsafe { real(stream, graph) }, stream, false)
-}
-
-/// `cuStreamEndCapture_ptsz`.
-///
-/// # Safety
-/// The C API's contract.
-pub(super) unsafe fn end_capture_ptsz(
-    real: sig::cuStreamEndCapture_ptsz,
-    stream: CUstream,
-    graph: *mut CUgraph,
-) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    ended(unsafe { real(stream, graph) }, stream, true)
+    ended(unsafe { real(stream, graph) }, stream, PTSZ)
 }

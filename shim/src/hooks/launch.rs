@@ -4,8 +4,8 @@
 //! charged before the driver commits it (`super::graph`). A launch into a capturing stream puts
 //! nothing on the device: without the slice it passes the gate (asked of the driver only then).
 //!
-//! Handlers of the entry-point table (`Launch`); the `_ptsz` variants have their own handlers
-//! because a null stream means the calling thread's per-thread stream there.
+//! Handlers of the entry-point table (`Launch`); `PTSZ` marks the `_ptsz` variants, where a
+//! null stream is the calling thread's per-thread stream.
 
 use super::table::sig;
 use crate::cuda_types::*;
@@ -20,12 +20,13 @@ fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUr
     launch()
 }
 
-/// `cuLaunchKernel`, `cuLaunchCooperativeKernel` (one signature).
+/// `cuLaunchKernel`, `cuLaunchCooperativeKernel` (one signature); `PTSZ`: their `_ptsz`
+/// variants.
 ///
 /// # Safety
 /// The C API's contract.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn launch_kernel(
+pub(super) unsafe fn launch_kernel<const PTSZ: bool>(
     real: sig::cuLaunchKernel,
     f: CUfunction,
     gx: c_uint,
@@ -40,32 +41,7 @@ pub(super) unsafe fn launch_kernel(
     extra: *mut *mut c_void,
 ) -> CUresult {
     // SAFETY: forwarding the caller's arguments.
-    gated(stream, false, || unsafe {
-        real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
-    })
-}
-
-/// `cuLaunchKernel_ptsz`, `cuLaunchCooperativeKernel_ptsz`.
-///
-/// # Safety
-/// The C API's contract.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn launch_kernel_ptsz(
-    real: sig::cuLaunchKernel_ptsz,
-    f: CUfunction,
-    gx: c_uint,
-    gy: c_uint,
-    gz: c_uint,
-    bx: c_uint,
-    by: c_uint,
-    bz: c_uint,
-    shared: c_uint,
-    stream: CUstream,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    gated(stream, true, || unsafe {
+    gated(stream, PTSZ, || unsafe {
         real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
     })
 }
@@ -82,11 +58,11 @@ unsafe fn config_stream(config: *const c_void) -> CUstream {
     unsafe { *(config.cast::<u8>().add(32) as *const CUstream) }
 }
 
-/// `cuLaunchKernelEx`.
+/// `cuLaunchKernelEx`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn launch_kernel_ex(
+pub(super) unsafe fn launch_kernel_ex<const PTSZ: bool>(
     real: sig::cuLaunchKernelEx,
     config: *const c_void,
     f: CUfunction,
@@ -96,51 +72,19 @@ pub(super) unsafe fn launch_kernel_ex(
     // SAFETY: the caller's launch configuration.
     let stream = unsafe { config_stream(config) };
     // SAFETY: forwarding the caller's arguments.
-    gated(stream, false, || unsafe { real(config, f, params, extra) })
+    gated(stream, PTSZ, || unsafe { real(config, f, params, extra) })
 }
 
-/// `cuLaunchKernelEx_ptsz`.
+/// `cuGraphLaunch`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn launch_kernel_ex_ptsz(
-    real: sig::cuLaunchKernelEx_ptsz,
-    config: *const c_void,
-    f: CUfunction,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    // SAFETY: the caller's launch configuration.
-    let stream = unsafe { config_stream(config) };
-    // SAFETY: forwarding the caller's arguments.
-    gated(stream, true, || unsafe { real(config, f, params, extra) })
-}
-
-/// `cuGraphLaunch`.
-///
-/// # Safety
-/// The C API's contract.
-pub(super) unsafe fn graph_launch(
+pub(super) unsafe fn graph_launch<const PTSZ: bool>(
     real: sig::cuGraphLaunch,
     exec: CUgraphExec,
     stream: CUstream,
 ) -> CUresult {
-    gated(stream, false, || {
-        // SAFETY: forwarding the caller's arguments.
-        super::graph::committing(exec, || unsafe { real(exec, stream) })
-    })
-}
-
-/// `cuGraphLaunch_ptsz`.
-///
-/// # Safety
-/// The C API's contract.
-pub(super) unsafe fn graph_launch_ptsz(
-    real: sig::cuGraphLaunch_ptsz,
-    exec: CUgraphExec,
-    stream: CUstream,
-) -> CUresult {
-    gated(stream, true, || {
+    gated(stream, PTSZ, || {
         // SAFETY: forwarding the caller's arguments.
         super::graph::committing(exec, || unsafe { real(exec, stream) })
     })

@@ -308,11 +308,11 @@ pub(super) unsafe fn mem_free_v1(real: sig::cuMemFree, dptr: u32) -> CUresult {
 
 // ---- stream-ordered allocation -----------------------------------------------------------
 
-/// `cuMemAllocAsync` (and `_ptsz`).
+/// `cuMemAllocAsync`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn mem_alloc_async(
+pub(super) unsafe fn mem_alloc_async<const PTSZ: bool>(
     real: sig::cuMemAllocAsync,
     dptr: *mut CUdeviceptr,
     bytesize: usize,
@@ -321,23 +321,7 @@ pub(super) unsafe fn mem_alloc_async(
     // SAFETY: forwarding the caller's arguments.
     let alloc = || unsafe { real(dptr, bytesize, stream) };
     // SAFETY: `dptr` is the out-pointer `alloc` writes.
-    unsafe { stream_ordered(bytesize as u64, dptr, stream, false, alloc) }
-}
-
-/// `cuMemAllocAsync_ptsz`.
-///
-/// # Safety
-/// The C API's contract.
-pub(super) unsafe fn mem_alloc_async_ptsz(
-    real: sig::cuMemAllocAsync_ptsz,
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
-    stream: CUstream,
-) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    let alloc = || unsafe { real(dptr, bytesize, stream) };
-    // SAFETY: `dptr` is the out-pointer `alloc` writes.
-    unsafe { stream_ordered(bytesize as u64, dptr, stream, true, alloc) }
+    unsafe { stream_ordered(bytesize as u64, dptr, stream, PTSZ, alloc) }
 }
 
 /// A stream-ordered allocation: charged, unless `stream` captures: there it becomes a graph
@@ -360,11 +344,11 @@ unsafe fn stream_ordered(
     unsafe { charged_ptr(bytes, dptr, alloc) }
 }
 
-/// `cuMemAllocFromPoolAsync` (and `_ptsz`).
+/// `cuMemAllocFromPoolAsync`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn mem_alloc_from_pool(
+pub(super) unsafe fn mem_alloc_from_pool<const PTSZ: bool>(
     real: sig::cuMemAllocFromPoolAsync,
     dptr: *mut CUdeviceptr,
     bytesize: usize,
@@ -374,24 +358,7 @@ pub(super) unsafe fn mem_alloc_from_pool(
     // SAFETY: forwarding the caller's arguments.
     let alloc = || unsafe { real(dptr, bytesize, pool, stream) };
     // SAFETY: `dptr` is the out-pointer `alloc` writes.
-    unsafe { stream_ordered(bytesize as u64, dptr, stream, false, alloc) }
-}
-
-/// `cuMemAllocFromPoolAsync_ptsz`.
-///
-/// # Safety
-/// The C API's contract.
-pub(super) unsafe fn mem_alloc_from_pool_ptsz(
-    real: sig::cuMemAllocFromPoolAsync_ptsz,
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
-    pool: CUmemoryPool,
-    stream: CUstream,
-) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    let alloc = || unsafe { real(dptr, bytesize, pool, stream) };
-    // SAFETY: `dptr` is the out-pointer `alloc` writes.
-    unsafe { stream_ordered(bytesize as u64, dptr, stream, true, alloc) }
+    unsafe { stream_ordered(bytesize as u64, dptr, stream, PTSZ, alloc) }
 }
 
 /// `cuMemFreeAsync` (and `_ptsz`). The tenant gets the bytes back when the free is enqueued:

@@ -51,17 +51,17 @@ super::entry_points! {
             },
             cuMemAllocAsync {
                 cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream)
-                    -> CUresult => memory::mem_alloc_async;
+                    -> CUresult => memory::mem_alloc_async::<false>;
                 cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream)
-                    -> CUresult => memory::mem_alloc_async_ptsz;
+                    -> CUresult => memory::mem_alloc_async::<true>;
             },
             cuMemAllocFromPoolAsync {
                 cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytesize: usize,
                     pool: CUmemoryPool, stream: CUstream) -> CUresult
-                    => memory::mem_alloc_from_pool;
+                    => memory::mem_alloc_from_pool::<false>;
                 cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize,
                     pool: CUmemoryPool, stream: CUstream) -> CUresult
-                    => memory::mem_alloc_from_pool_ptsz;
+                    => memory::mem_alloc_from_pool::<true>;
             },
             cuMemCreate {
                 cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize,
@@ -126,34 +126,35 @@ super::entry_points! {
                 cuLaunchKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint,
                     by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel;
+                    => launch::launch_kernel::<false>;
                 cuLaunchKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint,
                     by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel_ptsz;
+                    => launch::launch_kernel::<true>;
             },
             cuLaunchCooperativeKernel {
                 cuLaunchCooperativeKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
                     bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel;
+                    => launch::launch_kernel::<false>;
                 cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
                     bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel_ptsz;
+                    => launch::launch_kernel::<true>;
             },
             cuLaunchKernelEx {
                 cuLaunchKernelEx(config: *const c_void, f: CUfunction, params: *mut *mut c_void,
-                    extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ex;
+                    extra: *mut *mut c_void) -> CUresult
+                    => launch::launch_kernel_ex::<false>;
                 cuLaunchKernelEx_ptsz(config: *const c_void, f: CUfunction,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel_ex_ptsz;
+                    => launch::launch_kernel_ex::<true>;
             },
             cuGraphLaunch {
                 cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult
-                    => launch::graph_launch;
+                    => launch::graph_launch::<false>;
                 cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult
-                    => launch::graph_launch_ptsz;
+                    => launch::graph_launch::<true>;
             },
         ],
         Sync: [
@@ -247,27 +248,28 @@ super::entry_points! {
         ],
         Capture: [
             cuStreamBeginCapture {
-                cuStreamBeginCapture(stream: CUstream) -> CUresult => graph::begin_capture_v1;
+                cuStreamBeginCapture(stream: CUstream) -> CUresult
+                    => graph::begin_capture_v1::<false>;
                 cuStreamBeginCapture_ptsz(stream: CUstream) -> CUresult
-                    => graph::begin_capture_v1_ptsz;
+                    => graph::begin_capture_v1::<true>;
                 cuStreamBeginCapture_v2(stream: CUstream, mode: c_uint) -> CUresult
-                    => graph::begin_capture;
+                    => graph::begin_capture::<false>;
                 cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: c_uint) -> CUresult
-                    => graph::begin_capture_ptsz;
+                    => graph::begin_capture::<true>;
             },
             cuStreamBeginCaptureToGraph {
                 cuStreamBeginCaptureToGraph(stream: CUstream, graph: CUgraph,
                     deps: *const CUgraphNode, edge_data: *const c_void, n: usize, mode: c_uint)
-                    -> CUresult => graph::begin_capture_to_graph;
+                    -> CUresult => graph::begin_capture_to_graph::<false>;
                 cuStreamBeginCaptureToGraph_ptsz(stream: CUstream, graph: CUgraph,
                     deps: *const CUgraphNode, edge_data: *const c_void, n: usize, mode: c_uint)
-                    -> CUresult => graph::begin_capture_to_graph_ptsz;
+                    -> CUresult => graph::begin_capture_to_graph::<true>;
             },
             cuStreamEndCapture {
                 cuStreamEndCapture(stream: CUstream, graph: *mut CUgraph) -> CUresult
-                    => graph::end_capture;
+                    => graph::end_capture::<false>;
                 cuStreamEndCapture_ptsz(stream: CUstream, graph: *mut CUgraph) -> CUresult
-                    => graph::end_capture_ptsz;
+                    => graph::end_capture::<true>;
             },
         ],
         PassThrough: [
