@@ -8,6 +8,8 @@
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
 //! - [`graph_memory`]: CUDA graph memory as charged (executable graphs, graph memory pools).
 //! - [`captures`]: stream captures in progress (the drain waits for them to end).
+//! - [`footprint`]: memory beyond allocations (contexts, modules): reserving a context's size,
+//!   announcing changes for the daemon to measure.
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
 //! - [`watcher`]: the thread that drains this process's work when the daemon revokes a slice.
@@ -24,6 +26,7 @@ mod contexts;
 mod cuda_types;
 mod diag;
 mod ffi_guard;
+mod footprint;
 mod fork;
 mod gate;
 mod graph_memory;

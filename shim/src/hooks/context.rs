@@ -1,7 +1,10 @@
-//! Context lifecycle: contexts the application creates are tracked (the watcher drains them on
-//! revocation); destroying a context (or resetting / finally releasing a primary context)
-//! frees every allocation made in it, so the tenant gets those bytes back at once rather than
-//! when the process exits.
+//! Context lifecycle. A context occupies device memory of its own: creating one
+//! (`cuCtxCreate*`, the first `cuDevicePrimaryCtxRetain`) goes through
+//! [`crate::footprint::create_context`] (reserved against the limit, measured by the daemon), and
+//! contexts the application creates are tracked (the watcher drains them on revocation).
+//! Destroying a context (or resetting / finally releasing a primary context) frees every
+//! allocation made in it, so the tenant gets those bytes back at once rather than when the
+//! process exits, and the daemon is told to measure the context's memory gone.
 //!
 //! Handlers of the entry-point table (`Context`).
 
@@ -9,6 +12,7 @@ use super::real;
 use super::table::sig;
 use crate::allocations;
 use crate::cuda_types::*;
+use crate::footprint;
 use crate::registration;
 use std::ffi::{c_int, c_uint, c_void};
 
@@ -24,8 +28,9 @@ pub(super) fn current_context() -> u64 {
     }
 }
 
-/// Gives back what the allocations of a destroyed context charged.
-fn context_gone(ctx: u64) {
+/// Gives back what the allocations of a destroyed context charged, and has the daemon measure
+/// the device (`device`: the context's, when known).
+fn context_gone(ctx: u64, device: Option<usize>) {
     let Some(reg) = registration::current() else {
         return;
     };
@@ -33,6 +38,9 @@ fn context_gone(ctx: u64) {
         super::memory::give_back_bytes(reg, r.device, r.bytes);
     }
     super::graph::context_gone(ctx);
+    if let Some(device) = device {
+        footprint::changed(reg, device);
+    }
 }
 
 /// The primary context of `dev` if it is active (its handle is stable while it exists).
@@ -68,10 +76,11 @@ fn primary_is_active(dev: CUdevice) -> bool {
 /// # Safety
 /// The C API's contract.
 pub(super) unsafe fn ctx_destroy(real: sig::cuCtxDestroy_v2, ctx: CUcontext) -> CUresult {
+    let device = crate::contexts::device_of(ctx as u64);
     // SAFETY: forwarding the caller's argument.
     let rc = crate::contexts::destroy(ctx as u64, CUDA_SUCCESS, || unsafe { real(ctx) });
     if rc == CUDA_SUCCESS {
-        context_gone(ctx as u64);
+        context_gone(ctx as u64, device);
     }
     rc
 }
@@ -92,6 +101,35 @@ unsafe fn context_created(rc: CUresult, pctx: *mut CUcontext, dev: CUdevice) {
     }
 }
 
+/// Creates a context on ordinal `dev` with `create` (the real call writing `*pctx`) under the
+/// tenant's limit, and remembers it.
+///
+/// # Safety
+/// `pctx` is the caller's out-pointer that `create` writes.
+unsafe fn create_tracked(
+    pctx: *mut CUcontext,
+    dev: CUdevice,
+    create: impl FnOnce() -> CUresult,
+) -> CUresult {
+    let target = registration::current()
+        .and_then(|reg| super::init::device_of_ordinal(reg, dev).map(|d| (reg, d)));
+    let rc = match target {
+        Some((reg, device)) if !pctx.is_null() => {
+            let destroy = || {
+                let f = real!(cuCtxDestroy_v2);
+                // SAFETY: the creation succeeded, so `*pctx` is the new context, destroyed
+                // before the application ever saw it.
+                unsafe { f(*pctx) };
+            };
+            footprint::create_context(reg, device, create, destroy)
+        }
+        _ => create(),
+    };
+    // SAFETY: the caller's out-pointer of the call just made.
+    unsafe { context_created(rc, pctx, dev) };
+    rc
+}
+
 /// `cuCtxCreate`/`_v2`.
 ///
 /// # Safety
@@ -102,11 +140,8 @@ pub(super) unsafe fn ctx_create(
     flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    let rc = unsafe { real(pctx, flags, dev) };
-    // SAFETY: the caller's out-pointer of the call just made.
-    unsafe { context_created(rc, pctx, dev) };
-    rc
+    // SAFETY: forwarding the caller's arguments; `pctx` is the out-pointer the call writes.
+    unsafe { create_tracked(pctx, dev, || real(pctx, flags, dev)) }
 }
 
 /// `cuCtxCreate_v3` (execution affinity).
@@ -121,11 +156,8 @@ pub(super) unsafe fn ctx_create_v3(
     flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    let rc = unsafe { real(pctx, params, num_params, flags, dev) };
-    // SAFETY: the caller's out-pointer of the call just made.
-    unsafe { context_created(rc, pctx, dev) };
-    rc
+    // SAFETY: forwarding the caller's arguments; `pctx` is the out-pointer the call writes.
+    unsafe { create_tracked(pctx, dev, || real(pctx, params, num_params, flags, dev)) }
 }
 
 /// `cuCtxCreate_v4` (creation parameters).
@@ -139,11 +171,8 @@ pub(super) unsafe fn ctx_create_v4(
     flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    let rc = unsafe { real(pctx, params, flags, dev) };
-    // SAFETY: the caller's out-pointer of the call just made.
-    unsafe { context_created(rc, pctx, dev) };
-    rc
+    // SAFETY: forwarding the caller's arguments; `pctx` is the out-pointer the call writes.
+    unsafe { create_tracked(pctx, dev, || real(pctx, params, flags, dev)) }
 }
 
 /// Runs a primary-context teardown; `always`: it destroys the context (a reset), else only
@@ -163,9 +192,41 @@ unsafe fn primary_teardown(
         && let Some(ctx) = ctx
         && (always || !primary_is_active(dev))
     {
-        context_gone(ctx);
+        context_gone(
+            ctx,
+            registration::current().and_then(|reg| super::init::device_of_ordinal(reg, dev)),
+        );
     }
     rc
+}
+
+/// `cuDevicePrimaryCtxRetain`. The first retain creates the primary context: it is created
+/// under the tenant's limit.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn primary_retain(
+    real: sig::cuDevicePrimaryCtxRetain,
+    pctx: *mut CUcontext,
+    dev: CUdevice,
+) -> CUresult {
+    let creating = registration::current()
+        .filter(|_| !primary_is_active(dev))
+        .and_then(|reg| super::init::device_of_ordinal(reg, dev).map(|d| (reg, d)));
+    // SAFETY: forwarding the caller's arguments.
+    let retain = || unsafe { real(pctx, dev) };
+    match creating {
+        Some((reg, device)) => {
+            let release = || {
+                let f = real!(cuDevicePrimaryCtxRelease_v2);
+                // SAFETY: balances the retain that just succeeded (the last reference: the
+                // context is destroyed before the application saw it).
+                unsafe { f(dev) };
+            };
+            footprint::create_context(reg, device, retain, release)
+        }
+        None => retain(),
+    }
 }
 
 /// `cuDevicePrimaryCtxReset`/`_v2`: always destroys the primary context.

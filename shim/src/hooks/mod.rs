@@ -25,6 +25,7 @@ pub(crate) mod init;
 mod launch;
 mod meminfo;
 mod memory;
+mod modules;
 mod nvml_procs;
 mod procaddress;
 mod sync;
@@ -53,9 +54,12 @@ pub(crate) enum Class {
     Sync,
     /// Reports device memory: the tenant's quota as the device's size.
     MemReport,
-    /// Creates or destroys a context: tracked for draining; a teardown returns the memory it
-    /// frees.
+    /// Creates or destroys a context: created under the tenant's limit (a context's own memory
+    /// is reserved, then measured), tracked for draining; a teardown returns the memory it frees.
     Context,
+    /// Loads or unloads device code (modules, libraries), whose memory no allocation returns:
+    /// the daemon is asked to measure the process again.
+    Code,
     /// Lists the device's processes (NVML): filtered to the tenant's own.
     ProcessList,
     /// Maps memory allocated elsewhere (another process, another API): not charged again;

@@ -10,7 +10,9 @@
 
 #![allow(non_snake_case)]
 
-use super::{context, graph, init, launch, meminfo, memory, nvml_procs, procaddress, sync};
+use super::{
+    context, graph, init, launch, meminfo, memory, modules, nvml_procs, procaddress, sync,
+};
 use crate::cuda_types::*;
 use crate::real::{LIBCUDA, LIBNVML};
 use nvml_procs::{ProcessInfoV1, ProcessInfoV2};
@@ -193,6 +195,47 @@ super::entry_points! {
                 cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult
                     => context::primary_release;
             },
+            cuDevicePrimaryCtxRetain {
+                cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult
+                    => context::primary_retain;
+            },
+        ],
+        Code: [
+            cuModuleLoad {
+                cuModuleLoad(module: *mut *mut c_void, fname: *const c_char) -> CUresult
+                    => modules::module_load;
+            },
+            cuModuleLoadData {
+                cuModuleLoadData(module: *mut *mut c_void, image: *const c_void) -> CUresult
+                    => modules::module_load_data;
+            },
+            cuModuleLoadDataEx {
+                cuModuleLoadDataEx(module: *mut *mut c_void, image: *const c_void,
+                    num_options: c_uint, options: *mut c_int, values: *mut *mut c_void)
+                    -> CUresult => modules::module_load_data_ex;
+            },
+            cuModuleLoadFatBinary {
+                cuModuleLoadFatBinary(module: *mut *mut c_void, fat_cubin: *const c_void)
+                    -> CUresult => modules::module_load_data;
+            },
+            cuModuleUnload {
+                cuModuleUnload(module: *mut c_void) -> CUresult => modules::module_unload;
+            },
+            cuLibraryLoadData {
+                cuLibraryLoadData(library: *mut *mut c_void, code: *const c_void,
+                    jit_options: *mut c_int, jit_values: *mut *mut c_void, num_jit: c_uint,
+                    library_options: *mut c_int, library_values: *mut *mut c_void,
+                    num_library: c_uint) -> CUresult => modules::library_load_data;
+            },
+            cuLibraryLoadFromFile {
+                cuLibraryLoadFromFile(library: *mut *mut c_void, file: *const c_char,
+                    jit_options: *mut c_int, jit_values: *mut *mut c_void, num_jit: c_uint,
+                    library_options: *mut c_int, library_values: *mut *mut c_void,
+                    num_library: c_uint) -> CUresult => modules::library_load_from_file;
+            },
+            cuLibraryUnload {
+                cuLibraryUnload(library: *mut c_void) -> CUresult => modules::library_unload;
+            },
         ],
         Import: [
             cuDestroyExternalMemory, cuEGLStreamConsumerAcquireFrame, cuEGLStreamConsumerConnect,
@@ -355,7 +398,7 @@ super::entry_points! {
             cuKernelGetFunction, cuKernelGetName, cuKernelGetParamInfo, cuKernelSetAttribute,
             cuKernelSetCacheConfig, cuLaunchHostFunc, cuLibraryEnumerateKernels, cuLibraryGetGlobal,
             cuLibraryGetKernel, cuLibraryGetKernelCount, cuLibraryGetManaged, cuLibraryGetModule,
-            cuLibraryGetUnifiedFunction, cuLibraryLoadData, cuLibraryLoadFromFile, cuLibraryUnload,
+            cuLibraryGetUnifiedFunction,
             cuLinkAddData, cuLinkAddFile, cuLinkComplete, cuLinkCreate, cuLinkDestroy,
             cuMemAddressFree, cuMemAddressReserve, cuMemAdvise, cuMemAllocHost,
             cuMemExportToShareableHandle, cuMemFreeHost, cuMemGetAccess, cuMemGetAddressRange,
@@ -376,8 +419,8 @@ super::entry_points! {
             cuMipmappedArrayGetLevel, cuMipmappedArrayGetMemoryRequirements,
             cuMipmappedArrayGetSparseProperties, cuModuleEnumerateFunctions, cuModuleGetFunction,
             cuModuleGetFunctionCount, cuModuleGetGlobal, cuModuleGetLoadingMode, cuModuleGetSurfRef,
-            cuModuleGetTexRef, cuModuleLoad, cuModuleLoadData, cuModuleLoadDataEx,
-            cuModuleLoadFatBinary, cuModuleUnload, cuMulticastAddDevice, cuMulticastGetGranularity,
+            cuModuleGetTexRef,
+            cuMulticastAddDevice, cuMulticastGetGranularity,
             cuMulticastUnbind, cuOccupancyAvailableDynamicSMemPerBlock,
             cuOccupancyMaxActiveBlocksPerMultiprocessor,
             cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags, cuOccupancyMaxActiveClusters,
@@ -434,9 +477,6 @@ super::entry_points! {
             cuDevicePrimaryCtxGetState {
                 cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int)
                     -> CUresult;
-            },
-            cuDevicePrimaryCtxRetain {
-                cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult;
             },
         ],
     }
