@@ -1,7 +1,8 @@
 //! The watcher thread: started at registration (never at load time), it listens to the daemon.
-//! On `Revoke` it drains this process's work on the device — waits out launch calls in flight,
-//! then synchronizes the device's primary contexts — and answers `Drained`. `Measured` answers
-//! wake the thread waiting for a footprint measurement ([`crate::footprint`]). When the daemon
+//! On `Revoke` it drains this process's work on the device — waits out launch calls in flight
+//! and stream captures in progress, then synchronizes the device's primary contexts — and
+//! answers `Drained`. `Measured` answers wake the thread waiting for a footprint measurement
+//! ([`crate::footprint`]). When the daemon
 //! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]) and reattaches to
 //! the restarted daemon, retrying with backoff.
 
@@ -77,12 +78,21 @@ fn serve(reg: &'static Registration) {
     }
 }
 
+/// How long a drain waits for stream captures in progress to end.
+const CAPTURE_WAIT_LIMIT: Duration = Duration::from_secs(10);
+
 /// Waits until this process's work on `device` is done.
 fn drain(reg: &Registration, device: usize) {
     if device >= gpumux_common::shm::MAX_DEVICES {
         return;
     }
     crate::gate::wait_no_launch_in_flight(device);
+    // Synchronizing a context while one of its streams captures would invalidate the capture:
+    // wait for captures to end first (captured launches do not wait for a slice, so they end).
+    // A capture longer than this is broken rather than the device left undrained forever.
+    if crate::captures::any() {
+        crate::captures::wait_until_none(CAPTURE_WAIT_LIMIT);
+    }
     for ordinal in reg.ordinals_of(device) {
         sync_primary_context(ordinal);
     }
@@ -92,9 +102,9 @@ fn drain(reg: &Registration, device: usize) {
 /// Synchronizes an application-created context (the registry is held: it cannot be destroyed
 /// meanwhile).
 fn sync_context(ctx: CUcontext) {
-    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
-    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult);
-    let sync = real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+    let push = real!(cuCtxPushCurrent_v2);
+    let pop = real!(cuCtxPopCurrent_v2);
+    let sync = real!(cuCtxSynchronize);
     // SAFETY: `ctx` is a live context (destroys wait for the registry); the context pushed on
     // this thread is popped again.
     unsafe {
@@ -107,13 +117,12 @@ fn sync_context(ctx: CUcontext) {
 }
 
 fn sync_primary_context(ordinal: c_int) {
-    let get_state = real!(cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult);
-    let retain =
-        real!(cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult);
-    let release = real!(cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(CUdevice) -> CUresult);
-    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
-    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult);
-    let sync = real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+    let get_state = real!(cuDevicePrimaryCtxGetState);
+    let retain = real!(cuDevicePrimaryCtxRetain);
+    let release = real!(cuDevicePrimaryCtxRelease_v2);
+    let push = real!(cuCtxPushCurrent_v2);
+    let pop = real!(cuCtxPopCurrent_v2);
+    let sync = real!(cuCtxSynchronize);
     let (mut flags, mut active) = (0 as c_uint, 0 as c_int);
     // SAFETY: valid out-pointers; every call follows the driver API's documented contract,
     // and the context pushed on this thread is popped before the retain is released.

@@ -4,11 +4,11 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use gpumux_common::config::DEFAULT_CONFIG_PATH;
+use gpumux_common::nvml::Nvml;
 use gpumux_k8s::config::{
     CONTAINER_SHIM_PATH, DEFAULT_ENDPOINT, DEFAULT_RESOURCE_NAME, PluginConfig, duration_arg,
     gpumux_config,
 };
-use gpumux_k8s::nvml::Nvml;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

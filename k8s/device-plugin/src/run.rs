@@ -18,11 +18,11 @@
 use crate::api::v1beta1::device_plugin_server::DevicePluginServer;
 use crate::config::PluginConfig;
 use crate::kubelet;
-use crate::nvml::{DeviceSource, NvmlError};
 use crate::plugin::{SharePlugin, unix_now};
 use crate::shares::Inventory;
 use crate::tenants::{StorePaths, TenantError, TenantStore};
 use gpumux_common::config::TenantOwner;
+use gpumux_common::nvml::{DeviceSource, NvmlError};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -94,7 +94,9 @@ pub async fn run(
 }
 
 /// Asks `source` for the GPUs on a blocking thread (NVML calls may take a while).
-pub async fn probe(source: &Arc<dyn DeviceSource>) -> Result<Vec<crate::nvml::GpuInfo>, NvmlError> {
+pub async fn probe(
+    source: &Arc<dyn DeviceSource>,
+) -> Result<Vec<gpumux_common::nvml::GpuInfo>, NvmlError> {
     let s = source.clone();
     match tokio::task::spawn_blocking(move || s.probe()).await {
         Ok(r) => r,

@@ -4,12 +4,12 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use gpumux_common::config::DEFAULT_CONFIG_PATH;
+use gpumux_common::nvml::Nvml;
 use gpumux_dra::config::{
     DEFAULT_CDI_DIR, DEFAULT_MEMORY_GRANULARITY, DEFAULT_PLUGINS_DIR, DEFAULT_SHARES_PER_GPU,
     DRIVER_NAME, DriverConfig,
 };
 use gpumux_k8s::config::{CONTAINER_SHIM_PATH, duration_arg, gpumux_config};
-use gpumux_k8s::nvml::Nvml;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,8 +17,7 @@ use gpumux_dra::api::registration::{InfoRequest, PluginInfo, RegistrationStatus}
 use gpumux_dra::api::{v1, v1beta1};
 use gpumux_dra::config::{DRIVER_NAME, DriverConfig};
 use gpumux_dra::quantity;
-use gpumux_integration::gpumux::{Gpumux, artifact, wait_until};
-use gpumux_integration::slicing::shares;
+use gpumux_integration::gpumux::{Gpumux, artifact, exclusive, wait_until};
 use gpumux_integration::workloads::{
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, Running, c_workload, i, nvml_probe, run, u,
 };
@@ -37,13 +36,6 @@ const TOKEN: &str = "node-1-token";
 const T: Duration = Duration::from_secs(30);
 /// Saturating: batches of 4 x 2 ms kernels, back to back (as the time-slicing tests).
 const SATURATE: &[&str] = &["--ns", "2000000", "--batch", "4", "--pause-ms", "0"];
-
-/// The tests of this file run one at a time: one of them measures device-time shares over
-/// wall-clock windows.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -496,7 +488,7 @@ impl Drop for DriverProcess {
 /// of the device, kubelet restart, driver restart, an invalid claim, unprepare, shutdown.
 #[test]
 fn claims_become_tenants_held_to_their_share() {
-    let _serial = serial();
+    let _serial = exclusive();
     let rt = runtime();
     let g = Gpumux::start(&[16 * GIB], &[]);
     let root = g.dir.path().to_path_buf();
@@ -692,11 +684,7 @@ fn claims_become_tenants_held_to_their_share() {
     };
     let (la, lb) = (load(&da), load(&db));
     std::thread::sleep(Duration::from_millis(500));
-    let s = shares(
-        &g,
-        &[vec![la.pid()], vec![lb.pid()]],
-        Duration::from_secs(8),
-    );
+    let s = g.device_shares(&[vec![la.pid()], vec![lb.pid()]], Duration::from_secs(8));
     let total = s[0] + s[1];
     eprintln!(
         "DRA tenants: train {:.3}, serve {:.3}, device busy {total:.3}",
@@ -841,7 +829,7 @@ fn gpu(index: u32) -> GpuInfo {
 /// `v1beta1` service.
 #[test]
 fn slices_follow_the_gpus_and_v1beta1_kubelets_are_served() {
-    let _serial = serial();
+    let _serial = exclusive();
     let _ = tracing_subscriber::fmt()
         .with_env_filter("debug,h2=info,hyper=info,tower=info,kube=info,rustls=info")
         .with_test_writer()

@@ -4,8 +4,6 @@
 //!   workload, the NVML probe, the dlsym logger), running them under a
 //!   [`fakegpu::testenv::FakeGpuEnv`] and parsing their JSON-lines output.
 //! - [`gpumux`]: the real daemon and shim on the fake GPU (config, tenants, status).
-//! - [`slicing`]: device-time shares measured from the fake GPU's ground truth.
 
 pub mod gpumux;
-pub mod slicing;
 pub mod workloads;
