@@ -59,7 +59,11 @@ fn serve(reg: &'static Registration) {
             Ok((n, _)) => {
                 if let Ok(ServerMsg::Revoke { device, epoch }) = ServerMsg::decode(&buf[..n]) {
                     drain(reg, device as usize);
-                    reg.send(&ClientMsg::Drained { device, epoch });
+                    reg.send(&ClientMsg::Drained {
+                        device,
+                        epoch,
+                        busy_ns: None,
+                    });
                 }
             }
             Err(e)

@@ -190,9 +190,13 @@ impl Daemon {
                     self.sched_event(dev, |s, now, act| s.demand(&tenant, now, act));
                 }
             }
-            ClientMsg::Drained { device, epoch } => {
+            ClientMsg::Drained {
+                device,
+                epoch,
+                busy_ns,
+            } => {
                 if (device as usize) < self.scheds.len() {
-                    self.acknowledge(device as usize, id, Some(epoch));
+                    self.acknowledge(device as usize, id, Some(epoch), busy_ns);
                 }
             }
         }
@@ -229,6 +233,10 @@ impl Daemon {
             return;
         };
         let _ = self.epoll.delete(&conn.fd);
+        // A drain need not wait for a process that is gone (nor can it say what it used).
+        for dev in 0..self.scheds.len() {
+            self.acknowledge(dev, id, None, None);
+        }
         if let Some(slot) = conn.slot {
             self.reclaim(&conn.tenant, slot, conn.pid);
         }

@@ -1,5 +1,12 @@
 //! Streams and events. Each stream has a worker thread that executes its operations in order;
-//! kernels take the shared device lock and occupy the device for their duration. Legacy NULL-stream
+//! kernels take the shared device lock and occupy the device for their duration.
+//!
+//! Time is the device's, not the worker's: every operation is stamped when it is submitted, and
+//! each stream keeps its device clock (when its last operation completed on the device). An
+//! operation is ready at the later of the two; a kernel starts at the later of that and the end
+//! of the device's previous kernel, and an event's timestamp is the moment its record was ready.
+//! So a worker thread that wakes late on a busy host neither delays the device nor skews events.
+//! Legacy NULL-stream
 //! semantics are implemented by dependencies computed at submission: work on the NULL stream waits
 //! for all prior work of the context's blocking streams, and work on a blocking stream waits for
 //! prior NULL-stream work (`CU_STREAM_NON_BLOCKING` streams are exempt). The per-thread default
@@ -112,11 +119,19 @@ pub enum Op {
 }
 
 struct Queue {
-    ops: VecDeque<(u64, Op)>,
+    /// (sequence number, submission time, operation).
+    ops: VecDeque<(u64, u64, Op)>,
     enqueued: u64,
     completed: u64,
+    /// Device time at which the recently completed operations completed: (sequence, ns), the
+    /// newest last, at most [`DONE_KEPT`] (what a `Wait` on this stream reads).
+    done: VecDeque<(u64, u64)>,
     shutdown: bool,
 }
+
+/// Completion times a stream keeps for other streams' `Wait`s (an older operation completed
+/// before all of these).
+const DONE_KEPT: usize = 256;
 
 /// A stream.
 pub struct Stream {
@@ -157,6 +172,7 @@ impl Stream {
                 ops: VecDeque::new(),
                 enqueued: 0,
                 completed: 0,
+                done: VecDeque::new(),
                 shutdown: false,
             }),
             cv: Condvar::new(),
@@ -175,8 +191,10 @@ impl Stream {
     }
 
     fn worker(self: Arc<Self>) {
+        // When this stream's last operation completed, on the device's clock.
+        let mut clock = 0u64;
         loop {
-            let (seq, op) = {
+            let (seq, submitted, op) = {
                 let mut q = self.q.lock();
                 loop {
                     if let Some(front) = q.ops.pop_front() {
@@ -188,31 +206,54 @@ impl Stream {
                     self.cv.wait(&mut q);
                 }
             };
+            let ready = clock.max(submitted);
             let result = match process() {
-                Ok(p) => execute(p, &self, op),
+                Ok(p) => execute(p, &self, op, ready),
                 Err(_) => return,
             };
-            if let Err(e) = result
-                && let Ok(p) = process()
-                && let Ok(c) = context::lookup(p, self.ctx)
-            {
-                let _ = c
-                    .sticky
-                    .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed);
+            match result {
+                Ok(end) => clock = end,
+                Err(e) => {
+                    clock = ready;
+                    if let Ok(p) = process()
+                        && let Ok(c) = context::lookup(p, self.ctx)
+                    {
+                        let _ =
+                            c.sticky
+                                .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed);
+                    }
+                }
             }
             let mut q = self.q.lock();
             q.completed = seq;
+            if q.done.len() == DONE_KEPT {
+                q.done.pop_front();
+            }
+            q.done.push_back((seq, clock));
             self.cv.notify_all();
         }
     }
 
+    /// When op `seq` (completed) completed on the device; 0 when it is too old to be known (it
+    /// completed before every op this stream remembers, long ago).
+    fn completed_at(&self, seq: u64) -> u64 {
+        let q = self.q.lock();
+        q.done
+            .iter()
+            .rev()
+            .find(|(s, _)| *s <= seq)
+            .filter(|(s, _)| *s == seq)
+            .map_or(0, |(_, t)| *t)
+    }
+
     /// Appends operations; returns the sequence number of the last one.
     fn push(&self, ops: Vec<Op>) -> u64 {
+        let submitted = fakegpu::procid::monotonic_ns();
         let mut q = self.q.lock();
         for op in ops {
             q.enqueued += 1;
             let seq = q.enqueued;
-            q.ops.push_back((seq, op));
+            q.ops.push_back((seq, submitted, op));
         }
         self.cv.notify_all();
         q.enqueued
@@ -257,33 +298,58 @@ impl Stream {
     }
 }
 
-fn execute(p: &Process, s: &Stream, op: Op) -> Res<()> {
-    match op {
+/// Executes `op`, ready at `ready` on the device's clock; returns when it completed there.
+fn execute(p: &Process, s: &Stream, op: Op, ready: u64) -> Res<u64> {
+    let now = fakegpu::procid::monotonic_ns;
+    Ok(match op {
         Op::Kernel { ns } => {
             p.gpu
-                .run_kernel(s.device, ns)
-                .map_err(|_| err::LAUNCH_FAILED)?;
+                .run_kernel_at(s.device, ns, ready)
+                .map_err(|_| err::LAUNCH_FAILED)?
+                .end_ns
         }
-        Op::Copy { dst, src, n } => p.mem.copy(dst, src, n)?,
-        Op::Staged { dst, data } => p.mem.copy(dst, data.as_ptr() as u64, data.len())?,
+        Op::Copy { dst, src, n } => {
+            p.mem.copy(dst, src, n)?;
+            ready
+        }
+        Op::Staged { dst, data } => {
+            p.mem.copy(dst, data.as_ptr() as u64, data.len())?;
+            ready
+        }
         Op::Memset {
             dst,
             value,
             elem,
             count,
-        } => p.mem.memset(dst, value, elem, count)?,
-        // SAFETY: the application passed this host function and its data for this purpose.
-        Op::Host { f, data } => unsafe { f(data as *mut c_void) },
-        // SAFETY: the application passed this callback and its data for this purpose.
-        Op::Callback { f, stream, data } => unsafe {
-            f(crate::types::hptr(stream), 0, data as *mut c_void)
-        },
-        Op::Record { event, generation } => event.complete(generation),
-        Op::Wait { stream, seq } => stream.wait_for(seq),
-        Op::Free { ptr } => p.mem.free_now(p, ptr)?,
-        Op::Nop => {}
-    }
-    Ok(())
+        } => {
+            p.mem.memset(dst, value, elem, count)?;
+            ready
+        }
+        // Host work runs on a host thread: the stream waits for it, in host time.
+        Op::Host { f, data } => {
+            // SAFETY: the application passed this host function and its data for this purpose.
+            unsafe { f(data as *mut c_void) };
+            ready.max(now())
+        }
+        Op::Callback { f, stream, data } => {
+            // SAFETY: the application passed this callback and its data for this purpose.
+            unsafe { f(crate::types::hptr(stream), 0, data as *mut c_void) };
+            ready.max(now())
+        }
+        Op::Record { event, generation } => {
+            event.complete(generation, ready);
+            ready
+        }
+        Op::Wait { stream, seq } => {
+            stream.wait_for(seq);
+            ready.max(stream.completed_at(seq))
+        }
+        Op::Free { ptr } => {
+            p.mem.free_now(p, ptr)?;
+            ready
+        }
+        Op::Nop => ready,
+    })
 }
 
 /// Submits `op` to `s` in context `ctx` with legacy-stream dependencies; returns its sequence.
@@ -432,7 +498,7 @@ pub enum EventStatus {
     NotRecorded,
     /// Recorded, not reached yet.
     Pending(Arc<Stream>, u64),
-    /// Reached at this CLOCK_MONOTONIC time.
+    /// Reached at this CLOCK_MONOTONIC time (on the device's clock).
     Done(u64),
 }
 
@@ -465,11 +531,11 @@ impl Event {
         st.recorded = Some((s.clone(), seq));
     }
 
-    fn complete(&self, generation: u64) {
-        let now = fakegpu::procid::monotonic_ns();
+    /// The record of `generation` was reached at `device_ns` (the device's clock).
+    fn complete(&self, generation: u64, device_ns: u64) {
         let mut st = self.st.lock();
         if st.generation == generation {
-            st.time_ns = Some(now);
+            st.time_ns = Some(device_ns);
         }
     }
 

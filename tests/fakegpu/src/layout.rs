@@ -8,7 +8,7 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// `FAKEGPU` + layout version, written last by the creator.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU4");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU5");
 /// Process slots in the table.
 pub const MAX_PROCS: usize = 512;
 /// Entries of a device's lock queue (kernels waiting for the device, all processes).
@@ -75,6 +75,10 @@ pub struct DeviceBlock {
     pub running: AtomicU32,
     /// High-water mark of `running`.
     pub max_concurrent: AtomicU32,
+    /// The device timeline: CLOCK_MONOTONIC ns at which the last kernel placed on the device ends
+    /// (written by the lock holder only). The next kernel starts at the later of this and the
+    /// moment it was ready, whenever its host thread gets to it.
+    pub last_end_ns: AtomicU64,
     /// Process-shared robust mutex guarding `used` together with the processes' per-device
     /// `used` (a process killed between the two stores is repaired by the next locker).
     pub mem_mutex: UnsafeCell<libc::pthread_mutex_t>,

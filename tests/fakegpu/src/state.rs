@@ -28,7 +28,7 @@ pub struct GpuState {
 /// Timing of a simulated kernel (CLOCK_MONOTONIC ns, on the device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelRun {
-    /// When the kernel started running (lock acquired).
+    /// When the kernel started running on the device.
     pub start_ns: u64,
     /// When it finished.
     pub end_ns: u64,
@@ -372,20 +372,37 @@ impl GpuState {
         ))
     }
 
-    /// Runs a kernel of `duration_ns` on `dev`: waits for the device lock, occupies the device for
-    /// the duration, and accounts busy time (process and device), the kernel count and a trace
-    /// record.
+    /// Runs a kernel of `duration_ns` on `dev` that is ready now (see [`Self::run_kernel_at`]).
     pub fn run_kernel(&self, dev: u32, duration_ns: u64) -> Result<KernelRun, FakeGpuError> {
+        self.run_kernel_at(dev, duration_ns, procid::monotonic_ns())
+    }
+
+    /// Runs a kernel of `duration_ns` on `dev` that was ready to run at `ready_ns` (submitted, and
+    /// its stream's earlier work done, on the device's clock): waits for the device execution lock,
+    /// places the kernel on the device timeline, waits until it ends there, and accounts busy time
+    /// (process and device), the kernel count and a trace record.
+    ///
+    /// The device does not wait for the host: the kernel starts at the later of the end of the
+    /// previous kernel on the device and `ready_ns`, not when this host thread got the lock, so
+    /// a thread that wakes late (a busy host) does not leave the device idle, and queued kernels
+    /// run back to back.
+    pub fn run_kernel_at(
+        &self,
+        dev: u32,
+        duration_ns: u64,
+        ready_ns: u64,
+    ) -> Result<KernelRun, FakeGpuError> {
         let d = self.check_dev(dev)?;
         let s = self.my_slot()?;
         let guard = self.lock_device(dev)?;
         guard.mark_running();
         let prev = d.running.fetch_add(1, Ordering::AcqRel);
         d.max_concurrent.fetch_max(prev + 1, Ordering::AcqRel);
-        let start_ns = procid::monotonic_ns();
+        let start_ns = d.last_end_ns.load(Ordering::Acquire).max(ready_ns);
         // The device time is the kernel's duration, whatever happens to this host thread (a
         // stopped process's kernel still ends on time and the device moves on).
         let end_ns = start_ns + duration_ns;
+        d.last_end_ns.store(end_ns, Ordering::Release);
         guard.start_kernel(end_ns);
         procid::sleep_until(end_ns);
         guard.finish_running(&d.running);

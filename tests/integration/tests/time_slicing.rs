@@ -3,6 +3,7 @@
 //! busy time per process), never from gpumux's own figures.
 
 use gpumux_integration::gpumux::Gpumux;
+use gpumux_integration::hogs::CpuHogs;
 use gpumux_integration::workloads::{GIB, Running, f, i};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,10 +13,12 @@ const T: Duration = Duration::from_secs(60);
 const SATURATE: &[&str] = &["--ns", "2000000", "--batch", "4", "--pause-ms", "0"];
 
 /// Shares are measured over wall-clock windows: run these tests one at a time so they do not
-/// compete for the machine's CPUs with each other.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+/// compete for the machine's CPUs with each other. With `GPUMUX_TEST_CPU_HOGS=N` each runs
+/// beside N CPU-bound processes (they must hold on a busy host too).
+fn exclusive() -> (std::sync::MutexGuard<'static, ()>, CpuHogs) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    (guard, CpuHogs::from_env())
 }
 
 fn tenant(weight: u32) -> String {
