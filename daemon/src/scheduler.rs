@@ -381,6 +381,10 @@ impl Scheduler {
         match &self.state {
             State::Granted(_) => self.check_holder(now, activity),
             State::Draining { timeout_at, .. } if now >= *timeout_at => {
+                // Stopped or stuck: not a busy holder on its way back.
+                if let State::Draining { busy, .. } = &mut self.state {
+                    *busy = false;
+                }
                 self.finish_slice(now, None);
                 self.grant_next(now, activity)
             }

@@ -3,19 +3,22 @@
 
 use std::sync::Once;
 
-// Lock order: contexts, then allocations (nothing holds the allocation table while taking the
-// context registry).
+// Lock order: contexts, then allocations, then the busy trackers (nothing holds a later one
+// while taking an earlier one).
 extern "C" fn prepare() {
     crate::contexts::lock_for_fork();
     crate::allocations::lock_for_fork();
+    crate::busy::lock_for_fork();
 }
 
 extern "C" fn parent() {
+    crate::busy::unlock_after_fork(false);
     crate::allocations::unlock_after_fork(false);
     crate::contexts::unlock_after_fork(false);
 }
 
 extern "C" fn child() {
+    crate::busy::unlock_after_fork(true);
     crate::allocations::unlock_after_fork(true);
     crate::contexts::unlock_after_fork(true);
     crate::registration::forget_after_fork();

@@ -6,6 +6,7 @@
 //! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
 //! - [`allocations`]: what this process has charged, by handle.
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
+//! - [`busy`]: the device time its work used in the current slice, measured with events.
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
 //! - [`watcher`]: the thread that drains this process's work when the daemon revokes a slice.
@@ -17,6 +18,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod allocations;
+pub mod busy;
 pub mod contexts;
 pub mod cuda_types;
 pub mod diag;

@@ -1,6 +1,7 @@
 //! The watcher thread: started at registration (never at load time), it listens to the daemon.
 //! On `Revoke` it drains this process's work on the device — waits out launch calls in flight,
-//! then synchronizes the device's primary contexts — and answers `Drained`. When the daemon
+//! then synchronizes the device's primary contexts — and answers `Drained` with the device time
+//! the work used in the slice ([`crate::busy`]). When the daemon
 //! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]) and reattaches to
 //! the restarted daemon, retrying with backoff.
 
@@ -58,11 +59,11 @@ fn serve(reg: &'static Registration) {
             Ok((0, _)) => return,
             Ok((n, _)) => {
                 if let Ok(ServerMsg::Revoke { device, epoch }) = ServerMsg::decode(&buf[..n]) {
-                    drain(reg, device as usize);
+                    let busy_ns = drain(reg, device as usize);
                     reg.send(&ClientMsg::Drained {
                         device,
                         epoch,
-                        busy_ns: None,
+                        busy_ns,
                     });
                 }
             }
@@ -77,16 +78,19 @@ fn serve(reg: &'static Registration) {
     }
 }
 
-/// Waits until this process's work on `device` is done.
-fn drain(reg: &Registration, device: usize) {
+/// Waits until this process's work on `device` is done; returns the device time it used in the
+/// slice (see `crate::busy`; None when not measured).
+fn drain(reg: &Registration, device: usize) -> Option<u64> {
     if device >= gpumux_common::shm::MAX_DEVICES {
-        return;
+        return None;
     }
     crate::gate::wait_no_launch_in_flight(device);
+    let end = crate::busy::drain_begin(device);
     for ordinal in reg.ordinals_of(device) {
         sync_primary_context(ordinal);
     }
     crate::contexts::for_each_on(device, |ctx| sync_context(ctx as CUcontext));
+    crate::busy::drain_finish(device, end)
 }
 
 /// Synchronizes an application-created context (the registry is held: it cannot be destroyed

@@ -26,6 +26,7 @@ pub fn current_context() -> u64 {
 
 /// Gives back what the allocations of a destroyed context charged.
 fn context_gone(ctx: u64) {
+    crate::busy::forget_context(ctx);
     let Some(reg) = registration::current() else {
         return;
     };

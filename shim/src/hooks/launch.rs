@@ -8,8 +8,25 @@ use crate::cuda_types::*;
 use crate::ffi_guard::guard;
 use std::ffi::{c_uint, c_void};
 
+/// The start of `CUlaunchConfig`, up to its stream.
+#[repr(C)]
+struct LaunchConfigHead {
+    dims: [c_uint; 7],
+    stream: CUstream,
+}
+
+/// Passes the gate; a gated launch opens a busy period on its stream (see `crate::busy`).
+#[inline]
+fn enter(stream: CUstream, ptsz: bool) -> Result<crate::gate::Ticket, CUresult> {
+    let ticket = crate::gate::enter()?;
+    if let Some(device) = ticket.device() {
+        crate::busy::launch(device, stream, ptsz);
+    }
+    Ok(ticket)
+}
+
 macro_rules! launch_kernel {
-    ($name:ident) => {
+    ($name:ident, $ptsz:expr) => {
         /// # Safety
         /// C ABI entry point; arguments as documented for `cuLaunchKernel`.
         #[unsafe(no_mangle)]
@@ -28,7 +45,7 @@ macro_rules! launch_kernel {
         ) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter() {
+                let _ticket = match enter(stream, $ptsz) {
                     Ok(t) => t,
                     Err(rc) => return rc,
                 };
@@ -38,20 +55,27 @@ macro_rules! launch_kernel {
         }
     };
 }
-launch_kernel!(cuLaunchKernel);
-launch_kernel!(cuLaunchKernel_ptsz);
-launch_kernel!(cuLaunchCooperativeKernel);
-launch_kernel!(cuLaunchCooperativeKernel_ptsz);
+launch_kernel!(cuLaunchKernel, false);
+launch_kernel!(cuLaunchKernel_ptsz, true);
+launch_kernel!(cuLaunchCooperativeKernel, false);
+launch_kernel!(cuLaunchCooperativeKernel_ptsz, true);
 
 macro_rules! launch_ex {
-    ($name:ident) => {
+    ($name:ident, $ptsz:expr) => {
         /// # Safety
         /// C ABI entry point; arguments as documented for `cuLaunchKernelEx`.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(*const c_void, CUfunction, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter() {
+                let stream = if config.is_null() {
+                    std::ptr::null_mut()
+                } else {
+                    // SAFETY: a non-null `CUlaunchConfig` from the caller starts with 7
+                    // unsigned ints and the stream.
+                    unsafe { (*config.cast::<LaunchConfigHead>()).stream }
+                };
+                let _ticket = match enter(stream, $ptsz) {
                     Ok(t) => t,
                     Err(rc) => return rc,
                 };
@@ -61,18 +85,18 @@ macro_rules! launch_ex {
         }
     };
 }
-launch_ex!(cuLaunchKernelEx);
-launch_ex!(cuLaunchKernelEx_ptsz);
+launch_ex!(cuLaunchKernelEx, false);
+launch_ex!(cuLaunchKernelEx_ptsz, true);
 
 macro_rules! graph_launch {
-    ($name:ident) => {
+    ($name:ident, $ptsz:expr) => {
         /// # Safety
         /// C ABI entry point; arguments as documented for `cuGraphLaunch`.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let real_fn = real!($name: unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match crate::gate::enter() {
+                let _ticket = match enter(stream, $ptsz) {
                     Ok(t) => t,
                     Err(rc) => return rc,
                 };
@@ -82,5 +106,5 @@ macro_rules! graph_launch {
         }
     };
 }
-graph_launch!(cuGraphLaunch);
-graph_launch!(cuGraphLaunch_ptsz);
+graph_launch!(cuGraphLaunch, false);
+graph_launch!(cuGraphLaunch_ptsz, true);

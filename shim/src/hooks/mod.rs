@@ -99,6 +99,7 @@ hooked! {
         cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2,
         cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRetain, cuCtxGetCurrent,
         cuCtxPushCurrent_v2, cuCtxPopCurrent_v2,
+        cuEventCreate, cuEventRecord, cuEventQuery, cuEventElapsedTime,
     ]
     helpers_nvml: [nvmlDeviceGetUUID]
 }
