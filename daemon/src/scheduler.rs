@@ -451,13 +451,15 @@ impl Scheduler {
         self.quantum.mul_f64(fraction * NORMAL_TURN_FRACTION)
     }
 
-    /// When a capped holder's budget runs out (it also refills while running: the slice can
-    /// last budget / (1 - cap)).
+    /// When a capped holder's budget runs out: it is spent at the holder's efficiency (device
+    /// time per wall time) and refills at the cap's rate while it runs, so the slice can last
+    /// budget / (efficiency - cap), at most four quanta (the charge at the drain settles the
+    /// rest).
     fn cap_deadline(&self, slice: &Slice) -> Option<Instant> {
         let t = self.tenants.get(&slice.tenant)?;
         let cap = t.cap?;
-        let run =
-            (t.budget.max(0.0) / (1.0 - cap).max(1e-3)).min(self.quantum.as_nanos() as f64 * 4.0);
+        let run = (t.budget.max(0.0) / (t.efficiency - cap).max(1e-3))
+            .min(self.quantum.as_nanos() as f64 * 4.0);
         Some(slice.since + Duration::from_nanos(run as u64))
     }
 
