@@ -482,12 +482,14 @@ impl Scheduler {
         Duration::from_nanos(ns.min(1e15) as u64)
     }
 
-    /// The turn of a tenant being granted: what it is owed, within 50..=111% of its normal
-    /// turn, so that a lag either way (a turn's drain tail, a changing efficiency) is worked
-    /// off over the next turns without anyone waiting much longer than a quantum.
+    /// The turn of a tenant being granted: its normal turn, corrected by how far it is behind
+    /// or ahead, within 50..=111% of normal. In a steady alternation a tenant is granted when
+    /// it is owed about half a normal turn (the others ran since it did), so that is the mark:
+    /// a lag either way (a turn's drain tail, a changing efficiency) is worked off over the next
+    /// turns without anyone waiting much longer than a quantum.
     fn turn_at_grant(&self, tenant: &str) -> Duration {
         let normal = self.turn(tenant);
-        self.owed(tenant, Duration::ZERO)
+        (self.owed(tenant, Duration::ZERO) + normal / 2)
             .clamp(normal / 2, normal.div_f64(NORMAL_TURN_FRACTION))
     }
 

@@ -199,6 +199,7 @@ impl Daemon {
         else {
             return;
         };
+        tracing::trace!(tenant, dev, epoch, ?busy_ns, "slice drained");
         let device_time = busy_ns.map(Duration::from_nanos);
         self.sched_event(dev, |s, now, act| {
             s.drained(&tenant, epoch, device_time, now, act)
