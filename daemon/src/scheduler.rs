@@ -527,10 +527,14 @@ impl Scheduler {
                 slice.idle_check = None;
                 false
             }
-            // No launch since the last check and nobody waiting for queued work: the holder
-            // has nothing for the device (a thread still counted as waiting after the grant is
-            // one that cannot run).
-            Some((at, seen)) if now >= at && seen == act.launches && act.syncing == 0 => true,
+            // No launch since the last check, nobody waiting for queued work, and no thread
+            // still on its way out of the gate (woken by the grant but not yet run by a busy
+            // host): the holder has nothing for the device.
+            Some((at, seen))
+                if now >= at && seen == act.launches && act.syncing == 0 && act.waiting == 0 =>
+            {
+                true
+            }
             Some((at, _)) if now < at => false,
             _ => {
                 slice.idle_check = Some((now + grace, act.launches));
