@@ -193,6 +193,8 @@ impl Stream {
     fn worker(self: Arc<Self>) {
         // When this stream's last operation completed, on the device's clock.
         let mut clock = 0u64;
+        // The next kernel, queued for the device while the current one runs: (sequence, it).
+        let mut next: Option<(u64, fakegpu::QueuedKernel)> = None;
         loop {
             let (seq, submitted, op) = {
                 let mut q = self.q.lock();
@@ -207,9 +209,19 @@ impl Stream {
                 }
             };
             let ready = clock.max(submitted);
-            let result = match process() {
-                Ok(p) => execute(p, &self, op, ready),
-                Err(_) => return,
+            let Ok(p) = process() else { return };
+            let result = match op {
+                Op::Kernel { ns } => {
+                    let queued = match next.take() {
+                        Some((s, k)) if s == seq => Ok(k),
+                        _ => p.gpu.queue_kernel(self.device, ns, ready),
+                    };
+                    queued
+                        .and_then(|k| p.gpu.run_queued(k, |end| next = self.queue_next(p, end)))
+                        .map(|run| run.end_ns)
+                        .map_err(|_| err::LAUNCH_FAILED)
+                }
+                op => execute(p, &self, op, ready),
             };
             match result {
                 Ok(end) => clock = end,
@@ -232,6 +244,36 @@ impl Stream {
             q.done.push_back((seq, clock));
             self.cv.notify_all();
         }
+    }
+
+    /// While a kernel runs (it ends at `end`), does what the device would do next without
+    /// waiting for this thread: event records right behind it get their timestamps (visible
+    /// when the device reaches them), and the kernel after them is queued for the device, ready
+    /// when this one ends (or when submitted), so that the device starts it on time even if this
+    /// thread wakes late.
+    fn queue_next(&self, p: &Process, end: u64) -> Option<(u64, fakegpu::QueuedKernel)> {
+        let mut ready = end;
+        let kernel = {
+            let q = self.q.lock();
+            let mut found = None;
+            for (seq, submitted, op) in q.ops.iter() {
+                ready = ready.max(*submitted);
+                match op {
+                    Op::Record { event, generation } => event.complete(*generation, ready),
+                    Op::Kernel { ns } => {
+                        found = Some((*seq, *ns));
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            found
+        };
+        let (seq, ns) = kernel?;
+        p.gpu
+            .queue_kernel(self.device, ns, ready)
+            .ok()
+            .map(|k| (seq, k))
     }
 
     /// When op `seq` (completed) completed on the device; 0 when it is too old to be known (it
@@ -539,23 +581,36 @@ impl Event {
         }
     }
 
-    /// Current status.
+    /// Current status: reached once the device's clock passed its timestamp (which the stream
+    /// may know before its thread gets there).
     pub fn status(&self) -> EventStatus {
         let st = self.st.lock();
+        let now = fakegpu::procid::monotonic_ns();
         match &st.recorded {
             None => EventStatus::NotRecorded,
             Some((s, seq)) => match st.time_ns {
-                Some(t) => EventStatus::Done(t),
+                Some(t) if t <= now => EventStatus::Done(t),
                 None if s.is_done(*seq) => EventStatus::Done(0),
-                None => EventStatus::Pending(s.clone(), *seq),
+                _ => EventStatus::Pending(s.clone(), *seq),
             },
         }
     }
 
-    /// Waits for the last record to be reached.
+    /// Waits for the last record to be reached: until its timestamp on the device when that is
+    /// known, else until its stream gets there.
     pub fn synchronize(&self) {
-        if let EventStatus::Pending(s, seq) = self.status() {
-            s.wait_for(seq);
+        let known = self.st.lock().time_ns;
+        match known {
+            Some(t) => fakegpu::procid::sleep_until(t),
+            None => {
+                if let EventStatus::Pending(s, seq) = self.status() {
+                    s.wait_for(seq);
+                }
+                // Its timestamp may have been set (in the future) meanwhile.
+                if let Some(t) = self.st.lock().time_ns {
+                    fakegpu::procid::sleep_until(t);
+                }
+            }
         }
     }
 
@@ -563,9 +618,10 @@ impl Event {
     /// `Ok(None)` if not reached yet.
     pub fn time_ns(&self) -> Res<Option<u64>> {
         let st = self.st.lock();
+        let now = fakegpu::procid::monotonic_ns();
         match (&st.recorded, st.time_ns) {
             (None, _) => Err(err::INVALID_HANDLE),
-            (Some(_), t) => Ok(t),
+            (Some(_), t) => Ok(t.filter(|&t| t <= now)),
         }
     }
 

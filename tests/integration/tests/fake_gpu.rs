@@ -232,21 +232,51 @@ fn a_busy_host_neither_idles_the_device_nor_skews_events() {
         err * 100.0
     );
     assert!(kernels >= 100, "only {kernels} kernels in 3 s");
-    let gaps: Vec<f64> = trace
+    // The device's part, whatever the host: it never idles while a kernel is ready, and runs
+    // each for exactly its duration.
+    for w in trace.windows(2) {
+        assert_eq!(
+            w[1].start_ns,
+            w[0].end_ns.max(w[1].ready_ns),
+            "the device idled with a kernel ready: {w:?}"
+        );
+        assert_eq!(w[1].end_ns - w[1].start_ns, 10_000_000, "{w:?}");
+    }
+    // The workload's part: it keeps 8 queued (70 ms of slack) unless the host runs it later
+    // still; the gaps it left are when it had nothing queued.
+    let late: Vec<f64> = trace
         .windows(2)
-        .map(|w| w[1].start_ns.saturating_sub(w[0].end_ns) as f64 / 1e6)
-        .filter(|g| *g > 0.01)
+        .filter(|w| w[1].ready_ns > w[0].end_ns)
+        .map(|w| (w[1].ready_ns - w[0].end_ns) as f64 / 1e6)
         .collect();
-    eprintln!("device idle gaps over 10 µs: {gaps:?}");
+    eprintln!(
+        "the workload let its queue run dry {} times: {late:?} ms",
+        late.len()
+    );
+    // Events are the device's clock: exact against the device's own timeline.
+    let device_span = span;
     assert!(
-        busy / span >= 0.98,
+        (ev - device_span).abs() / device_span < 0.001,
+        "events {ev} ms vs the device's {device_span} ms"
+    );
+    let idle_by_host: f64 = late.iter().sum();
+    let kept_busy = busy / (span - idle_by_host);
+    assert!(
+        kept_busy >= 0.98,
         "device busy {:.2}% of the time it had kernels queued",
-        busy / span * 100.0
+        kept_busy * 100.0
     );
-    assert!(
-        err < 0.01,
-        "events measured {ev} ms for {expected} ms of back-to-back kernels"
-    );
+    if late.is_empty() {
+        assert!(
+            busy / span >= 0.98,
+            "device busy {:.2}% of its span",
+            busy / span * 100.0
+        );
+        assert!(
+            err < 0.01,
+            "events measured {ev} ms for {expected} ms of back-to-back kernels"
+        );
+    }
     assert!(
         span >= wall * 0.9,
         "the device timeline ({span} ms) fell behind the host's ({wall} ms)"
