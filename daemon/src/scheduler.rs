@@ -22,9 +22,12 @@
 //!   to no one. Without a measurement (an older shim, a drain that timed out) it pays the
 //!   slice's wall time, overrun included.
 //! - **Work-conserving**: a lone tenant keeps the device with no timer at all; a holder that
-//!   stops launching while others wait gives the device up after `idle_grace`, not a quantum.
-//! - **compute_limit**: a token bucket of device time refilled at the cap's rate; a capped
-//!   tenant runs only with budget, even on an otherwise idle device.
+//!   stops launching while others wait gives the device up after `idle_grace`, not a quantum
+//!   (longer on a busy host: by four times how late the server's ticks come, so that a holder
+//!   whose threads the host runs late is not taken for idle).
+//! - **compute_limit**: a token bucket of device time refilled at the cap's rate (burst: one
+//!   quantum); a capped tenant is granted when its bucket is full and runs until it is spent,
+//!   even on an otherwise idle device.
 //! - **No wedging**: a holder that does not drain within `drain_timeout` (stopped, stuck in a
 //!   very long kernel, dead) is charged and passed over.
 
@@ -147,6 +150,10 @@ pub struct Scheduler {
     last_holder: Option<String>,
     /// Slice wall time charged to no tenant (switch cost), ns.
     overhead_ns: u64,
+    /// How late the server's ticks come (moving average): the host's scheduling latency as
+    /// the daemon sees it. A busy host runs tenants' threads as late, so the idle check waits
+    /// that much longer before calling a holder idle.
+    host_latency: Duration,
     created: Instant,
 }
 
@@ -168,6 +175,7 @@ impl Scheduler {
             history: VecDeque::new(),
             last_holder: None,
             overhead_ns: 0,
+            host_latency: Duration::ZERO,
             created: Instant::now(),
         }
     }
@@ -289,7 +297,19 @@ impl Scheduler {
 
     /// Time passed: deadlines, idle checks, drain timeouts, throttling.
     pub fn tick(&mut self, now: Instant, activity: &dyn Fn(&str) -> Activity) -> Vec<Action> {
+        if let Some(due) = self.next_deadline()
+            && now >= due
+        {
+            let late = (now - due).min(self.quantum);
+            self.host_latency = (self.host_latency * 7 + late) / 8;
+        }
         self.schedule(now, activity)
+    }
+
+    /// How long a holder may go without launching before it counts as idle: the idle grace
+    /// plus four times the host's scheduling latency (at most half a quantum).
+    fn grace(&self) -> Duration {
+        (self.idle_grace + self.host_latency * 4).min(self.quantum / 2)
     }
 
     /// When the server must call `tick` next.
@@ -324,12 +344,15 @@ impl Scheduler {
         self.overhead_ns += (wall - charge).as_nanos() as u64;
         let (quantum, return_window) = (self.quantum, self.return_window);
         if let Some(t) = self.tenants.get_mut(&slice.tenant) {
-            Self::refill(t, now, quantum);
             let ns = charge.as_nanos() as f64;
             t.vtime += ns / t.weight as f64;
-            if t.cap.is_some() {
-                t.budget -= ns;
+            if let Some(cap) = t.cap {
+                // What refilled while it ran counts in full (the burst limit bounds what an
+                // idle tenant banks, not a running one's refill).
+                let ran = now.saturating_duration_since(t.budget_at).as_nanos() as f64;
+                t.budget = (t.budget + ran * cap - ns).min(quantum.as_nanos() as f64);
             }
+            t.budget_at = now;
             t.charged_ns += charge.as_nanos() as u64;
             t.returning_until = busy.then_some(now + return_window);
             if !wall.is_zero() {
@@ -370,9 +393,10 @@ impl Scheduler {
         vec![action]
     }
 
-    /// Minimum budget a capped tenant needs before it is granted (avoids sliver slices).
+    /// Budget a capped tenant needs before it is granted: the whole burst (a quantum), so that
+    /// its slices are long and the switch cost around them small beside their device time.
     fn min_budget(&self) -> f64 {
-        (self.quantum.as_nanos() as f64 / 4.0).max(1e6)
+        self.quantum.as_nanos() as f64
     }
 
     /// The core: decide what happens now.
@@ -516,7 +540,7 @@ impl Scheduler {
         }
         // A turn already over when others start wanting ends now.
         let turn_deadline = others_want.then(|| (turn_since + turn).max(now));
-        let grace = self.idle_grace;
+        let grace = self.grace();
         let State::Granted(slice) = &mut self.state else {
             return Vec::new();
         };
@@ -848,6 +872,44 @@ mod tests {
                 tenant: "b".into(),
                 epoch: 2
             }]
+        );
+    }
+
+    #[test]
+    fn late_ticks_lengthen_the_idle_grace() {
+        let mut s = Scheduler::new(Duration::from_millis(200));
+        let t0 = Instant::now();
+        s.set_tenant("a", 1, None, t0);
+        s.set_tenant("b", 1, None, t0);
+        let launches = std::cell::Cell::new(0u64);
+        // a holds and keeps launching, b waits.
+        let act = |n: &str| Activity {
+            waiting: (n == "b") as u32,
+            launches: if n == "a" { launches.get() } else { 0 },
+            ..Default::default()
+        };
+        s.demand("a", t0, &|n| Activity {
+            waiting: (n == "a") as u32,
+            ..Default::default()
+        });
+        s.demand("b", t0, &act);
+        let base = s.grace();
+        // The server's ticks come 5 ms late, again and again (idle checks, inside one turn).
+        for _ in 0..4 {
+            launches.set(launches.get() + 1);
+            let due = s.next_deadline().expect("an idle check is armed");
+            assert!(s.tick(due + Duration::from_millis(5), &act).is_empty());
+        }
+        assert_eq!(base, Duration::from_millis(10));
+        assert!(
+            s.grace() >= Duration::from_millis(15),
+            "grace {:?}",
+            s.grace()
+        );
+        assert!(
+            s.grace() <= Duration::from_millis(30),
+            "grace {:?}",
+            s.grace()
         );
     }
 

@@ -253,13 +253,16 @@ impl Stream {
     /// thread wakes late.
     fn queue_next(&self, p: &Process, end: u64) -> Option<(u64, fakegpu::QueuedKernel)> {
         let mut ready = end;
+        let mut records = Vec::new();
         let kernel = {
             let q = self.q.lock();
             let mut found = None;
             for (seq, submitted, op) in q.ops.iter() {
                 ready = ready.max(*submitted);
                 match op {
-                    Op::Record { event, generation } => event.complete(*generation, ready),
+                    Op::Record { event, generation } => {
+                        records.push((event.clone(), *generation, ready));
+                    }
                     Op::Kernel { ns } => {
                         found = Some((*seq, *ns));
                         break;
@@ -269,6 +272,10 @@ impl Stream {
             }
             found
         };
+        // Outside the queue lock (recording takes the event's lock, then the queue's).
+        for (event, generation, at) in records {
+            event.complete(generation, at);
+        }
         let (seq, ns) = kernel?;
         p.gpu
             .queue_kernel(self.device, ns, ready)
@@ -299,6 +306,16 @@ impl Stream {
         }
         self.cv.notify_all();
         q.enqueued
+    }
+
+    /// If nothing is queued or running on the stream: its last op's sequence number, and the
+    /// device time now (its clock, or the present if later).
+    fn idle_at(&self) -> Option<(u64, u64)> {
+        let q = self.q.lock();
+        (q.ops.is_empty() && q.completed == q.enqueued).then(|| {
+            let clock = q.done.back().map_or(0, |d| d.1);
+            (q.completed, clock.max(fakegpu::procid::monotonic_ns()))
+        })
     }
 
     /// The sequence number of the last submitted op if it has not completed yet.
@@ -397,6 +414,13 @@ fn execute(p: &Process, s: &Stream, op: Op, ready: u64) -> Res<u64> {
 /// Submits `op` to `s` in context `ctx` with legacy-stream dependencies; returns its sequence.
 pub fn submit(ctx: &Context, s: &Arc<Stream>, op: Op) -> u64 {
     let _g = ctx.submit.lock();
+    let mut ops = dependencies(ctx, s);
+    ops.push(op);
+    s.push(ops)
+}
+
+/// The `Wait`s legacy-stream semantics put before new work on `s`. Caller holds `ctx.submit`.
+fn dependencies(ctx: &Context, s: &Arc<Stream>) -> Vec<Op> {
     let mut ops = Vec::new();
     if s.kind == StreamKind::Legacy {
         for o in ctx.streams.lock().iter() {
@@ -418,8 +442,7 @@ pub fn submit(ctx: &Context, s: &Arc<Stream>, op: Op) -> u64 {
             seq,
         });
     }
-    ops.push(op);
-    s.push(ops)
+    ops
 }
 
 /// Submits `op` and waits for it (synchronous API calls).
@@ -562,14 +585,22 @@ impl Event {
         st.generation += 1;
         st.time_ns = None;
         let generation = st.generation;
-        let seq = submit(
-            ctx,
-            s,
-            Op::Record {
-                event: self.clone(),
-                generation,
-            },
-        );
+        let _g = ctx.submit.lock();
+        let mut ops = dependencies(ctx, s);
+        // On an idle stream the device reaches the record at once: no need to wake its thread
+        // (which would cost a host wake-up before the work that follows).
+        if ops.is_empty()
+            && let Some((seq, at)) = s.idle_at()
+        {
+            st.time_ns = Some(at);
+            st.recorded = Some((s.clone(), seq));
+            return;
+        }
+        ops.push(Op::Record {
+            event: self.clone(),
+            generation,
+        });
+        let seq = s.push(ops);
         st.recorded = Some((s.clone(), seq));
     }
 
