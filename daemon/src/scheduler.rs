@@ -355,6 +355,11 @@ impl Scheduler {
             t.budget_at = now;
             t.charged_ns += charge.as_nanos() as u64;
             t.returning_until = busy.then_some(now + return_window);
+            // Not coming back at once (idle, stopped, stuck): its pause starts now, however
+            // long nothing else happens on the device (no credit for it either).
+            if !busy {
+                t.idle_since = Some(now);
+            }
             if !wall.is_zero() {
                 let sample = charge.as_secs_f64() / wall.as_secs_f64();
                 t.efficiency = (0.8 * t.efficiency + 0.2 * sample).clamp(0.25, 1.0);
@@ -945,6 +950,64 @@ mod tests {
             }],
             "no ack needed to move on"
         );
+    }
+
+    /// A holder passed over after the drain timeout (stopped) banks no credit while the other
+    /// runs alone (with no scheduling event at all meanwhile): when it comes back it gets its
+    /// share, not the other's whole solo run.
+    #[test]
+    fn a_stalled_holder_banks_no_credit() {
+        let q = Duration::from_millis(50);
+        let mut s = Scheduler::new(q);
+        let t0 = Instant::now();
+        s.set_tenant("a", 1, None, t0);
+        s.set_tenant("b", 1, None, t0);
+        let both = |_: &str| Activity {
+            waiting: 1,
+            ..Default::default()
+        };
+        s.demand("a", t0, &both);
+        s.demand("b", t0, &both);
+        // a's turn ends, it is revoked and never drains (stopped): passed over.
+        for _ in 0..100 {
+            let at = s.next_deadline().unwrap();
+            if matches!(s.tick(at, &both)[..], [Action::Revoke { .. }]) {
+                break;
+            }
+        }
+        let only_b = |n: &str| Activity {
+            waiting: (n == "b") as u32,
+            ..Default::default()
+        };
+        let timeout = s.next_deadline().unwrap();
+        let granted = s.tick(timeout, &only_b);
+        assert!(matches!(&granted[..], [Action::Grant { tenant, .. }] if tenant == "b"));
+        assert_eq!(s.next_deadline(), None, "b alone: no timer, no events");
+        // Three seconds later a speaks again: b's turn ends, a gets the device for about a
+        // turn, then b again.
+        let back = timeout + Duration::from_secs(3);
+        let revoked = s.demand("a", back, &both);
+        assert!(matches!(&revoked[..], [Action::Revoke { tenant, .. }] if tenant == "b"));
+        let (b_epoch, drained_at) = (s.epoch, back + Duration::from_millis(1));
+        let granted = s.drained(
+            "b",
+            b_epoch,
+            Some(Duration::from_secs(3)),
+            drained_at,
+            &both,
+        );
+        assert!(matches!(&granted[..], [Action::Grant { tenant, .. }] if tenant == "a"));
+        let mut revoked_at = None;
+        for _ in 0..100 {
+            let at = s.next_deadline().unwrap();
+            if let [Action::Revoke { tenant, .. }] = &s.tick(at, &both)[..] {
+                assert_eq!(tenant, "a");
+                revoked_at = Some(at);
+                break;
+            }
+        }
+        let turn = revoked_at.expect("a's turn ends") - drained_at;
+        assert!(turn <= q, "a's turn lasted {turn:?}");
     }
 
     #[test]
