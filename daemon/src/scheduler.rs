@@ -511,6 +511,20 @@ impl Scheduler {
         Duration::from_nanos(ns.min(1e15) as u64)
     }
 
+    /// Whether `tenant` may have two turns in a row while others wait: only when its weight is so
+    /// far above another's that their turns cannot be in proportion (the other's is held at the
+    /// minimum turn). Otherwise tenants alternate and a lag is worked off by the length of their
+    /// turns, so nobody waits for more than about one turn of each other tenant.
+    fn runs_again(&self, tenant: &str) -> bool {
+        let Some(me) = self.tenants.get(tenant) else {
+            return false;
+        };
+        let mine = Self::claim(me);
+        self.tenants
+            .iter()
+            .any(|(n, t)| t.wants && n.as_str() != tenant && Self::claim(t) < mine * self.min_turn)
+    }
+
     /// The turn of a tenant being granted: its normal turn, corrected by how far it is behind
     /// or ahead, within 50..=111% of normal. In a steady alternation a tenant is granted when
     /// it is owed about half a normal turn (the others ran since it did), so that is the mark:
@@ -535,7 +549,11 @@ impl Scheduler {
         let act = activity(&slice.tenant);
         let cap_deadline = self.cap_deadline(slice);
         let (mut turn_since, mut turn) = (slice.turn_since, slice.turn);
-        if others_want && now >= turn_since + turn && self.keep_turns {
+        if others_want
+            && now >= turn_since + turn
+            && self.keep_turns
+            && self.runs_again(&slice.tenant)
+        {
             // Still owed a whole turn (a weight far above the others'): another, no switch.
             let ran = now.saturating_duration_since(slice.since);
             let normal = self.turn(&slice.tenant);
@@ -593,7 +611,7 @@ impl Scheduler {
             .collect();
         order.sort_by(|a, b| a.1.total_cmp(&b.1));
         let again = |n: &str| self.last_holder.as_deref() == Some(n);
-        let behind = |n: &str| self.owed(n, Duration::ZERO) >= self.turn(n);
+        let behind = |n: &str| self.runs_again(n) && self.owed(n, Duration::ZERO) >= self.turn(n);
         match order.as_slice() {
             [(first, _), (second, _), ..] if again(first) && !behind(first) => {
                 Some((*second).clone())

@@ -187,6 +187,7 @@ impl Daemon {
                 let tenant = conn.tenant.clone();
                 let dev = device as usize;
                 if conn.slot.is_some() && dev < self.scheds.len() {
+                    tracing::trace!(tenant, dev, "demand");
                     self.sched_event(dev, |s, now, act| s.demand(&tenant, now, act));
                 }
             }
