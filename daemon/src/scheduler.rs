@@ -519,10 +519,12 @@ impl Scheduler {
         let Some(me) = self.tenants.get(tenant) else {
             return false;
         };
-        let mine = Self::claim(me);
-        self.tenants
-            .iter()
-            .any(|(n, t)| t.wants && n.as_str() != tenant && Self::claim(t) < mine * self.min_turn)
+        // By weight, not by claim: a tenant that leaves much of its turns idle (its host runs it
+        // late) gets longer turns, up to the quantum, but never several in a row.
+        let mine = me.weight as f64;
+        self.tenants.iter().any(|(n, t)| {
+            t.wants && n.as_str() != tenant && (t.weight as f64) < mine * self.min_turn
+        })
     }
 
     /// The turn of a tenant being granted: its normal turn, corrected by how far it is behind
