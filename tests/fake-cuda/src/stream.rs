@@ -129,6 +129,9 @@ struct Queue {
     shutdown: bool,
 }
 
+/// Kernels a stream keeps queued on the device ahead of the one running.
+const LOOKAHEAD: usize = 4;
+
 /// Completion times a stream keeps for other streams' `Wait`s (an older operation completed
 /// before all of these).
 const DONE_KEPT: usize = 256;
@@ -194,7 +197,7 @@ impl Stream {
         // When this stream's last operation completed, on the device's clock.
         let mut clock = 0u64;
         // The next kernel, queued for the device while the current one runs: (sequence, it).
-        let mut next: Option<(u64, fakegpu::QueuedKernel)> = None;
+        let mut next: VecDeque<(u64, fakegpu::QueuedKernel)> = VecDeque::new();
         loop {
             let (seq, submitted, op) = {
                 let mut q = self.q.lock();
@@ -212,12 +215,15 @@ impl Stream {
             let Ok(p) = process() else { return };
             let result = match op {
                 Op::Kernel { ns } => {
-                    let queued = match next.take() {
-                        Some((s, k)) if s == seq => Ok(k),
+                    let queued = match next.front() {
+                        Some((s, _)) if *s == seq => Ok(next.pop_front().expect("front").1),
                         _ => p.gpu.queue_kernel(self.device, ns, ready),
                     };
                     queued
-                        .and_then(|k| p.gpu.run_queued(k, |end| next = self.queue_next(p, end)))
+                        .and_then(|k| {
+                            p.gpu
+                                .run_queued(k, |end| self.queue_next(p, end, &mut next))
+                        })
                         .map(|run| run.end_ns)
                         .map_err(|_| err::LAUNCH_FAILED)
                 }
@@ -248,39 +254,51 @@ impl Stream {
 
     /// While a kernel runs (it ends at `end`), does what the device would do next without
     /// waiting for this thread: event records right behind it get their timestamps (visible
-    /// when the device reaches them), and the kernel after them is queued for the device, ready
-    /// when this one ends (or when submitted), so that the device starts it on time even if this
-    /// thread wakes late.
-    fn queue_next(&self, p: &Process, end: u64) -> Option<(u64, fakegpu::QueuedKernel)> {
+    /// when the device reaches them), and the next [`LOOKAHEAD`] kernels (with only records
+    /// between) are queued for the device, so that it starts them on time even if this thread
+    /// wakes late. The first is ready when this one ends (or when submitted); later ones follow
+    /// it in the device's FIFO, hence in stream order.
+    fn queue_next(&self, p: &Process, end: u64, next: &mut VecDeque<(u64, fakegpu::QueuedKernel)>) {
         let mut ready = end;
         let mut records = Vec::new();
-        let kernel = {
+        let mut kernels = Vec::new();
+        {
             let q = self.q.lock();
-            let mut found = None;
             for (seq, submitted, op) in q.ops.iter() {
                 ready = ready.max(*submitted);
                 match op {
-                    Op::Record { event, generation } => {
+                    Op::Record { event, generation } if kernels.is_empty() => {
                         records.push((event.clone(), *generation, ready));
                     }
+                    Op::Record { .. } => {}
                     Op::Kernel { ns } => {
-                        found = Some((*seq, *ns));
-                        break;
+                        let at = if kernels.is_empty() {
+                            ready
+                        } else {
+                            *submitted
+                        };
+                        kernels.push((*seq, *ns, at));
+                        if kernels.len() == LOOKAHEAD {
+                            break;
+                        }
                     }
                     _ => break,
                 }
             }
-            found
-        };
+        }
         // Outside the queue lock (recording takes the event's lock, then the queue's).
         for (event, generation, at) in records {
             event.complete(generation, at);
         }
-        let (seq, ns) = kernel?;
-        p.gpu
-            .queue_kernel(self.device, ns, ready)
-            .ok()
-            .map(|k| (seq, k))
+        for (seq, ns, at) in kernels {
+            if next.iter().any(|(s, _)| *s == seq) {
+                continue;
+            }
+            match p.gpu.queue_kernel(self.device, ns, at) {
+                Ok(k) => next.push_back((seq, k)),
+                Err(_) => break,
+            }
+        }
     }
 
     /// When op `seq` (completed) completed on the device; 0 when it is too old to be known (it
