@@ -4,13 +4,12 @@
 //!
 //! A busy period opens with an event recorded before the first launch on a stream in a slice
 //! and closes with one recorded where the stream may run dry: before the application
-//! synchronizes that stream or its context, before a launch that comes [`HOST_GAP_NS`] or more
-//! after the previous one (the application was late: the period is split there, an end event
-//! then a new start), and before the watcher's drain. Their elapsed time is what the device
-//! spent from the first kernel to the end of the last one; the device idle while the
-//! application itself was late to launch falls between periods and is charged to no one. A
-//! split never loses device time: if the stream still had work, the end event lands after it
-//! and the new period starts where the old one ended. One stream and one context per device are
+//! synchronizes that stream or its context, and before the watcher's drain. Their elapsed time
+//! is what the device spent from the first kernel to the end of the last one; the device idle
+//! while the application waited for its work and then launched again falls between periods
+//! and is charged to no one. Idle *within* a period (the application's thread late between two
+//! launches with no synchronize between them) is not seen: an event recorded when the late
+//! launch comes lands after the gap, so only an event after every launch could exclude it. One stream and one context per device are
 //! measured in a slice: a launch on another makes the slice unmeasured (`None`: the daemon
 //! charges its wall time, the pre-measurement behaviour). The per-stream events are also
 //! where a bound on a holder's queued work would put its checkpoints.
@@ -35,10 +34,6 @@ const UNMEASURED: u64 = u64::MAX;
 
 /// Key of the stream whose period is open on each device (0: none, [`UNMEASURED`]).
 static OPEN: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
-/// When the open period's stream last got a launch (coarse monotonic clock, ns).
-static LAST_LAUNCH: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
-/// A launch this long after the previous one splits the period (the stream may have run dry).
-pub const HOST_GAP_NS: u64 = 2_000_000;
 
 struct Tracker {
     /// Context of the measured stream (0: nothing launched yet in this slice).
@@ -52,8 +47,6 @@ struct Tracker {
     open: u64,
     /// Closed periods' device time, ns.
     busy_ns: u64,
-    /// Periods split off at a host gap, (start, end) events, not yet read.
-    split: Vec<(u64, u64)>,
     unmeasured: bool,
     /// Spare events of `ctx`.
     spare: Vec<u64>,
@@ -68,7 +61,6 @@ impl Tracker {
             thread_bound: false,
             open: 0,
             busy_ns: 0,
-            split: Vec::new(),
             unmeasured: false,
             spare: Vec::new(),
         }
@@ -94,71 +86,14 @@ fn resolve(stream: CUstream, ptsz: bool) -> (u64, u64, bool) {
     }
 }
 
-/// CLOCK_MONOTONIC_COARSE, ns (a few ns through the vDSO; ticks of 1-4 ms).
-fn coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; the clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// A launch on `device` (a time-sliced one, while holding the slice) on `stream`.
 #[inline]
 pub fn launch(device: usize, stream: CUstream, ptsz: bool) {
     let open = OPEN[device].load(Relaxed);
-    if open == UNMEASURED {
-        return;
-    }
-    if open != 0 && open == resolve(stream, ptsz).0 {
-        let now = coarse_ns();
-        if now.saturating_sub(LAST_LAUNCH[device].load(Relaxed)) >= HOST_GAP_NS {
-            split_period(device, open);
-        }
-        LAST_LAUNCH[device].store(now, Relaxed);
+    if open == UNMEASURED || (open != 0 && open == resolve(stream, ptsz).0) {
         return;
     }
     open_period(device, stream, ptsz);
-}
-
-/// The application was late to launch: ends the open period here and starts another.
-#[cold]
-fn split_period(device: usize, key: u64) {
-    let mut t = TRACKERS[device].lock();
-    if t.open == 0 || t.key != key || t.unmeasured {
-        return;
-    }
-    let stream = t.stream;
-    let end = take_event(&mut t).filter(|&ev| record(ev, stream));
-    let start = end.and_then(|_| take_event(&mut t).filter(|&ev| record(ev, stream)));
-    match (end, start) {
-        (Some(end), Some(start)) => {
-            let old = std::mem::replace(&mut t.open, start);
-            t.split.push((old, end));
-        }
-        _ => give_up(device, &mut t),
-    }
-}
-
-/// Adds up the split-off periods that completed (all of them must have, when `all`).
-fn settle(t: &mut Tracker, all: bool) {
-    let mut left = Vec::new();
-    for (start, end) in std::mem::take(&mut t.split) {
-        match elapsed(start, end) {
-            Some(ms) => {
-                t.busy_ns += (ms * 1e6) as u64;
-                t.spare.extend([start, end]);
-            }
-            None if all => {
-                t.unmeasured = true;
-                t.spare.extend([start, end]);
-            }
-            None => left.push((start, end)),
-        }
-    }
-    t.split = left;
 }
 
 #[cold]
@@ -181,7 +116,6 @@ fn open_period(device: usize, stream: CUstream, ptsz: bool) {
     match take_event(&mut t).filter(|&ev| record(ev, handle)) {
         Some(ev) => {
             t.open = ev;
-            LAST_LAUNCH[device].store(coarse_ns(), Relaxed);
             OPEN[device].store(key, Relaxed);
         }
         None => give_up(device, &mut t),
@@ -268,7 +202,6 @@ pub fn after_sync(end: Option<(usize, u64)>) {
 
 /// Closes the open period at `end` if that completed (else the period stays open).
 fn close(device: usize, t: &mut Tracker, end: u64) -> bool {
-    settle(t, false);
     if t.open == 0 {
         t.spare.push(end);
         return true;
@@ -316,7 +249,6 @@ pub fn drain_finish(device: usize, end: Option<u64>) -> Option<u64> {
         Some(end) => close(device, &mut t, end),
         None => t.open == 0,
     };
-    settle(&mut t, true);
     let busy = (!t.unmeasured && closed).then_some(t.busy_ns);
     if t.open != 0 {
         let open = std::mem::replace(&mut t.open, 0);
@@ -332,7 +264,7 @@ pub fn forget_context(ctx: u64) {
     for (device, m) in TRACKERS.iter().enumerate() {
         let mut t = m.lock();
         if t.ctx == ctx {
-            let lost = t.open != 0 || t.busy_ns != 0 || !t.split.is_empty();
+            let lost = t.open != 0 || t.busy_ns != 0;
             *t = Tracker {
                 unmeasured: lost,
                 ..Tracker::new()
