@@ -527,6 +527,15 @@ impl Scheduler {
         })
     }
 
+    /// Whether `tenant` (having run `ran` of its slice) is owed so much that it takes another
+    /// turn before the others: a whole turn when its weight is more than 4 times another's
+    /// (`runs_again`), else two whole turns (a lag the turn lengths cannot work off, such as a
+    /// tenant whose deep queues keep the device long after each revocation).
+    fn owes_a_run(&self, tenant: &str, ran: Duration) -> bool {
+        let turns = if self.runs_again(tenant) { 1 } else { 2 };
+        self.owed(tenant, ran) >= self.turn(tenant) * turns
+    }
+
     /// The turn of a tenant being granted: its normal turn, corrected by how far it is behind
     /// or ahead, within 50..=111% of normal. In a steady alternation a tenant is granted when
     /// it is owed about half a normal turn (the others ran since it did), so that is the mark:
@@ -551,16 +560,11 @@ impl Scheduler {
         let act = activity(&slice.tenant);
         let cap_deadline = self.cap_deadline(slice);
         let (mut turn_since, mut turn) = (slice.turn_since, slice.turn);
-        if others_want
-            && now >= turn_since + turn
-            && self.keep_turns
-            && self.runs_again(&slice.tenant)
-        {
-            // Still owed a whole turn (a weight far above the others'): another, no switch.
+        if others_want && now >= turn_since + turn && self.keep_turns {
+            // Still owed enough (see `owes_a_run`): another turn, no switch.
             let ran = now.saturating_duration_since(slice.since);
-            let normal = self.turn(&slice.tenant);
-            if self.owed(&slice.tenant, ran) >= normal {
-                (turn_since, turn) = (now, normal);
+            if self.owes_a_run(&slice.tenant, ran) {
+                (turn_since, turn) = (now, self.turn(&slice.tenant));
             }
         }
         // A turn already over when others start wanting ends now.
@@ -613,7 +617,7 @@ impl Scheduler {
             .collect();
         order.sort_by(|a, b| a.1.total_cmp(&b.1));
         let again = |n: &str| self.last_holder.as_deref() == Some(n);
-        let behind = |n: &str| self.runs_again(n) && self.owed(n, Duration::ZERO) >= self.turn(n);
+        let behind = |n: &str| self.owes_a_run(n, Duration::ZERO);
         match order.as_slice() {
             [(first, _), (second, _), ..] if again(first) && !behind(first) => {
                 Some((*second).clone())
@@ -1077,6 +1081,8 @@ mod tests {
             /// Fraction of its working time the device spends on its kernels (the rest is its
             /// own host latency between batches).
             busy: f64,
+            /// How long its queued kernels keep the device after a revocation (ms range).
+            tail_ms: (f64, f64),
         }
 
         fn spec(name: &'static str, weight: u32, back_ms: (f64, f64), busy: f64) -> Spec {
@@ -1086,6 +1092,7 @@ mod tests {
                 cap: None,
                 back_ms,
                 busy,
+                tail_ms: (0.1, 5.0),
             }
         }
 
@@ -1194,7 +1201,7 @@ mod tests {
                         Action::Revoke { tenant, epoch } => {
                             let i = idx(&tenant);
                             assert_eq!(holder, Some((i, epoch)), "revoked the holder");
-                            let tail = rng.ms((0.1, 5.0));
+                            let tail = rng.ms(specs[i].tail_ms);
                             let mut tt = th.borrow_mut();
                             let t = &mut tt[i];
                             let from = t.work_from.take().unwrap_or(now).min(now + tail);
@@ -1329,6 +1336,18 @@ mod tests {
                 let jain = sum * sum / (4.0 * norm.iter().map(|x| x * x).sum::<f64>());
                 assert!(jain >= 0.999, "seed {seed}: Jain {jain:.5}, shares {f:?}");
             }
+        }
+
+        /// A tenant with deep queues (8 processes' kernels keep the device 50-70 ms after each
+        /// revocation) beside one whose drain is short, equal weights: still 50/50 (the other
+        /// gets an extra turn when it falls two turns behind).
+        #[test]
+        fn deep_queues_do_not_take_more_than_their_share() {
+            let mut deep = spec("deep", 1, (0.0, 2.0), 1.0);
+            deep.tail_ms = (50.0, 70.0);
+            let o = simulate(&[deep, spec("one", 1, (0.0, 2.0), 1.0)], 30.0, 7);
+            let f = fractions(&o);
+            assert!((f[0] - 0.5).abs() <= 0.01, "deep got {:.4}", f[0]);
         }
 
         /// A capped tenant that leaves 30% of its slices idle (its own host latency) still gets
