@@ -5,7 +5,8 @@
 //! A probe lists every GPU NVML can name (by UUID). A GPU whose memory cannot be read is listed
 //! as unhealthy; a GPU NVML no longer lists at all is for the caller to notice (the plugin
 //! remembers the GPUs it has seen). The [`DeviceSource`] trait lets tests script what NVML
-//! would say.
+//! would say. [`Nvml::running_processes`] lists the processes holding a context on a GPU with
+//! the device memory NVML attributes to each (the daemon's footprint measurement).
 
 use std::ffi::{CStr, c_char, c_uint, c_void};
 use std::sync::OnceLock;
@@ -18,8 +19,91 @@ pub enum NvmlError {
     Load(String),
     #[error("libnvidia-ml.so.1 lacks `{0}`; the driver is too old")]
     Symbol(&'static str),
-    #[error("NVML {call} failed with code {code}")]
+    /// An NVML call returned an error: the message names the cause and what to do.
+    #[error("{}", describe(call, *code))]
     Call { call: &'static str, code: u32 },
+}
+
+/// `nvmlReturn_t` codes by name (nvml.h).
+const RETURN_NAMES: &[(u32, &str)] = &[
+    (1, "NVML_ERROR_UNINITIALIZED"),
+    (2, "NVML_ERROR_INVALID_ARGUMENT"),
+    (3, "NVML_ERROR_NOT_SUPPORTED"),
+    (4, "NVML_ERROR_NO_PERMISSION"),
+    (5, "NVML_ERROR_ALREADY_INITIALIZED"),
+    (6, "NVML_ERROR_NOT_FOUND"),
+    (7, "NVML_ERROR_INSUFFICIENT_SIZE"),
+    (8, "NVML_ERROR_INSUFFICIENT_POWER"),
+    (9, "NVML_ERROR_DRIVER_NOT_LOADED"),
+    (10, "NVML_ERROR_TIMEOUT"),
+    (11, "NVML_ERROR_IRQ_ISSUE"),
+    (12, "NVML_ERROR_LIBRARY_NOT_FOUND"),
+    (13, "NVML_ERROR_FUNCTION_NOT_FOUND"),
+    (14, "NVML_ERROR_CORRUPTED_INFOROM"),
+    (15, "NVML_ERROR_GPU_IS_LOST"),
+    (16, "NVML_ERROR_RESET_REQUIRED"),
+    (17, "NVML_ERROR_OPERATING_SYSTEM"),
+    (18, "NVML_ERROR_LIB_RM_VERSION_MISMATCH"),
+    (19, "NVML_ERROR_IN_USE"),
+    (20, "NVML_ERROR_MEMORY"),
+    (21, "NVML_ERROR_NO_DATA"),
+    (22, "NVML_ERROR_VGPU_ECC_NOT_SUPPORTED"),
+    (23, "NVML_ERROR_INSUFFICIENT_RESOURCES"),
+    (24, "NVML_ERROR_FREQ_NOT_SUPPORTED"),
+    (25, "NVML_ERROR_ARGUMENT_VERSION_MISMATCH"),
+    (26, "NVML_ERROR_DEPRECATED"),
+    (27, "NVML_ERROR_NOT_READY"),
+    (28, "NVML_ERROR_GPU_NOT_FOUND"),
+    (29, "NVML_ERROR_INVALID_STATE"),
+    (999, "NVML_ERROR_UNKNOWN"),
+];
+
+/// The name of an `nvmlReturn_t` (`NVML_ERROR_DRIVER_NOT_LOADED`), or `code N` if unknown.
+pub fn return_name(code: u32) -> String {
+    RETURN_NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or_else(|| format!("code {code}"), |(_, n)| (*n).to_owned())
+}
+
+/// What went wrong and what to do, for the errors a node's setup causes.
+fn cause_and_next_step(code: u32) -> Option<(&'static str, &'static str)> {
+    Some(match code {
+        9 => (
+            "NVIDIA driver not loaded",
+            "the nvidia kernel module is not loaded on this node: load it (`modprobe nvidia`) \
+             or install the NVIDIA driver for this GPU; `nvidia-smi` must work before gpumux can",
+        ),
+        4 => (
+            "no permission to use the GPUs",
+            "run as root, or give this process access to /dev/nvidiactl and /dev/nvidia*",
+        ),
+        12 => (
+            "NVML's own libraries are missing",
+            "reinstall the NVIDIA driver's user-space libraries",
+        ),
+        15 => (
+            "a GPU has fallen off the bus",
+            "check `nvidia-smi` and the kernel log (`dmesg`); the node needs a GPU reset or reboot",
+        ),
+        18 => (
+            "the NVIDIA user-space libraries do not match the loaded kernel module",
+            "reboot after a driver upgrade, or reinstall the driver so both match",
+        ),
+        28 => (
+            "no GPU found",
+            "check that the GPU is visible (`lspci`, `nvidia-smi`) and the driver supports it",
+        ),
+        _ => return None,
+    })
+}
+
+fn describe(call: &str, code: u32) -> String {
+    let name = return_name(code);
+    match cause_and_next_step(code) {
+        Some((cause, next)) => format!("{cause} ({name} from {call}): {next}"),
+        None => format!("NVML {call} failed: {name}"),
+    }
 }
 
 /// One GPU as a probe saw it.
@@ -65,6 +149,34 @@ struct Api {
     name: unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32,
     /// Optional: absent from some NVML builds (and from the test fake).
     minor: Option<unsafe extern "C" fn(Handle, *mut c_uint) -> u32>,
+    /// `nvmlDeviceGetComputeRunningProcesses_v3`, else `_v2` (same struct); absent from old
+    /// drivers.
+    processes: Option<unsafe extern "C" fn(Handle, *mut c_uint, *mut ProcessInfo) -> u32>,
+}
+
+/// `nvmlProcessInfo_t` (what `nvmlDeviceGetComputeRunningProcesses_v2`/`_v3` fill).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct ProcessInfo {
+    pid: c_uint,
+    used_gpu_memory: u64,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+/// NVML's `NVML_VALUE_NOT_AVAILABLE` for a 64-bit field.
+const VALUE_NOT_AVAILABLE: u64 = u64::MAX;
+/// `NVML_ERROR_INSUFFICIENT_SIZE`.
+const ERROR_INSUFFICIENT_SIZE: u32 = 7;
+
+/// A process holding a context on a GPU, as NVML sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Host pid.
+    pub pid: u32,
+    /// Device memory NVML attributes to the process (allocations, contexts, modules), `None`
+    /// when NVML will not say (`NVML_VALUE_NOT_AVAILABLE`, e.g. without permission).
+    pub used_bytes: Option<u64>,
 }
 
 fn dl_error() -> String {
@@ -116,6 +228,23 @@ fn load() -> Result<Api, NvmlError> {
             )
         })
     };
+    let processes = [
+        c"nvmlDeviceGetComputeRunningProcesses_v3",
+        c"nvmlDeviceGetComputeRunningProcesses_v2",
+    ]
+    .into_iter()
+    .map(lookup)
+    .find(|p| !p.is_null())
+    .map(|p| {
+        // SAFETY: `nvmlReturn_t f(nvmlDevice_t, unsigned int *, nvmlProcessInfo_t *)`, the
+        // same signature and struct for `_v2` and `_v3`.
+        unsafe {
+            std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(Handle, *mut c_uint, *mut ProcessInfo) -> u32,
+            >(p)
+        }
+    });
     Ok(Api {
         init: sym!("nvmlInit_v2": unsafe extern "C" fn() -> u32),
         shutdown: sym!("nvmlShutdown": unsafe extern "C" fn() -> u32),
@@ -125,6 +254,7 @@ fn load() -> Result<Api, NvmlError> {
         memory: sym!("nvmlDeviceGetMemoryInfo": unsafe extern "C" fn(Handle, *mut MemoryInfo) -> u32),
         name: sym!("nvmlDeviceGetName": unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32),
         minor,
+        processes,
     })
 }
 
@@ -153,6 +283,55 @@ impl Nvml {
     fn api() -> Result<&'static Api, NvmlError> {
         static API: OnceLock<Result<Api, NvmlError>> = OnceLock::new();
         API.get_or_init(load).as_ref().map_err(Clone::clone)
+    }
+}
+
+impl Nvml {
+    /// The processes holding a context on the GPU with NVML index `index`, with their device
+    /// memory. NVML stays initialised for the rest of the process's life after the first call
+    /// (one `nvmlInit`, so each call costs only the query).
+    pub fn running_processes(&self, index: u32) -> Result<Vec<ProcessMemory>, NvmlError> {
+        let api = Self::api()?;
+        static SESSION: OnceLock<Result<(), NvmlError>> = OnceLock::new();
+        SESSION
+            // SAFETY: NVML's contract: init before use. Never shut down: the session lives as
+            // long as the process.
+            .get_or_init(|| check("nvmlInit_v2", unsafe { (api.init)() }))
+            .clone()?;
+        let list = api
+            .processes
+            .ok_or(NvmlError::Symbol("nvmlDeviceGetComputeRunningProcesses_v3"))?;
+        let mut h: Handle = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; NVML is initialised.
+        check("nvmlDeviceGetHandleByIndex_v2", unsafe {
+            (api.handle_by_index)(index, &mut h)
+        })?;
+        let mut capacity: c_uint = 64;
+        // A process starting between the two calls makes the list grow: retry a few times.
+        for _ in 0..4 {
+            let mut infos = vec![ProcessInfo::default(); capacity as usize];
+            let mut n = capacity;
+            // SAFETY: handle from NVML; `infos` has room for `n` entries.
+            let rc = unsafe { list(h, &mut n, infos.as_mut_ptr()) };
+            if rc == ERROR_INSUFFICIENT_SIZE {
+                capacity = n.max(capacity) + 16;
+                continue;
+            }
+            check("nvmlDeviceGetComputeRunningProcesses", rc)?;
+            return Ok(infos
+                .iter()
+                .take(n.min(capacity) as usize)
+                .map(|p| ProcessMemory {
+                    pid: p.pid,
+                    used_bytes: (p.used_gpu_memory != VALUE_NOT_AVAILABLE)
+                        .then_some(p.used_gpu_memory),
+                })
+                .collect());
+        }
+        Err(NvmlError::Call {
+            call: "nvmlDeviceGetComputeRunningProcesses",
+            code: ERROR_INSUFFICIENT_SIZE,
+        })
     }
 }
 
@@ -209,4 +388,35 @@ fn probe_devices(api: &Api) -> Result<Vec<GpuInfo>, NvmlError> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_cause_and_the_next_step() {
+        let e = NvmlError::Call {
+            call: "nvmlInit_v2",
+            code: 9,
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(
+                "NVIDIA driver not loaded (NVML_ERROR_DRIVER_NOT_LOADED from nvmlInit_v2): "
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("modprobe nvidia"), "{msg}");
+        let e = NvmlError::Call {
+            call: "nvmlDeviceGetCount_v2",
+            code: 3,
+        };
+        assert_eq!(
+            e.to_string(),
+            "NVML nvmlDeviceGetCount_v2 failed: NVML_ERROR_NOT_SUPPORTED"
+        );
+        assert_eq!(return_name(4242), "code 4242");
+        assert_eq!(return_name(999), "NVML_ERROR_UNKNOWN");
+    }
 }

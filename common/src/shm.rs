@@ -19,7 +19,7 @@ pub const MAX_DEVICES: usize = 16;
 /// Concurrently registered processes per tenant at most.
 pub const MAX_PROCESSES: usize = 1024;
 /// Bumped whenever a layout below changes; shim and daemon must agree.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"GMXCTRL1");
 pub const ACCOUNTING_MAGIC: u64 = u64::from_le_bytes(*b"GMXACCT1");
 
@@ -59,6 +59,9 @@ pub struct ControlDevice {
     /// Whether the daemon time-slices this device (more than one tenant may use it).
     pub scheduled: AtomicU32,
     pub _reserved: [AtomicU32; 3],
+    /// Device memory a new context is expected to occupy (the daemon's latest measurement on
+    /// this device, 0 until it has one): what the shim reserves before creating a context.
+    pub context_overhead: AtomicU64,
 }
 
 /// Tenant-written, daemon-read state.
@@ -76,7 +79,8 @@ pub struct AccountingSegment {
 /// Per-device totals of a tenant.
 #[repr(C, align(64))]
 pub struct AccountingDevice {
-    /// Bytes charged, summed over all processes (== sum of `ProcessSlot::used[d]`).
+    /// The tenant's footprint on the device, what counts against its limit: the sum over its
+    /// processes of `used + overhead + reserved` (see [`ProcessSlot`]).
     pub used: AtomicU64,
     /// Allocations refused for exceeding the limit.
     pub refused: AtomicU64,
@@ -91,6 +95,9 @@ pub struct AccountingDevice {
     pub _pad: AtomicU32,
     /// Total ns threads spent waiting for a slice.
     pub wait_ns: AtomicU64,
+    /// The part of `used` that is not allocations: the sum over its processes of
+    /// `overhead + reserved`.
+    pub overhead: AtomicU64,
 }
 
 /// One registered process.
@@ -107,6 +114,12 @@ pub struct ProcessSlot {
     /// Launches this process issued, per device (an activity indicator the scheduler reads;
     /// updated without read-modify-write, so concurrent launches may count once).
     pub launches: [AtomicU64; MAX_DEVICES],
+    /// Device memory the process holds beyond its allocations (contexts, modules, libraries'
+    /// workspaces), per device, as the daemon last measured it through NVML.
+    pub overhead: [AtomicU64; MAX_DEVICES],
+    /// Estimates the shim reserved before creating a context, per device, not yet replaced by
+    /// a measurement (the daemon settles them when it measures).
+    pub reserved: [AtomicU64; MAX_DEVICES],
 }
 
 /// A shared mapping of a segment file descriptor. Unmapped on drop.
@@ -167,7 +180,15 @@ impl Drop for Mapping {
 }
 
 /// Something that lives at the start of a segment.
-pub trait Segment: Sized {
+///
+/// # Safety
+/// [`SegmentView`] hands out `&Self` over shared memory that other processes write and that
+/// starts all-zero, so an implementor must be `#[repr(C)]`, made only of atomics (and
+/// process-shared primitives such as [`ShmMutex`]) for which every bit pattern, all-zero
+/// included, is a valid value, with no pointers, references or drop glue; and `magic` /
+/// `layout_version` must return its own fields at offsets 0 and 8 (checked for the two
+/// segments below), so a mismatched peer is recognised before anything else is read.
+pub unsafe trait Segment: Sized {
     const MAGIC: u64;
     fn magic(&self) -> &AtomicU64;
     fn layout_version(&self) -> &AtomicU32;
@@ -177,7 +198,8 @@ pub trait Segment: Sized {
     }
 }
 
-impl Segment for ControlSegment {
+// SAFETY: repr(C), atomics only, magic/layout_version at offsets 0/8 (asserted below).
+unsafe impl Segment for ControlSegment {
     const MAGIC: u64 = CONTROL_MAGIC;
     fn magic(&self) -> &AtomicU64 {
         &self.magic
@@ -187,7 +209,9 @@ impl Segment for ControlSegment {
     }
 }
 
-impl Segment for AccountingSegment {
+// SAFETY: repr(C), atomics and a process-shared robust mutex (valid once the creator ran
+// `ShmMutex::init`, before sharing), magic/layout_version at offsets 0/8 (asserted below).
+unsafe impl Segment for AccountingSegment {
     const MAGIC: u64 = ACCOUNTING_MAGIC;
     fn magic(&self) -> &AtomicU64 {
         &self.magic
@@ -196,6 +220,35 @@ impl Segment for AccountingSegment {
         &self.layout_version
     }
 }
+
+// Compile-time checks of the shared layouts (shim and daemon of one build map the same bytes;
+// peers of another build must be recognised by the header before anything else is read).
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    // The header every version keeps in place.
+    assert!(offset_of!(ControlSegment, magic) == 0);
+    assert!(offset_of!(ControlSegment, layout_version) == 8);
+    assert!(offset_of!(AccountingSegment, magic) == 0);
+    assert!(offset_of!(AccountingSegment, layout_version) == 8);
+    // Per-device records are whole cache lines (no false sharing between devices), and the
+    // robust mutex owns its line.
+    assert!(size_of::<ControlDevice>().is_multiple_of(64) && align_of::<ControlDevice>() == 64);
+    assert!(
+        size_of::<AccountingDevice>().is_multiple_of(64) && align_of::<AccountingDevice>() == 64
+    );
+    assert!(size_of::<ShmMutex>() == 64 && offset_of!(AccountingSegment, lock).is_multiple_of(64));
+    // Process slots pack without padding (the daemon scans them all).
+    assert!(size_of::<ProcessSlot>().is_multiple_of(8));
+    // A layout change must come with a LAYOUT_VERSION bump: update both together here.
+    assert!(
+        LAYOUT_VERSION == 2
+            && size_of::<ControlSegment>() == 64 + 64 * MAX_DEVICES
+            && size_of::<AccountingSegment>()
+                == 128 + 64 * MAX_DEVICES + size_of::<ProcessSlot>() * MAX_PROCESSES
+            && size_of::<ProcessSlot>() == 16 + 32 * MAX_DEVICES,
+        "a shared segment layout changed: bump LAYOUT_VERSION and update these sizes"
+    );
+};
 
 /// A mapped, validated segment.
 pub struct SegmentView<T: Segment> {
@@ -331,6 +384,8 @@ mod tests {
     #[test]
     fn layouts_fit_pages() {
         assert_eq!(ControlSegment::segment_len() % 4096, 0);
+        assert_eq!(std::mem::size_of::<ControlDevice>(), 64);
+        assert_eq!(std::mem::size_of::<AccountingDevice>(), 64);
         assert!(AccountingSegment::segment_len() >= std::mem::size_of::<AccountingSegment>());
     }
 }

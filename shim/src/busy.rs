@@ -21,11 +21,8 @@ use crate::cuda_types::*;
 use crate::hooks::real;
 use gpumux_common::shm::MAX_DEVICES;
 use parking_lot::Mutex;
-use std::ffi::{c_float, c_void};
+use std::ffi::c_float;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-/// `CUevent`.
-type CUevent = *mut c_void;
 
 /// `CU_STREAM_PER_THREAD`.
 const STREAM_PER_THREAD: u64 = 2;
@@ -88,7 +85,7 @@ fn resolve(stream: CUstream, ptsz: bool) -> (u64, u64, bool) {
 
 /// A launch on `device` (a time-sliced one, while holding the slice) on `stream`.
 #[inline]
-pub fn launch(device: usize, stream: CUstream, ptsz: bool) {
+pub(crate) fn launch(device: usize, stream: CUstream, ptsz: bool) {
     let open = OPEN[device].load(Relaxed);
     if open == UNMEASURED || (open != 0 && open == resolve(stream, ptsz).0) {
         return;
@@ -99,7 +96,7 @@ pub fn launch(device: usize, stream: CUstream, ptsz: bool) {
 #[cold]
 fn open_period(device: usize, stream: CUstream, ptsz: bool) {
     let (key, handle, thread_bound) = resolve(stream, ptsz);
-    let ctx = crate::hooks::context::current_context();
+    let ctx = crate::hooks::current_context();
     let mut t = TRACKERS[device].lock();
     if t.unmeasured || (t.open != 0 && t.key == key) {
         return;
@@ -131,14 +128,14 @@ fn take_event(t: &mut Tracker) -> Option<u64> {
     if let Some(ev) = t.spare.pop() {
         return Some(ev);
     }
-    let create = real!(cuEventCreate: unsafe extern "C" fn(*mut CUevent, u32) -> CUresult, None);
+    let create = real!(cuEventCreate, None);
     let mut ev: CUevent = std::ptr::null_mut();
     // SAFETY: valid out-pointer; default flags (timing enabled) in the current context.
     (unsafe { create(&mut ev, 0) } == CUDA_SUCCESS).then_some(ev as u64)
 }
 
 fn record(ev: u64, stream: u64) -> bool {
-    let rec = real!(cuEventRecord: unsafe extern "C" fn(CUevent, CUstream) -> CUresult, false);
+    let rec = real!(cuEventRecord, false);
     // SAFETY: an event of the stream's context and a stream handle the application launched on
     // (or a special handle).
     unsafe { rec(ev as CUevent, stream as CUstream) == CUDA_SUCCESS }
@@ -146,8 +143,8 @@ fn record(ev: u64, stream: u64) -> bool {
 
 /// Device ms from `start` to `end` if `end` has completed.
 fn elapsed(start: u64, end: u64) -> Option<f64> {
-    let query = real!(cuEventQuery: unsafe extern "C" fn(CUevent) -> CUresult, None);
-    let el = real!(cuEventElapsedTime: unsafe extern "C" fn(*mut c_float, CUevent, CUevent) -> CUresult, None);
+    let query = real!(cuEventQuery, None);
+    let el = real!(cuEventElapsedTime, None);
     let mut ms: c_float = 0.0;
     // SAFETY: two events of one context; valid out-pointer.
     unsafe {
@@ -158,7 +155,7 @@ fn elapsed(start: u64, end: u64) -> Option<f64> {
 }
 
 /// What a synchronize call waits for.
-pub enum Scope {
+pub(crate) enum Scope {
     /// Every stream of the current context.
     Context,
     /// One stream.
@@ -167,7 +164,7 @@ pub enum Scope {
 
 /// Before a synchronize call on `device`: closes the open period with an end event if the call
 /// covers its stream. Pass the result to [`after_sync`].
-pub fn before_sync(device: usize, scope: Scope) -> Option<(usize, u64)> {
+pub(crate) fn before_sync(device: usize, scope: Scope) -> Option<(usize, u64)> {
     let open = OPEN[device].load(Relaxed);
     if open == 0 || open == UNMEASURED {
         return None;
@@ -180,7 +177,7 @@ pub fn before_sync(device: usize, scope: Scope) -> Option<(usize, u64)> {
     if !covers || t.open == 0 || (t.thread_bound && THREAD_KEY.with(|k| *k) != t.key) {
         return None;
     }
-    let ctx = crate::hooks::context::current_context();
+    let ctx = crate::hooks::current_context();
     if ctx != t.ctx {
         return None;
     }
@@ -194,7 +191,7 @@ pub fn before_sync(device: usize, scope: Scope) -> Option<(usize, u64)> {
 }
 
 /// After the synchronize call: the period ends where its end event was reached.
-pub fn after_sync(end: Option<(usize, u64)>) {
+pub(crate) fn after_sync(end: Option<(usize, u64)>) {
     let Some((device, end)) = end else { return };
     let mut t = TRACKERS[device].lock();
     close(device, &mut t, end);
@@ -221,13 +218,13 @@ fn close(device: usize, t: &mut Tracker, end: u64) -> bool {
 
 /// Drain, before synchronizing: records the end of the open period (in its context, on its
 /// stream, or on the legacy stream for another thread's per-thread stream).
-pub fn drain_begin(device: usize) -> Option<u64> {
+pub(crate) fn drain_begin(device: usize) -> Option<u64> {
     let mut t = TRACKERS[device].lock();
     if t.open == 0 || t.unmeasured {
         return None;
     }
-    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult, None);
-    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult, None);
+    let push = real!(cuCtxPushCurrent_v2, None);
+    let pop = real!(cuCtxPopCurrent_v2, None);
     // SAFETY: the tracked context is alive (its destruction resets the tracker under this
     // lock, see `forget_context`); the context pushed here is popped again.
     if unsafe { push(t.ctx as CUcontext) } != CUDA_SUCCESS {
@@ -243,7 +240,7 @@ pub fn drain_begin(device: usize) -> Option<u64> {
 
 /// Drain, after synchronizing: the device time of the slice (None: not measured), and a fresh
 /// start for the next one.
-pub fn drain_finish(device: usize, end: Option<u64>) -> Option<u64> {
+pub(crate) fn drain_finish(device: usize, end: Option<u64>) -> Option<u64> {
     let mut t = TRACKERS[device].lock();
     let closed = match end {
         Some(end) => close(device, &mut t, end),
@@ -260,7 +257,7 @@ pub fn drain_finish(device: usize, end: Option<u64>) -> Option<u64> {
 }
 
 /// A context was destroyed: forget what was tracked in it (its events went with it).
-pub fn forget_context(ctx: u64) {
+pub(crate) fn forget_context(ctx: u64) {
     for (device, m) in TRACKERS.iter().enumerate() {
         let mut t = m.lock();
         if t.ctx == ctx {
@@ -275,16 +272,20 @@ pub fn forget_context(ctx: u64) {
 }
 
 /// Fork support: hold every tracker across `fork`.
-pub fn lock_for_fork() {
+pub(crate) fn lock_for_fork() {
     for m in &TRACKERS {
         std::mem::forget(m.lock());
     }
 }
 
 /// Fork support: release the trackers; in the child, forget the parent's (not its contexts).
-pub fn unlock_after_fork(child: bool) {
+///
+/// # Safety
+/// Only after [`lock_for_fork`] on this thread (the atfork handlers), once.
+pub(crate) unsafe fn unlock_after_fork(child: bool) {
     for (device, m) in TRACKERS.iter().enumerate() {
-        // SAFETY: `lock_for_fork` locked every tracker on this thread and leaked the guards.
+        // SAFETY: `lock_for_fork` locked every tracker on this thread and leaked the guards
+        // (the caller's contract).
         unsafe { m.force_unlock() };
         if child {
             *m.lock() = Tracker::new();

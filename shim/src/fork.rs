@@ -3,24 +3,39 @@
 
 use std::sync::Once;
 
-// Lock order: contexts, then allocations, then the busy trackers (nothing holds a later one
-// while taking an earlier one).
+// Lock order: contexts, then the graph memory table, then allocations, then captures, then the
+// busy trackers (nothing holds a later one while taking an earlier one; context teardown takes
+// the graph memory table).
 extern "C" fn prepare() {
     crate::contexts::lock_for_fork();
+    crate::graph_memory::lock_for_fork();
     crate::allocations::lock_for_fork();
+    crate::captures::lock_for_fork();
     crate::busy::lock_for_fork();
 }
 
 extern "C" fn parent() {
-    crate::busy::unlock_after_fork(false);
-    crate::allocations::unlock_after_fork(false);
-    crate::contexts::unlock_after_fork(false);
+    // SAFETY: the atfork parent handler runs once, on the forking thread, after `prepare`
+    // locked them all.
+    unsafe {
+        crate::busy::unlock_after_fork(false);
+        crate::captures::unlock_after_fork(false);
+        crate::allocations::unlock_after_fork(false);
+        crate::graph_memory::unlock_after_fork(false);
+        crate::contexts::unlock_after_fork(false);
+    }
 }
 
 extern "C" fn child() {
-    crate::busy::unlock_after_fork(true);
-    crate::allocations::unlock_after_fork(true);
-    crate::contexts::unlock_after_fork(true);
+    // SAFETY: the atfork child handler runs once, in the child's only thread (the copy of
+    // the forking one), after `prepare` locked them all.
+    unsafe {
+        crate::busy::unlock_after_fork(true);
+        crate::captures::unlock_after_fork(true);
+        crate::allocations::unlock_after_fork(true);
+        crate::graph_memory::unlock_after_fork(true);
+        crate::contexts::unlock_after_fork(true);
+    }
     crate::registration::forget_after_fork();
 }
 

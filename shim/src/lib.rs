@@ -5,8 +5,12 @@
 //! - [`real`]: finding real functions without ever mistaking the shim's own for them.
 //! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
 //! - [`allocations`]: what this process has charged, by handle.
-//! - [`contexts`]: the contexts the application created, for draining on revocation.
 //! - [`busy`]: the device time its work used in the current slice, measured with events.
+//! - [`contexts`]: the contexts the application created, for draining on revocation.
+//! - [`graph_memory`]: CUDA graph memory as charged (executable graphs, graph memory pools).
+//! - [`captures`]: stream captures in progress (the drain waits for them to end).
+//! - [`footprint`]: memory beyond allocations (contexts, modules): reserving a context's size,
+//!   announcing changes for the daemon to measure.
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
 //! - [`watcher`]: the thread that drains this process's work when the daemon revokes a slice.
@@ -17,16 +21,19 @@
 //! driver call (normally `cuInit`); the watcher thread starts with the registration.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod allocations;
-pub mod busy;
-pub mod contexts;
-pub mod cuda_types;
-pub mod diag;
-pub mod ffi_guard;
-pub mod fork;
-pub mod gate;
-pub mod hooks;
-pub mod quota_view;
-pub mod real;
-pub mod registration;
-pub mod watcher;
+mod allocations;
+mod busy;
+mod captures;
+mod contexts;
+mod cuda_types;
+mod diag;
+mod ffi_guard;
+mod footprint;
+mod fork;
+mod gate;
+mod graph_memory;
+mod hooks;
+mod quota_view;
+mod real;
+mod registration;
+mod watcher;

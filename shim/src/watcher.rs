@@ -1,9 +1,10 @@
 //! The watcher thread: started at registration (never at load time), it listens to the daemon.
-//! On `Revoke` it drains this process's work on the device — waits out launch calls in flight,
-//! then synchronizes the device's primary contexts — and answers `Drained` with the device time
-//! the work used in the slice ([`crate::busy`]). When the daemon
-//! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]) and reattaches to
-//! the restarted daemon, retrying with backoff.
+//! On `Revoke` it drains this process's work on the device — waits out launch calls in flight
+//! and stream captures in progress, then synchronizes the device's primary contexts — and
+//! answers `Drained` with the device time the work used in the slice ([`crate::busy`]).
+//! `Measured` answers wake the thread waiting for a footprint measurement
+//! ([`crate::footprint`]). When the daemon connection ends it lets launches pass (see
+//! [`crate::gate::DAEMON_GONE`]) and reattaches to the restarted daemon, retrying with backoff.
 
 use crate::cuda_types::*;
 use crate::hooks::real;
@@ -37,6 +38,7 @@ fn run(reg: &'static Registration) {
             std::thread::sleep(delay);
             match reg.reattach() {
                 Ok(()) => {
+                    crate::footprint::keep_unsettled(reg);
                     crate::gate::DAEMON_GONE.store(false, Ordering::Relaxed);
                     crate::diag::stderr(b"gpumux: reattached to gpumuxd\n");
                     break;
@@ -57,8 +59,8 @@ fn serve(reg: &'static Registration) {
     loop {
         match sock::recv(fd, &mut buf, 0) {
             Ok((0, _)) => return,
-            Ok((n, _)) => {
-                if let Ok(ServerMsg::Revoke { device, epoch }) = ServerMsg::decode(&buf[..n]) {
+            Ok((n, _)) => match ServerMsg::decode(&buf[..n]) {
+                Ok(ServerMsg::Revoke { device, epoch }) => {
                     let busy_ns = drain(reg, device as usize);
                     reg.send(&ClientMsg::Drained {
                         device,
@@ -66,7 +68,9 @@ fn serve(reg: &'static Registration) {
                         busy_ns,
                     });
                 }
-            }
+                Ok(ServerMsg::Measured { seq, .. }) => crate::footprint::answered(seq),
+                _ => {}
+            },
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::Interrupted =>
@@ -78,6 +82,9 @@ fn serve(reg: &'static Registration) {
     }
 }
 
+/// How long a drain waits for stream captures in progress to end.
+const CAPTURE_WAIT_LIMIT: Duration = Duration::from_secs(10);
+
 /// Waits until this process's work on `device` is done; returns the device time it used in the
 /// slice (see `crate::busy`; None when not measured).
 fn drain(reg: &Registration, device: usize) -> Option<u64> {
@@ -85,7 +92,16 @@ fn drain(reg: &Registration, device: usize) -> Option<u64> {
         return None;
     }
     crate::gate::wait_no_launch_in_flight(device);
-    let end = crate::busy::drain_begin(device);
+    // Synchronizing a context while one of its streams captures would invalidate the capture:
+    // wait for captures to end first (captured launches do not wait for a slice, so they end).
+    // A capture longer than this is broken rather than the device left undrained forever.
+    let captured = crate::captures::any() && !crate::captures::wait_until_none(CAPTURE_WAIT_LIMIT);
+    // The end of the busy period, recorded before the synchronize (not into a capture).
+    let end = if captured {
+        None
+    } else {
+        crate::busy::drain_begin(device)
+    };
     for ordinal in reg.ordinals_of(device) {
         sync_primary_context(ordinal);
     }
@@ -96,9 +112,9 @@ fn drain(reg: &Registration, device: usize) -> Option<u64> {
 /// Synchronizes an application-created context (the registry is held: it cannot be destroyed
 /// meanwhile).
 fn sync_context(ctx: CUcontext) {
-    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
-    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult);
-    let sync = real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+    let push = real!(cuCtxPushCurrent_v2);
+    let pop = real!(cuCtxPopCurrent_v2);
+    let sync = real!(cuCtxSynchronize);
     // SAFETY: `ctx` is a live context (destroys wait for the registry); the context pushed on
     // this thread is popped again.
     unsafe {
@@ -111,13 +127,12 @@ fn sync_context(ctx: CUcontext) {
 }
 
 fn sync_primary_context(ordinal: c_int) {
-    let get_state = real!(cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult);
-    let retain =
-        real!(cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult);
-    let release = real!(cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(CUdevice) -> CUresult);
-    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
-    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult);
-    let sync = real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+    let get_state = real!(cuDevicePrimaryCtxGetState);
+    let retain = real!(cuDevicePrimaryCtxRetain);
+    let release = real!(cuDevicePrimaryCtxRelease_v2);
+    let push = real!(cuCtxPushCurrent_v2);
+    let pop = real!(cuCtxPopCurrent_v2);
+    let sync = real!(cuCtxSynchronize);
     let (mut flags, mut active) = (0 as c_uint, 0 as c_int);
     // SAFETY: valid out-pointers; every call follows the driver API's documented contract,
     // and the context pushed on this thread is popped before the retain is released.

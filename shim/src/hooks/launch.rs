@@ -1,110 +1,161 @@
 //! Kernel and graph launches: each goes through the compute time-slicing gate (`crate::gate`),
-//! which costs no system call while the tenant holds its slice, then to the driver.
+//! which costs no system call while the tenant holds its slice, then to the driver. A graph
+//! launch is one unit of the holder's work (the drain waits for all of it); its graph memory is
+//! charged before the driver commits it (`super::graph`). A launch into a capturing stream puts
+//! nothing on the device: without the slice it passes the gate (asked of the driver only then).
+//!
+//! Handlers of the entry-point table (`Launch`); `PTSZ` marks the `_ptsz` variants, where a
+//! null stream is the calling thread's per-thread stream.
 
-#![allow(non_snake_case)]
-
-use super::real;
+use super::table::sig;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
-use std::ffi::{c_uint, c_void};
+use std::ffi::{c_int, c_uint, c_void};
 
-/// The start of `CUlaunchConfig`, up to its stream.
-#[repr(C)]
-struct LaunchConfigHead {
-    dims: [c_uint; 7],
-    stream: CUstream,
-}
-
-/// Passes the gate; a gated launch opens a busy period on its stream (see `crate::busy`).
-#[inline]
-fn enter(stream: CUstream, ptsz: bool) -> Result<crate::gate::Ticket, CUresult> {
-    let ticket = crate::gate::enter()?;
-    if let Some(device) = ticket.device() {
+/// Runs `launch` on `stream` holding a gate ticket (or returns the gate's error). A launch that
+/// puts work on a time-sliced device opens a busy period on its stream (`crate::busy`); one
+/// into a capturing stream puts nothing on the device.
+fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
+    let capturing = || crate::captures::is_capturing(stream as u64, ptsz);
+    let ticket = match crate::gate::enter(capturing) {
+        Ok(t) => t,
+        Err(rc) => return rc,
+    };
+    if let Some(device) = ticket.device()
+        && !(crate::captures::any() && capturing())
+    {
         crate::busy::launch(device, stream, ptsz);
     }
-    Ok(ticket)
+    let rc = launch();
+    drop(ticket);
+    rc
 }
 
-macro_rules! launch_kernel {
-    ($name:ident, $ptsz:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuLaunchKernel`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            f: CUfunction,
-            gx: c_uint,
-            gy: c_uint,
-            gz: c_uint,
-            bx: c_uint,
-            by: c_uint,
-            bz: c_uint,
-            shared: c_uint,
-            stream: CUstream,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let real_fn = real!($name: unsafe extern "C" fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match enter(stream, $ptsz) {
-                    Ok(t) => t,
-                    Err(rc) => return rc,
-                };
-                // SAFETY: forwarding the caller's arguments.
-                unsafe { real_fn(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) }
-            })
-        }
-    };
+/// `cuLaunchKernel`, `cuLaunchCooperativeKernel` (one signature); `PTSZ`: their `_ptsz`
+/// variants.
+///
+/// # Safety
+/// The C API's contract.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn launch_kernel<const PTSZ: bool>(
+    real: sig::cuLaunchKernel,
+    f: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(stream, PTSZ, || unsafe {
+        real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+    })
 }
-launch_kernel!(cuLaunchKernel, false);
-launch_kernel!(cuLaunchKernel_ptsz, true);
-launch_kernel!(cuLaunchCooperativeKernel, false);
-launch_kernel!(cuLaunchCooperativeKernel_ptsz, true);
 
-macro_rules! launch_ex {
-    ($name:ident, $ptsz:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuLaunchKernelEx`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let real_fn = real!($name: unsafe extern "C" fn(*const c_void, CUfunction, *mut *mut c_void, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let stream = if config.is_null() {
-                    std::ptr::null_mut()
-                } else {
-                    // SAFETY: a non-null `CUlaunchConfig` from the caller starts with 7
-                    // unsigned ints and the stream.
-                    unsafe { (*config.cast::<LaunchConfigHead>()).stream }
-                };
-                let _ticket = match enter(stream, $ptsz) {
-                    Ok(t) => t,
-                    Err(rc) => return rc,
-                };
-                // SAFETY: forwarding the caller's arguments.
-                unsafe { real_fn(config, f, params, extra) }
-            })
-        }
-    };
+/// The stream of a `CUlaunchConfig` (after the grid, block and shared-memory `unsigned int`s).
+///
+/// # Safety
+/// `config` is null or a `CUlaunchConfig`.
+unsafe fn config_stream(config: *const c_void) -> CUstream {
+    if config.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: a CUlaunchConfig: 7 unsigned ints, then the stream handle at offset 32.
+    unsafe { *(config.cast::<u8>().add(32) as *const CUstream) }
 }
-launch_ex!(cuLaunchKernelEx, false);
-launch_ex!(cuLaunchKernelEx_ptsz, true);
 
-macro_rules! graph_launch {
-    ($name:ident, $ptsz:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuGraphLaunch`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(exec: CUgraphExec, stream: CUstream) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let real_fn = real!($name: unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _ticket = match enter(stream, $ptsz) {
-                    Ok(t) => t,
-                    Err(rc) => return rc,
-                };
-                // SAFETY: forwarding the caller's arguments.
-                unsafe { real_fn(exec, stream) }
-            })
-        }
-    };
+/// `cuLaunchKernelEx`; `PTSZ`: `_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_kernel_ex<const PTSZ: bool>(
+    real: sig::cuLaunchKernelEx,
+    config: *const c_void,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: the caller's launch configuration.
+    let stream = unsafe { config_stream(config) };
+    // SAFETY: forwarding the caller's arguments.
+    gated(stream, PTSZ, || unsafe { real(config, f, params, extra) })
 }
-graph_launch!(cuGraphLaunch, false);
-graph_launch!(cuGraphLaunch_ptsz, true);
+
+/// `cuGraphLaunch`; `PTSZ`: `_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn graph_launch<const PTSZ: bool>(
+    real: sig::cuGraphLaunch,
+    exec: CUgraphExec,
+    stream: CUstream,
+) -> CUresult {
+    gated(stream, PTSZ, || {
+        // SAFETY: forwarding the caller's arguments.
+        super::graph::committing(exec, || unsafe { real(exec, stream) })
+    })
+}
+
+/// `cuLaunchCooperativeKernelMultiDevice` (deprecated): kernels on several devices at once,
+/// gated on the calling thread's device (its streams are in `params`; the legacy stream stands
+/// for them in the capture check).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_multi_device(
+    real: sig::cuLaunchCooperativeKernelMultiDevice,
+    params: *mut c_void,
+    num_devices: c_uint,
+    flags: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(std::ptr::null_mut(), false, || unsafe {
+        real(params, num_devices, flags)
+    })
+}
+
+/// `cuLaunch` (pre-4.0 API: one block, on the legacy NULL stream).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_legacy(real: sig::cuLaunch, f: CUfunction) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    gated(std::ptr::null_mut(), false, || unsafe { real(f) })
+}
+
+/// `cuLaunchGrid` (pre-4.0 API, on the legacy NULL stream).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_grid(
+    real: sig::cuLaunchGrid,
+    f: CUfunction,
+    grid_width: c_int,
+    grid_height: c_int,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(std::ptr::null_mut(), false, || unsafe {
+        real(f, grid_width, grid_height)
+    })
+}
+
+/// `cuLaunchGridAsync` (pre-4.0 API).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn launch_grid_async(
+    real: sig::cuLaunchGridAsync,
+    f: CUfunction,
+    grid_width: c_int,
+    grid_height: c_int,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(stream, false, || unsafe {
+        real(f, grid_width, grid_height, stream)
+    })
+}

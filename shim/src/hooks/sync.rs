@@ -1,15 +1,13 @@
 //! Synchronize calls. A thread waiting for its own queued work tells the scheduler the tenant
 //! is busy even though it launches nothing (a per-device counter in the accounting segment), so
 //! a holder that synchronizes between batches keeps its slice instead of looking idle.
+//!
+//! Handlers of the entry-point table (`Sync`).
 
-#![allow(non_snake_case)]
-
-use super::real;
+use super::table::sig;
 use crate::busy;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use crate::registration::{Access, access};
-use std::ffi::c_void;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -27,7 +25,10 @@ impl Syncing {
         if let Some(c) = counter {
             c.fetch_add(1, SeqCst);
         }
-        let end = device.zip(scope).and_then(|(d, s)| busy::before_sync(d, s));
+        let end = device
+            .zip(scope)
+            .filter(|_| !crate::captures::any())
+            .and_then(|(d, s)| busy::before_sync(d, s));
         Syncing(counter, end)
     }
 }
@@ -41,39 +42,35 @@ impl Drop for Syncing {
     }
 }
 
+/// `cuCtxSynchronize`.
+///
 /// # Safety
-/// C ABI entry point; `cuCtxSynchronize`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f =
-            real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let _s = Syncing::enter(Some(busy::Scope::Context));
-        // SAFETY: no arguments.
-        unsafe { f() }
-    })
+/// The C API's contract.
+pub(super) unsafe fn ctx_synchronize(real: sig::cuCtxSynchronize) -> CUresult {
+    let _s = Syncing::enter(Some(busy::Scope::Context));
+    // SAFETY: no arguments.
+    unsafe { real() }
 }
 
-macro_rules! sync_on {
-    ($name:ident, $handle:ty, $scope:expr) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for the synchronize call.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(handle: $handle) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn($handle) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                #[allow(clippy::redundant_closure_call)]
-                let _s = Syncing::enter(($scope)(handle));
-                // SAFETY: forwarding the caller's argument.
-                unsafe { f(handle) }
-            })
-        }
-    };
+/// `cuStreamSynchronize`; `PTSZ`: `_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn stream_synchronize<const PTSZ: bool>(
+    real: sig::cuStreamSynchronize,
+    stream: CUstream,
+) -> CUresult {
+    let _s = Syncing::enter(Some(busy::Scope::Stream(stream, PTSZ)));
+    // SAFETY: forwarding the caller's argument.
+    unsafe { real(stream) }
 }
-sync_on!(cuStreamSynchronize, CUstream, |s| Some(
-    busy::Scope::Stream(s, false)
-));
-sync_on!(cuStreamSynchronize_ptsz, CUstream, |s| Some(
-    busy::Scope::Stream(s, true)
-));
-sync_on!(cuEventSynchronize, *mut c_void, |_| None);
+
+/// `cuEventSynchronize`: waits for an event of some stream (the busy period stays open).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn event_synchronize(real: sig::cuEventSynchronize, event: CUevent) -> CUresult {
+    let _s = Syncing::enter(None);
+    // SAFETY: forwarding the caller's argument.
+    unsafe { real(event) }
+}

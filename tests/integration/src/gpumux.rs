@@ -8,6 +8,7 @@
 use anyhow::{Context, Result, bail};
 use fakegpu::testenv::{FakeGpuEnv, target_dir};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,8 +17,11 @@ use std::time::{Duration, Instant};
 /// Which driver (and NVML) the daemon and the tenants' processes use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    /// A fresh fake GPU with these devices (memory in bytes, one entry per device).
+    /// A fresh fake GPU with these devices (memory in bytes, one entry per device), contexts
+    /// and modules occupying no memory.
     Fake(Vec<u64>),
+    /// A fresh fake GPU with this configuration (e.g. with context and module overhead).
+    FakeConfig(fakegpu::DeviceConfig),
     /// The machine's own `libcuda.so.1` and `libnvidia-ml.so.1`, found the usual way (no fake
     /// library directory, no `FAKEGPU_*` variables).
     Real,
@@ -63,6 +67,7 @@ impl Gpumux {
     pub fn start_on(backend: Backend, tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
         let (gpu, real) = match &backend {
             Backend::Fake(devices) => (FakeGpuEnv::new(devices), false),
+            Backend::FakeConfig(config) => (FakeGpuEnv::with_config(config.clone()), false),
             // A minimal fake that nothing uses, so `gpu` keeps its type for existing callers.
             Backend::Real => (FakeGpuEnv::new(&[1 << 30]), true),
         };
@@ -222,9 +227,25 @@ impl Gpumux {
     /// Starts `load --seconds S ARGS` (kernels on the device, see the C workload) in `tenant`
     /// and waits until it runs.
     pub fn load(&self, tenant: &str, seconds: u64, args: &[&str]) -> crate::workloads::Running {
+        self.start_load(tenant, "load", seconds, args)
+    }
+
+    /// Starts `graph --seconds S ARGS` (a captured CUDA graph replayed in a loop, see the C
+    /// workload) in `tenant` and waits until it runs.
+    pub fn graph(&self, tenant: &str, seconds: u64, args: &[&str]) -> crate::workloads::Running {
+        self.start_load(tenant, "graph", seconds, args)
+    }
+
+    fn start_load(
+        &self,
+        tenant: &str,
+        mode: &str,
+        seconds: u64,
+        args: &[&str],
+    ) -> crate::workloads::Running {
         let mut r = crate::workloads::Running::spawn(
             self.tenant_command(tenant, crate::workloads::c_workload())
-                .arg("load")
+                .arg(mode)
                 .args(["--seconds", &seconds.to_string()])
                 .args(args),
         )
@@ -255,6 +276,24 @@ impl Gpumux {
             );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `GET /metrics` from the daemon's metrics endpoint (the config must set
+    /// `metrics_listen`), the body.
+    pub fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let status = self.status()?;
+        let addr = status["metrics_address"]
+            .as_str()
+            .context("no metrics address in the status (metrics_listen unset?)")?;
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        match reply.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+            _ => bail!("metrics request failed: {reply}"),
+        }
     }
 
     /// A tenant's entry in the status report.
@@ -294,6 +333,62 @@ impl Gpumux {
     pub fn state_path(&self) -> &Path {
         self.gpu.state_path()
     }
+
+    /// Runs the C workload's `ops SCRIPT` in `tenant` to completion (it must exit 0).
+    pub fn ops(&self, tenant: &str, script: &str) -> crate::workloads::Output {
+        let mut c = self.tenant_command(tenant, crate::workloads::c_workload());
+        c.args(["ops", script]);
+        let out = crate::workloads::run(&mut c, Duration::from_secs(60)).expect("run workload");
+        assert!(
+            out.status.success(),
+            "workload failed: {:?}\n{}\nlog:\n{}",
+            out.status,
+            out.stderr,
+            self.log()
+        );
+        out
+    }
+
+    /// Device busy ns per pid on device 0 (the fake's ground truth).
+    pub fn busy_ns(&self) -> HashMap<u32, u64> {
+        self.gpu.snapshot().devices[0]
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.busy_ns))
+            .collect()
+    }
+
+    /// Device time each group of pids got over `window` (from now), as fractions of it.
+    pub fn device_shares(&self, groups: &[Vec<u32>], window: Duration) -> Vec<f64> {
+        let before = self.busy_ns();
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let after = self.busy_ns();
+        let elapsed = t0.elapsed().as_nanos() as f64;
+        let got = |p: &u32| {
+            let a = after.get(p).copied().unwrap_or(0);
+            a.saturating_sub(before.get(p).copied().unwrap_or(0))
+        };
+        groups
+            .iter()
+            .map(|pids| pids.iter().map(got).sum::<u64>() as f64 / elapsed)
+            .collect()
+    }
+}
+
+/// One test at a time in this test binary among those that hold it: shares are measured over
+/// wall-clock windows, so such tests must not compete for the machine's CPUs with each other.
+/// With `GPUMUX_TEST_CPU_HOGS=N` the caller also runs beside N CPU-bound processes (what is
+/// measured must hold on a busy host too; [`crate::hogs`]).
+pub fn exclusive() -> (std::sync::MutexGuard<'static, ()>, crate::hogs::CpuHogs) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    (guard, crate::hogs::CpuHogs::from_env())
+}
+
+/// A quota file: 1 GiB and `weight`.
+pub fn weighted_tenant(weight: u32) -> String {
+    format!("memory_limit = \"1GiB\"\nweight = {weight}\n")
 }
 
 impl Drop for Gpumux {

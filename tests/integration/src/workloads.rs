@@ -192,6 +192,16 @@ impl Output {
 
 /// Runs `cmd` to completion (killing it after `timeout`), capturing and parsing its output.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let (status, stdout, stderr) = run_text(cmd, timeout)?;
+    Ok(Output {
+        status,
+        lines: parse_lines(&stdout),
+        stderr,
+    })
+}
+
+/// Runs `cmd` to completion (killing it after `timeout`): its exit status, stdout and stderr.
+pub fn run_text(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, String, String)> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -226,11 +236,7 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     };
     let stdout = t_out.join().unwrap_or_default();
     let stderr = t_err.join().unwrap_or_default();
-    Ok(Output {
-        status,
-        lines: parse_lines(&stdout),
-        stderr,
-    })
+    Ok((status, stdout, stderr))
 }
 
 /// A workload running in the background whose JSON lines are read as they come. Killed
@@ -299,6 +305,48 @@ impl Running {
                 }
             }
         }
+    }
+
+    /// Waits up to `timeout` until `count` lines with `"op": op` have been read; returns them.
+    pub fn wait_for_count(
+        &mut self,
+        op: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<Value> = self
+                .seen
+                .iter()
+                .filter(|v| v["op"] == op)
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return Ok(found);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "fewer than {count} {op:?} lines within {timeout:?}; saw {:?}",
+                        self.seen
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!(
+                        "workload exited before {count} {op:?} lines; saw {:?}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// The lines read so far (by [`Running::wait_for`]).
+    pub fn seen(&self) -> &[Value] {
+        &self.seen
     }
 
     /// Sends SIGKILL and reaps the process.

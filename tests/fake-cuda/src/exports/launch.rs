@@ -2,25 +2,58 @@
 
 use crate::context;
 use crate::driver::{Process, process};
-use crate::module::{OPTIN_MAX_SHARED, image_bytes, parse_image};
+use crate::graph::{self, KernelNode, NodeKind, Route};
+use crate::module::{Function, OPTIN_MAX_SHARED, image_bytes};
 use crate::stream::{self, Op};
 use crate::types::*;
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::atomic::Ordering;
 
-fn load(p: &Process, ctx: u64, library: bool, image: *const c_void) -> Res<u64> {
+/// Loads an image as a module of context `ctx` (`Some((handle, device))`) or as a library
+/// (`None`), charging its device memory.
+fn load(p: &Process, ctx: Option<(u64, u32)>, image: *const c_void) -> Res<u64> {
     // SAFETY: the caller passes a valid image (NUL-terminated when text); null checked.
     let bytes = unsafe { image_bytes(image)? };
-    let entries = parse_image(bytes)?;
-    Ok(p.modules.load(p, ctx, library, entries))
+    p.modules.load_image(p, ctx, bytes)
 }
 
 fn module_load(out: *mut Handle, image: *const c_void) -> Res<()> {
     need(out)?;
     let (p, c) = context::require()?;
-    let h = load(p, c.handle, false, image)?;
+    let h = load(p, Some((c.handle, c.device)), image)?;
     // SAFETY: output pointer from the caller (null checked).
     unsafe { write_out(out, hptr(h)) }
+}
+
+/// The argument buffer of an `extra` array: `(CU_LAUNCH_PARAM_BUFFER_POINTER,
+/// CU_LAUNCH_PARAM_BUFFER_SIZE)`.
+///
+/// # Safety
+/// `extra` is a non-null `(key, value)` array ending with `CU_LAUNCH_PARAM_END`.
+pub(crate) unsafe fn extra_buffer(extra: *mut *mut c_void) -> Res<(*const u8, usize)> {
+    let (mut buf, mut size) = (std::ptr::null::<u8>(), 0usize);
+    let mut i = 0;
+    loop {
+        // SAFETY: per this function's contract.
+        let key = unsafe { *extra.add(i) } as usize;
+        match key {
+            0 => break,
+            1 => {
+                // SAFETY: the value follows its key in the `extra` array.
+                buf = unsafe { *extra.add(i + 1) } as *const u8;
+            }
+            2 => {
+                // SAFETY: the value is a pointer to a size_t.
+                size = unsafe { read_in(*extra.add(i + 1) as *const usize)? };
+            }
+            _ => return Err(err::INVALID_VALUE),
+        }
+        i += 2;
+    }
+    if buf.is_null() && size > 0 {
+        return Err(err::INVALID_VALUE);
+    }
+    Ok((buf, size))
 }
 
 /// Reads the first `u64` kernel parameter from `kernelParams` or the `extra` buffer.
@@ -37,25 +70,8 @@ unsafe fn first_u64(params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<u6
     if extra.is_null() {
         return Err(err::INVALID_VALUE);
     }
-    let (mut buf, mut size) = (std::ptr::null::<u8>(), 0usize);
-    let mut i = 0;
-    loop {
-        // SAFETY: `extra` is an array of (key, value) pointers ending with CU_LAUNCH_PARAM_END.
-        let key = unsafe { *extra.add(i) } as usize;
-        match key {
-            0 => break,
-            1 => {
-                // SAFETY: the value follows its key in the `extra` array.
-                buf = unsafe { *extra.add(i + 1) } as *const u8;
-            }
-            2 => {
-                // SAFETY: the value is a pointer to a size_t.
-                size = unsafe { read_in(*extra.add(i + 1) as *const usize)? };
-            }
-            _ => return Err(err::INVALID_VALUE),
-        }
-        i += 2;
-    }
+    // SAFETY: per this function's contract.
+    let (buf, size) = unsafe { extra_buffer(extra)? };
     if buf.is_null() || size < 8 {
         return Err(err::INVALID_VALUE);
     }
@@ -63,24 +79,16 @@ unsafe fn first_u64(params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<u6
     Ok(unsafe { (buf as *const u64).read_unaligned() })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn launch(
-    f: Handle,
+/// Checks a launch configuration as the driver does (launches and graph kernel nodes).
+pub(crate) fn check_config(
+    func: &Function,
     grid: [c_uint; 3],
     block: [c_uint; 3],
     shmem: c_uint,
-    h: Handle,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
-    ptds: bool,
     cooperative: bool,
 ) -> Res<()> {
-    let p = process()?;
-    let func = p.modules.function(hval(f))?;
-    let (ctx, s) = stream::resolve(p, h, ptds)?;
-    if func.ctx != 0 && func.ctx != ctx.handle {
-        return Err(err::INVALID_HANDLE);
-    }
     let [gx, gy, gz] = grid;
     let [bx, by, bz] = block;
     if gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 {
@@ -109,13 +117,59 @@ fn launch(
             return Err(err::COOPERATIVE_LAUNCH_TOO_LARGE);
         }
     }
-    let ns = if func.name == "spin" {
-        // SAFETY: params/extra follow the cuLaunchKernel conventions.
-        unsafe { first_u64(params, extra)? }
+    Ok(())
+}
+
+/// How long a launch of `func` occupies the device: `spin` its first `u64` parameter, any other
+/// kernel `FAKEGPU_KERNEL_NS`.
+///
+/// # Safety
+/// `params`/`extra` follow the `cuLaunchKernel` conventions.
+pub(crate) unsafe fn kernel_ns(
+    p: &Process,
+    func: &Function,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Res<u64> {
+    if func.name == "spin" {
+        // SAFETY: per this function's contract.
+        unsafe { first_u64(params, extra) }
     } else {
-        p.kernel_ns
-    };
-    stream::submit(&ctx, &s, Op::Kernel { ns });
+        Ok(p.kernel_ns)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    f: Handle,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shmem: c_uint,
+    h: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    ptds: bool,
+    cooperative: bool,
+) -> Res<()> {
+    let p = process()?;
+    let func = p.modules.function(hval(f))?;
+    let (ctx, s) = stream::resolve(p, h, ptds)?;
+    if func.ctx != 0 && func.ctx != ctx.handle {
+        return Err(err::INVALID_HANDLE);
+    }
+    check_config(&func, grid, block, shmem, params, extra, cooperative)?;
+    match graph::route(p, &ctx, &s)? {
+        Route::Submit => {
+            // SAFETY: params/extra follow the cuLaunchKernel conventions.
+            let ns = unsafe { kernel_ns(p, &func, params, extra)? };
+            stream::submit(&ctx, &s, Op::Kernel { ns });
+        }
+        Route::Capture(id) => {
+            // SAFETY: as above.
+            let k = unsafe { KernelNode::copy(p, func, grid, block, shmem, params, extra)? };
+            graph::capture_node(p, id, &s, NodeKind::Kernel(k))?;
+        }
+    }
     Ok(())
 }
 
@@ -207,14 +261,14 @@ cuda_fn! {
         let path = std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()));
         let mut data = std::fs::read(path).map_err(|_| err::FILE_NOT_FOUND)?;
         data.push(0);
-        let h = load(p, c.handle, false, data.as_ptr().cast())?;
+        let h = load(p, Some((c.handle, c.device)), data.as_ptr().cast())?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(module, hptr(h)) }
     }
 
     fn cuModuleUnload(module: Handle) {
         let p = process()?;
-        p.modules.unload(hval(module), false)
+        p.modules.unload(p, hval(module), false)
     }
 
     fn cuModuleGetFunction(func: *mut Handle, module: Handle, name: *const c_char) {
@@ -250,14 +304,14 @@ cuda_fn! {
     ) {
         need(library)?;
         let p = process()?;
-        let h = load(p, 0, true, code)?;
+        let h = load(p, None, code)?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(library, hptr(h)) }
     }
 
     fn cuLibraryUnload(library: Handle) {
         let p = process()?;
-        p.modules.unload(hval(library), true)
+        p.modules.unload(p, hval(library), true)
     }
 
     fn cuLibraryGetKernel(kernel: *mut Handle, library: Handle, name: *const c_char) {

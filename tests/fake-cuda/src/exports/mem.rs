@@ -3,15 +3,21 @@
 
 use crate::context::{self, Context};
 use crate::driver::{Process, process};
+use crate::graph::{self, Route};
 use crate::memory::{GRANULARITY, Kind, array_bytes};
 use crate::stream::{self, Op};
 use crate::types::*;
+use gpumux_common::cuda_abi::{
+    Array3dDescriptor, ArrayDescriptor, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE,
+    MemAccessDesc, MemAllocationProp, MemLocation,
+};
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::Arc;
 
 fn alloc(dptr: *mut CUdeviceptr, size: usize, kind: Kind) -> Res<()> {
     need(dptr)?;
     let (p, c) = context::require()?;
+    graph::unsafe_call(p)?;
     let ptr = p.mem.alloc(p, c.device, c.handle, size as u64, kind)?;
     // SAFETY: output pointer from the caller (null checked).
     unsafe { write_out(dptr, ptr) }
@@ -29,6 +35,12 @@ fn sync_all(p: &Process) {
 fn free(ptr: CUdeviceptr) -> Res<()> {
     let p = process()?;
     context::current(p)?;
+    graph::unsafe_call(p)?;
+    if graph::is_graph_alloc(p, ptr) {
+        // A graph allocation's lifetime ends now; its memory goes back to the graph pool.
+        sync_all(p);
+        return graph::free_alloc(p, ptr);
+    }
     match p.mem.find(ptr) {
         Some(a) if a.base == ptr && !a.free_pending && !matches!(a.kind, Kind::Mapped(_)) => {}
         _ => return Err(err::INVALID_VALUE),
@@ -50,7 +62,7 @@ fn alloc_async(
 ) -> Res<()> {
     need(dptr)?;
     let p = process()?;
-    let (ctx, _s) = stream::resolve(p, h, ptds)?;
+    let (ctx, s) = stream::resolve(p, h, ptds)?;
     let pool_h = match pool {
         Some(ph) => hval(ph),
         None => p.mem.current_pools[ctx.device as usize].load(std::sync::atomic::Ordering::Acquire),
@@ -67,6 +79,12 @@ fn alloc_async(
         // SAFETY: output pointer from the caller (null checked).
         return unsafe { write_out(dptr, 0) };
     }
+    if let Route::Capture(id) = graph::route(p, &ctx, &s)? {
+        // Captured: an allocation node of the graph (its memory comes at launch).
+        let va = graph::capture_alloc(p, id, &s, device, size as u64)?;
+        // SAFETY: output pointer from the caller (null checked).
+        return unsafe { write_out(dptr, va) };
+    }
     let ptr = p
         .mem
         .alloc(p, device, ctx.handle, size as u64, Kind::Pool(pool_h))?;
@@ -80,78 +98,33 @@ fn free_async(ptr: CUdeviceptr, h: Handle, ptds: bool) -> Res<()> {
     if ptr == 0 {
         return Ok(());
     }
+    if let Route::Capture(id) = graph::route(p, &ctx, &s)? {
+        graph::capture_node(p, id, &s, graph::NodeKind::MemFree(ptr))?;
+        return Ok(());
+    }
+    if graph::is_graph_alloc(p, ptr) {
+        // Simplification: the lifetime ends when the free is enqueued (the memory stays mapped
+        // until the graph pool is trimmed or its executable graph destroyed).
+        return graph::free_alloc(p, ptr);
+    }
     p.mem.mark_free_pending(ptr)?;
     stream::submit(&ctx, &s, Op::Free { ptr });
     Ok(())
 }
 
-/// `CUmemAllocationProp` (the fields the fake reads).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemAllocationProp {
-    kind: c_uint,
-    handle_types: c_uint,
-    location_type: c_uint,
-    location_id: c_int,
-    win32: *mut c_void,
-    alloc_flags: [u8; 8],
-}
-
-/// `CUmemLocation` (passed by value).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemLocation {
-    location_type: c_uint,
-    id: c_int,
-}
-
-/// `CUmemAccessDesc`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemAccessDesc {
-    location_type: c_uint,
-    location_id: c_int,
-    flags: c_uint,
-}
-
-/// `CU_MEM_ALLOCATION_TYPE_PINNED`.
-const ALLOC_PINNED: c_uint = 1;
-/// `CU_MEM_LOCATION_TYPE_DEVICE`.
-const LOCATION_DEVICE: c_uint = 1;
-
 fn prop_device(p: &Process, prop: *const MemAllocationProp) -> Res<u32> {
     // SAFETY: input pointer from the caller (null checked).
     let prop = unsafe { read_in(prop)? };
-    if prop.kind != ALLOC_PINNED || prop.location_type != LOCATION_DEVICE {
+    if prop.kind != CU_MEM_ALLOCATION_TYPE_PINNED
+        || prop.location.kind != CU_MEM_LOCATION_TYPE_DEVICE
+    {
         return Err(err::INVALID_VALUE);
     }
-    if prop.handle_types != 0 {
+    if prop.requested_handle_types != 0 {
         // Exportable handles (fd, fabric) are not simulated.
         return Err(err::NOT_SUPPORTED);
     }
-    p.device(prop.location_id).map_err(|_| err::INVALID_DEVICE)
-}
-
-/// `CUDA_ARRAY_DESCRIPTOR`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ArrayDescriptor {
-    width: usize,
-    height: usize,
-    format: c_uint,
-    channels: c_uint,
-}
-
-/// `CUDA_ARRAY3D_DESCRIPTOR`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Array3dDescriptor {
-    width: usize,
-    height: usize,
-    depth: usize,
-    format: c_uint,
-    channels: c_uint,
-    flags: c_uint,
+    p.device(prop.location.id).map_err(|_| err::INVALID_DEVICE)
 }
 
 fn array_create(out: *mut Handle, bytes: Res<u64>, mipmapped: bool) -> Res<()> {
@@ -230,6 +203,7 @@ cuda_fn! {
     fn cuMemAlloc(dptr: *mut c_uint, size: c_uint) {
         need(dptr)?;
         let (p, c) = context::require()?;
+        graph::unsafe_call(p)?;
         let ptr = p.mem.alloc_low(p, c.device, c.handle, u64::from(size))?;
         if ptr > u64::from(u32::MAX) {
             let _ = p.mem.free_now(p, ptr);
@@ -276,6 +250,7 @@ cuda_fn! {
     fn cuMemAllocHost_v2(pp: *mut *mut c_void, size: usize) {
         need(pp)?;
         let (p, _) = context::require()?;
+        graph::unsafe_call(p)?;
         let ptr = p.mem.host_alloc(size as u64)?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(pp, ptr as *mut c_void) }
@@ -284,6 +259,7 @@ cuda_fn! {
     fn cuMemAllocHost(pp: *mut *mut c_void, size: c_uint) {
         need(pp)?;
         let (p, _) = context::require()?;
+        graph::unsafe_call(p)?;
         let ptr = p.mem.host_alloc(u64::from(size))?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(pp, ptr as *mut c_void) }
@@ -295,6 +271,7 @@ cuda_fn! {
             return Err(err::INVALID_VALUE);
         }
         let (p, _) = context::require()?;
+        graph::unsafe_call(p)?;
         let ptr = p.mem.host_alloc(size as u64)?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(pp, ptr as *mut c_void) }
@@ -302,6 +279,7 @@ cuda_fn! {
 
     fn cuMemFreeHost(ptr: *mut c_void) {
         let (p, _) = context::require()?;
+        graph::unsafe_call(p)?;
         sync_all(p);
         p.mem.host_free(ptr as u64)
     }
@@ -569,10 +547,10 @@ cuda_fn! {
         for i in 0..count {
             // SAFETY: the caller passes `count` descriptors.
             let d = unsafe { read_in(desc.add(i))? };
-            if d.location_type != LOCATION_DEVICE {
+            if d.location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
                 return Err(err::INVALID_VALUE);
             }
-            p.device(d.location_id).map_err(|_| err::INVALID_DEVICE)?;
+            p.device(d.location.id).map_err(|_| err::INVALID_DEVICE)?;
             prot = Some(match d.flags {
                 0 => libc::PROT_NONE,
                 1 => libc::PROT_READ,
@@ -586,7 +564,7 @@ cuda_fn! {
     fn cuArrayCreate_v2(array: *mut Handle, desc: *const ArrayDescriptor) {
         // SAFETY: input pointer from the caller (null checked).
         let d = unsafe { read_in(desc)? };
-        array_create(array, array_bytes(d.width as u64, d.height as u64, 0, d.format, d.channels, 1), false)
+        array_create(array, array_bytes(d.width as u64, d.height as u64, 0, d.format, d.num_channels, 1), false)
     }
 
     fn cuArray3DCreate_v2(array: *mut Handle, desc: *const Array3dDescriptor) {
@@ -594,7 +572,7 @@ cuda_fn! {
         let d = unsafe { read_in(desc)? };
         array_create(
             array,
-            array_bytes(d.width as u64, d.height as u64, d.depth as u64, d.format, d.channels, 1),
+            array_bytes(d.width as u64, d.height as u64, d.depth as u64, d.format, d.num_channels, 1),
             false,
         )
     }
@@ -608,7 +586,7 @@ cuda_fn! {
         let d = unsafe { read_in(desc)? };
         array_create(
             array,
-            array_bytes(d.width as u64, d.height as u64, d.depth as u64, d.format, d.channels, levels),
+            array_bytes(d.width as u64, d.height as u64, d.depth as u64, d.format, d.num_channels, levels),
             true,
         )
     }
