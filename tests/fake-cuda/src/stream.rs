@@ -129,8 +129,11 @@ struct Queue {
     shutdown: bool,
 }
 
-/// Kernels a stream keeps queued on the device ahead of the one running.
-const LOOKAHEAD: usize = 4;
+/// Kernels a stream keeps queued on the device ahead of the one running. The device's queue is
+/// FIFO across processes, so this is also how many kernels of one process may run in a row
+/// while another saturates the device: more would survive longer host stalls of a stream's
+/// thread, but in longer runs.
+const LOOKAHEAD: usize = 2;
 
 /// Completion times a stream keeps for other streams' `Wait`s (an older operation completed
 /// before all of these).
