@@ -41,6 +41,12 @@ pub enum ClientMsg {
         reserved: u64,
         seq: u32,
     },
+    /// The process holds the slice on `device` as a latency-class tenant that others wait for
+    /// (`ControlDevice::yield_hint`), a synchronize of its just returned and it has nothing
+    /// more in flight: if its launch count on the device is still `launches`, the tenant may
+    /// have no work left and the daemon can pass the device on now. Sent only when the hint is
+    /// set (a daemon that sets it knows this message).
+    Idle { device: u32, launches: u64 },
 }
 
 /// Daemon → shim.
@@ -165,6 +171,9 @@ impl ClientMsg {
                 .u32(*seq)
                 .0
                 .clone(),
+            ClientMsg::Idle { device, launches } => {
+                Writer::new(6).u32(*device).u64(*launches).0.clone()
+            }
         }
     }
 
@@ -190,6 +199,10 @@ impl ClientMsg {
                 device: r.u32()?,
                 reserved: r.u64()?,
                 seq: r.u32()?,
+            },
+            6 => ClientMsg::Idle {
+                device: r.u32()?,
+                launches: r.u64()?,
             },
             t => return Err(ProtocolError::UnknownTag(t)),
         };
@@ -277,6 +290,10 @@ mod tests {
                 device: 2,
                 reserved: 300 << 20,
                 seq: 7,
+            },
+            ClientMsg::Idle {
+                device: 1,
+                launches: u64::MAX - 3,
             },
         ] {
             assert_eq!(ClientMsg::decode(&m.encode()), Ok(m));

@@ -105,7 +105,7 @@ pub fn render(r: &StatusReport) -> String {
         f.sample("gpumux_tenant_info", &labels, 1.0);
     }
     type Get = fn(&status::TenantDeviceStatus) -> f64;
-    let per_device: [(&str, &str, &str, Get); 9] = [
+    let per_device: [(&str, &str, &str, Get); 10] = [
         (
             "gpumux_memory_used_bytes",
             "gauge",
@@ -159,6 +159,12 @@ pub fn render(r: &StatusReport) -> String {
             "gauge",
             "Share of the device's time over the last 10 s (time-sliced devices).",
             |d| d.device_time_share.unwrap_or(0.0),
+        ),
+        (
+            "gpumux_preemptions_total",
+            "counter",
+            "Slices of the tenant revoked early for a tenant of a higher priority class.",
+            |d| d.preemptions as f64,
         ),
     ];
     for (name, kind, help, get) in per_device {
@@ -267,6 +273,8 @@ mod tests {
                     device_time_share: Some(0.5),
                     device_time_ns: 2_000_000_000,
                     slice_wait_ns: 0,
+                    preemptions: 5,
+                    queue_budget_us: 0,
                 }],
                 priority: gpumux_common::config::Priority::Latency,
                 owner: Some(gpumux_common::config::TenantOwner {
@@ -305,6 +313,7 @@ mod tests {
             text.contains("gpumux_device_time_seconds_total{tenant=\"te\\\"am\",device=\"0\"} 2\n")
         );
         assert!(text.contains("gpumux_tenant_processes{tenant=\"te\\\"am\"} 2\n"));
+        assert!(text.contains("gpumux_preemptions_total{tenant=\"te\\\"am\",device=\"0\"} 5\n"));
         assert!(text.contains("# TYPE gpumux_allocations_refused_total counter\n"));
         assert!(
             text.contains("gpumux_tenant_info{tenant=\"te\\\"am\",priority=\"latency\",namespace=\"ns\",pod=\"train\",container=\"main\"} 1\n"),

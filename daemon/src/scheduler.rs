@@ -107,11 +107,7 @@ struct Tenant {
 
 /// Precedence of a class: a higher one preempts a lower one.
 fn rank(class: Priority) -> u8 {
-    match class {
-        Priority::Latency => 2,
-        Priority::Normal => 1,
-        Priority::Batch => 0,
-    }
+    class.precedence()
 }
 
 /// A granted slice.

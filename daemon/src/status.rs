@@ -63,7 +63,7 @@ pub struct TenantStatus {
     pub processes: Vec<u32>,
     pub socket: String,
     pub devices: Vec<TenantDeviceStatus>,
-    /// Priority class from the quota file (reported; not scheduled on yet).
+    /// Priority class from the quota file (latency > normal > batch).
     #[serde(default)]
     pub priority: Priority,
     /// The Kubernetes pod or claim the tenant was created for (`[owner]` in its quota file).
@@ -91,6 +91,13 @@ pub struct TenantDeviceStatus {
     pub device_time_ns: u64,
     /// Total time threads waited for a slice, ns.
     pub slice_wait_ns: u64,
+    /// Slices of this tenant revoked early for a tenant of a higher `priority` class.
+    #[serde(default)]
+    pub preemptions: u64,
+    /// Device time (µs) each of its processes may have queued ahead while a higher class shares
+    /// the device (0: unbounded).
+    #[serde(default)]
+    pub queue_budget_us: u32,
 }
 
 /// Asking the daemon for its status failed.

@@ -11,8 +11,8 @@
 //! launches with no synchronize between them) is not seen: an event recorded when the late
 //! launch comes lands after the gap, so only an event after every launch could exclude it. One stream and one context per device are
 //! measured in a slice: a launch on another makes the slice unmeasured (`None`: the daemon
-//! charges its wall time, the pre-measurement behaviour). The per-stream events are also
-//! where a bound on a holder's queued work would put its checkpoints.
+//! charges its wall time, the pre-measurement behaviour). The bound on a holder's queued work
+//! ([`crate::bound`]) records its own checkpoints on the launch streams.
 //!
 //! Launches cost one relaxed atomic load here while the period is open; everything else runs
 //! at the first launch of a period, at synchronize calls and in the drain.
@@ -75,7 +75,8 @@ thread_local! {
 }
 
 /// The stream a launch named: (key, handle to record on, per-thread).
-fn resolve(stream: CUstream, ptsz: bool) -> (u64, u64, bool) {
+#[inline]
+pub(crate) fn resolve(stream: CUstream, ptsz: bool) -> (u64, u64, bool) {
     match stream as u64 {
         0 if !ptsz => (1, 0, false),
         0 | STREAM_PER_THREAD => (THREAD_KEY.with(|k| *k), STREAM_PER_THREAD, true),
@@ -125,16 +126,19 @@ fn give_up(device: usize, t: &mut Tracker) {
 }
 
 fn take_event(t: &mut Tracker) -> Option<u64> {
-    if let Some(ev) = t.spare.pop() {
-        return Some(ev);
-    }
+    t.spare.pop().or_else(new_event)
+}
+
+/// A new timing event in the current context.
+pub(crate) fn new_event() -> Option<u64> {
     let create = real!(cuEventCreate, None);
     let mut ev: CUevent = std::ptr::null_mut();
     // SAFETY: valid out-pointer; default flags (timing enabled) in the current context.
     (unsafe { create(&mut ev, 0) } == CUDA_SUCCESS).then_some(ev as u64)
 }
 
-fn record(ev: u64, stream: u64) -> bool {
+/// Records event `ev` on `stream` (a handle value); false if the driver refused.
+pub(crate) fn record(ev: u64, stream: u64) -> bool {
     let rec = real!(cuEventRecord, false);
     // SAFETY: an event of the stream's context and a stream handle the application launched on
     // (or a special handle).
@@ -142,7 +146,7 @@ fn record(ev: u64, stream: u64) -> bool {
 }
 
 /// Device ms from `start` to `end` if `end` has completed.
-fn elapsed(start: u64, end: u64) -> Option<f64> {
+pub(crate) fn elapsed(start: u64, end: u64) -> Option<f64> {
     let query = real!(cuEventQuery, None);
     let el = real!(cuEventElapsedTime, None);
     let mut ms: c_float = 0.0;
@@ -273,9 +277,7 @@ pub(crate) fn forget_context(ctx: u64) {
 
 /// Fork support: hold every tracker across `fork`.
 pub(crate) fn lock_for_fork() {
-    for m in &TRACKERS {
-        std::mem::forget(m.lock());
-    }
+    crate::fork::lock_all(&TRACKERS);
 }
 
 /// Fork support: release the trackers; in the child, forget the parent's (not its contexts).
@@ -283,13 +285,10 @@ pub(crate) fn lock_for_fork() {
 /// # Safety
 /// Only after [`lock_for_fork`] on this thread (the atfork handlers), once.
 pub(crate) unsafe fn unlock_after_fork(child: bool) {
-    for (device, m) in TRACKERS.iter().enumerate() {
-        // SAFETY: `lock_for_fork` locked every tracker on this thread and leaked the guards
-        // (the caller's contract).
-        unsafe { m.force_unlock() };
-        if child {
-            *m.lock() = Tracker::new();
-            OPEN[device].store(0, Relaxed);
-        }
-    }
+    let forget: fn(usize, &mut Tracker) = |device, t| {
+        *t = Tracker::new();
+        OPEN[device].store(0, Relaxed);
+    };
+    // SAFETY: `lock_for_fork` locked them on this thread (the caller's contract).
+    unsafe { crate::fork::unlock_all(&TRACKERS, child.then_some(forget)) };
 }

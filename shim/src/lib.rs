@@ -22,6 +22,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod allocations;
+mod bound;
 mod busy;
 mod captures;
 mod contexts;

@@ -96,6 +96,8 @@ struct DeviceSched {
     sched: Scheduler,
     /// The slice being drained and the acknowledgements it waits for.
     draining: Option<Drain>,
+    /// The tenant whose `yield_hint` is set on this device (a contended latency-class holder).
+    hinted: Option<String>,
 }
 
 /// A revocation in progress on one device.
@@ -216,6 +218,7 @@ impl Daemon {
             .map(|_| DeviceSched {
                 sched: Scheduler::new(quantum),
                 draining: None,
+                hinted: None,
             })
             .collect();
 
@@ -403,6 +406,8 @@ impl Daemon {
                             .copied(),
                         device_time_ns: self.scheds[i].sched.charged_ns(&t.quota.name),
                         slice_wait_ns: a.devices[i].wait_ns.load(Relaxed),
+                        preemptions: self.scheds[i].sched.preemptions(&t.quota.name),
+                        queue_budget_us: c.devices[i].queue_budget_us.load(Relaxed),
                     })
                     .collect();
                 TenantStatus {

@@ -138,6 +138,7 @@ impl Daemon {
                 conn.slot = Some(slot);
                 if self.welcome(id) {
                     tracing::debug!(pid, tenant = %self.conns[&id].tenant, slot, "process registered");
+                    self.update_bounds();
                 }
             }
             ClientMsg::Reattach {
@@ -206,6 +207,14 @@ impl Daemon {
                 reserved,
                 seq,
             } => self.footprint_request(id, device, reserved, seq),
+            ClientMsg::Idle { device, launches } => {
+                let (tenant, dev) = (conn.tenant.clone(), device as usize);
+                if let Some(slot) = conn.slot
+                    && dev < self.scheds.len()
+                {
+                    self.idle_hint(dev, &tenant, slot, launches);
+                }
+            }
         }
     }
 
@@ -266,6 +275,7 @@ impl Daemon {
                     "process gone; memory returned"
                 );
                 self.forget_tenant_if_unused(tenant);
+                self.update_bounds();
             }
             Err(e) => {
                 tracing::warn!(pid, tenant, "reclaim deferred: {e}");

@@ -1,7 +1,11 @@
 //! Glue between the per-device schedulers ([`crate::scheduler`]) and the tenants: which devices
-//! are time-sliced, what the schedulers observe, and carrying out grants and revocations.
+//! are time-sliced, with which classes, what the schedulers observe, carrying out grants and
+//! revocations, and the control-segment words that follow from them: the bound on a
+//! lower-class tenant's queued work (`queue_budget_us`) and a contended latency holder's
+//! `yield_hint`.
 
 use super::*;
+use crate::scheduler::Priority;
 
 impl Daemon {
     /// Brings every device's scheduler in line with the tenants: who may use the device, with
@@ -50,9 +54,81 @@ impl Daemon {
             }
             for (n, w, c) in names {
                 s.set_tenant(&n, w, c, now);
+                if let Some(t) = tenants.get(&n) {
+                    s.set_priority(&n, t.quota.priority);
+                }
             }
             self.apply_actions(dev, actions);
         }
+        self.update_bounds();
+    }
+
+    /// Bounds each process's queued work on the devices where its tenant shares the device with
+    /// a higher class: `drain_budget_us` divided among the tenant's processes (at least 100 µs
+    /// each), so that a revocation for the higher class drains within about the budget (plus
+    /// the kernel running). Elsewhere 0: unbounded, and the shim pays nothing for it. Follows
+    /// quota changes and processes coming and going.
+    pub(super) fn update_bounds(&self) {
+        for (dev, d) in self.devices.iter().enumerate() {
+            let users: Vec<&Tenant> = self
+                .tenants
+                .values()
+                .filter(|t| !t.removed && t.quota.allows(d.index, &d.uuid))
+                .collect();
+            let top = users
+                .iter()
+                .map(|t| t.quota.priority.precedence())
+                .max()
+                .unwrap_or(0);
+            for t in self.tenants.values() {
+                let ctl = &t.segments.control.devices[dev];
+                let bounded = ctl.scheduled.load(SeqCst) != 0
+                    && users.iter().any(|u| u.quota.name == t.quota.name)
+                    && t.quota.priority.precedence() < top;
+                let budget = if bounded {
+                    (self.cfg.drain_budget_us / t.processes.len().max(1) as u32).max(100)
+                } else {
+                    0
+                };
+                ctl.queue_budget_us.store(budget, SeqCst);
+            }
+        }
+    }
+
+    /// Sets `yield_hint` for device `dev`'s holder when it is a latency-class tenant that others
+    /// wait for (and clears it for the one that had it), so its processes tell the daemon when
+    /// their work is done.
+    fn update_yield_hint(&mut self, dev: usize) {
+        let now = self.scheds[dev]
+            .sched
+            .contended_holder()
+            .filter(|(_, class)| *class == Priority::Latency)
+            .map(|(n, _)| n.to_string());
+        if now == self.scheds[dev].hinted {
+            return;
+        }
+        if let Some(t) = self.scheds[dev]
+            .hinted
+            .as_ref()
+            .and_then(|n| self.tenants.get(n))
+        {
+            t.segments.control.devices[dev].yield_hint.store(0, SeqCst);
+        }
+        if let Some(t) = now.as_ref().and_then(|n| self.tenants.get(n)) {
+            t.segments.control.devices[dev].yield_hint.store(1, SeqCst);
+        }
+        self.scheds[dev].hinted = now;
+    }
+
+    /// A process of `tenant` says its work on `dev` is done (`ClientMsg::Idle`): the scheduler
+    /// passes the device on if the tenant is a contended latency-class holder with nothing
+    /// left, judged by whether the process launched anything since (`launches` is its count
+    /// when it said so).
+    pub(super) fn idle_hint(&mut self, dev: usize, tenant: &str, slot: usize, launches: u64) {
+        let quiet = self.tenants.get(tenant).is_some_and(|t| {
+            t.segments.accounting.processes[slot].launches[dev].load(Relaxed) == launches
+        });
+        self.sched_event(dev, |s, now, act| s.idle_hint(tenant, quiet, now, act));
     }
 
     /// What the scheduler may observe of a tenant on device `dev`.
@@ -95,6 +171,11 @@ impl Daemon {
     }
 
     pub(super) fn apply_actions(&mut self, dev: usize, actions: Vec<Action>) {
+        self.carry_out(dev, actions);
+        self.update_yield_hint(dev);
+    }
+
+    fn carry_out(&mut self, dev: usize, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Grant { tenant, epoch } => {

@@ -4,6 +4,9 @@
 //! charged before the driver commits it (`super::graph`). A launch into a capturing stream puts
 //! nothing on the device: without the slice it passes the gate (asked of the driver only then).
 //!
+//! While the tenant's queued work is bounded (a higher class shares the device), the gate waits
+//! for room first and a successful launch is counted (`crate::bound`).
+//!
 //! Handlers of the entry-point table (`Launch`); `PTSZ` marks the `_ptsz` variants, where a
 //! null stream is the calling thread's per-thread stream.
 
@@ -16,7 +19,7 @@ use std::ffi::{c_int, c_uint, c_void};
 /// into a capturing stream puts nothing on the device.
 fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
     let capturing = || crate::captures::is_capturing(stream as u64, ptsz);
-    let ticket = match crate::gate::enter(capturing) {
+    let ticket = match crate::gate::enter(crate::gate::Launch { stream, ptsz }, capturing) {
         Ok(t) => t,
         Err(rc) => return rc,
     };
@@ -26,6 +29,9 @@ fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUr
         crate::busy::launch(device, stream, ptsz);
     }
     let rc = launch();
+    if rc == CUDA_SUCCESS {
+        ticket.launched();
+    }
     drop(ticket);
     rc
 }
