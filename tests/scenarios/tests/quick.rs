@@ -22,6 +22,13 @@ const EXPECTED: &[&str] = &[
     "switch-cost",
     "graph-lone",
     "graph-weights-3-1",
+    "latency/alone",
+    "latency/normal",
+    "latency/latency",
+    "latency/latency-8ms",
+    "latency/batch",
+    "consolidation/busy",
+    "consolidation/p99",
     "many-tenants/start",
     "many-tenants/status",
 ];

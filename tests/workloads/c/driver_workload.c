@@ -54,8 +54,8 @@
  *       from seed X), each K spin(N) kernels launched back to back then a stream synchronize;
  *       served one at a time, in order (a request that arrives while another is served waits).
  *       Reports each request's latency from its arrival to its completion (latencies_ms, in
- *       arrival order), p50/p99/p999/max, the requests served, and when it started and ended
- *       (CLOCK_MONOTONIC ms)
+ *       arrival order) and its arrival (arrivals_ms, CLOCK_MONOTONIC ms), p50/p99/p999/max, the
+ *       requests served, and when it started and ended (CLOCK_MONOTONIC ms)
  *   driver_workload queue --ns N --seconds S [--depth D]
  *       keeps D spin(N) kernels queued on its stream for S seconds (an event after each
  *       kernel; before launching another it waits for the event D kernels back), then reports
@@ -1650,8 +1650,8 @@ static int cmd_interactive(int argc, char **argv) {
         r = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
     if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
     size_t cap = 1024, n = 0;
-    double *lat = malloc(cap * sizeof *lat);
-    if (lat == NULL) {
+    double *lat = malloc(cap * sizeof *lat), *arr = malloc(cap * sizeof *arr);
+    if (lat == NULL || arr == NULL) {
         perror("malloc");
         return 2;
     }
@@ -1671,34 +1671,47 @@ static int cmd_interactive(int argc, char **argv) {
         if (r != CUDA_SUCCESS) break;
         if (n == cap) {
             cap *= 2;
-            double *grown = realloc(lat, cap * sizeof *lat);
+            double *grown = realloc(lat, cap * sizeof *lat), *grown_arr;
             if (grown == NULL) {
                 perror("realloc");
                 return 2;
             }
             lat = grown;
+            grown_arr = realloc(arr, cap * sizeof *arr);
+            if (grown_arr == NULL) {
+                perror("realloc");
+                return 2;
+            }
+            arr = grown_arr;
         }
+        arr[n] = arrival;
         lat[n++] = done - arrival;
     }
-    /* the latencies in arrival order, then sorted for the percentiles */
-    size_t len = 64 + n * 12;
-    char *list = malloc(len), *p = list;
-    if (list == NULL) {
+    /* the latencies and arrivals in arrival order, then the latencies sorted for percentiles */
+    size_t len = 64 + n * 24;
+    char *list = malloc(len), *p = list, *arrivals = malloc(len), *q = arrivals;
+    if (list == NULL || arrivals == NULL) {
         perror("malloc");
         return 2;
     }
     *p = '\0';
-    for (size_t i = 0; i < n; i++)
+    *q = '\0';
+    for (size_t i = 0; i < n; i++) {
         p += snprintf(p, len - (size_t)(p - list), "%s%.3f", i ? "," : "", lat[i]);
+        q += snprintf(q, len - (size_t)(q - arrivals), "%s%.3f", i ? "," : "", arr[i]);
+    }
     qsort(lat, n, sizeof *lat, cmp_double);
 #define PCT(q) (n ? lat[(size_t)((double)(n - 1) * (q) + 0.5)] : 0.0)
     emit("\"op\":\"interactive\",\"pid\":%d,\"requests\":%zu,\"kernels\":%llu,\"ns\":%llu,"
          "\"rate\":%llu,\"start_ms\":%.3f,\"end_ms\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
-         "\"p999_ms\":%.3f,\"max_ms\":%.3f,\"latencies_ms\":[%s],\"result\":%d,\"error\":\"%s\"",
+         "\"p999_ms\":%.3f,\"max_ms\":%.3f,\"latencies_ms\":[%s],\"arrivals_ms\":[%s],"
+         "\"result\":%d,\"error\":\"%s\"",
          (int)getpid(), n, kernels, ns, rate, start, done, PCT(0.5), PCT(0.99), PCT(0.999),
-         n ? lat[n - 1] : 0.0, list, r, r ? err_name(r) : "");
+         n ? lat[n - 1] : 0.0, list, arrivals, r, r ? err_name(r) : "");
 #undef PCT
     free(list);
+    free(arrivals);
+    free(arr);
     free(lat);
     release_all_devices();
     return 0;
