@@ -5,11 +5,15 @@
 //! charge is recorded twice (tenant total and the process's slot) so that the daemon can return
 //! exactly what a dead process held, and so that a process killed between the two stores is
 //! repaired by the next locker (`owner_died` → totals recomputed from the slots).
+//!
+//! The segment is writable by every process of the tenant, so whatever is read from it is
+//! untrusted: sums saturate, nothing here can overflow or index out of bounds whatever the
+//! tenant wrote, and the daemon's side never waits for the lock ([`reclaim_slot`], [`audit`]
+//! only try it: a tenant process can hold it as long as it likes).
 
 use crate::shm::{AccountingSegment, ControlSegment, MAX_DEVICES, MAX_PROCESSES};
 use crate::shm_mutex::LockError;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
-use std::time::Duration;
 use thiserror::Error;
 
 /// Why a charge was refused.
@@ -58,7 +62,7 @@ pub fn charge(
         Some(new) if new <= limit => {
             dev.used.store(new, Relaxed);
             let p = &acct.processes[slot].used[device];
-            p.store(p.load(Relaxed) + bytes, Relaxed);
+            p.store(p.load(Relaxed).saturating_add(bytes), Relaxed);
             if new > dev.peak.load(Relaxed) {
                 dev.peak.store(new, Relaxed);
             }
@@ -100,16 +104,16 @@ pub fn uncharge(
 }
 
 /// Returns everything the process in `slot` holds and frees the slot (daemon side, when a
-/// process's registration ends). Returns the bytes given back per device.
+/// process's registration ends). Returns the bytes given back per device, or
+/// `Lock(Busy)` without waiting when a tenant process holds the lock (try again later).
 pub fn reclaim_slot(
     acct: &AccountingSegment,
     slot: usize,
-    timeout: Duration,
 ) -> Result<[u64; MAX_DEVICES], ChargeError> {
     if slot >= MAX_PROCESSES {
         return Err(ChargeError::OutOfRange { device: 0, slot });
     }
-    let guard = acct.lock.lock_timeout(timeout)?;
+    let guard = acct.lock.try_lock()?;
     if guard.owner_died {
         repair_locked(acct);
     }
@@ -126,23 +130,30 @@ pub fn reclaim_slot(
     Ok(returned)
 }
 
+/// What the process slots of `acct` hold on device `d`, summed (saturating: the slots are
+/// tenant-written).
+fn slots_total(acct: &AccountingSegment, d: usize) -> u64 {
+    acct.processes
+        .iter()
+        .map(|p| p.used[d].load(Relaxed))
+        .fold(0u64, u64::saturating_add)
+}
+
 /// Recomputes tenant totals from the process slots (the slots are the record of truth).
 /// Caller holds the lock.
 fn repair_locked(acct: &AccountingSegment) {
     for d in 0..MAX_DEVICES {
-        let sum: u64 = acct.processes.iter().map(|p| p.used[d].load(Relaxed)).sum();
-        acct.devices[d].used.store(sum, Relaxed);
+        acct.devices[d].used.store(slots_total(acct, d), Relaxed);
     }
 }
 
 /// Verifies and, if needed, repairs the totals (daemon side, e.g. after adopting a segment).
-/// Returns true when the totals had drifted from the slots.
-pub fn audit(acct: &AccountingSegment, timeout: Duration) -> Result<bool, ChargeError> {
-    let _guard = acct.lock.lock_timeout(timeout)?;
-    let drift = (0..MAX_DEVICES).any(|d| {
-        let sum: u64 = acct.processes.iter().map(|p| p.used[d].load(Relaxed)).sum();
-        sum != acct.devices[d].used.load(Relaxed)
-    });
+/// Returns true when the totals had drifted from the slots, or `Lock(Busy)` without waiting
+/// when a tenant process holds the lock.
+pub fn audit(acct: &AccountingSegment) -> Result<bool, ChargeError> {
+    let _guard = acct.lock.try_lock()?;
+    let drift =
+        (0..MAX_DEVICES).any(|d| slots_total(acct, d) != acct.devices[d].used.load(Relaxed));
     if drift {
         repair_locked(acct);
     }
@@ -210,13 +221,49 @@ mod tests {
         charge(&ctl, &acct, 4, 0, 50).unwrap();
         uncharge(&acct, 3, 0, 1_000_000).unwrap();
         assert_eq!(acct.devices[0].used.load(Relaxed), 50);
-        let back = reclaim_slot(&acct, 4, Duration::from_secs(1)).unwrap();
+        let back = reclaim_slot(&acct, 4).unwrap();
         assert_eq!(back[0], 50);
         assert_eq!(acct.devices[0].used.load(Relaxed), 0);
-        assert!(!audit(&acct, Duration::from_secs(1)).unwrap());
+        assert!(!audit(&acct).unwrap());
         acct.devices[0].used.store(77, Relaxed);
-        assert!(audit(&acct, Duration::from_secs(1)).unwrap());
+        assert!(audit(&acct).unwrap());
         assert_eq!(acct.devices[0].used.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn tenant_written_garbage_never_overflows() {
+        let (ctl, acct) = segments(u64::MAX);
+        for p in acct.processes.iter().take(4) {
+            p.used[0].store(u64::MAX - 1, Relaxed);
+        }
+        acct.devices[0].used.store(3, Relaxed);
+        assert!(audit(&acct).unwrap(), "drift repaired");
+        assert_eq!(acct.devices[0].used.load(Relaxed), u64::MAX);
+        assert!(
+            charge(&ctl, &acct, 0, 0, 10).is_err(),
+            "nothing fits above u64::MAX"
+        );
+        acct.devices[0].used.store(0, Relaxed);
+        charge(&ctl, &acct, 0, 0, 10).unwrap();
+        assert_eq!(acct.processes[0].used[0].load(Relaxed), u64::MAX);
+        assert_eq!(reclaim_slot(&acct, 0).unwrap()[0], u64::MAX);
+    }
+
+    #[test]
+    fn the_daemon_side_never_waits_for_the_lock() {
+        let (_ctl, acct) = segments(1000);
+        let held = acct.lock.lock().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(
+                    reclaim_slot(&acct, 0),
+                    Err(ChargeError::Lock(LockError::Busy))
+                );
+                assert_eq!(audit(&acct), Err(ChargeError::Lock(LockError::Busy)));
+            });
+        });
+        drop(held);
+        reclaim_slot(&acct, 0).unwrap();
     }
 
     #[test]

@@ -226,6 +226,8 @@ mod tests {
                     device_time_ns: 2_000_000_000,
                     slice_wait_ns: 0,
                 }],
+                removed: false,
+                accounting_repairs: 0,
             }],
             config_errors: vec![],
         };

@@ -36,9 +36,18 @@ pub struct Gpumux {
     real: bool,
 }
 
+/// Where `GPUMUX_TEST_BINARIES` points, if set: a directory with other builds of `gpumuxd`,
+/// `gpumuxctl` and `libgpumux.so` to run the tests against (e.g. an older version, to show
+/// that a regression test fails on it).
+pub const ENV_TEST_BINARIES: &str = "GPUMUX_TEST_BINARIES";
+
 /// Path of a built workspace binary or library.
 pub fn artifact(name: &str) -> PathBuf {
-    let p = target_dir().join(name);
+    let other = std::env::var_os(ENV_TEST_BINARIES)
+        .map(PathBuf::from)
+        .map(|d| d.join(name))
+        .filter(|p| p.exists());
+    let p = other.unwrap_or_else(|| target_dir().join(name));
     assert!(
         p.exists(),
         "{} is missing: build the workspace first (cargo build --workspace)",

@@ -114,7 +114,7 @@ fn time_sliced_processes_survive_a_daemon_restart() {
     g.start_daemon();
     for r in [a, b] {
         let (status, lines) = r.finish(T).unwrap();
-        assert!(status.success());
+        assert!(status.success(), "{lines:?}; log:\n{}", g.log());
         let l = lines.one("load");
         assert_eq!(i(l, "result"), 0, "{l}");
         assert!(

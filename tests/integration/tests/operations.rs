@@ -206,10 +206,21 @@ fn removing_and_adding_tenants_applies_live() {
     std::fs::remove_file(g.tenants_dir.join("a.toml")).unwrap();
     wait_until(
         Duration::from_secs(2),
-        || !g.socket("a").exists(),
-        || "socket not removed".into(),
+        || g.tenant_status("a")["removed"] == true,
+        || "tenant not removed".into(),
     );
-    // New processes cannot join a removed tenant.
+    // Its running process stays under control, shown in status at weight 1 (its socket stays
+    // for it to reattach after a daemon restart); new processes cannot join.
+    let a = g.tenant_status("a");
+    assert_eq!(a["weight"], 1, "{a}");
+    assert!(
+        a["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == holder.pid()),
+        "{a}"
+    );
     let out = run(
         g.tenant_command("a", c_workload())
             .args(["ops", "alloc:x:1MiB"]),
@@ -217,7 +228,13 @@ fn removing_and_adding_tenants_applies_live() {
     )
     .unwrap();
     assert!(out.stderr.contains("cannot register"), "{}", out.stderr);
+    assert!(out.stderr.contains("removed"), "{}", out.stderr);
     holder.kill();
+    wait_until(
+        Duration::from_secs(2),
+        || !g.socket("a").exists(),
+        || "socket not removed once the last process ended".into(),
+    );
     // A new tenant appears without a restart.
     g.write_tenant("b", "memory_limit = \"512MiB\"\n");
     g.wait_for_socket("b");
