@@ -259,7 +259,9 @@ pub fn tenant_edits(tenant: &str, inj: &Injection) -> Result<ContainerEdits, Cdi
             Mount {
                 host_path: dir.clone(),
                 container_path: dir,
-                options: opts(&["rw", "nosuid", "nodev", "noexec", "bind"]),
+                // Read-only: connecting to the socket needs no write access, and a container
+                // must not fill or plant anything in the daemon's state directory.
+                options: opts(&["ro", "nosuid", "nodev", "noexec", "bind"]),
                 mount_type: None,
             },
         ],

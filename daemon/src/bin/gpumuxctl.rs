@@ -116,7 +116,7 @@ fn run(args: Args) -> Result<(), Failure> {
             let dir = tenant_dir(&cfg.state_dir, &tenant);
             if docker {
                 println!(
-                    "-e LD_PRELOAD={SHIM_INSTALL_PATH} -e {ENV_SOCKET}={} -v {SHIM_INSTALL_PATH}:{SHIM_INSTALL_PATH}:ro -v {}:{}",
+                    "-e LD_PRELOAD={SHIM_INSTALL_PATH} -e {ENV_SOCKET}={} -v {SHIM_INSTALL_PATH}:{SHIM_INSTALL_PATH}:ro -v {}:{}:ro",
                     socket.display(),
                     dir.display(),
                     dir.display()
@@ -125,7 +125,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 println!("LD_PRELOAD={SHIM_INSTALL_PATH}");
                 println!("{ENV_SOCKET}={}", socket.display());
                 println!(
-                    "# mounts: {SHIM_INSTALL_PATH} (read-only) and {} (the tenant's socket directory)",
+                    "# mounts: {SHIM_INSTALL_PATH} (read-only) and {} (the tenant's socket directory, read-only)",
                     dir.display()
                 );
             }

@@ -136,6 +136,9 @@ impl Daemon {
     /// (full file system), the socket answers registrations with the reason until they can.
     pub(super) fn add_tenant(&mut self, quota: TenantQuota) {
         let name = quota.name.clone();
+        let acct = self.segment_path(&name);
+        // Segments first: a tenant's socket appears once the tenant can be served.
+        let segments = TenantSegments::create(&name, self.generation, &self.devices, &quota, &acct);
         let endpoint = match self.pending.remove(&name) {
             Some(p) => p.endpoint,
             None => match self.new_endpoint(&name) {
@@ -145,8 +148,7 @@ impl Daemon {
                 }
             },
         };
-        let acct = self.segment_path(&name);
-        match TenantSegments::create(&name, self.generation, &self.devices, &quota, &acct) {
+        match segments {
             Ok(segments) => {
                 if let Err(e) = segments::save_quota(&self.quota_path(&name), &quota) {
                     tracing::warn!(tenant = %name, "cannot keep the quota beside the accounting: {e}");

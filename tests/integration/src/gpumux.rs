@@ -32,6 +32,10 @@ pub struct Gpumux {
     pub state_dir: PathBuf,
     pub tenants_dir: PathBuf,
     pub config_path: PathBuf,
+    /// Soft and hard `RLIMIT_NOFILE` the daemon is started with (None: inherited).
+    pub daemon_fd_limit: Option<u64>,
+    /// Extra environment of the daemon.
+    pub daemon_env: Vec<(String, String)>,
     daemon: Option<Child>,
     real: bool,
 }
@@ -70,6 +74,17 @@ impl Gpumux {
 
     /// Like [`Gpumux::start_with`], on `backend`: a fresh fake GPU, or the machine's real driver.
     pub fn start_on(backend: Backend, tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
+        let mut g = Self::prepare(backend, tenants, extra_config);
+        g.start_daemon();
+        for (name, _) in tenants {
+            g.wait_for_socket(name);
+        }
+        g
+    }
+
+    /// Like [`Gpumux::start_on`], without starting the daemon: adjust, then
+    /// [`Gpumux::start_daemon`].
+    pub fn prepare(backend: Backend, tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
         let (gpu, real) = match &backend {
             Backend::Fake(devices) => (FakeGpuEnv::new(devices), false),
             // A minimal fake that nothing uses, so `gpu` keeps its type for existing callers.
@@ -98,21 +113,19 @@ impl Gpumux {
             ),
         )
         .expect("write config");
-        let mut g = Gpumux {
+        let g = Gpumux {
             gpu,
             dir,
             state_dir,
             tenants_dir,
             config_path,
+            daemon_fd_limit: None,
+            daemon_env: Vec::new(),
             daemon: None,
             real,
         };
         for (name, text) in tenants {
             g.write_tenant(name, text);
-        }
-        g.start_daemon();
-        for (name, _) in tenants {
-            g.wait_for_socket(name);
         }
         g
     }
@@ -127,8 +140,25 @@ impl Gpumux {
             .expect("daemon log");
         let control = self.state_dir.join("gpumuxd.sock");
         let _ = std::fs::remove_file(&control);
-        let child = self
-            .command(artifact("gpumuxd"))
+        let mut cmd = self.command(artifact("gpumuxd"));
+        cmd.envs(self.daemon_env.iter().map(|(k, v)| (k, v)));
+        if let Some(limit) = self.daemon_fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config_path)
             .stdin(Stdio::null())
@@ -155,6 +185,13 @@ impl Gpumux {
     /// The daemon's pid, if running.
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the daemon process is still running (false once it died or was stopped).
+    pub fn daemon_alive(&mut self) -> bool {
+        self.daemon
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The daemon's log so far.

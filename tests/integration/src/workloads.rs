@@ -113,6 +113,14 @@ pub fn dlsym_logger() -> PathBuf {
     .clone()
 }
 
+/// The bind-race LD_PRELOAD library for gpumuxd (`tests/workloads/c/bind_race.c`), compiled:
+/// swaps a just-bound socket for a symlink to `$BIND_RACE_VICTIM`.
+pub fn bind_race_lib() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| compile_c("bind_race.c", "libbind_race.so", &["-shared", "-fPIC"]))
+        .clone()
+}
+
 /// The `cudarc-workload` binary of this build (`cargo build --workspace` builds it).
 pub fn cudarc_workload() -> PathBuf {
     let p = target_dir().join("cudarc-workload");
