@@ -655,6 +655,7 @@ fn packaged_config_documents_every_default() {
         keys,
         [
             "log_level",
+            "max_connections_per_tenant",
             "metrics_listen",
             "quantum_ms",
             "state_dir",
