@@ -116,32 +116,22 @@ impl DaemonConfig {
             cfg.quantum_ms = v as u32;
         }
         if let Some(m) = raw.metrics_listen {
-            let v = m.get_ref().trim();
-            if v.is_empty() {
-                cfg.metrics_listen = None;
-            } else if v.parse::<std::net::SocketAddr>().is_err() {
-                return Err(err(
-                    Some(m.span()),
-                    format!(
-                        "metrics_listen = \"{v}\" is not an address like \"127.0.0.1:9464\" (use \"\" to disable)"
-                    ),
-                ));
-            } else {
-                cfg.metrics_listen = Some(v.to_string());
-            }
+            cfg.metrics_listen = parse_metrics_listen(&m).map_err(|r| err(Some(m.span()), r))?;
         }
         if let Some(l) = raw.log_level {
             cfg.log_level = l;
         }
         if let Some(m) = raw.max_connections_per_tenant {
             let v = *m.get_ref();
-            if !(1..=1_000_000).contains(&v) {
-                return Err(err(
-                    Some(m.span()),
-                    format!("max_connections_per_tenant = {v} is out of range (1 to 1000000)"),
-                ));
-            }
-            cfg.max_connections_per_tenant = v as u32;
+            cfg.max_connections_per_tenant = u32::try_from(v)
+                .ok()
+                .filter(|v| (1..=1_000_000).contains(v))
+                .ok_or_else(|| {
+                    err(
+                        Some(m.span()),
+                        format!("max_connections_per_tenant = {v} is out of range (1 to 1000000)"),
+                    )
+                })?;
         }
         for (key, dir) in [
             ("state_dir", &cfg.state_dir),
@@ -155,6 +145,20 @@ impl DaemonConfig {
             }
         }
         Ok(cfg)
+    }
+}
+
+/// `metrics_listen`: an address, or `""` for none.
+fn parse_metrics_listen(m: &Spanned<String>) -> Result<Option<String>, String> {
+    let v = m.get_ref().trim();
+    if v.is_empty() {
+        Ok(None)
+    } else if v.parse::<std::net::SocketAddr>().is_err() {
+        Err(format!(
+            "metrics_listen = \"{v}\" is not an address like \"127.0.0.1:9464\" (use \"\" to disable)"
+        ))
+    } else {
+        Ok(Some(v.to_string()))
     }
 }
 
@@ -226,10 +230,10 @@ impl TenantQuota {
             ConfigError {
                 file: path.to_path_buf(),
                 line: None,
-                reason: validate_tenant_name(&stem)
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "a quota file must be named <tenant>.toml".to_string()),
+                reason: validate_tenant_name(&stem).err().map_or_else(
+                    || "a quota file must be named <tenant>.toml".to_string(),
+                    |e| e.to_string(),
+                ),
             }
         })?;
         Self::parse(path, &name, &text)
@@ -601,14 +605,12 @@ mod tests {
         let e =
             DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 10\nbogus = 1\n").unwrap_err();
         assert_eq!(e.line, Some(2));
-        assert!(DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 0").is_err());
-        assert!(DaemonConfig::parse(Path::new("/c.toml"), "metrics_listen = \"nope\"").is_err());
-        assert!(DaemonConfig::parse(Path::new("/c.toml"), "state_dir = \"rel\"").is_err());
+        DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 0").unwrap_err();
+        DaemonConfig::parse(Path::new("/c.toml"), "metrics_listen = \"nope\"").unwrap_err();
+        DaemonConfig::parse(Path::new("/c.toml"), "state_dir = \"rel\"").unwrap_err();
         let c =
             DaemonConfig::parse(Path::new("/c.toml"), "max_connections_per_tenant = 8").unwrap();
         assert_eq!(c.max_connections_per_tenant, 8);
-        assert!(
-            DaemonConfig::parse(Path::new("/c.toml"), "max_connections_per_tenant = 0").is_err()
-        );
+        DaemonConfig::parse(Path::new("/c.toml"), "max_connections_per_tenant = 0").unwrap_err();
     }
 }

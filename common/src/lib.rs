@@ -11,7 +11,6 @@
 //! - [`sock`]: seqpacket sockets with descriptor passing and peer credentials.
 //! - [`accounting`]: the reservation logic on a mapped accounting segment (charge/uncharge),
 //!   used by the shim on every allocation and by the daemon to reclaim a dead process.
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod accounting;
 pub mod config;

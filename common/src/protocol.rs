@@ -455,7 +455,7 @@ mod tests {
         );
         // This build of `Evolved` is at version 1: a `since 3` message is not part of it yet.
         assert_eq!(late.tag(), Evolved::LATE);
-        assert!(Evolved::decode(&late.encode()).is_err());
+        Evolved::decode(&late.encode()).unwrap_err();
     }
 
     fn client_msg() -> impl Strategy<Value = ClientMsg> {

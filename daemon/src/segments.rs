@@ -95,7 +95,7 @@ fn open_accounting(path: &Path) -> io::Result<(OwnedFd, SegmentView<AccountingSe
                 return Ok((fd, view, true));
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), "discarding an unusable accounting segment: {e}")
+                tracing::warn!(path = %path.display(), "discarding an unusable accounting segment: {e}");
             }
         }
         // SAFETY: ftruncate on our own descriptor.

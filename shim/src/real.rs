@@ -155,9 +155,9 @@ impl RealFn {
     /// Records `p` as the real function if none is known yet and `p` is not the shim's own.
     pub fn offer(&self, p: *mut c_void) {
         if !p.is_null() && !is_own(p) {
-            let _ = self
-                .addr
-                .compare_exchange(0, p as usize, Ordering::AcqRel, Ordering::Acquire);
+            self.addr
+                .compare_exchange(0, p as usize, Ordering::AcqRel, Ordering::Acquire)
+                .ok();
         }
     }
 }

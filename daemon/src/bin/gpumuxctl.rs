@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
+            e.print().ok();
             return ExitCode::from(code);
         }
     };
@@ -288,29 +288,32 @@ fn looks_like_daemon_config(p: &Path) -> bool {
 fn render_status(r: &StatusReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(
+    writeln!(
         s,
         "gpumuxd {} (pid {}), up {:.0}s, quantum {} ms",
         r.version, r.pid, r.uptime_s, r.quantum_ms
-    );
+    )
+    .ok();
     for d in &r.devices {
-        let _ = writeln!(
+        writeln!(
             s,
             "GPU {}  {}  {}  {}",
             d.index,
             d.name,
             d.uuid,
             format_size(d.total_bytes)
-        );
+        )
+        .ok();
     }
-    let _ = writeln!(
+    writeln!(
         s,
         "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
         "TENANT", "GPU", "WEIGHT", "PROCS", "MEM USED", "MEM LIMIT", "REFUSED", "SHARE", "CAP"
-    );
+    )
+    .ok();
     for t in &r.tenants {
         for d in &t.devices {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
                 t.name,
@@ -321,19 +324,18 @@ fn render_status(r: &StatusReport) -> String {
                 format_size(d.memory_limit),
                 d.allocations_refused,
                 d.device_time_share
-                    .map(|x| format!("{:.1}%", x * 100.0))
-                    .unwrap_or_else(|| "-".into()),
+                    .map_or_else(|| "-".into(), |x| format!("{:.1}%", x * 100.0)),
                 t.compute_limit_percent
-                    .map(|c| format!("{c}%"))
-                    .unwrap_or_else(|| "-".into()),
-            );
+                    .map_or_else(|| "-".into(), |c| format!("{c}%")),
+            )
+            .ok();
         }
     }
     if r.tenants.is_empty() {
-        let _ = writeln!(s, "(no tenants: add quota files to the tenants directory)");
+        writeln!(s, "(no tenants: add quota files to the tenants directory)").ok();
     }
     for e in &r.config_errors {
-        let _ = writeln!(s, "config error: {e}");
+        writeln!(s, "config error: {e}").ok();
     }
     s
 }

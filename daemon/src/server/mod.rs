@@ -446,6 +446,5 @@ fn drain_timer(timer: &TimerFd) {
 fn generation() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
+        .map_or(1, |d| d.as_nanos() as u64)
 }

@@ -71,9 +71,7 @@ impl Daemon {
 
     /// Takes a new connection of `tenant` into the loop, or refuses it over the cap.
     fn admit(&mut self, tenant: &str, fd: OwnedFd) {
-        let pid = sock::peer_cred(fd.as_fd())
-            .map(|c| c.pid as u32)
-            .unwrap_or(0);
+        let pid = sock::peer_cred(fd.as_fd()).map_or(0, |c| c.pid as u32);
         let cap = self.cfg.max_connections_per_tenant as usize;
         let count = self.conn_counts.get(tenant).copied().unwrap_or(0);
         if count >= cap {

@@ -136,7 +136,7 @@ fn run(cfg: PluginConfig) -> Result<()> {
                 _ = term.recv() => tracing::info!("SIGTERM: stopping"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
             }
-            let _ = tx.send(true);
+            tx.send(true).ok();
         });
         gpumux_k8s::run::run(cfg, Arc::new(Nvml), rx).await?;
         Ok(())

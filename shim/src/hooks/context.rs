@@ -30,7 +30,7 @@ fn context_gone(ctx: u64) {
         return;
     };
     for r in allocations::remove_context(ctx) {
-        let _ = accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes);
+        accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes).ok();
     }
 }
 

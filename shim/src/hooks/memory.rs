@@ -70,7 +70,7 @@ fn charged(
             },
         );
     } else {
-        let _ = accounting::uncharge(&reg.accounting, reg.slot, device, bytes);
+        accounting::uncharge(&reg.accounting, reg.slot, device, bytes).ok();
     }
     rc
 }
@@ -88,7 +88,7 @@ fn give_back(kind: Kind, key: u64) {
     if let Some(reg) = registration::current()
         && let Some(r) = allocations::remove(kind, key)
     {
-        let _ = accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes);
+        accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes).ok();
     }
 }
 
@@ -180,7 +180,7 @@ fn pitched(
             );
         } else {
             free(ptr);
-            let _ = accounting::uncharge(&reg.accounting, reg.slot, rec.device, rec.bytes);
+            accounting::uncharge(&reg.accounting, reg.slot, rec.device, rec.bytes).ok();
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
     }

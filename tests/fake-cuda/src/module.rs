@@ -175,7 +175,7 @@ impl Modules {
             .map(|m| m.handle)
             .collect();
         for h in gone {
-            let _ = self.unload(h, false);
+            self.unload(h, false).ok();
         }
     }
 }

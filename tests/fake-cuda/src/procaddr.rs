@@ -334,6 +334,6 @@ mod tests {
             VERSION_NOT_SUFFICIENT
         );
         assert_eq!(symbol_status(b"cuNoSuchThing", 11000), SYMBOL_NOT_FOUND);
-        assert!(resolve(b"cuInit", 2000, 4).is_err());
+        resolve(b"cuInit", 2000, 4).unwrap_err();
     }
 }

@@ -196,9 +196,9 @@ impl Stream {
                 && let Ok(p) = process()
                 && let Ok(c) = context::lookup(p, self.ctx)
             {
-                let _ = c
-                    .sticky
-                    .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed);
+                c.sticky
+                    .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed)
+                    .ok();
             }
             let mut q = self.q.lock();
             q.completed = seq;
@@ -276,7 +276,7 @@ fn execute(p: &Process, s: &Stream, op: Op) -> Res<()> {
         Op::Host { f, data } => unsafe { f(data as *mut c_void) },
         // SAFETY: the application passed this callback and its data for this purpose.
         Op::Callback { f, stream, data } => unsafe {
-            f(crate::types::hptr(stream), 0, data as *mut c_void)
+            f(crate::types::hptr(stream), 0, data as *mut c_void);
         },
         Op::Record { event, generation } => event.complete(generation),
         Op::Wait { stream, seq } => stream.wait_for(seq),
@@ -370,11 +370,13 @@ pub fn per_thread(p: &Process, ctx: &Context) -> Arc<Stream> {
 
 /// Forgets the calling thread's per-thread stream of a destroyed context.
 pub fn forget_per_thread(ctx: u64) {
-    let _ = PER_THREAD.try_with(|t| {
-        if let Ok(mut t) = t.try_borrow_mut() {
-            t.streams.remove(&ctx);
-        }
-    });
+    PER_THREAD
+        .try_with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.streams.remove(&ctx);
+            }
+        })
+        .ok();
 }
 
 /// Resolves a `CUstream` argument: NULL is the legacy stream (or the per-thread stream for

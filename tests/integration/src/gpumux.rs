@@ -139,7 +139,7 @@ impl Gpumux {
             .open(self.dir.path().join("gpumuxd.log"))
             .expect("daemon log");
         let control = self.state_dir.join("gpumuxd.sock");
-        let _ = std::fs::remove_file(&control);
+        std::fs::remove_file(&control).ok();
         let mut cmd = self.command(artifact("gpumuxd"));
         cmd.envs(self.daemon_env.iter().map(|(k, v)| (k, v)));
         if let Some(limit) = self.daemon_fd_limit {
@@ -177,8 +177,8 @@ impl Gpumux {
     /// SIGKILLs the daemon (no cleanup on its side).
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill().ok();
+            c.wait().ok();
         }
     }
 
@@ -354,8 +354,8 @@ impl Drop for Gpumux {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill().ok();
+            c.wait().ok();
         }
     }
 }

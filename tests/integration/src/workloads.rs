@@ -210,12 +210,12 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let mut err = child.stderr.take().context("stderr")?;
     let t_out = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
+        out.read_to_string(&mut s).ok();
         s
     });
     let t_err = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
+        err.read_to_string(&mut s).ok();
         s
     });
     let deadline = Instant::now() + timeout;
@@ -224,8 +224,8 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             break st;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill().ok();
+            child.wait().ok();
             let stdout = t_out.join().unwrap_or_default();
             let stderr = t_err.join().unwrap_or_default();
             bail!("{cmd:?} timed out after {timeout:?}\nstdout: {stdout}\nstderr: {stderr}");
@@ -311,8 +311,8 @@ impl Running {
 
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 
     /// Waits for the process to exit (up to `timeout`) and returns its status and every line.

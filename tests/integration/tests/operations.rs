@@ -62,8 +62,7 @@ fn editing_a_tenant_file_changes_running_processes_limits() {
     assert_eq!(
         i(lines.named("alloc", "y"), "result"),
         CUDA_SUCCESS,
-        "raised to 2 GiB: {:?}",
-        lines
+        "raised to 2 GiB: {lines:?}"
     );
     assert_eq!(
         i(lines.named("alloc", "z"), "result"),
@@ -297,10 +296,7 @@ fn metrics_and_status_report_what_happens() {
             "gpumux_memory_used_bytes{{tenant=\"a\",device=\"0\"}} {}",
             300 * MIB
         ),
-        format!(
-            "gpumux_memory_limit_bytes{{tenant=\"a\",device=\"0\"}} {}",
-            GIB
-        ),
+        format!("gpumux_memory_limit_bytes{{tenant=\"a\",device=\"0\"}} {GIB}"),
         "gpumux_allocations_refused_total{tenant=\"a\",device=\"0\"} 1".to_string(),
         "gpumux_tenant_processes{tenant=\"a\"} 1".to_string(),
         "gpumux_tenant_weight{tenant=\"a\"} 4".to_string(),
