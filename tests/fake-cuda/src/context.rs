@@ -145,14 +145,24 @@ thread_local! {
     static STACK: RefCell<(u64, Vec<u64>)> = const { RefCell::new((0, Vec::new())) };
 }
 
+/// Runs `f` on the calling thread's context stack. After the thread's stack was destroyed (a
+/// thread-exit destructor that runs later, such as a C++ `thread_local` releasing the primary
+/// context at process exit, as cuda.core does), the thread has no current context: `f` gets an
+/// empty stack, and a driver never panics at exit.
 fn with_stack<R>(p: &Process, f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
-    STACK.with(|s| {
+    let mut f = Some(f);
+    let r = STACK.try_with(|s| {
         let mut s = s.borrow_mut();
         if s.0 != p.generation {
             *s = (p.generation, Vec::new());
         }
-        f(&mut s.1)
-    })
+        f.take().map(|f| f(&mut s.1))
+    });
+    match (r, f) {
+        (Ok(Some(r)), _) => r,
+        (_, Some(f)) => f(&mut Vec::new()),
+        (_, None) => unreachable!("the stack closure ran but returned nothing"),
+    }
 }
 
 /// The current context's handle (0 if none).

@@ -130,8 +130,9 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
 
 /*
  * Every entry point used, by the name the runtime asks for. Asked at 12090 the driver
- * hands back the newest ABI of each name (cuMemAlloc -> cuMemAlloc_v2, ...); the
- * prototypes below are those ABIs.
+ * hands back the newest ABI of each name it has (cuMemAlloc -> cuMemAlloc_v2, ...); the
+ * prototypes below are those of a CUDA 12.4 driver (NVIDIA's 550, which the fake answers
+ * like): cuCtxCreate is cuCtxCreate_v3 there (_v4 arrived with 12.5).
  */
 #define DRIVER_FUNCS(X)                                                                        \
     X(cuInit, (unsigned int flags))                                                            \
@@ -145,7 +146,8 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
     X(cuDevicePrimaryCtxRelease, (CUdevice dev))                                               \
     X(cuDevicePrimaryCtxReset, (CUdevice dev))                                                 \
     X(cuCtxSetCurrent, (CUcontext ctx))                                                        \
-    X(cuCtxCreate, (CUcontext * ctx, void *params, unsigned int flags, CUdevice dev))          \
+    X(cuCtxCreate, (CUcontext * ctx, void *affinity, int n_affinity, unsigned int flags,      \
+                    CUdevice dev))                                                             \
     X(cuCtxSynchronize, (void))                                                                \
     X(cuMemGetInfo, (size_t * free_bytes, size_t * total_bytes))                               \
     X(cuMemAlloc, (CUdeviceptr * dptr, size_t bytes))                                          \
@@ -1065,7 +1067,7 @@ static int cmd_load(int argc, char **argv) {
     if (own_context) {
         /* A context of its own (cuCtxCreate), not the device's primary context. */
         CUcontext ctx = NULL;
-        r = CU(cuCtxCreate, &ctx, NULL, 0, (CUdevice)dev);
+        r = CU(cuCtxCreate, &ctx, NULL, 0, 0, (CUdevice)dev);
         if (r == CUDA_SUCCESS) current_device = (int)dev;
     } else {
         r = use_device((int)dev);
