@@ -174,7 +174,9 @@ mod tests {
 
     fn memfd(len: usize) -> OwnedFd {
         // SAFETY: memfd_create with a valid name; the fd is owned here.
-        let fd = unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"g".as_ptr(), 0)) };
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(libc::memfd_create(c"g".as_ptr(), libc::MFD_ALLOW_SEALING))
+        };
         // SAFETY: sizing our own memfd.
         let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
         assert_eq!(rc, 0);
@@ -215,6 +217,32 @@ mod tests {
         assert_eq!(guard.take_damage(), None);
         word.store(9, Relaxed);
         assert_eq!(word.load(Relaxed), 9);
+        drop(guard);
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p as *mut libc::c_void, len) };
+    }
+
+    #[test]
+    fn a_mapping_that_cannot_be_restored_is_detached_not_fatal() {
+        install().unwrap();
+        let len = 2 * 4096;
+        let fd = memfd(len);
+        let p = map(&fd, len);
+        let guard = Guard::new(p, len, fd.as_raw_fd()).expect("a free slot");
+        // SAFETY: in bounds of the mapping; u64-aligned.
+        let word = unsafe { &*(p.add(4096) as *const AtomicU64) };
+        word.store(5, Relaxed);
+        // Shrunk, then sealed against growing: the file can no longer be restored.
+        // SAFETY: truncating and sealing our own memfd.
+        let rc = unsafe {
+            libc::ftruncate(fd.as_raw_fd(), 0)
+                | libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_GROW)
+        };
+        assert_eq!(rc, 0);
+        assert_eq!(word.load(Relaxed), 0, "detached: private zero pages");
+        assert_eq!(guard.take_damage(), Some(DETACHED));
+        word.store(6, Relaxed);
+        assert_eq!(word.load(Relaxed), 6);
         drop(guard);
         // SAFETY: unmapping our own mapping.
         unsafe { libc::munmap(p as *mut libc::c_void, len) };

@@ -252,7 +252,20 @@ fn a_full_file_system_is_a_registration_error_not_a_crash() {
         other => panic!("registration on a full file system answered {other:?}"),
     }
     Client::register(&g.socket("a")).expect("the existing tenant still registers");
-    // Space comes back: so does the tenant.
+    // Truncated while the file system is full: what the truncation freed is reserved again.
+    let r = Client::register(&g.socket("a")).unwrap();
+    // SAFETY: truncating a descriptor this process owns (what a hostile tenant does).
+    let rc = unsafe { libc::ftruncate(r.accounting_fd.as_raw_fd(), 0) };
+    assert_eq!(rc, 0);
+    wait_until(
+        Duration::from_secs(5),
+        || g.log().contains("damaged its accounting file"),
+        || format!("the truncation was not repaired; log:\n{}", g.log()),
+    );
+    alive_and_answering(&mut g);
+    drop(r);
+    Client::register(&g.socket("a")).expect("the repaired tenant registers");
+    // Space comes back: so do the tenants.
     std::fs::remove_file(&fill).unwrap();
     Client::register(&g.socket("b")).expect("registers once there is space");
     alive_and_answering(&mut g);
