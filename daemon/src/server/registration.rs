@@ -380,6 +380,11 @@ impl Daemon {
         }
         if !conn.demands.allow(Instant::now()) {
             conn.dropped_demands += 1;
+            // A flood costs a counter per message; the (rate-limited) warning is considered at
+            // the 1st, 2nd, 4th, 8th, ... dropped demand only.
+            if !conn.dropped_demands.is_power_of_two() {
+                return;
+            }
             let (tenant, pid, dropped) = (conn.tenant.clone(), conn.pid, conn.dropped_demands);
             return self.warn_limited(
                 &tenant,

@@ -114,3 +114,66 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
+
+/// A registered raw client standing in for a process that launches on device 0: it can want
+/// the slice (counts a waiting thread and sends `Demand`, as the shim's gate does) and answers
+/// revocations at once (as the shim's watcher does).
+pub struct SliceUser(pub Registered);
+
+impl SliceUser {
+    fn want(&self, on: bool) {
+        self.0.accounting.devices[0]
+            .waiting
+            .store(u32::from(on), std::sync::atomic::Ordering::SeqCst);
+        if on {
+            // A full socket buffer only delays the demand: the counter is what counts.
+            let _delayed = self.0.client.send(&ClientMsg::Demand { device: 0 });
+        }
+    }
+
+    fn granted(&self) -> bool {
+        self.0.control.devices[0]
+            .slice
+            .load(std::sync::atomic::Ordering::SeqCst)
+            & gpumux_common::shm::SLICE_GRANTED
+            != 0
+    }
+
+    /// Answers pending revocations with `Drained`.
+    fn serve(&self) {
+        let mut buf = [0u8; MAX_MESSAGE];
+        while let Ok((n, _)) = sock::recv(self.0.client.fd.as_fd(), &mut buf, libc::MSG_DONTWAIT) {
+            if n == 0 {
+                return;
+            }
+            if let Ok(ServerMsg::Revoke { device, epoch }) = ServerMsg::decode(&buf[..n]) {
+                self.want(false);
+                let _closed = self.0.client.send(&ClientMsg::Drained { device, epoch });
+            }
+        }
+    }
+}
+
+/// Median time for `a` to get device 0's slice away from `b` and back (each wants in turn,
+/// `rounds` times): what the daemon's loop adds to a hand-over shows in it.
+pub fn slice_handover_latency(a: &SliceUser, b: &SliceUser, rounds: usize) -> Result<f64> {
+    let mut times = Vec::new();
+    for k in 0..rounds * 2 {
+        let (x, y) = if k % 2 == 0 { (a, b) } else { (b, a) };
+        std::thread::sleep(Duration::from_millis(20));
+        let t = std::time::Instant::now();
+        x.want(true);
+        while !x.granted() {
+            y.serve();
+            x.serve();
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("no slice hand-over in 10 s");
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        times.push(t.elapsed().as_secs_f64());
+        x.want(false);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

@@ -7,7 +7,9 @@
 use gpumux_common::protocol::ClientMsg;
 use gpumux_common::shm::AccountingSegment;
 use gpumux_common::shm::Segment;
-use gpumux_integration::client::{Client, cpu_seconds, registration_latency};
+use gpumux_integration::client::{
+    Client, SliceUser, cpu_seconds, registration_latency, slice_handover_latency,
+};
 use gpumux_integration::gpumux::{Backend, Gpumux, wait_until};
 use gpumux_integration::workloads::{
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, bind_race_lib, c_workload, i, run,
@@ -275,7 +277,15 @@ fn a_full_file_system_is_a_registration_error_not_a_crash() {
 #[test]
 fn a_tenant_holding_its_lock_delays_no_one() {
     let _serial = exclusive();
-    let mut g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB), ("b", ONE_GIB)]);
+    let mut g = Gpumux::start(
+        &[16 * GIB],
+        &[("a", ONE_GIB), ("b", ONE_GIB), ("c", ONE_GIB)],
+    );
+    let (b, c) = (
+        SliceUser(Client::register(&g.socket("b")).unwrap()),
+        SliceUser(Client::register(&g.socket("c")).unwrap()),
+    );
+    let slicing_before = slice_handover_latency(&b, &c, 12).unwrap();
     let baseline = spread_latency(&g, "b");
     let holder = Client::register(&g.socket("a")).unwrap();
     let guard = holder.accounting.lock.lock().unwrap();
@@ -284,10 +294,19 @@ fn a_tenant_holding_its_lock_delays_no_one() {
         drop(Client::register(&g.socket("a")).unwrap());
     }
     let during = spread_latency(&g, "b");
+    let slicing_during = slice_handover_latency(&b, &c, 12).unwrap();
     eprintln!(
-        "registration: {:.1} ms before, {:.1} ms while a tenant holds its lock",
+        "registration: {:.1} ms before, {:.1} ms while a tenant holds its lock; \
+         slice hand-over: {:.1} ms before, {:.1} ms",
         baseline * 1e3,
-        during * 1e3
+        during * 1e3,
+        slicing_before * 1e3,
+        slicing_during * 1e3
+    );
+    assert!(
+        slicing_during - slicing_before < 0.010,
+        "a slice hand-over took {:.1} ms more while another tenant held its lock",
+        (slicing_during - slicing_before) * 1e3
     );
     assert!(
         during - baseline < 0.010,
@@ -468,11 +487,19 @@ fn a_socket_swapped_for_a_symlink_redirects_nothing() {
 #[test]
 fn floods_are_rate_limited_and_logged_once_per_interval() {
     let _serial = exclusive();
-    let mut g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB), ("b", ONE_GIB)]);
+    let mut g = Gpumux::start(
+        &[16 * GIB],
+        &[("a", ONE_GIB), ("b", ONE_GIB), ("c", ONE_GIB)],
+    );
+    let (b, c) = (
+        SliceUser(Client::register(&g.socket("b")).unwrap()),
+        SliceUser(Client::register(&g.socket("c")).unwrap()),
+    );
+    let slicing_before = slice_handover_latency(&b, &c, 12).unwrap();
     let baseline = spread_latency(&g, "b");
     let flooder = Client::register(&g.socket("a")).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let during = std::thread::scope(|s| {
+    let (during, slicing_during) = std::thread::scope(|s| {
         s.spawn(|| {
             let msg = ClientMsg::Demand { device: 0 }.encode();
             while !stop.load(Relaxed) {
@@ -485,13 +512,21 @@ fn floods_are_rate_limited_and_logged_once_per_interval() {
         });
         std::thread::sleep(Duration::from_millis(300));
         let during = spread_latency(&g, "b");
+        let slicing = slice_handover_latency(&b, &c, 12).unwrap();
         stop.store(true, Relaxed);
-        during
+        (during, slicing)
     });
     eprintln!(
-        "registration: {:.1} ms before, {:.1} ms during a demand flood",
+        "registration: {:.1} ms before, {:.1} ms during a demand flood; slice hand-over: {:.1} ms before, {:.1} ms",
         baseline * 1e3,
-        during * 1e3
+        during * 1e3,
+        slicing_before * 1e3,
+        slicing_during * 1e3
+    );
+    assert!(
+        slicing_during - slicing_before < 0.010,
+        "a demand flood added {:.1} ms to other tenants' slice hand-over",
+        (slicing_during - slicing_before) * 1e3
     );
     assert!(
         during - baseline < 0.010,
