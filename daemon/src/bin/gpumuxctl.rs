@@ -312,11 +312,17 @@ fn render_status(r: &StatusReport) -> String {
     )
     .ok();
     for t in &r.tenants {
+        // A removed tenant's processes are still shown (held at weight 1, no new memory).
+        let name = if t.removed {
+            format!("{} (removed)", t.name)
+        } else {
+            t.name.clone()
+        };
         for d in &t.devices {
             writeln!(
                 s,
                 "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
-                t.name,
+                name,
                 d.index,
                 t.weight,
                 t.processes.len(),
