@@ -47,6 +47,8 @@ static SLOTS_TABLE: [Slot; SLOTS] = [const {
 }; SLOTS];
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Set by the handler when it flagged a mapping: the loop's check is one load.
+static DAMAGE_PENDING: AtomicBool = AtomicBool::new(false);
 
 /// Installs the SIGBUS handler (once per process).
 pub fn install() -> io::Result<()> {
@@ -105,11 +107,10 @@ impl Guard {
         }
     }
 
-    /// Whether any guarded mapping has damage to repair (one load per slot in use).
+    /// Whether the handler flagged a mapping since the last call (then check every guard
+    /// with [`Guard::take_damage`]).
     pub fn any_damage() -> bool {
-        SLOTS_TABLE
-            .iter()
-            .any(|s| s.start.load(Relaxed) != 0 && s.damage.load(Acquire) != CLEAN)
+        DAMAGE_PENDING.swap(false, AcqRel)
     }
 }
 
@@ -140,6 +141,7 @@ extern "C" fn handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
             };
             if restored {
                 s.damage.store(RESTORED, Release);
+                DAMAGE_PENDING.store(true, Release);
                 return;
             }
         }
@@ -157,6 +159,7 @@ extern "C" fn handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
         };
         if p != libc::MAP_FAILED {
             s.damage.store(DETACHED, Release);
+            DAMAGE_PENDING.store(true, Release);
             return;
         }
         break;

@@ -143,13 +143,13 @@ impl Daemon {
                         let msg = ServerMsg::Revoke {
                             device: dev as u32,
                             epoch,
-                        }
-                        .encode();
+                        };
                         for (id, c) in &self.conns {
                             let responsive = c.slot.is_some_and(|s| !t.stalled.contains(&s));
+                            // In the protocol version the process speaks.
                             if c.tenant == tenant
                                 && responsive
-                                && sock::send(c.fd.as_fd(), &msg, &[]).is_ok()
+                                && sock::send(c.fd.as_fd(), &msg.encode_for(c.version), &[]).is_ok()
                             {
                                 pending.insert(*id);
                             }
