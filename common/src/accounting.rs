@@ -6,13 +6,20 @@
 //! exactly what a dead process held, and so that a process killed between the two stores is
 //! repaired by the next locker (`owner_died` → totals recomputed from the slots).
 //!
+//! A tenant's footprint is more than its allocations: each process also holds device memory
+//! no allocation call returns (contexts, modules). Per process and device the slot records
+//! three amounts, all counted against the limit: `used` (allocations, charged by the shim),
+//! `overhead` (what the daemon last measured beyond the allocations, [`set_overhead`]) and
+//! `reserved` (the shim's estimate for a context it is about to create, [`reserve`], until a
+//! measurement settles it).
+//!
 //! The segment is writable by every process of the tenant, so whatever is read from it is
 //! untrusted: sums saturate, nothing here can overflow or index out of bounds whatever the
-//! tenant wrote, and the daemon's side never waits for the lock ([`reclaim_slot`], [`audit`]
-//! only try it: a tenant process can hold it as long as it likes).
+//! tenant wrote, and the daemon's side never waits for the lock ([`reclaim_slot`], [`audit`],
+//! [`set_overhead`] only try it: a tenant process can hold it as long as it likes).
 
 use crate::shm::{AccountingSegment, ControlSegment, MAX_DEVICES, MAX_PROCESSES};
-use crate::shm_mutex::LockError;
+use crate::shm_mutex::{LockError, ShmMutexGuard};
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use thiserror::Error;
 
@@ -43,6 +50,29 @@ pub fn charge(
     device: usize,
     bytes: u64,
 ) -> Result<(), ChargeError> {
+    charge_into(ctl, acct, slot, device, bytes, false)
+}
+
+/// Reserves `bytes` on `device` for a context the process in `slot` is about to create (an
+/// estimate of the context's own memory), or refuses like [`charge`] without reserving.
+pub fn reserve(
+    ctl: &ControlSegment,
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+) -> Result<(), ChargeError> {
+    charge_into(ctl, acct, slot, device, bytes, true)
+}
+
+fn charge_into(
+    ctl: &ControlSegment,
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+    reservation: bool,
+) -> Result<(), ChargeError> {
     if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
         return Err(ChargeError::OutOfRange { device, slot });
     }
@@ -61,7 +91,13 @@ pub fn charge(
     match used.checked_add(bytes) {
         Some(new) if new <= limit => {
             dev.used.store(new, Relaxed);
-            let p = &acct.processes[slot].used[device];
+            let p = if reservation {
+                dev.overhead
+                    .store(dev.overhead.load(Relaxed).saturating_add(bytes), Relaxed);
+                &acct.processes[slot].reserved[device]
+            } else {
+                &acct.processes[slot].used[device]
+            };
             p.store(p.load(Relaxed).saturating_add(bytes), Relaxed);
             if new > dev.peak.load(Relaxed) {
                 dev.peak.store(new, Relaxed);
@@ -87,13 +123,7 @@ pub fn uncharge(
     device: usize,
     bytes: u64,
 ) -> Result<(), ChargeError> {
-    if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
-        return Err(ChargeError::OutOfRange { device, slot });
-    }
-    let guard = acct.lock.lock()?;
-    if guard.owner_died {
-        repair_locked(acct);
-    }
+    let _guard = lock_for(acct, slot, device, Waiting::Yes)?;
     let p = &acct.processes[slot].used[device];
     let give = bytes.min(p.load(Relaxed));
     p.store(p.load(Relaxed) - give, Relaxed);
@@ -103,9 +133,127 @@ pub fn uncharge(
     Ok(())
 }
 
+/// Gives back up to `bytes` of the reservation of the process in `slot` on `device` (the
+/// context it was for was not created).
+pub fn unreserve(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+) -> Result<(), ChargeError> {
+    settle(acct, slot, device, bytes, false)
+}
+
+/// Turns up to `bytes` of the reservation of the process in `slot` on `device` into measured
+/// overhead: the context exists but no measurement will settle the reservation (the daemon is
+/// away); the next measurement replaces it with the truth.
+pub fn reservation_to_overhead(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+) -> Result<(), ChargeError> {
+    settle(acct, slot, device, bytes, true)
+}
+
+fn settle(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+    keep_as_overhead: bool,
+) -> Result<(), ChargeError> {
+    let _guard = lock_for(acct, slot, device, Waiting::Yes)?;
+    let p = &acct.processes[slot];
+    let take = bytes.min(p.reserved[device].load(Relaxed));
+    p.reserved[device].store(p.reserved[device].load(Relaxed) - take, Relaxed);
+    if keep_as_overhead {
+        p.overhead[device].store(
+            p.overhead[device].load(Relaxed).saturating_add(take),
+            Relaxed,
+        );
+    } else {
+        let dev = &acct.devices[device];
+        dev.used
+            .store(dev.used.load(Relaxed).saturating_sub(take), Relaxed);
+        dev.overhead
+            .store(dev.overhead.load(Relaxed).saturating_sub(take), Relaxed);
+    }
+    Ok(())
+}
+
+/// Records a measurement of the process in `slot` on `device`: its overhead becomes
+/// `measured`, and up to `settle` bytes of its reservation are released (the reservation was
+/// for a context this measurement includes). No limit check: the memory is held already; a
+/// tenant pushed over its limit gets no new memory until it is back under. Returns the
+/// overhead recorded before.
+pub fn set_overhead(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    measured: u64,
+    settle: u64,
+) -> Result<u64, ChargeError> {
+    let _guard = lock_for(acct, slot, device, Waiting::No)?;
+    let p = &acct.processes[slot];
+    let old = p.overhead[device].swap(measured, Relaxed);
+    let take = settle.min(p.reserved[device].load(Relaxed));
+    p.reserved[device].store(p.reserved[device].load(Relaxed) - take, Relaxed);
+    let dev = &acct.devices[device];
+    let adjust = |a: &std::sync::atomic::AtomicU64| {
+        a.store(
+            (a.load(Relaxed).saturating_add(measured)).saturating_sub(old.saturating_add(take)),
+            Relaxed,
+        );
+    };
+    adjust(&dev.used);
+    adjust(&dev.overhead);
+    let used = dev.used.load(Relaxed);
+    if used > dev.peak.load(Relaxed) {
+        dev.peak.store(used, Relaxed);
+    }
+    Ok(old)
+}
+
+/// Whether taking the lock may wait: tenant processes wait, the daemon never does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Yes,
+    No,
+}
+
+/// Checks `slot` and `device`, then takes the segment's lock (or only tries, `Waiting::No`:
+/// `Lock(Busy)` when a tenant process holds it), repairing the totals if its last owner died
+/// holding it.
+fn lock_for(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    waiting: Waiting,
+) -> Result<ShmMutexGuard<'_>, ChargeError> {
+    if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
+        return Err(ChargeError::OutOfRange { device, slot });
+    }
+    let guard = match waiting {
+        Waiting::No => acct.lock.try_lock()?,
+        Waiting::Yes => acct.lock.lock()?,
+    };
+    if guard.owner_died {
+        repair_locked(acct);
+    }
+    Ok(guard)
+}
+
+/// Whether the tenant's footprint on `device` exceeds its limit.
+pub fn over_limit(ctl: &ControlSegment, acct: &AccountingSegment, device: usize) -> bool {
+    device < MAX_DEVICES
+        && acct.devices[device].used.load(Acquire) > ctl.devices[device].memory_limit.load(Acquire)
+}
+
 /// Returns everything the process in `slot` holds and frees the slot (daemon side, when a
-/// process's registration ends). Returns the bytes given back per device, or
-/// `Lock(Busy)` without waiting when a tenant process holds the lock (try again later).
+/// process's registration ends). Returns the bytes given back per device (allocations,
+/// overhead and reservations), or `Lock(Busy)` without waiting when a tenant process holds
+/// the lock (try again later).
 pub fn reclaim_slot(
     acct: &AccountingSegment,
     slot: usize,
@@ -120,31 +268,44 @@ pub fn reclaim_slot(
     let mut returned = [0u64; MAX_DEVICES];
     let proc_slot = &acct.processes[slot];
     for (d, ret) in returned.iter_mut().enumerate() {
-        let held = proc_slot.used[d].swap(0, Relaxed);
+        let beyond = proc_slot.overhead[d]
+            .swap(0, Relaxed)
+            .saturating_add(proc_slot.reserved[d].swap(0, Relaxed));
+        let held = proc_slot.used[d].swap(0, Relaxed).saturating_add(beyond);
         let dev = &acct.devices[d];
         dev.used
             .store(dev.used.load(Relaxed).saturating_sub(held), Relaxed);
+        dev.overhead
+            .store(dev.overhead.load(Relaxed).saturating_sub(beyond), Relaxed);
         *ret = held;
     }
     proc_slot.pid.store(0, Relaxed);
     Ok(returned)
 }
 
-/// What the process slots of `acct` hold on device `d`, summed (saturating: the slots are
-/// tenant-written).
-fn slots_total(acct: &AccountingSegment, d: usize) -> u64 {
-    acct.processes
-        .iter()
-        .map(|p| p.used[d].load(Relaxed))
-        .fold(0u64, u64::saturating_add)
-}
-
 /// Recomputes tenant totals from the process slots (the slots are the record of truth).
 /// Caller holds the lock.
 fn repair_locked(acct: &AccountingSegment) {
     for d in 0..MAX_DEVICES {
-        acct.devices[d].used.store(slots_total(acct, d), Relaxed);
+        let (used, overhead) = sums(acct, d);
+        acct.devices[d].used.store(used, Relaxed);
+        acct.devices[d].overhead.store(overhead, Relaxed);
     }
+}
+
+/// `(footprint, overhead)` of `device` summed over the process slots.
+fn sums(acct: &AccountingSegment, d: usize) -> (u64, u64) {
+    // Tenant-written: saturating, whatever is in the slots.
+    acct.processes.iter().fold((0u64, 0u64), |(u, o), p| {
+        let beyond = p.overhead[d]
+            .load(Relaxed)
+            .saturating_add(p.reserved[d].load(Relaxed));
+        (
+            u.saturating_add(p.used[d].load(Relaxed))
+                .saturating_add(beyond),
+            o.saturating_add(beyond),
+        )
+    })
 }
 
 /// Verifies and, if needed, repairs the totals (daemon side, e.g. after adopting a segment).
@@ -152,8 +313,13 @@ fn repair_locked(acct: &AccountingSegment) {
 /// when a tenant process holds the lock.
 pub fn audit(acct: &AccountingSegment) -> Result<bool, ChargeError> {
     let _guard = acct.lock.try_lock()?;
-    let drift =
-        (0..MAX_DEVICES).any(|d| slots_total(acct, d) != acct.devices[d].used.load(Relaxed));
+    let drift = (0..MAX_DEVICES).any(|d| {
+        sums(acct, d)
+            != (
+                acct.devices[d].used.load(Relaxed),
+                acct.devices[d].overhead.load(Relaxed),
+            )
+    });
     if drift {
         repair_locked(acct);
     }
@@ -231,21 +397,67 @@ mod tests {
     }
 
     #[test]
+    fn overhead_counts_against_the_limit() {
+        let (ctl, acct) = segments(1000);
+        charge(&ctl, &acct, 0, 0, 100).unwrap();
+        // A reservation is limit-checked like an allocation.
+        reserve(&ctl, &acct, 0, 0, 300).unwrap();
+        assert!(matches!(
+            reserve(&ctl, &acct, 1, 0, 700),
+            Err(ChargeError::OverLimit { used: 400, .. })
+        ));
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 300);
+        // The measurement replaces the estimate: 250 measured, the 300 reserved settled.
+        assert_eq!(set_overhead(&acct, 0, 0, 250, 300).unwrap(), 0);
+        assert_eq!(acct.devices[0].used.load(Relaxed), 350);
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 250);
+        assert_eq!(acct.processes[0].reserved[0].load(Relaxed), 0);
+        // Allocations stop where allocations + overhead reach the limit.
+        charge(&ctl, &acct, 1, 0, 650).unwrap();
+        assert!(charge(&ctl, &acct, 1, 0, 1).is_err());
+        assert!(!over_limit(&ctl, &acct, 0));
+        // A measurement may push the tenant over (the memory is held already).
+        set_overhead(&acct, 0, 0, 400, 0).unwrap();
+        assert!(over_limit(&ctl, &acct, 0));
+        assert_eq!(acct.devices[0].peak.load(Relaxed), 1150);
+        assert!(!audit(&acct).unwrap());
+        // A reservation given back, or kept as overhead.
+        set_overhead(&acct, 0, 0, 0, 0).unwrap();
+        reserve(&ctl, &acct, 2, 0, 200).unwrap();
+        unreserve(&acct, 2, 0, 500).unwrap();
+        assert_eq!(acct.devices[0].used.load(Relaxed), 750);
+        reserve(&ctl, &acct, 2, 0, 200).unwrap();
+        reservation_to_overhead(&acct, 2, 0, u64::MAX).unwrap();
+        assert_eq!(acct.processes[2].overhead[0].load(Relaxed), 200);
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 200);
+        assert!(!audit(&acct).unwrap());
+        // Reclaim returns allocations, overhead and reservations.
+        reserve(&ctl, &acct, 2, 0, 10).unwrap();
+        assert_eq!(reclaim_slot(&acct, 2).unwrap()[0], 210);
+        assert_eq!(acct.devices[0].used.load(Relaxed), 750);
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 0);
+        // Repair recomputes both totals from the slots.
+        acct.devices[0].overhead.store(5, Relaxed);
+        assert!(audit(&acct).unwrap());
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 0);
+    }
+
+    #[test]
     fn tenant_written_garbage_never_overflows() {
         let (ctl, acct) = segments(u64::MAX);
         for p in acct.processes.iter().take(4) {
             p.used[0].store(u64::MAX - 1, Relaxed);
+            p.overhead[0].store(u64::MAX - 1, Relaxed);
+            p.reserved[0].store(u64::MAX - 1, Relaxed);
         }
         acct.devices[0].used.store(3, Relaxed);
         assert!(audit(&acct).unwrap(), "drift repaired");
         assert_eq!(acct.devices[0].used.load(Relaxed), u64::MAX);
-        assert!(
-            charge(&ctl, &acct, 0, 0, 10).is_err(),
-            "nothing fits above u64::MAX"
-        );
+        charge(&ctl, &acct, 0, 0, 10).unwrap_err();
         acct.devices[0].used.store(0, Relaxed);
         charge(&ctl, &acct, 0, 0, 10).unwrap();
         assert_eq!(acct.processes[0].used[0].load(Relaxed), u64::MAX);
+        set_overhead(&acct, 0, 0, u64::MAX, u64::MAX).unwrap();
         assert_eq!(reclaim_slot(&acct, 0).unwrap()[0], u64::MAX);
     }
 
@@ -255,11 +467,13 @@ mod tests {
         let held = acct.lock.lock().unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
+                let busy = Err(ChargeError::Lock(LockError::Busy));
+                assert_eq!(reclaim_slot(&acct, 0), busy);
+                assert_eq!(audit(&acct), Err(ChargeError::Lock(LockError::Busy)));
                 assert_eq!(
-                    reclaim_slot(&acct, 0),
+                    set_overhead(&acct, 0, 0, 1, 0),
                     Err(ChargeError::Lock(LockError::Busy))
                 );
-                assert_eq!(audit(&acct), Err(ChargeError::Lock(LockError::Busy)));
             });
         });
         drop(held);

@@ -28,9 +28,13 @@
 use thiserror::Error;
 
 /// The protocol version this build speaks (bumped by every message or field added).
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The oldest shim protocol a daemon of this build still serves.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `Footprint` and `Measured` (with shared-segment layout 2).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest shim protocol a daemon of this build still serves. Raised only when an older
+/// shim cannot work with this daemon at all: a change of `shm::LAYOUT_VERSION` (version 2
+/// came with layout 2, which a version-1 shim cannot map).
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// No message is larger than this.
 pub const MAX_MESSAGE: usize = 1024;
 
@@ -224,6 +228,12 @@ wire_messages! {
         /// accounting `slot` back. Answered like `Hello`; a `Refused` answer means the process
         /// must stop using the GPU.
         Reattach = REATTACH: 4 { protocol: u32, pid: u32, slot: u32 },
+        /// The process's footprint on `device` changed beyond its allocations (a context
+        /// created or destroyed, a module loaded or unloaded): measure it. `reserved` bytes of
+        /// the slot's reservation were for a context that now exists (settle them with the
+        /// measurement). `seq != 0` (only after creating a context): answer `Measured` with it
+        /// once the measurement is recorded; the growth it measures is what a context takes.
+        Footprint = FOOTPRINT: 5 since 2 { device: u32, reserved: u64, seq: u32 },
     }
 }
 
@@ -236,6 +246,9 @@ wire_messages! {
         Refused = REFUSED: 102 { reason: String },
         /// The tenant's slice on `device` ends: stop issuing work, drain, answer `Drained`.
         Revoke = REVOKE: 103 { device: u32, epoch: u32 },
+        /// The footprint asked for by `Footprint { seq, .. }` was measured and recorded in the
+        /// accounting segment (or could not be measured: the reservation then stands).
+        Measured = MEASURED: 104 since 2 { device: u32, seq: u32 },
     }
 }
 
@@ -304,6 +317,11 @@ mod tests {
                 device: 1,
                 epoch: 9,
             },
+            ClientMsg::Footprint {
+                device: 2,
+                reserved: 300 << 20,
+                seq: 7,
+            },
         ] {
             assert_eq!(ClientMsg::decode(&m.encode()), Ok(m));
         }
@@ -320,6 +338,7 @@ mod tests {
                 device: 0,
                 epoch: 4,
             },
+            ServerMsg::Measured { device: 3, seq: 9 },
         ] {
             assert_eq!(ServerMsg::decode(&m.encode()), Ok(m));
         }
@@ -332,9 +351,11 @@ mod tests {
             ClientMsg::DEMAND,
             ClientMsg::DRAINED,
             ClientMsg::REATTACH,
+            ClientMsg::FOOTPRINT,
             ServerMsg::WELCOME,
             ServerMsg::REFUSED,
             ServerMsg::REVOKE,
+            ServerMsg::MEASURED,
         ];
         let unique: std::collections::BTreeSet<_> = tags.iter().collect();
         assert_eq!(unique.len(), tags.len());

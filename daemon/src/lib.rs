@@ -7,6 +7,8 @@
 //! - [`sigbus`]: survives a tenant truncating a file the daemon has mapped.
 //! - [`ratelimit`]: per-connection demand limits and rate-limited warnings.
 //! - [`scheduler`]: weighted, work-conserving time-slicing of one device (pure logic).
+//! - [`footprint`]: processes' memory beyond their allocations and unmanaged processes, from
+//!   NVML readings (pure logic).
 //! - [`server`]: the event loop: tenant sockets, process lifetimes, quota files, control socket.
 //! - [`metrics`]: Prometheus text exposition of the status, served over HTTP.
 //! - [`status`]: the status report and control requests (one schema for daemon and CLI).
@@ -15,6 +17,7 @@
 
 pub mod cdi;
 pub mod devices;
+pub mod footprint;
 pub mod metrics;
 pub mod notify;
 pub mod procfs;

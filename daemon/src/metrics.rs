@@ -86,12 +86,18 @@ pub fn render(r: &StatusReport) -> String {
         );
     }
     type Get = fn(&status::TenantDeviceStatus) -> f64;
-    let per_device: [(&str, &str, &str, Get); 8] = [
+    let per_device: [(&str, &str, &str, Get); 9] = [
         (
             "gpumux_memory_used_bytes",
             "gauge",
-            "Device memory charged to the tenant.",
+            "Device memory charged to the tenant: allocations plus overhead.",
             |d| d.memory_used as f64,
+        ),
+        (
+            "gpumux_tenant_memory_overhead_bytes",
+            "gauge",
+            "Device memory the tenant's processes hold beyond their allocations (contexts, modules), as NVML reports it.",
+            |d| d.memory_overhead as f64,
         ),
         (
             "gpumux_memory_limit_bytes",
@@ -148,6 +154,22 @@ pub fn render(r: &StatusReport) -> String {
             }
         }
     }
+    f.header(
+        "gpumux_unmanaged_process_memory_bytes",
+        "gauge",
+        "Device memory of a process that uses the GPU without gpumux (tenant \"unknown\" unless it shares a tenant's cgroup).",
+    );
+    for u in &r.unmanaged {
+        f.sample(
+            "gpumux_unmanaged_process_memory_bytes",
+            &[
+                ("device", &u.device.to_string()),
+                ("pid", &u.pid.to_string()),
+                ("tenant", u.tenant.as_deref().unwrap_or("unknown")),
+            ],
+            u.memory as f64,
+        );
+    }
     out
 }
 
@@ -192,7 +214,7 @@ fn answer(mut stream: TcpStream, state_dir: &std::path::Path) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{DeviceStatus, TenantDeviceStatus, TenantStatus};
+    use crate::status::{DeviceStatus, TenantDeviceStatus, TenantStatus, UnmanagedProcess};
 
     #[test]
     fn renders_series_with_labels() {
@@ -218,6 +240,7 @@ mod tests {
                 devices: vec![TenantDeviceStatus {
                     index: 0,
                     memory_used: 10,
+                    memory_overhead: 4,
                     memory_limit: 20,
                     memory_peak: 15,
                     allocations_refused: 3,
@@ -230,8 +253,23 @@ mod tests {
                 accounting_repairs: 0,
             }],
             config_errors: vec![],
+            unmanaged: vec![UnmanagedProcess {
+                device: 0,
+                pid: 77,
+                memory: 3 << 30,
+                tenant: None,
+            }],
         };
         let text = render(&r);
+        assert!(
+            text.contains(
+                "gpumux_tenant_memory_overhead_bytes{tenant=\"te\\\"am\",device=\"0\"} 4\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "gpumux_unmanaged_process_memory_bytes{device=\"0\",pid=\"77\",tenant=\"unknown\"} 3221225472\n"
+        ));
         assert!(
             text.contains("gpumux_memory_used_bytes{tenant=\"te\\\"am\",device=\"0\"} 10\n"),
             "{text}"

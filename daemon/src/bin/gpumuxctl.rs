@@ -26,7 +26,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Devices and, per tenant: processes, memory used/limit, weight, device-time share.
+    /// Devices and, per tenant: processes, memory used (of which overhead)/limit, weight,
+    /// device-time share; processes on a GPU without gpumux (unmanaged).
     Status {
         /// Machine-readable JSON instead of a table.
         #[arg(long)]
@@ -307,8 +308,17 @@ fn render_status(r: &StatusReport) -> String {
     }
     writeln!(
         s,
-        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
-        "TENANT", "GPU", "WEIGHT", "PROCS", "MEM USED", "MEM LIMIT", "REFUSED", "SHARE", "CAP"
+        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10}",
+        "TENANT",
+        "GPU",
+        "WEIGHT",
+        "PROCS",
+        "MEM USED",
+        "OVERHEAD",
+        "MEM LIMIT",
+        "REFUSED",
+        "SHARE",
+        "CAP"
     )
     .ok();
     for t in &r.tenants {
@@ -321,12 +331,13 @@ fn render_status(r: &StatusReport) -> String {
         for d in &t.devices {
             writeln!(
                 s,
-                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
+                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10}",
                 name,
                 d.index,
                 t.weight,
                 t.processes.len(),
                 format_size(d.memory_used),
+                format_size(d.memory_overhead),
                 format_size(d.memory_limit),
                 d.allocations_refused,
                 d.device_time_share
@@ -339,6 +350,25 @@ fn render_status(r: &StatusReport) -> String {
     }
     if r.tenants.is_empty() {
         writeln!(s, "(no tenants: add quota files to the tenants directory)").ok();
+    }
+    if !r.unmanaged.is_empty() {
+        writeln!(
+            s,
+            "\nUNMANAGED (on the GPU without gpumux)\n{:>8} {:>4} {:>12} {:<20}",
+            "PID", "GPU", "MEMORY", "TENANT"
+        )
+        .ok();
+        for u in &r.unmanaged {
+            writeln!(
+                s,
+                "{:>8} {:>4} {:>12} {:<20}",
+                u.pid,
+                u.device,
+                format_size(u.memory),
+                u.tenant.as_deref().unwrap_or("unknown")
+            )
+            .ok();
+        }
     }
     for e in &r.config_errors {
         writeln!(s, "config error: {e}").ok();

@@ -17,7 +17,8 @@
 //! connections, process lifetimes, reclaim), [`slicing`] (glue between the per-device
 //! schedulers and the tenants' segments and processes), [`endpoint`] (tenant sockets and
 //! directories, created without path races), [`watch`] (inotify on `tenants_dir`, re-watched
-//! when replaced, and on the accounting files), [`report`] (the status report).
+//! when replaced, and on the accounting files), [`report`] (the status report), [`footprint`]
+//! (processes' memory beyond their allocations, unmanaged processes).
 
 use crate::devices::Device;
 use crate::ratelimit::{LogLimiter, TokenBucket, WARN_INTERVAL};
@@ -39,6 +40,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod endpoint;
+mod footprint;
 mod registration;
 mod report;
 mod slicing;
@@ -65,6 +67,7 @@ const K_SCHED: u64 = 7 << 56;
 const K_PIDFD: u64 = 8 << 56;
 const K_TAMPER: u64 = 9 << 56;
 const K_BACKOFF: u64 = 10 << 56;
+const K_FOOTPRINT: u64 = 11 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 /// A registered process of a tenant.
@@ -165,10 +168,12 @@ pub struct Daemon {
     spare_fd: Option<OwnedFd>,
     /// Where the metrics thread listens (reported in status).
     pub metrics_address: Option<String>,
+    /// Footprint measurement (overhead beyond allocations, unmanaged processes).
+    fp: footprint::Footprints,
 }
 
 /// A monotonic timerfd registered in `epoll` under `token`.
-fn watched_timer(epoll: &Epoll, token: u64) -> Result<TimerFd> {
+pub(super) fn watched_timer(epoll: &Epoll, token: u64) -> Result<TimerFd> {
     let t = TimerFd::new(
         ClockId::CLOCK_MONOTONIC,
         TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
@@ -252,6 +257,7 @@ impl Daemon {
         raise_fd_limit();
         crate::sigbus::install().context("installing the SIGBUS guard")?;
         let lp = Loop::new(&cfg)?;
+        let fp = footprint::Footprints::new(&lp.epoll, devices.len())?;
         let quantum = Duration::from_millis(u64::from(cfg.quantum_ms));
         let scheds = devices
             .iter()
@@ -281,6 +287,7 @@ impl Daemon {
             accept_paused: None,
             spare_fd: open_spare(),
             metrics_address: None,
+            fp,
         };
         d.reload_tenants();
         d.adopt_leftover_segments();
@@ -310,6 +317,8 @@ impl Daemon {
             if crate::sigbus::Guard::any_damage() {
                 self.repair_all();
             }
+            self.measure_due();
+            self.rearm_footprint_timer();
             self.rearm_sched_timer();
         }
     }
@@ -341,6 +350,7 @@ impl Daemon {
                 self.resume_accepting();
             }
             K_PIDFD => self.orphan_exited(id),
+            K_FOOTPRINT => drain_timer(&self.fp.timer),
             K_SCHED => {
                 drain_timer(&self.lp.sched_timer);
                 for dev in 0..self.scheds.len() {
@@ -409,7 +419,10 @@ impl Daemon {
             line.extend_from_slice(&buf[..n]);
         }
         let reply = match serde_json::from_slice::<ControlRequest>(line.trim_ascii()) {
-            Ok(ControlRequest::Status) => serde_json::to_vec(&self.status())?,
+            Ok(ControlRequest::Status) => {
+                self.measure_all();
+                serde_json::to_vec(&self.status())?
+            }
             Err(e) => {
                 serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?
             }

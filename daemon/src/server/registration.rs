@@ -1,5 +1,6 @@
 //! Tenant connections: registration (`Hello`), reattachment after a restart, scheduling
-//! messages, and returning a process's memory when its connection ends.
+//! messages, footprint announcements, and returning a process's memory when its connection
+//! ends.
 //!
 //! What a connection can cost the daemon is bounded: at most `max_connections_per_tenant`
 //! connections per tenant, [`MESSAGES_PER_WAKEUP`] messages read per wakeup, demands
@@ -243,6 +244,11 @@ impl Daemon {
                     self.acknowledge(device as usize, id, Some(epoch));
                 }
             }
+            ClientMsg::Footprint {
+                device,
+                reserved,
+                seq,
+            } => self.footprint_request(id, device, reserved, seq),
         }
     }
 

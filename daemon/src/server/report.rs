@@ -37,6 +37,7 @@ impl Daemon {
                 .map(|t| self.tenant_status(t, now))
                 .collect(),
             config_errors,
+            unmanaged: self.fp.unmanaged.clone(),
         }
     }
 
@@ -51,6 +52,7 @@ impl Daemon {
             .map(|(i, d)| TenantDeviceStatus {
                 index: d.index,
                 memory_used: a.devices[i].used.load(Relaxed),
+                memory_overhead: a.devices[i].overhead.load(Relaxed),
                 memory_limit: c.devices[i].memory_limit.load(Relaxed),
                 memory_peak: a.devices[i].peak.load(Relaxed),
                 allocations_refused: a.devices[i].refused.load(Relaxed),

@@ -167,6 +167,7 @@ impl Daemon {
                         repairs: 0,
                     },
                 );
+                self.publish_estimates(&name);
                 self.recover_orphans(&name);
             }
             Err(e) => {

@@ -223,7 +223,7 @@ impl Drop for SmallFs {
 #[test]
 fn a_full_file_system_is_a_registration_error_not_a_crash() {
     let mut g = Gpumux::prepare(Backend::Fake(vec![16 * GIB]), &[("a", ONE_GIB)], "");
-    let _fs = SmallFs::mount(&g.state_dir, "1m");
+    let _fs = SmallFs::mount(&g.state_dir, "4m");
     g.start_daemon();
     g.wait_for_socket("a");
     // Fill the file system the daemon keeps its state on.
