@@ -107,8 +107,9 @@ fn open_accounting(path: &Path) -> io::Result<(OwnedFd, SegmentView<AccountingSe
     // never a SIGBUS later.
     reserve(&fd, len)?;
     let view = SegmentView::<AccountingSegment>::create(fd.as_fd())?;
-    view.lock
-        .init()
+    // SAFETY: the segment was just created (truncated to zero and regrown) and not yet handed
+    // to any process, so nobody uses the mutex.
+    unsafe { view.lock.init() }
         .map_err(|e| io::Error::other(format!("initialising the accounting lock: {e}")))?;
     Ok((fd, view, false))
 }
@@ -251,8 +252,13 @@ impl TenantSegments {
             a.layout_version.store(LAYOUT_VERSION, Release);
             a.magic.store(ACCOUNTING_MAGIC, Release);
             // The lock was zeroed or overwritten with the header: make it a robust,
-            // process-shared mutex again (a tenant process inside it already broke it).
-            if let Err(e) = a.lock.init() {
+            // process-shared mutex again.
+            // SAFETY: no thread of the daemon holds or waits on this mutex (the daemon only
+            // ever try-locks it, on this thread, and holds no guard now), and it lives in the
+            // daemon's writable mapping. A tenant process that was inside it when its own
+            // process truncated or overwrote the segment had its lock state destroyed by that
+            // already: what its processes do with it affects only that tenant.
+            if let Err(e) = unsafe { a.lock.init() } {
                 tracing::warn!("cannot reinitialise an accounting lock: {e}");
             }
         }
