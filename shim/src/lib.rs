@@ -6,6 +6,8 @@
 //! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
 //! - [`allocations`]: what this process has charged, by handle.
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
+//! - [`graph_memory`]: CUDA graph memory as charged (executable graphs, graph memory pools).
+//! - [`captures`]: stream captures in progress (the drain waits for them to end).
 //! - [`footprint`]: memory beyond allocations (contexts, modules): reserving a context's size,
 //!   announcing changes for the daemon to measure.
 //! - [`quota_view`]: memory figures as the process is told them.
@@ -18,6 +20,7 @@
 //! driver call (normally `cuInit`); the watcher thread starts with the registration.
 
 mod allocations;
+mod captures;
 mod contexts;
 mod cuda_types;
 mod diag;
@@ -25,6 +28,7 @@ mod ffi_guard;
 mod footprint;
 mod fork;
 mod gate;
+mod graph_memory;
 mod hooks;
 mod quota_view;
 mod real;
