@@ -5,7 +5,8 @@
 //! named tag constants ([`tag`]), encoding and decoding are all derived from that declaration.
 //!
 //! Encoding: little-endian `u32` tag, then the fields in order (`u32`/`u64` LE; strings as a
-//! `u32` length and UTF-8 bytes). Small, fixed, allocation-light: the shim decodes these.
+//! `u32` length and UTF-8 bytes; an `Option` as a presence byte, 0 or 1, then the value when
+//! 1). Small, fixed, allocation-light: the shim decodes these.
 //! File descriptors travel beside a message as `SCM_RIGHTS`.
 //!
 //! # Versions
@@ -30,7 +31,8 @@ use thiserror::Error;
 /// The protocol version this build speaks (bumped by every message or field added).
 ///
 /// 2: `Footprint` and `Measured` (with shared-segment layout 2).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `Drained.busy_ns` (the device time the process measured in the slice).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest shim protocol a daemon of this build still serves. Raised only when an older
 /// shim cannot work with this daemon at all: a change of `shm::LAYOUT_VERSION` (version 2
 /// came with layout 2, which a version-1 shim cannot map).
@@ -59,6 +61,26 @@ impl Wire for u64 {
     }
     fn get(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
         Ok(u64::from_le_bytes(r.array()?))
+    }
+}
+
+/// Absent at versions older than the field: `None`.
+impl<T: Wire> Wire for Option<T> {
+    fn put(&self, w: &mut Vec<u8>) {
+        match self {
+            None => w.push(0),
+            Some(v) => {
+                w.push(1);
+                v.put(w);
+            }
+        }
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
+        match r.array::<1>()? {
+            [0] => Ok(None),
+            [1] => Ok(Some(T::get(r)?)),
+            [b] => Err(ProtocolError::BadPresence(b)),
+        }
     }
 }
 
@@ -117,7 +139,7 @@ macro_rules! since {
 /// Declares a message enum once and derives its tags, encoding and decoding.
 ///
 /// `Name = TAG [since V] { field: Type [since V], ... }`; `since` defaults to 1. Types are
-/// `u32`, `u64` or `String`.
+/// `u32`, `u64`, `String` or `Option` of one of them.
 macro_rules! wire_messages {
     (
         $(#[$meta:meta])*
@@ -125,7 +147,10 @@ macro_rules! wire_messages {
             $(
                 $(#[$vmeta:meta])*
                 $variant:ident = $tag:ident : $tagval:literal $(since $vsince:literal)? {
-                    $( $(#[$fmeta:meta])* $field:ident : $ty:ident $(since $fsince:literal)? ),* $(,)?
+                    $(
+                        $(#[$fmeta:meta])*
+                        $field:ident : $ty:ident $(< $targ:ident >)? $(since $fsince:literal)?
+                    ),* $(,)?
                 }
             ),* $(,)?
         }
@@ -135,7 +160,7 @@ macro_rules! wire_messages {
         pub enum $enum {
             $(
                 $(#[$vmeta])*
-                $variant { $( $(#[$fmeta])* $field: $ty ),* },
+                $variant { $( $(#[$fmeta])* $field: $ty $(< $targ >)? ),* },
             )*
         }
 
@@ -223,7 +248,10 @@ wire_messages! {
         /// A thread wants to launch on `device` but the tenant does not hold the slice.
         Demand = DEMAND: 2 { device: u32 },
         /// The process stopped issuing work on `device` for slice `epoch` and its work drained.
-        Drained = DRAINED: 3 { device: u32, epoch: u32 },
+        /// `busy_ns`: the device time its work used in the slice, as the process measured it
+        /// with events (None when it could not measure, and from shims older than 3: the
+        /// daemon then charges the slice's wall time).
+        Drained = DRAINED: 3 { device: u32, epoch: u32, busy_ns: Option<u64> since 3 },
         /// After a daemon restart: a process registered with the previous daemon takes its
         /// accounting `slot` back. Answered like `Hello`; a `Refused` answer means the process
         /// must stop using the GPU.
@@ -293,6 +321,8 @@ pub enum ProtocolError {
     Trailing(usize),
     #[error("string is not UTF-8")]
     BadString,
+    #[error("presence byte {0} of an optional field is neither 0 nor 1")]
+    BadPresence(u8),
 }
 
 #[cfg(test)]
@@ -316,6 +346,17 @@ mod tests {
             ClientMsg::Drained {
                 device: 1,
                 epoch: 9,
+                busy_ns: None,
+            },
+            ClientMsg::Drained {
+                device: 1,
+                epoch: 9,
+                busy_ns: Some(41_000_000),
+            },
+            ClientMsg::Drained {
+                device: 1,
+                epoch: 9,
+                busy_ns: Some(0),
             },
             ClientMsg::Footprint {
                 device: 2,
@@ -384,6 +425,51 @@ mod tests {
             ServerMsg::decode(&[102, 0, 0, 0, 2, 0, 0, 0, 0xff, 0xfe]),
             Err(ProtocolError::BadString)
         );
+        // Drained: a presence byte other than 0/1, or a present value cut short.
+        let mut m = ClientMsg::Drained {
+            device: 0,
+            epoch: 1,
+            busy_ns: Some(5),
+        }
+        .encode();
+        assert_eq!(m.len(), 4 + 4 + 4 + 1 + 8);
+        m[12] = 2;
+        assert_eq!(ClientMsg::decode(&m), Err(ProtocolError::BadPresence(2)));
+        m[12] = 1;
+        m.truncate(12 + 1 + 3);
+        assert_eq!(ClientMsg::decode(&m), Err(ProtocolError::Truncated));
+    }
+
+    #[test]
+    fn drained_from_a_version_2_shim_is_unmeasured() {
+        // A version-2 shim sends no busy_ns: the daemon reads None (charges wall time).
+        let v2 = ClientMsg::Drained {
+            device: 1,
+            epoch: 4,
+            busy_ns: Some(7),
+        }
+        .encode_for(2);
+        assert_eq!(v2.len(), 12);
+        assert_eq!(
+            ClientMsg::decode_for(&v2, 2),
+            Ok(ClientMsg::Drained {
+                device: 1,
+                epoch: 4,
+                busy_ns: None,
+            })
+        );
+        // Version-3 bytes are not read as version 2, nor the other way round.
+        let v3 = ClientMsg::Drained {
+            device: 1,
+            epoch: 4,
+            busy_ns: None,
+        }
+        .encode();
+        assert_eq!(
+            ClientMsg::decode_for(&v3, 2),
+            Err(ProtocolError::Trailing(1))
+        );
+        assert_eq!(ClientMsg::decode(&v2), Err(ProtocolError::Truncated));
     }
 
     #[test]
@@ -431,33 +517,62 @@ mod tests {
     // The version scheme, exercised on messages with a field and a message added later: what a
     // newer daemon does with an older shim, and what it sends it.
     wire_messages! {
-        /// A protocol at version 3: `Ping.extra` came in 2, `Late` in 3.
+        /// A protocol at version 4: `Ping.extra` came in 2, `Ping.opt` in 3, `Late` in 4.
         pub enum Evolved {
-            Ping = PING: 1 { a: u32, extra: u64 since 2 },
-            Late = LATE: 2 since 3 { b: String },
+            Ping = PING: 1 { a: u32, extra: u64 since 2, opt: Option<u64> since 3 },
+            Late = LATE: 2 since 4 { b: String },
         }
     }
 
     #[test]
     fn older_peers_get_and_send_only_what_their_version_has() {
-        let full = Evolved::Ping { a: 5, extra: 9 };
-        // A version-1 peer sends no `extra`: decoded with the default.
-        let v1_bytes = Evolved::Ping { a: 5, extra: 0 }.encode_for(1);
+        let full = Evolved::Ping {
+            a: 5,
+            extra: 9,
+            opt: Some(0),
+        };
+        // A version-1 peer sends neither `extra` nor `opt`: decoded with their defaults.
+        let v1_bytes = Evolved::Ping {
+            a: 5,
+            extra: 0,
+            opt: None,
+        }
+        .encode_for(1);
         assert_eq!(v1_bytes.len(), 8);
         assert_eq!(
             Evolved::decode_for(&v1_bytes, 1),
-            Ok(Evolved::Ping { a: 5, extra: 0 })
+            Ok(Evolved::Ping {
+                a: 5,
+                extra: 0,
+                opt: None,
+            })
         );
-        // Sent to a version-1 peer, `extra` is left out; to a version-2 peer it is there.
+        // Sent to a version-1 peer, the newer fields are left out; to a version-2 peer
+        // `extra` is there and `opt` is not (read back as None); to version 3, all of it.
         assert_eq!(full.encode_for(1), v1_bytes);
+        assert_eq!(full.encode_for(2).len(), 16);
         assert_eq!(
             Evolved::decode_for(&full.encode_for(2), 2),
+            Ok(Evolved::Ping {
+                a: 5,
+                extra: 9,
+                opt: None,
+            })
+        );
+        assert_eq!(
+            Evolved::decode_for(&full.encode_for(3), 3),
             Ok(full.clone())
         );
+        // This build (at a version of at least 3) sends and reads all of `Ping`.
+        assert_eq!(Evolved::decode(&full.encode()), Ok(full.clone()));
         // Bytes of one version are not accepted as another (no silent misreading).
         assert_eq!(
             Evolved::decode_for(&full.encode_for(2), 1),
             Err(ProtocolError::Trailing(8))
+        );
+        assert_eq!(
+            Evolved::decode_for(&full.encode_for(3), 2),
+            Err(ProtocolError::Trailing(9))
         );
         assert_eq!(
             Evolved::decode_for(&v1_bytes, 2),
@@ -465,18 +580,16 @@ mod tests {
         );
         // A message is unknown to versions older than it.
         let late = Evolved::Late { b: "x".into() };
-        assert_eq!(late.since(), 3);
+        assert_eq!(late.since(), 4);
+        assert_eq!(late.tag(), Evolved::LATE);
         assert_eq!(
-            Evolved::decode_for(&late.encode_for(3), 2),
+            Evolved::decode_for(&late.encode_for(4), 3),
             Err(ProtocolError::UnknownTag(Evolved::LATE))
         );
         assert_eq!(
-            Evolved::decode_for(&late.encode_for(3), 3),
+            Evolved::decode_for(&late.encode_for(4), 4),
             Ok(late.clone())
         );
-        // This build of `Evolved` is at version 1: a `since 3` message is not part of it yet.
-        assert_eq!(late.tag(), Evolved::LATE);
-        Evolved::decode(&late.encode()).unwrap_err();
     }
 
     fn client_msg() -> impl Strategy<Value = ClientMsg> {
@@ -484,8 +597,13 @@ mod tests {
             (any::<u32>(), any::<u32>())
                 .prop_map(|(protocol, pid)| ClientMsg::Hello { protocol, pid }),
             any::<u32>().prop_map(|device| ClientMsg::Demand { device }),
-            (any::<u32>(), any::<u32>())
-                .prop_map(|(device, epoch)| ClientMsg::Drained { device, epoch }),
+            (any::<u32>(), any::<u32>(), any::<Option<u64>>()).prop_map(
+                |(device, epoch, busy_ns)| ClientMsg::Drained {
+                    device,
+                    epoch,
+                    busy_ns,
+                }
+            ),
             (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(protocol, pid, slot)| {
                 ClientMsg::Reattach {
                     protocol,

@@ -1,6 +1,7 @@
 //! The status report `gpumuxctl status` shows, and the control-socket request that asks for it.
 //! Both sides (daemon and CLI) use these types, so the JSON is one schema.
 
+use gpumux_common::config::{Priority, TenantOwner};
 use serde::{Deserialize, Serialize};
 
 /// A request on the control socket (one JSON line).
@@ -69,6 +70,12 @@ pub struct TenantStatus {
     /// Times the tenant's accounting file was found damaged through a descriptor and repaired.
     #[serde(default)]
     pub accounting_repairs: u64,
+    /// Priority class from the quota file (reported; not scheduled on yet).
+    #[serde(default)]
+    pub priority: Priority,
+    /// The Kubernetes pod or claim the tenant was created for (`[owner]` in its quota file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<TenantOwner>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

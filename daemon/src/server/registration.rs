@@ -239,9 +239,13 @@ impl Daemon {
             ClientMsg::Hello { protocol, pid } => self.on_hello(id, protocol, pid),
             ClientMsg::Reattach { protocol, slot, .. } => self.on_reattach(id, protocol, slot),
             ClientMsg::Demand { device } => self.on_demand(id, device),
-            ClientMsg::Drained { device, epoch } => {
+            ClientMsg::Drained {
+                device,
+                epoch,
+                busy_ns,
+            } => {
                 if (device as usize) < self.scheds.len() {
-                    self.acknowledge(device as usize, id, Some(epoch));
+                    self.acknowledge(device as usize, id, Some(epoch), busy_ns);
                 }
             }
             ClientMsg::Footprint {
@@ -399,6 +403,7 @@ impl Daemon {
             );
         }
         let tenant = conn.tenant.clone();
+        tracing::trace!(tenant, dev, "demand");
         self.sched_event(dev, |s, now, act| s.demand(&tenant, now, act));
     }
 
@@ -442,8 +447,9 @@ impl Daemon {
                 self.conn_counts.remove(&conn.tenant);
             }
         }
+        // A drain need not wait for a process that is gone (nor can it say what it used).
         for dev in 0..self.scheds.len() {
-            self.acknowledge(dev, id, None);
+            self.acknowledge(dev, id, None, None);
         }
         if let Some(slot) = conn.slot {
             self.reclaim(&conn.tenant, slot, conn.pid);

@@ -90,6 +90,8 @@ impl Daemon {
             devices,
             removed: t.removed,
             accounting_repairs: t.repairs,
+            priority: t.quota.priority,
+            owner: t.quota.owner.clone(),
         }
     }
 }

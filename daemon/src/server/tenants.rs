@@ -13,7 +13,7 @@ use crate::ratelimit::held_back;
 use crate::segments::{self, TenantSegments};
 use anyhow::{Context, Result};
 use gpumux_common::accounting;
-use gpumux_common::config::{ConfigError, TenantQuota};
+use gpumux_common::config::{ConfigError, Priority, TenantQuota};
 use gpumux_common::names::tenant_of_quota_file;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -410,6 +410,8 @@ impl Daemon {
                     memory_limit: 0,
                     weight: 1,
                     compute_limit_permille: None,
+                    priority: Priority::default(),
+                    owner: None,
                 });
             tracing::info!(tenant = %name, "accounting left by the previous daemon for a tenant with no quota file");
             self.add_tenant(quota);

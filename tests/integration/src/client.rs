@@ -148,7 +148,12 @@ impl SliceUser {
             }
             if let Ok(ServerMsg::Revoke { device, epoch }) = ServerMsg::decode(&buf[..n]) {
                 self.want(false);
-                let _closed = self.0.client.send(&ClientMsg::Drained { device, epoch });
+                // Nothing measured: the daemon charges the slice's wall time.
+                let _closed = self.0.client.send(&ClientMsg::Drained {
+                    device,
+                    epoch,
+                    busy_ns: None,
+                });
             }
         }
     }

@@ -5,7 +5,9 @@
 //!   [`fakegpu::testenv::FakeGpuEnv`] and parsing their JSON-lines output.
 //! - [`gpumux`]: the real daemon and shim on the fake GPU (config, tenants, status).
 //! - [`client`]: a tenant process speaking the socket protocol itself (hostile-tenant tests).
+//! - [`hogs`]: deliberate host CPU load, for what must hold on a busy machine.
 
 pub mod client;
 pub mod gpumux;
+pub mod hogs;
 pub mod workloads;

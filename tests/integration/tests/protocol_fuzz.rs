@@ -6,7 +6,7 @@
 //!
 //! The case count is fixed and the generator seeded: the same 40,000 messages every run.
 
-use gpumux_common::protocol::{ClientMsg, PROTOCOL_VERSION};
+use gpumux_common::protocol::{ClientMsg, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use gpumux_common::sock;
 use gpumux_integration::client::{Client, open_fds};
 use gpumux_integration::gpumux::{Gpumux, wait_until};
@@ -38,11 +38,12 @@ enum Action {
 
 fn message() -> impl Strategy<Value = Vec<u8>> {
     let valid = prop_oneof![
-        (0u32..4, any::<u32>()).prop_map(|(v, pid)| ClientMsg::Hello {
-            protocol: if v == 3 {
-                PROTOCOL_VERSION + 1
-            } else {
-                PROTOCOL_VERSION
+        (0u32..5, any::<u32>()).prop_map(|(v, pid)| ClientMsg::Hello {
+            protocol: match v {
+                3 => PROTOCOL_VERSION + 1,
+                // An older shim still served: later messages are read at its version.
+                4 => MIN_PROTOCOL_VERSION,
+                _ => PROTOCOL_VERSION,
             },
             pid
         }),
@@ -52,7 +53,13 @@ fn message() -> impl Strategy<Value = Vec<u8>> {
             slot
         }),
         (0u32..20).prop_map(|device| ClientMsg::Demand { device }),
-        (0u32..20, any::<u32>()).prop_map(|(device, epoch)| ClientMsg::Drained { device, epoch }),
+        (0u32..20, any::<u32>(), any::<Option<u64>>()).prop_map(|(device, epoch, busy_ns)| {
+            ClientMsg::Drained {
+                device,
+                epoch,
+                busy_ns,
+            }
+        }),
     ]
     .prop_map(|m| m.encode());
     prop_oneof![
