@@ -3,9 +3,40 @@
 //! revocations, and the control-segment words that follow from them: the bound on a
 //! lower-class tenant's queued work (`queue_budget_us`) and a contended latency holder's
 //! `yield_hint`.
+//!
+//! A removed tenant whose processes still run stays scheduled at weight 1, without a cap, in
+//! the `normal` class: its processes are never un-gated.
 
-use super::*;
-use crate::scheduler::Priority;
+use super::{Daemon, Drain, Tenant, arm};
+use crate::scheduler::{Action, Activity, Priority, Scheduler};
+use gpumux_common::futex;
+use gpumux_common::protocol::ServerMsg;
+use gpumux_common::shm::SLICE_GRANTED;
+use gpumux_common::sock;
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+/// Whether a tenant takes part in time-slicing, and with which weight and cap.
+fn slicing_terms(t: &Tenant) -> Option<(u32, Option<u32>)> {
+    if !t.removed {
+        Some((t.quota.weight, t.quota.compute_limit_permille))
+    } else if !t.processes.is_empty() || !t.orphans.is_empty() {
+        Some((1, None))
+    } else {
+        None
+    }
+}
+
+/// The class a tenant is scheduled in: its quota's, or `normal` once removed.
+fn slicing_class(t: &Tenant) -> Priority {
+    if t.removed {
+        Priority::Normal
+    } else {
+        t.quota.priority
+    }
+}
 
 impl Daemon {
     /// Brings every device's scheduler in line with the tenants: who may use the device, with
@@ -15,30 +46,23 @@ impl Daemon {
         let now = Instant::now();
         for dev in 0..self.devices.len() {
             let d = &self.devices[dev];
-            let users: Vec<&Tenant> = self
+            let users: Vec<(&Tenant, u32, Option<u32>)> = self
                 .tenants
                 .values()
-                .filter(|t| !t.removed && t.quota.allows(d.index, &d.uuid))
+                .filter(|t| t.quota.allows(d.index, &d.uuid))
+                .filter_map(|t| slicing_terms(t).map(|(w, c)| (t, w, c)))
                 .collect();
-            let scheduled = users.len() >= 2
-                || users
-                    .iter()
-                    .any(|t| t.quota.compute_limit_permille.is_some_and(|c| c < 1000));
+            let scheduled =
+                users.len() >= 2 || users.iter().any(|(_, _, c)| c.is_some_and(|c| c < 1000));
             for t in self.tenants.values() {
-                let on = scheduled && users.iter().any(|u| u.quota.name == t.quota.name);
+                let on = scheduled && users.iter().any(|(u, _, _)| u.quota.name == t.quota.name);
                 t.segments.control.devices[dev]
                     .scheduled
-                    .store(on as u32, SeqCst);
+                    .store(u32::from(on), SeqCst);
             }
             let names: Vec<(String, u32, Option<u32>)> = users
                 .iter()
-                .map(|t| {
-                    (
-                        t.quota.name.clone(),
-                        t.quota.weight,
-                        t.quota.compute_limit_permille,
-                    )
-                })
+                .map(|(t, w, c)| (t.quota.name.clone(), *w, *c))
                 .collect();
             let mut actions = Vec::new();
             let tenants = &self.tenants;
@@ -55,7 +79,7 @@ impl Daemon {
             for (n, w, c) in names {
                 s.set_tenant(&n, w, c, now);
                 if let Some(t) = tenants.get(&n) {
-                    s.set_priority(&n, t.quota.priority);
+                    s.set_priority(&n, slicing_class(t));
                 }
             }
             self.apply_actions(dev, actions);
@@ -73,18 +97,18 @@ impl Daemon {
             let users: Vec<&Tenant> = self
                 .tenants
                 .values()
-                .filter(|t| !t.removed && t.quota.allows(d.index, &d.uuid))
+                .filter(|t| t.quota.allows(d.index, &d.uuid) && slicing_terms(t).is_some())
                 .collect();
             let top = users
                 .iter()
-                .map(|t| t.quota.priority.precedence())
+                .map(|t| slicing_class(t).precedence())
                 .max()
                 .unwrap_or(0);
             for t in self.tenants.values() {
                 let ctl = &t.segments.control.devices[dev];
                 let bounded = ctl.scheduled.load(SeqCst) != 0
                     && users.iter().any(|u| u.quota.name == t.quota.name)
-                    && t.quota.priority.precedence() < top;
+                    && slicing_class(t).precedence() < top;
                 let budget = if bounded {
                     (self.cfg.drain_budget_us / t.processes.len().max(1) as u32).max(100)
                 } else {
@@ -123,8 +147,12 @@ impl Daemon {
     /// A process of `tenant` says its work on `dev` is done (`ClientMsg::Idle`): the scheduler
     /// passes the device on if the tenant is a contended latency-class holder with nothing
     /// left, judged by whether the process launched anything since (`launches` is its count
-    /// when it said so).
+    /// when it said so). From any other tenant (whose processes have no hint to answer) it
+    /// costs a comparison.
     pub(super) fn idle_hint(&mut self, dev: usize, tenant: &str, slot: usize, launches: u64) {
+        if self.scheds[dev].hinted.as_deref() != Some(tenant) {
+            return;
+        }
         let quiet = self.tenants.get(tenant).is_some_and(|t| {
             t.segments.accounting.processes[slot].launches[dev].load(Relaxed) == launches
         });
@@ -137,6 +165,7 @@ impl Daemon {
             return Activity::default();
         };
         let a = &t.segments.accounting;
+        // Tenant-written counters: read as untrusted (wrapping sums, no overflow).
         let responsive = t.processes.keys().any(|s| !t.stalled.contains(s));
         Activity {
             waiting: if responsive {
@@ -212,13 +241,13 @@ impl Daemon {
                         let msg = ServerMsg::Revoke {
                             device: dev as u32,
                             epoch,
-                        }
-                        .encode();
+                        };
                         for (id, c) in &self.conns {
                             let responsive = c.slot.is_some_and(|s| !t.stalled.contains(&s));
+                            // In the protocol version the process speaks.
                             if c.tenant == tenant
                                 && responsive
-                                && sock::send(c.fd.as_fd(), &msg, &[]).is_ok()
+                                && sock::send(c.fd.as_fd(), &msg.encode_for(c.version), &[]).is_ok()
                             {
                                 pending.insert(*id);
                             }
@@ -295,16 +324,17 @@ impl Daemon {
             .min();
         match next {
             Some(at) => {
-                let wait = at
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(50));
-                let _ = self.sched_timer.set(
-                    Expiration::OneShot(TimeSpec::from_duration(wait)),
-                    TimerSetTimeFlags::empty(),
+                let wait = at.saturating_duration_since(Instant::now());
+                arm(
+                    &self.lp.sched_timer,
+                    wait.max(Duration::from_micros(50)),
+                    "scheduling",
                 );
             }
             None => {
-                let _ = self.sched_timer.unset();
+                if let Err(e) = self.lp.sched_timer.unset() {
+                    tracing::error!("cannot disarm the scheduling timer: {e}");
+                }
             }
         }
     }
