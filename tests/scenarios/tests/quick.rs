@@ -27,6 +27,7 @@ const EXPECTED: &[&str] = &[
     "latency/latency",
     "latency/latency-8ms",
     "latency/batch",
+    "latency/bound-cost",
     "consolidation/busy",
     "consolidation/p99",
     "many-tenants/start",

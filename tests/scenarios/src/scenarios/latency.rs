@@ -248,10 +248,32 @@ fn one_queue_p99(served: &[&Served], service_ms: f64) -> f64 {
     percentile(&waits, 99.0)
 }
 
+/// The batch tenant (16 × 2 ms kernels per sync) alone on a device it shares with `web` by
+/// quota (registered by its quota file, launching nothing), for one window: its share of the
+/// window by its reports, by the fake's ground truth, and its `queue_budget_us` meanwhile.
+/// With `web` of a higher class its queue is bounded: the cost of the bound on its throughput.
+fn batch_alone(ctx: &Ctx, tenants: &[(&str, String)]) -> Result<(f64, Option<f64>, u64)> {
+    let g = ctx.start(tenants)?;
+    let l = ctx.load(&g, "batch", deep(2_000_000))?;
+    std::thread::sleep(ctx.settle());
+    let w = Window::measure(&g, &[&l], ctx.window())?;
+    check_loads(&[&l])?;
+    let budget = g.tenant_status("batch")["devices"][0]["queue_budget_us"]
+        .as_u64()
+        .unwrap_or(0);
+    let len = w.t1 - w.t0;
+    Ok((
+        w.reported_ms[0] / len,
+        w.fake_ms.as_ref().map(|f| f[0] / len),
+        budget,
+    ))
+}
+
 /// An interactive service (Poisson requests of 20 × 0.5 ms) beside a batch tenant saturating
 /// the device with a deep queue, in four phases on fresh daemons: alone; shared, both in class
 /// `normal` (today's behaviour); shared, in classes `latency` and `batch`, with 2 ms and with
-/// 8 ms batch kernels.
+/// 8 ms batch kernels. Then the batch tenant alone with its queue bounded (the interactive one
+/// idle) and unbounded: what the bound costs its throughput.
 pub fn latency(ctx: &Ctx) -> Result<Vec<Row>> {
     let req = Requests {
         rate: 20,
@@ -273,6 +295,11 @@ pub fn latency(ctx: &Ctx) -> Result<Vec<Row>> {
     let g = ctx.start(&classes)?;
     let long = ctx.phase(&g, &[("web", req)], Some(("batch", deep(8_000_000))))?;
     drop(g);
+    let bounded = batch_alone(ctx, &classes)?;
+    let unbounded = batch_alone(
+        ctx,
+        &[("web", classed("normal")), ("batch", classed("normal"))],
+    )?;
 
     let reqs = [req];
     let a = &alone.served[0];
@@ -377,6 +404,38 @@ pub fn latency(ctx: &Ctx) -> Result<Vec<Row>> {
         .fig("batch_of_leftover", b)
         .fig("batch_of_leftover_8ms", leftover(&long))
         .fig("busy", shared.busy(&reqs)),
+    );
+    let ((b_rep, b_fake, budget), (u_rep, u_fake, u_budget)) = (bounded, unbounded);
+    let cost = b_rep / u_rep;
+    let fake = match (b_fake, u_fake) {
+        (Some(b), Some(u)) => format!(
+            "; fake ground truth: {} bounded, {} unbounded ({} of it)",
+            pct(b),
+            pct(u),
+            pct(b / u)
+        ),
+        _ => String::new(),
+    };
+    rows.push(
+        Row::new(
+            "latency/bound-cost",
+            cost * 100.0,
+            "%",
+            format!(
+                "bounded batch throughput {} of unbounded",
+                pct(cost)
+            ),
+        )
+        .note(format!(
+            "the batch tenant alone (16 × 2 ms kernels per sync; the interactive tenant registered, idle), {} s window each: {} of the device with its queue bounded (queue_budget_us {budget}, web in class latency), {} unbounded (both normal, queue_budget_us {u_budget}){fake}",
+            ctx.window().as_secs(),
+            pct(b_rep),
+            pct(u_rep),
+        ))
+        .fig("bounded_share", b_rep)
+        .fig("unbounded_share", u_rep)
+        .fig("bounded_of_unbounded", cost)
+        .fig("queue_budget_us", budget as f64),
     );
     Ok(rows)
 }
