@@ -275,6 +275,7 @@ mod tests {
                     slice_wait_ns: 0,
                     preemptions: 5,
                     queue_budget_us: 0,
+                    hint_yields: 0,
                 }],
                 removed: false,
                 accounting_repairs: 0,

@@ -173,6 +173,8 @@ pub struct Scheduler {
     credit: Duration,
     /// Preemptions by class so far, per preempted tenant.
     preempted: BTreeMap<String, u64>,
+    /// Slices a latency-class holder gave back at once on its idle hint, per tenant.
+    hint_yields: BTreeMap<String, u64>,
     /// Shortest turn as a fraction of the quantum ([`MIN_TURN_FRACTION`]).
     min_turn: f64,
     /// Whether a holder still owed device time keeps the device for another turn.
@@ -204,6 +206,7 @@ impl Scheduler {
             return_window: (quantum / 2).clamp(Duration::from_millis(2), Duration::from_millis(50)),
             credit: quantum,
             preempted: BTreeMap::new(),
+            hint_yields: BTreeMap::new(),
             min_turn: MIN_TURN_FRACTION,
             keep_turns: true,
             tenants: BTreeMap::new(),
@@ -251,6 +254,11 @@ impl Scheduler {
     /// How many times `tenant`'s slice was revoked early for a higher class.
     pub fn preemptions(&self, tenant: &str) -> u64 {
         self.preempted.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// How many times `tenant` (latency class) gave its slice back at once on its idle hint.
+    pub fn hint_yields(&self, tenant: &str) -> u64 {
+        self.hint_yields.get(tenant).copied().unwrap_or(0)
     }
 
     /// The holder when others want the device (its turn is contended), with its class.
@@ -405,6 +413,7 @@ impl Scheduler {
         {
             return Vec::new();
         }
+        *self.hint_yields.entry(tenant.to_string()).or_default() += 1;
         self.revoke(now, false)
     }
 
@@ -1497,6 +1506,7 @@ mod tests {
         };
         assert!(s.idle_hint("web", true, t1, &web_syncs).is_empty());
         assert!(s.idle_hint("web", false, t1, &batch_waits).is_empty());
+        assert_eq!(s.hint_yields("web"), 0);
         // Its synchronize returned and nothing since: it yields now, not after a grace.
         assert_eq!(
             s.idle_hint("web", true, t1, &batch_waits),
@@ -1505,6 +1515,7 @@ mod tests {
                 epoch: 1
             }]
         );
+        assert_eq!(s.hint_yields("web"), 1);
         assert_eq!(
             s.drained("web", 1, Some(Duration::from_micros(900)), t1, &batch_waits),
             vec![Action::Grant {

@@ -105,6 +105,10 @@ pub struct TenantDeviceStatus {
     /// the device (0: unbounded).
     #[serde(default)]
     pub queue_budget_us: u32,
+    /// Slices this tenant (latency class) gave back as soon as its work was done (its processes'
+    /// `Idle`), before any idle grace.
+    #[serde(default)]
+    pub hint_yields: u64,
 }
 
 /// Asking the daemon for its status failed.

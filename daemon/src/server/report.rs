@@ -70,6 +70,7 @@ impl Daemon {
                 slice_wait_ns: a.devices[i].wait_ns.load(Relaxed),
                 preemptions: self.scheds[i].sched.preemptions(&t.quota.name),
                 queue_budget_us: c.devices[i].queue_budget_us.load(Relaxed),
+                hint_yields: self.scheds[i].sched.hint_yields(&t.quota.name),
             })
             .collect();
         TenantStatus {

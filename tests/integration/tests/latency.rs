@@ -95,7 +95,17 @@ fn beside_a_latency_tenant_batch_work_is_bounded_and_preempted() {
         "batch preempted {} times for {served} requests: {st}",
         d["preemptions"]
     );
-    assert_eq!(g.tenant_status("web")["devices"][0]["queue_budget_us"], 0);
+    let web_st = g.tenant_status("web");
+    assert_eq!(web_st["devices"][0]["queue_budget_us"], 0);
+    // Its synchronize returned with nothing more to do and the batch tenant waiting: the shim
+    // said so (`Idle`) and the daemon passed the device on at once, not after an idle grace.
+    // (Under host load some slices end by the grace first: a tenth of the requests is plenty.)
+    let yields = web_st["devices"][0]["hint_yields"].as_u64().unwrap_or(0);
+    eprintln!("web gave its slice back on its hint {yields} times for {served} requests");
+    assert!(
+        yields >= served / 10,
+        "web gave its slice back on its hint {yields} times for {served} requests: {web_st}"
+    );
     let trace = fakegpu::kernel_trace(g.state_path(), 0).unwrap();
     let deepest = deepest_queue(&trace, batch_pid, from);
     eprintln!("batch's deepest queue beside the latency tenant: {deepest} ns");
