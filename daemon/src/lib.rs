@@ -8,15 +8,19 @@
 //! - [`server`]: the event loop: tenant sockets, process lifetimes, quota files, control socket.
 //! - [`metrics`]: Prometheus text exposition of the status, served over HTTP.
 //! - [`status`]: the status report and control requests (one schema for daemon and CLI).
+//! - [`logging`]: the log's shape (terminal, file, systemd journal) and rate limiting of
+//!   repeated warnings, on [`ratelimit`] (per-key limits, pure logic).
 //! - [`notify`]: systemd readiness notifications (`sd_notify` over `$NOTIFY_SOCKET`).
 //! - [`cdi`]: the CDI spec that injects a tenant into a container (`gpumuxctl cdi`).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cdi;
 pub mod devices;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod procfs;
+pub mod ratelimit;
 pub mod scheduler;
 pub mod segments;
 pub mod server;

@@ -27,10 +27,7 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("GPUMUX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    gpumux_daemon::logging::init(filter);
     match run(cfg) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
