@@ -11,6 +11,8 @@
 //! - [`logging`]: the log's shape (terminal, file, systemd journal) and rate limiting of
 //!   repeated warnings, on [`ratelimit`] (per-key limits, pure logic).
 //! - [`notify`]: systemd readiness notifications (`sd_notify` over `$NOTIFY_SOCKET`).
+//! - [`waits`]: slice waits and grant latency as the daemon sees them (pure logic).
+//! - [`top`]: `gpumuxctl top`, the live view (ratatui), and its text form.
 //! - [`cdi`]: the CDI spec that injects a tenant into a container (`gpumuxctl cdi`).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -25,3 +27,5 @@ pub mod scheduler;
 pub mod segments;
 pub mod server;
 pub mod status;
+pub mod top;
+pub mod waits;

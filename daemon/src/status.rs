@@ -1,6 +1,7 @@
 //! The status report `gpumuxctl status` shows, and the control-socket request that asks for it.
 //! Both sides (daemon and CLI) use these types, so the JSON is one schema.
 
+use crate::waits::TenantWaits;
 use serde::{Deserialize, Serialize};
 
 /// A request on the control socket (one JSON line).
@@ -44,6 +45,46 @@ pub struct TenantStatus {
     pub processes: Vec<u32>,
     pub socket: String,
     pub devices: Vec<TenantDeviceStatus>,
+    /// Each process (registered, stalled or orphaned) with what it uses, per device.
+    #[serde(default)]
+    pub process_details: Vec<ProcessStatus>,
+}
+
+/// One process of a tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessStatus {
+    pub pid: u32,
+    /// Its slot in the tenant's accounting segment.
+    pub slot: u32,
+    pub state: ProcessState,
+    /// Devices the tenant may use.
+    pub devices: Vec<ProcessDeviceStatus>,
+}
+
+/// Where a process stands with the daemon.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    /// Connected and answering.
+    Running,
+    /// Did not drain a revoked slice in time (stopped or stuck): passed over until it speaks.
+    Stalled,
+    /// Registered with a previous daemon, not reattached yet.
+    Orphaned,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessDeviceStatus {
+    pub index: u32,
+    /// Bytes this process has charged on the device.
+    pub memory_used: u64,
+    /// Kernel and graph launches it issued there (monotonic).
+    pub launches: u64,
+    /// Total time it waited for a compute slice there, as the daemon saw it (from its first
+    /// `Demand` to its tenant's grant), the wait in progress included, ns.
+    pub slice_wait_ns: u64,
+    /// Waiting for a slice now.
+    pub waiting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,6 +101,9 @@ pub struct TenantDeviceStatus {
     pub device_time_ns: u64,
     /// Total time threads waited for a slice, ns.
     pub slice_wait_ns: u64,
+    /// Slice-wait and grant-latency histograms (see [`crate::waits`]).
+    #[serde(default)]
+    pub waits: TenantWaits,
 }
 
 /// Asking the daemon for its status failed.

@@ -16,6 +16,7 @@ use crate::procfs;
 use crate::scheduler::{Action, Activity, Scheduler};
 use crate::segments::TenantSegments;
 use crate::status::{ControlRequest, DeviceStatus, StatusReport, TenantDeviceStatus, TenantStatus};
+use crate::waits::Waits;
 use anyhow::{Context, Result};
 use gpumux_common::accounting;
 use gpumux_common::config::{ConfigError, DaemonConfig, TenantQuota};
@@ -42,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
+mod observe;
 mod registration;
 mod slicing;
 mod tenants;
@@ -121,6 +123,8 @@ pub struct Daemon {
     pidfds: HashMap<u64, (String, usize, OwnedFd)>,
     /// Where the metrics thread listens (reported in status).
     pub metrics_address: Option<String>,
+    /// Slice waits and grant latencies (for status and metrics).
+    waits: Waits,
 }
 
 fn seqpacket_listener(path: &Path) -> Result<OwnedFd> {
@@ -231,6 +235,7 @@ impl Daemon {
             sched_timer,
             pidfds: HashMap::new(),
             metrics_address: None,
+            waits: Waits::default(),
         };
         d.reload_tenants();
         d.remove_stale_segments();
@@ -377,6 +382,7 @@ impl Daemon {
                             .copied(),
                         device_time_ns: self.scheds[i].sched.charged_ns(&t.quota.name),
                         slice_wait_ns: a.devices[i].wait_ns.load(Relaxed),
+                        waits: self.tenant_waits(&t.quota.name, i),
                     })
                     .collect();
                 TenantStatus {
@@ -397,6 +403,7 @@ impl Daemon {
                         .display()
                         .to_string(),
                     devices,
+                    process_details: self.process_details(t, now),
                 }
             })
             .collect();

@@ -187,6 +187,9 @@ impl Daemon {
                 let tenant = conn.tenant.clone();
                 let dev = device as usize;
                 if conn.slot.is_some() && dev < self.scheds.len() {
+                    if self.scheds[dev].sched.holder() != Some(tenant.as_str()) {
+                        self.waits.demand(id, &tenant, dev, Instant::now());
+                    }
                     self.sched_event(dev, |s, now, act| s.demand(&tenant, now, act));
                 }
             }
@@ -229,6 +232,7 @@ impl Daemon {
             return;
         };
         let _ = self.epoll.delete(&conn.fd);
+        self.waits.closed(id);
         if let Some(slot) = conn.slot {
             self.reclaim(&conn.tenant, slot, conn.pid);
         }

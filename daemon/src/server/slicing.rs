@@ -25,6 +25,10 @@ impl Daemon {
                 t.segments.control.devices[dev]
                     .scheduled
                     .store(on as u32, SeqCst);
+                if !on {
+                    // Its waiting threads pass now: their waits end without a grant.
+                    self.waits.cancel(&t.quota.name, dev);
+                }
             }
             let names: Vec<(String, u32, Option<u32>)> = users
                 .iter()
@@ -98,6 +102,7 @@ impl Daemon {
         for action in actions {
             match action {
                 Action::Grant { tenant, epoch } => {
+                    self.waits.granted(&tenant, dev, Instant::now());
                     if let Some(t) = self.tenants.get(&tenant) {
                         let word = &t.segments.control.devices[dev].slice;
                         word.store((epoch << 1) | SLICE_GRANTED, SeqCst);

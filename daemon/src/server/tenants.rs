@@ -156,6 +156,7 @@ impl Daemon {
             && t.orphans.is_empty()
         {
             self.tenants.remove(name);
+            self.waits.forget_tenant(name);
             let _ = std::fs::remove_file(self.segment_path(name));
             tracing::info!(tenant = %name, "tenant gone");
         }
