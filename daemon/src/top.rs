@@ -387,7 +387,7 @@ fn footer_lines(view: &View) -> Vec<Line<'static>> {
     } else {
         lines.push(
             Line::from(
-                "SHARE 10s: device time over the daemon's last 10 s; LAUNCH/s, WAITING (time waiting for a slice), WAIT p99: over the refresh interval.",
+                "SHARE 10s: the daemon's last 10 s. LAUNCH/s, WAITING (for a slice), WAIT p99: the last refresh interval.",
             )
             .dim(),
         );
