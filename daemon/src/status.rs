@@ -109,17 +109,33 @@ pub struct TenantDeviceStatus {
 /// Asking the daemon for its status failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error(
-        "cannot reach gpumuxd at {path} ({source}); is it running? (`systemctl status gpumuxd`)"
-    )]
+    #[error("cannot reach gpumuxd at {path} ({source}); {}", connect_hint(.source))]
     Connect {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("talking to gpumuxd: {0}")]
+    #[error("talking to gpumuxd: {0}; is it overloaded or stuck? (`systemctl status gpumuxd`)")]
     Io(#[from] std::io::Error),
-    #[error("gpumuxd answered something unexpected: {0}")]
+    #[error(
+        "gpumuxd answered something unexpected: {0}; are gpumuxctl and gpumuxd the same version? (`gpumuxctl --version`, `gpumuxd --version`)"
+    )]
     BadAnswer(String),
+}
+
+/// What to do when the control socket cannot be connected to.
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "the control socket is root's: run gpumuxctl as root (e.g. with sudo)"
+        }
+        std::io::ErrorKind::NotFound => {
+            "is gpumuxd running (`systemctl status gpumuxd`), with the same state_dir as this gpumuxctl's --config?"
+        }
+        std::io::ErrorKind::ConnectionRefused => {
+            "gpumuxd is not running (the socket is left from an earlier one): `systemctl status gpumuxd`"
+        }
+        _ => "is it running? (`systemctl status gpumuxd`)",
+    }
 }
 
 /// Asks the daemon for its status over its control socket in `state_dir`.

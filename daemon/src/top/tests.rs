@@ -84,68 +84,58 @@ fn report(uptime: f64, tenants: Vec<Tenant>) -> StatusReport {
 
 /// Two reports two seconds apart: alice (weight 3) busy, bob (weight 1) waiting and refused.
 fn two_reports() -> (StatusReport, StatusReport) {
+    let alice = |share, launches, wait_ms| Tenant {
+        name: "alice",
+        weight: 3,
+        used: 4 * GIB,
+        limit: 6 * GIB,
+        refused: 0,
+        share,
+        waits: vec![Duration::from_millis(20); 10],
+        procs: vec![
+            process(1001, ProcessState::Running, 4 * GIB, 1000, 0),
+            process(1002, ProcessState::Running, 0, launches, wait_ms),
+        ],
+    };
+    let bob = |used, refused, share, waits, procs| Tenant {
+        name: "bob",
+        weight: 1,
+        used,
+        limit: 2 * GIB,
+        refused,
+        share,
+        waits,
+        procs,
+    };
+    let early_waits = vec![Duration::from_millis(20); 10];
     let before = report(
         100.0,
         vec![
-            Tenant {
-                name: "alice",
-                weight: 3,
-                used: 4 * GIB,
-                limit: 6 * GIB,
-                refused: 0,
-                share: 0.74,
-                waits: vec![Duration::from_millis(20); 10],
-                procs: vec![
-                    process(1001, ProcessState::Running, 4 * GIB, 1000, 0),
-                    process(1002, ProcessState::Running, 0, 5000, 100),
-                ],
-            },
-            Tenant {
-                name: "bob",
-                weight: 1,
-                used: 1536 * MIB,
-                limit: 2 * GIB,
-                refused: 1,
-                share: 0.26,
-                waits: vec![Duration::from_millis(20); 10],
-                procs: vec![process(2001, ProcessState::Running, 1536 * MIB, 100, 1000)],
-            },
+            alice(0.74, 5000, 100),
+            bob(
+                1536 * MIB,
+                1,
+                0.26,
+                early_waits.clone(),
+                vec![process(2001, ProcessState::Running, 1536 * MIB, 100, 1000)],
+            ),
         ],
     );
+    // In the interval: 10 more waits of bob, each 150 ms (p99 within (100, 250] ms).
     let mut after = report(
         102.0,
         vec![
-            Tenant {
-                name: "alice",
-                weight: 3,
-                used: 4 * GIB,
-                limit: 6 * GIB,
-                refused: 0,
-                share: 0.75,
-                waits: vec![Duration::from_millis(20); 10],
-                procs: vec![
-                    process(1001, ProcessState::Running, 4 * GIB, 1000, 0),
-                    process(1002, ProcessState::Running, 0, 6000, 300),
-                ],
-            },
-            Tenant {
-                name: "bob",
-                weight: 1,
-                used: 1980 * MIB,
-                limit: 2 * GIB,
-                refused: 2,
-                share: 0.25,
-                // 10 more waits in the interval, each 150 ms: p99 within (100, 250] ms.
-                waits: [
-                    vec![Duration::from_millis(20); 10],
-                    vec![Duration::from_millis(150); 10],
-                ]
-                .concat(),
-                procs: vec![
+            alice(0.75, 6000, 300),
+            bob(
+                1980 * MIB,
+                2,
+                0.25,
+                [early_waits, vec![Duration::from_millis(150); 10]].concat(),
+                vec![
                     process(2001, ProcessState::Running, 1536 * MIB, 300, 2500),
                     process(2002, ProcessState::Stalled, 444 * MIB, 0, 0),
                 ],
-            },
+            ),
         ],
     );
     after.tenants[1].process_details[0].devices[0].waiting = true;

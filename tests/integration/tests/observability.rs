@@ -377,3 +377,38 @@ fn the_log_follows_journal_stream() {
     assert!(stale.lines().all(|l| !l.starts_with('<')), "{stale}");
     assert!(stale.contains(" ERROR "), "{stale}");
 }
+
+/// A process refused GPU access because the daemon cannot be reached is told which socket,
+/// the likely cause, and what to check on the host.
+#[test]
+fn a_refused_process_is_told_where_and_what_to_check() {
+    let mut g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
+    let refused = |c: &mut std::process::Command| {
+        let out = run(c.args(["ops", "alloc:x:1MiB"]), T).unwrap();
+        assert_ne!(i(out.lines.one("init"), "result"), CUDA_SUCCESS);
+        out.stderr
+    };
+    let missing = g.dir.path().join("not-mounted/gpumux.sock");
+    let mut c = g.gpu.command(c_workload());
+    c.env(
+        "LD_PRELOAD",
+        gpumux_integration::gpumux::artifact("libgpumux.so"),
+    )
+    .env("GPUMUX_SOCKET", &missing);
+    let err = refused(&mut c);
+    for want in [
+        missing.to_str().unwrap(),
+        "not mounted into this container",
+        "systemctl status gpumuxd",
+        "GPU access is refused",
+    ] {
+        assert!(err.contains(want), "no {want:?} in: {err}");
+    }
+    // The daemon died (SIGKILL leaves its socket file): nothing listens.
+    g.kill_daemon();
+    let err = refused(&mut g.tenant_command("a", c_workload()));
+    assert!(
+        err.contains("gpumuxd is not running") && err.contains(g.socket("a").to_str().unwrap()),
+        "{err}"
+    );
+}
