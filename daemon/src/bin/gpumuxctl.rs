@@ -348,14 +348,14 @@ fn render_status(r: &StatusReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
-        "TENANT", "GPU", "WEIGHT", "PROCS", "MEM USED", "MEM LIMIT", "REFUSED", "SHARE", "CAP"
+        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>9} {:>10}",
+        "TENANT", "GPU", "WEIGHT", "PROCS", "MEM USED", "MEM LIMIT", "REFUSED", "SHARE 10s", "CAP"
     );
     for t in &r.tenants {
         for d in &t.devices {
             let _ = writeln!(
                 s,
-                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>7} {:>10}",
+                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>9} {:>10}",
                 t.name,
                 d.index,
                 t.weight,
