@@ -1,6 +1,7 @@
 //! gpumuxd's log: where it goes and how it looks, and rate limiting of repeated warnings.
 //!
-//! - **On a terminal**: colour and timestamps (tracing's usual format).
+//! - **On a terminal**: colour and timestamps (tracing's usual format; `NO_COLOR` turns the
+//!   colour off).
 //! - **Into a file or pipe**: the same without colour codes.
 //! - **Under systemd** (`$JOURNAL_STREAM` names stderr's device and inode): no timestamps of
 //!   its own (the journal keeps them) and a syslog priority prefix (`<3>` error, `<4>` warning,

@@ -187,7 +187,12 @@ impl Daemon {
                 let tenant = conn.tenant.clone();
                 let dev = device as usize;
                 if conn.slot.is_some() && dev < self.scheds.len() {
-                    if self.scheds[dev].sched.holder() != Some(tenant.as_str()) {
+                    // Waiting unless its tenant holds the slice (a demand sent just before the
+                    // grant arrives after it); a draining holder's threads wait too.
+                    let granted = self.tenants.get(&tenant).is_some_and(|t| {
+                        t.segments.control.devices[dev].slice.load(SeqCst) & SLICE_GRANTED != 0
+                    });
+                    if !granted {
                         self.waits.demand(id, &tenant, dev, Instant::now());
                     }
                     self.sched_event(dev, |s, now, act| s.demand(&tenant, now, act));
