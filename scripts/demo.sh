@@ -5,8 +5,12 @@
 # same table printed as text every second).
 #
 #   alice: 6 GiB, weight 3 — two processes saturating the GPU, one holding 4 GiB
-#   bob:   2 GiB, weight 1 — one process saturating the GPU, one holding 1.5 GiB, and one
+#   bob:   2 GiB, weight 1 — one process saturating the GPU, one holding 1 GiB, and one
 #          that tries to take 1 GiB more (refused: over bob's quota)
+#   a stray process on the GPU without gpumux, holding 1 GiB (UNMANAGED in the status)
+#
+# Like a real GPU, the simulated one gives every CUDA context 300 MiB of device memory of its
+# own (FAKEGPU_CONTEXT_BYTES): it counts against the tenant's quota (the OVERHEAD column).
 #
 # DEMO_SECONDS (default 20) sets how long it runs. Ctrl-C stops it; everything is cleaned up.
 # DEMO_METRICS_LISTEN (default 127.0.0.1:0, any free port) is where gpumuxd serves /metrics.
@@ -32,7 +36,8 @@ mkdir -p "$work/lib" "$work/state" "$work/tenants.d"
 ln -s "$T/libcuda.so" "$work/lib/libcuda.so.1"
 ln -s "$T/libcuda.so" "$work/lib/libcuda.so"
 ln -s "$T/libnvidia_ml.so" "$work/lib/libnvidia-ml.so.1"
-export LD_LIBRARY_PATH="$work/lib" FAKEGPU_STATE="$work/gpu.state" FAKEGPU_DEVICES=16GiB
+export LD_LIBRARY_PATH="$work/lib" FAKEGPU_STATE="$work/gpu.state" FAKEGPU_DEVICES=16GiB \
+    FAKEGPU_CONTEXT_BYTES=300MiB
 
 cat > "$work/gpumuxd.toml" <<CONF
 state_dir = "$work/state"
@@ -59,9 +64,10 @@ run_bg in_tenant alice "$W" load --ns 2000000 --batch 4 --seconds "$SECONDS_TO_R
 run_bg in_tenant alice "$W" load --ns 2000000 --batch 4 --seconds "$SECONDS_TO_RUN"
 run_bg in_tenant alice "$W" hold --bytes $((4 << 30)) --seconds "$SECONDS_TO_RUN"
 run_bg in_tenant bob "$W" load --ns 2000000 --batch 4 --seconds "$SECONDS_TO_RUN"
-run_bg in_tenant bob "$W" hold --bytes $((3 << 29)) --seconds "$SECONDS_TO_RUN"
+run_bg in_tenant bob "$W" hold --bytes $((1 << 30)) --seconds "$SECONDS_TO_RUN"
+run_bg "$W" hold --bytes $((1 << 30)) --seconds "$SECONDS_TO_RUN"
 sleep 1
-echo "==> bob asks for 1 GiB more than his quota allows:"
+echo "==> bob (two contexts of 300 MiB and 1 GiB held) asks for 1 GiB more, in a third process:"
 in_tenant bob "$W" ops "alloc:extra:1GiB meminfo" | sed 's/^/    /'
 sleep 1
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs every gpumux test on a fresh machine: installs what the tests need, builds the
-# workspace (the fake GPU libraries, the shim, the daemon, the workloads), then runs the
-# format/lint gates and all unit and integration tests. No GPU needed.
+# workspace (the fake GPU libraries, the shim, the daemon, the workloads), fetches NVIDIA's real
+# driver libraries (the conformance oracle; they answer without a GPU), then runs the format/lint
+# gates and all unit and integration tests, and renders docs/CONFORMANCE.md from the conformance
+# results. No GPU needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
     echo "==> installing ${need_apt[*]}"
     if command -v apt-get >/dev/null 2>&1; then
@@ -35,8 +39,21 @@ GPUMUX_PROMTOOL="$(scripts/fetch-prometheus.sh)/promtool"
 export GPUMUX_PROMTOOL
 "$GPUMUX_PROMTOOL" check rules packaging/monitoring/gpumux-alerts.yml
 (cd packaging/monitoring && "$GPUMUX_PROMTOOL" test rules gpumux-alerts.test.yml)
+echo "==> NVIDIA's real driver libraries (the conformance oracle: scripts/fetch-nvidia-libs.sh)"
+GPUMUX_NVIDIA_LIBS=$(scripts/fetch-nvidia-libs.sh)
+echo "==> Python clients (pynvml, gpustat, cuda.core: scripts/python-clients.sh)"
+GPUMUX_PYTHON=$(scripts/python-clients.sh)
+export GPUMUX_NVIDIA_LIBS GPUMUX_PYTHON GPUMUX_REQUIRE_NVIDIA=1
 echo "==> cargo test"
-cargo test --workspace --no-fail-fast "$@"
+rm -rf target/conformance
+test_status=0
+cargo test --workspace --no-fail-fast "$@" || test_status=$?
+if (($# == 0)); then
+    # The conformance tests wrote target/conformance/*.json; the page shows this run's results.
+    echo "==> docs/CONFORMANCE.md"
+    cargo run -q -p gpumux-conformance --bin conformance-report
+fi
+((test_status == 0)) || exit "$test_status"
 echo "==> Debian package (packaging/build-deb.sh) and its contents"
 deb=$(packaging/build-deb.sh)
 GPUMUX_TEST_DEB=1 GPUMUX_DEB="$deb" cargo test -p gpumux-daemon --test packaging deb_package_contents

@@ -5,9 +5,16 @@
 //! charge is recorded twice (tenant total and the process's slot) so that the daemon can return
 //! exactly what a dead process held, and so that a process killed between the two stores is
 //! repaired by the next locker (`owner_died` → totals recomputed from the slots).
+//!
+//! A tenant's footprint is more than its allocations: each process also holds device memory
+//! no allocation call returns (contexts, modules). Per process and device the slot records
+//! three amounts, all counted against the limit: `used` (allocations, charged by the shim),
+//! `overhead` (what the daemon last measured beyond the allocations, [`set_overhead`]) and
+//! `reserved` (the shim's estimate for a context it is about to create, [`reserve`], until a
+//! measurement settles it).
 
 use crate::shm::{AccountingSegment, ControlSegment, MAX_DEVICES, MAX_PROCESSES};
-use crate::shm_mutex::LockError;
+use crate::shm_mutex::{LockError, ShmMutexGuard};
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::Duration;
 use thiserror::Error;
@@ -39,6 +46,29 @@ pub fn charge(
     device: usize,
     bytes: u64,
 ) -> Result<(), ChargeError> {
+    charge_into(ctl, acct, slot, device, bytes, false)
+}
+
+/// Reserves `bytes` on `device` for a context the process in `slot` is about to create (an
+/// estimate of the context's own memory), or refuses like [`charge`] without reserving.
+pub fn reserve(
+    ctl: &ControlSegment,
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+) -> Result<(), ChargeError> {
+    charge_into(ctl, acct, slot, device, bytes, true)
+}
+
+fn charge_into(
+    ctl: &ControlSegment,
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+    reservation: bool,
+) -> Result<(), ChargeError> {
     if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
         return Err(ChargeError::OutOfRange { device, slot });
     }
@@ -57,7 +87,13 @@ pub fn charge(
     match used.checked_add(bytes) {
         Some(new) if new <= limit => {
             dev.used.store(new, Relaxed);
-            let p = &acct.processes[slot].used[device];
+            let p = if reservation {
+                dev.overhead
+                    .store(dev.overhead.load(Relaxed) + bytes, Relaxed);
+                &acct.processes[slot].reserved[device]
+            } else {
+                &acct.processes[slot].used[device]
+            };
             p.store(p.load(Relaxed) + bytes, Relaxed);
             if new > dev.peak.load(Relaxed) {
                 dev.peak.store(new, Relaxed);
@@ -83,13 +119,7 @@ pub fn uncharge(
     device: usize,
     bytes: u64,
 ) -> Result<(), ChargeError> {
-    if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
-        return Err(ChargeError::OutOfRange { device, slot });
-    }
-    let guard = acct.lock.lock()?;
-    if guard.owner_died {
-        repair_locked(acct);
-    }
+    let _guard = lock_for(acct, slot, device, None)?;
     let p = &acct.processes[slot].used[device];
     let give = bytes.min(p.load(Relaxed));
     p.store(p.load(Relaxed) - give, Relaxed);
@@ -99,8 +129,116 @@ pub fn uncharge(
     Ok(())
 }
 
+/// Gives back up to `bytes` of the reservation of the process in `slot` on `device` (the
+/// context it was for was not created).
+pub fn unreserve(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+) -> Result<(), ChargeError> {
+    settle(acct, slot, device, bytes, false)
+}
+
+/// Turns up to `bytes` of the reservation of the process in `slot` on `device` into measured
+/// overhead: the context exists but no measurement will settle the reservation (the daemon is
+/// away); the next measurement replaces it with the truth.
+pub fn reservation_to_overhead(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+) -> Result<(), ChargeError> {
+    settle(acct, slot, device, bytes, true)
+}
+
+fn settle(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    bytes: u64,
+    keep_as_overhead: bool,
+) -> Result<(), ChargeError> {
+    let _guard = lock_for(acct, slot, device, None)?;
+    let p = &acct.processes[slot];
+    let take = bytes.min(p.reserved[device].load(Relaxed));
+    p.reserved[device].store(p.reserved[device].load(Relaxed) - take, Relaxed);
+    if keep_as_overhead {
+        p.overhead[device].store(p.overhead[device].load(Relaxed) + take, Relaxed);
+    } else {
+        let dev = &acct.devices[device];
+        dev.used
+            .store(dev.used.load(Relaxed).saturating_sub(take), Relaxed);
+        dev.overhead
+            .store(dev.overhead.load(Relaxed).saturating_sub(take), Relaxed);
+    }
+    Ok(())
+}
+
+/// Records a measurement of the process in `slot` on `device`: its overhead becomes
+/// `measured`, and up to `settle` bytes of its reservation are released (the reservation was
+/// for a context this measurement includes). No limit check: the memory is held already; a
+/// tenant pushed over its limit gets no new memory until it is back under. Returns the
+/// overhead recorded before.
+pub fn set_overhead(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    measured: u64,
+    settle: u64,
+    timeout: Duration,
+) -> Result<u64, ChargeError> {
+    let _guard = lock_for(acct, slot, device, Some(timeout))?;
+    let p = &acct.processes[slot];
+    let old = p.overhead[device].swap(measured, Relaxed);
+    let take = settle.min(p.reserved[device].load(Relaxed));
+    p.reserved[device].store(p.reserved[device].load(Relaxed) - take, Relaxed);
+    let dev = &acct.devices[device];
+    let adjust = |a: &std::sync::atomic::AtomicU64| {
+        a.store(
+            (a.load(Relaxed) + measured).saturating_sub(old + take),
+            Relaxed,
+        )
+    };
+    adjust(&dev.used);
+    adjust(&dev.overhead);
+    let used = dev.used.load(Relaxed);
+    if used > dev.peak.load(Relaxed) {
+        dev.peak.store(used, Relaxed);
+    }
+    Ok(old)
+}
+
+/// Checks `slot` and `device`, then takes the segment's lock (waiting at most `timeout` when
+/// given), repairing the totals if its last owner died holding it.
+fn lock_for(
+    acct: &AccountingSegment,
+    slot: usize,
+    device: usize,
+    timeout: Option<Duration>,
+) -> Result<ShmMutexGuard<'_>, ChargeError> {
+    if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
+        return Err(ChargeError::OutOfRange { device, slot });
+    }
+    let guard = match timeout {
+        Some(t) => acct.lock.lock_timeout(t)?,
+        None => acct.lock.lock()?,
+    };
+    if guard.owner_died {
+        repair_locked(acct);
+    }
+    Ok(guard)
+}
+
+/// Whether the tenant's footprint on `device` exceeds its limit.
+pub fn over_limit(ctl: &ControlSegment, acct: &AccountingSegment, device: usize) -> bool {
+    device < MAX_DEVICES
+        && acct.devices[device].used.load(Acquire) > ctl.devices[device].memory_limit.load(Acquire)
+}
+
 /// Returns everything the process in `slot` holds and frees the slot (daemon side, when a
-/// process's registration ends). Returns the bytes given back per device.
+/// process's registration ends). Returns the bytes given back per device (allocations,
+/// overhead and reservations).
 pub fn reclaim_slot(
     acct: &AccountingSegment,
     slot: usize,
@@ -116,10 +254,14 @@ pub fn reclaim_slot(
     let mut returned = [0u64; MAX_DEVICES];
     let proc_slot = &acct.processes[slot];
     for (d, ret) in returned.iter_mut().enumerate() {
-        let held = proc_slot.used[d].swap(0, Relaxed);
+        let beyond =
+            proc_slot.overhead[d].swap(0, Relaxed) + proc_slot.reserved[d].swap(0, Relaxed);
+        let held = proc_slot.used[d].swap(0, Relaxed) + beyond;
         let dev = &acct.devices[d];
         dev.used
             .store(dev.used.load(Relaxed).saturating_sub(held), Relaxed);
+        dev.overhead
+            .store(dev.overhead.load(Relaxed).saturating_sub(beyond), Relaxed);
         *ret = held;
     }
     proc_slot.pid.store(0, Relaxed);
@@ -130,9 +272,18 @@ pub fn reclaim_slot(
 /// Caller holds the lock.
 fn repair_locked(acct: &AccountingSegment) {
     for d in 0..MAX_DEVICES {
-        let sum: u64 = acct.processes.iter().map(|p| p.used[d].load(Relaxed)).sum();
-        acct.devices[d].used.store(sum, Relaxed);
+        let (used, overhead) = sums(acct, d);
+        acct.devices[d].used.store(used, Relaxed);
+        acct.devices[d].overhead.store(overhead, Relaxed);
     }
+}
+
+/// `(footprint, overhead)` of `device` summed over the process slots.
+fn sums(acct: &AccountingSegment, d: usize) -> (u64, u64) {
+    acct.processes.iter().fold((0, 0), |(u, o), p| {
+        let beyond = p.overhead[d].load(Relaxed) + p.reserved[d].load(Relaxed);
+        (u + p.used[d].load(Relaxed) + beyond, o + beyond)
+    })
 }
 
 /// Verifies and, if needed, repairs the totals (daemon side, e.g. after adopting a segment).
@@ -140,8 +291,11 @@ fn repair_locked(acct: &AccountingSegment) {
 pub fn audit(acct: &AccountingSegment, timeout: Duration) -> Result<bool, ChargeError> {
     let _guard = acct.lock.lock_timeout(timeout)?;
     let drift = (0..MAX_DEVICES).any(|d| {
-        let sum: u64 = acct.processes.iter().map(|p| p.used[d].load(Relaxed)).sum();
-        sum != acct.devices[d].used.load(Relaxed)
+        sums(acct, d)
+            != (
+                acct.devices[d].used.load(Relaxed),
+                acct.devices[d].overhead.load(Relaxed),
+            )
     });
     if drift {
         repair_locked(acct);
@@ -217,6 +371,53 @@ mod tests {
         acct.devices[0].used.store(77, Relaxed);
         assert!(audit(&acct, Duration::from_secs(1)).unwrap());
         assert_eq!(acct.devices[0].used.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn overhead_counts_against_the_limit() {
+        let t = Duration::from_secs(1);
+        let (ctl, acct) = segments(1000);
+        charge(&ctl, &acct, 0, 0, 100).unwrap();
+        // A reservation is limit-checked like an allocation.
+        reserve(&ctl, &acct, 0, 0, 300).unwrap();
+        assert!(matches!(
+            reserve(&ctl, &acct, 1, 0, 700),
+            Err(ChargeError::OverLimit { used: 400, .. })
+        ));
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 300);
+        // The measurement replaces the estimate: 250 measured, the 300 reserved settled.
+        assert_eq!(set_overhead(&acct, 0, 0, 250, 300, t).unwrap(), 0);
+        assert_eq!(acct.devices[0].used.load(Relaxed), 350);
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 250);
+        assert_eq!(acct.processes[0].reserved[0].load(Relaxed), 0);
+        // Allocations stop where allocations + overhead reach the limit.
+        charge(&ctl, &acct, 1, 0, 650).unwrap();
+        assert!(charge(&ctl, &acct, 1, 0, 1).is_err());
+        assert!(!over_limit(&ctl, &acct, 0));
+        // A measurement may push the tenant over (the memory is held already).
+        set_overhead(&acct, 0, 0, 400, 0, t).unwrap();
+        assert!(over_limit(&ctl, &acct, 0));
+        assert_eq!(acct.devices[0].peak.load(Relaxed), 1150);
+        assert!(!audit(&acct, t).unwrap());
+        // A reservation given back, or kept as overhead.
+        set_overhead(&acct, 0, 0, 0, 0, t).unwrap();
+        reserve(&ctl, &acct, 2, 0, 200).unwrap();
+        unreserve(&acct, 2, 0, 500).unwrap();
+        assert_eq!(acct.devices[0].used.load(Relaxed), 750);
+        reserve(&ctl, &acct, 2, 0, 200).unwrap();
+        reservation_to_overhead(&acct, 2, 0, u64::MAX).unwrap();
+        assert_eq!(acct.processes[2].overhead[0].load(Relaxed), 200);
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 200);
+        assert!(!audit(&acct, t).unwrap());
+        // Reclaim returns allocations, overhead and reservations.
+        reserve(&ctl, &acct, 2, 0, 10).unwrap();
+        assert_eq!(reclaim_slot(&acct, 2, t).unwrap()[0], 210);
+        assert_eq!(acct.devices[0].used.load(Relaxed), 750);
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 0);
+        // Repair recomputes both totals from the slots.
+        acct.devices[0].overhead.store(5, Relaxed);
+        assert!(audit(&acct, t).unwrap());
+        assert_eq!(acct.devices[0].overhead.load(Relaxed), 0);
     }
 
     #[test]

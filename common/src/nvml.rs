@@ -5,7 +5,8 @@
 //! A probe lists every GPU NVML can name (by UUID). A GPU whose memory cannot be read is listed
 //! as unhealthy; a GPU NVML no longer lists at all is for the caller to notice (the plugin
 //! remembers the GPUs it has seen). The [`DeviceSource`] trait lets tests script what NVML
-//! would say.
+//! would say. [`Nvml::running_processes`] lists the processes holding a context on a GPU with
+//! the device memory NVML attributes to each (the daemon's footprint measurement).
 
 use std::ffi::{CStr, c_char, c_uint, c_void};
 use std::sync::OnceLock;
@@ -65,6 +66,34 @@ struct Api {
     name: unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32,
     /// Optional: absent from some NVML builds (and from the test fake).
     minor: Option<unsafe extern "C" fn(Handle, *mut c_uint) -> u32>,
+    /// `nvmlDeviceGetComputeRunningProcesses_v3`, else `_v2` (same struct); absent from old
+    /// drivers.
+    processes: Option<unsafe extern "C" fn(Handle, *mut c_uint, *mut ProcessInfo) -> u32>,
+}
+
+/// `nvmlProcessInfo_t` (what `nvmlDeviceGetComputeRunningProcesses_v2`/`_v3` fill).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct ProcessInfo {
+    pid: c_uint,
+    used_gpu_memory: u64,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+/// NVML's `NVML_VALUE_NOT_AVAILABLE` for a 64-bit field.
+const VALUE_NOT_AVAILABLE: u64 = u64::MAX;
+/// `NVML_ERROR_INSUFFICIENT_SIZE`.
+const ERROR_INSUFFICIENT_SIZE: u32 = 7;
+
+/// A process holding a context on a GPU, as NVML sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Host pid.
+    pub pid: u32,
+    /// Device memory NVML attributes to the process (allocations, contexts, modules), `None`
+    /// when NVML will not say (`NVML_VALUE_NOT_AVAILABLE`, e.g. without permission).
+    pub used_bytes: Option<u64>,
 }
 
 fn dl_error() -> String {
@@ -116,6 +145,23 @@ fn load() -> Result<Api, NvmlError> {
             )
         })
     };
+    let processes = [
+        c"nvmlDeviceGetComputeRunningProcesses_v3",
+        c"nvmlDeviceGetComputeRunningProcesses_v2",
+    ]
+    .into_iter()
+    .map(lookup)
+    .find(|p| !p.is_null())
+    .map(|p| {
+        // SAFETY: `nvmlReturn_t f(nvmlDevice_t, unsigned int *, nvmlProcessInfo_t *)`, the
+        // same signature and struct for `_v2` and `_v3`.
+        unsafe {
+            std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(Handle, *mut c_uint, *mut ProcessInfo) -> u32,
+            >(p)
+        }
+    });
     Ok(Api {
         init: sym!("nvmlInit_v2": unsafe extern "C" fn() -> u32),
         shutdown: sym!("nvmlShutdown": unsafe extern "C" fn() -> u32),
@@ -125,6 +171,7 @@ fn load() -> Result<Api, NvmlError> {
         memory: sym!("nvmlDeviceGetMemoryInfo": unsafe extern "C" fn(Handle, *mut MemoryInfo) -> u32),
         name: sym!("nvmlDeviceGetName": unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32),
         minor,
+        processes,
     })
 }
 
@@ -153,6 +200,55 @@ impl Nvml {
     fn api() -> Result<&'static Api, NvmlError> {
         static API: OnceLock<Result<Api, NvmlError>> = OnceLock::new();
         API.get_or_init(load).as_ref().map_err(Clone::clone)
+    }
+}
+
+impl Nvml {
+    /// The processes holding a context on the GPU with NVML index `index`, with their device
+    /// memory. NVML stays initialised for the rest of the process's life after the first call
+    /// (one `nvmlInit`, so each call costs only the query).
+    pub fn running_processes(&self, index: u32) -> Result<Vec<ProcessMemory>, NvmlError> {
+        let api = Self::api()?;
+        static SESSION: OnceLock<Result<(), NvmlError>> = OnceLock::new();
+        SESSION
+            // SAFETY: NVML's contract: init before use. Never shut down: the session lives as
+            // long as the process.
+            .get_or_init(|| check("nvmlInit_v2", unsafe { (api.init)() }))
+            .clone()?;
+        let list = api
+            .processes
+            .ok_or(NvmlError::Symbol("nvmlDeviceGetComputeRunningProcesses_v3"))?;
+        let mut h: Handle = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; NVML is initialised.
+        check("nvmlDeviceGetHandleByIndex_v2", unsafe {
+            (api.handle_by_index)(index, &mut h)
+        })?;
+        let mut capacity: c_uint = 64;
+        // A process starting between the two calls makes the list grow: retry a few times.
+        for _ in 0..4 {
+            let mut infos = vec![ProcessInfo::default(); capacity as usize];
+            let mut n = capacity;
+            // SAFETY: handle from NVML; `infos` has room for `n` entries.
+            let rc = unsafe { list(h, &mut n, infos.as_mut_ptr()) };
+            if rc == ERROR_INSUFFICIENT_SIZE {
+                capacity = n.max(capacity) + 16;
+                continue;
+            }
+            check("nvmlDeviceGetComputeRunningProcesses", rc)?;
+            return Ok(infos
+                .iter()
+                .take(n.min(capacity) as usize)
+                .map(|p| ProcessMemory {
+                    pid: p.pid,
+                    used_bytes: (p.used_gpu_memory != VALUE_NOT_AVAILABLE)
+                        .then_some(p.used_gpu_memory),
+                })
+                .collect());
+        }
+        Err(NvmlError::Call {
+            call: "nvmlDeviceGetComputeRunningProcesses",
+            code: ERROR_INSUFFICIENT_SIZE,
+        })
     }
 }
 

@@ -7,7 +7,7 @@
 use thiserror::Error;
 
 /// Bumped on any incompatible change to these messages or to `shm::LAYOUT_VERSION`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// No message is larger than this.
 pub const MAX_MESSAGE: usize = 1024;
 
@@ -24,6 +24,16 @@ pub enum ClientMsg {
     /// After a daemon restart: a process registered with the previous daemon takes its
     /// accounting `slot` back. Answered like `Hello`.
     Reattach { protocol: u32, pid: u32, slot: u32 },
+    /// The process's footprint on `device` changed beyond its allocations (a context created
+    /// or destroyed, a module loaded or unloaded): measure it. `reserved` bytes of the slot's
+    /// reservation were for a context that now exists (settle them with the measurement).
+    /// `seq != 0` (only after creating a context): answer `Measured` with it once the
+    /// measurement is recorded; the growth it measures is what a context takes.
+    Footprint {
+        device: u32,
+        reserved: u64,
+        seq: u32,
+    },
 }
 
 /// Daemon → shim.
@@ -39,6 +49,9 @@ pub enum ServerMsg {
     Refused { reason: String },
     /// The tenant's slice on `device` ends: stop issuing work, drain, answer `Drained`.
     Revoke { device: u32, epoch: u32 },
+    /// The footprint asked for by `Footprint { seq, .. }` was measured and recorded in the
+    /// accounting segment (or could not be measured: the reservation then stands).
+    Measured { device: u32, seq: u32 },
 }
 
 /// A message could not be decoded.
@@ -126,6 +139,16 @@ impl ClientMsg {
                 pid,
                 slot,
             } => Writer::new(4).u32(*protocol).u32(*pid).u32(*slot).0.clone(),
+            ClientMsg::Footprint {
+                device,
+                reserved,
+                seq,
+            } => Writer::new(5)
+                .u32(*device)
+                .u64(*reserved)
+                .u32(*seq)
+                .0
+                .clone(),
         }
     }
 
@@ -145,6 +168,11 @@ impl ClientMsg {
                 protocol: r.u32()?,
                 pid: r.u32()?,
                 slot: r.u32()?,
+            },
+            5 => ClientMsg::Footprint {
+                device: r.u32()?,
+                reserved: r.u64()?,
+                seq: r.u32()?,
             },
             t => return Err(ProtocolError::UnknownTag(t)),
         };
@@ -170,6 +198,9 @@ impl ServerMsg {
             ServerMsg::Revoke { device, epoch } => {
                 Writer::new(103).u32(*device).u32(*epoch).0.clone()
             }
+            ServerMsg::Measured { device, seq } => {
+                Writer::new(104).u32(*device).u32(*seq).0.clone()
+            }
         }
     }
 
@@ -185,6 +216,10 @@ impl ServerMsg {
             103 => ServerMsg::Revoke {
                 device: r.u32()?,
                 epoch: r.u32()?,
+            },
+            104 => ServerMsg::Measured {
+                device: r.u32()?,
+                seq: r.u32()?,
             },
             t => return Err(ProtocolError::UnknownTag(t)),
         };
@@ -215,6 +250,11 @@ mod tests {
                 device: 1,
                 epoch: 9,
             },
+            ClientMsg::Footprint {
+                device: 2,
+                reserved: 300 << 20,
+                seq: 7,
+            },
         ] {
             assert_eq!(ClientMsg::decode(&m.encode()), Ok(m));
         }
@@ -231,6 +271,7 @@ mod tests {
                 device: 0,
                 epoch: 4,
             },
+            ServerMsg::Measured { device: 3, seq: 9 },
         ] {
             assert_eq!(ServerMsg::decode(&m.encode()), Ok(m));
         }

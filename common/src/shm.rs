@@ -19,7 +19,7 @@ pub const MAX_DEVICES: usize = 16;
 /// Concurrently registered processes per tenant at most.
 pub const MAX_PROCESSES: usize = 1024;
 /// Bumped whenever a layout below changes; shim and daemon must agree.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"GMXCTRL1");
 pub const ACCOUNTING_MAGIC: u64 = u64::from_le_bytes(*b"GMXACCT1");
 
@@ -59,6 +59,9 @@ pub struct ControlDevice {
     /// Whether the daemon time-slices this device (more than one tenant may use it).
     pub scheduled: AtomicU32,
     pub _reserved: [AtomicU32; 3],
+    /// Device memory a new context is expected to occupy (the daemon's latest measurement on
+    /// this device, 0 until it has one): what the shim reserves before creating a context.
+    pub context_overhead: AtomicU64,
 }
 
 /// Tenant-written, daemon-read state.
@@ -76,7 +79,8 @@ pub struct AccountingSegment {
 /// Per-device totals of a tenant.
 #[repr(C, align(64))]
 pub struct AccountingDevice {
-    /// Bytes charged, summed over all processes (== sum of `ProcessSlot::used[d]`).
+    /// The tenant's footprint on the device, what counts against its limit: the sum over its
+    /// processes of `used + overhead + reserved` (see [`ProcessSlot`]).
     pub used: AtomicU64,
     /// Allocations refused for exceeding the limit.
     pub refused: AtomicU64,
@@ -91,6 +95,9 @@ pub struct AccountingDevice {
     pub _pad: AtomicU32,
     /// Total ns threads spent waiting for a slice.
     pub wait_ns: AtomicU64,
+    /// The part of `used` that is not allocations: the sum over its processes of
+    /// `overhead + reserved`.
+    pub overhead: AtomicU64,
 }
 
 /// One registered process.
@@ -107,6 +114,12 @@ pub struct ProcessSlot {
     /// Launches this process issued, per device (an activity indicator the scheduler reads;
     /// updated without read-modify-write, so concurrent launches may count once).
     pub launches: [AtomicU64; MAX_DEVICES],
+    /// Device memory the process holds beyond its allocations (contexts, modules, libraries'
+    /// workspaces), per device, as the daemon last measured it through NVML.
+    pub overhead: [AtomicU64; MAX_DEVICES],
+    /// Estimates the shim reserved before creating a context, per device, not yet replaced by
+    /// a measurement (the daemon settles them when it measures).
+    pub reserved: [AtomicU64; MAX_DEVICES],
 }
 
 /// A shared mapping of a segment file descriptor. Unmapped on drop.
@@ -331,6 +344,8 @@ mod tests {
     #[test]
     fn layouts_fit_pages() {
         assert_eq!(ControlSegment::segment_len() % 4096, 0);
+        assert_eq!(std::mem::size_of::<ControlDevice>(), 64);
+        assert_eq!(std::mem::size_of::<AccountingDevice>(), 64);
         assert!(AccountingSegment::segment_len() >= std::mem::size_of::<AccountingSegment>());
     }
 }

@@ -5,6 +5,8 @@
 //! - [`procfs`]: process start times and exit notification (pidfd).
 //! - [`segments`]: a tenant's shared segments (sealed control, tenant-writable accounting).
 //! - [`scheduler`]: weighted, work-conserving time-slicing of one device (pure logic).
+//! - [`footprint`]: processes' memory beyond their allocations and unmanaged processes, from
+//!   NVML readings (pure logic).
 //! - [`server`]: the event loop: tenant sockets, process lifetimes, quota files, control socket.
 //! - [`metrics`]: Prometheus text exposition of the status, served over HTTP.
 //! - [`status`]: the status report and control requests (one schema for daemon and CLI).
@@ -18,6 +20,7 @@
 
 pub mod cdi;
 pub mod devices;
+pub mod footprint;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

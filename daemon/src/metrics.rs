@@ -84,6 +84,7 @@ impl Collector for ReportCollector {
             }
         }
         weight_share_family(r, &mut enc)?;
+        unmanaged_family(r, &mut enc)?;
         histogram_family(r, &mut enc, SLICE_WAIT, |d| &d.waits.slice_wait)?;
         histogram_family(r, &mut enc, GRANT_LATENCY, |d| &d.waits.grant_latency)
     }
@@ -139,13 +140,20 @@ struct TenantDeviceFamily {
     value: fn(&TenantDeviceStatus) -> Num,
 }
 
-const TENANT_DEVICE_FAMILIES: [TenantDeviceFamily; 8] = [
+const TENANT_DEVICE_FAMILIES: [TenantDeviceFamily; 9] = [
     TenantDeviceFamily {
         name: "gpumux_memory_used",
-        help: "Device memory charged to the tenant.",
+        help: "Device memory charged to the tenant: allocations plus overhead.",
         unit: Some(Unit::Bytes),
         kind: Kind::Gauge,
         value: |d| Num::Int(d.memory_used),
+    },
+    TenantDeviceFamily {
+        name: "gpumux_tenant_memory_overhead",
+        help: "Device memory the tenant's processes hold beyond their allocations (contexts, modules), as NVML reports it.",
+        unit: Some(Unit::Bytes),
+        kind: Kind::Gauge,
+        value: |d| Num::Int(d.memory_overhead),
     },
     TenantDeviceFamily {
         name: "gpumux_memory_limit",
@@ -311,6 +319,28 @@ fn weight_share_family(r: &StatusReport, enc: &mut DescriptorEncoder) -> fmt::Re
         let share = t.weight as f64 / total[&d.index].max(1.0);
         m.encode_family(&tenant_device(t, d))?
             .encode_gauge(&share)?;
+    }
+    Ok(())
+}
+
+/// Processes on a GPU that never registered with gpumux.
+fn unmanaged_family(r: &StatusReport, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "gpumux_unmanaged_process_memory",
+        "Device memory of a process that uses the GPU without gpumux (tenant \"unknown\" unless it shares a tenant's cgroup).",
+        Some(&Unit::Bytes),
+        MetricType::Gauge,
+    )?;
+    for u in &r.unmanaged {
+        let labels = [
+            ("device", u.device.to_string()),
+            ("pid", u.pid.to_string()),
+            (
+                "tenant",
+                u.tenant.clone().unwrap_or_else(|| "unknown".into()),
+            ),
+        ];
+        m.encode_family(&labels)?.encode_gauge(&u.memory)?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! What the daemon reads about processes from /proc and pidfds: start times (to tell a
-//! registered process from a later one that reused its pid) and exit notification.
+//! registered process from a later one that reused its pid), cgroups (to tell which tenant an
+//! unmanaged GPU process belongs to) and exit notification.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -20,6 +21,12 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
 /// Whether `pid` is the process that started at `start_time` and has not exited.
 pub fn same_process_alive(pid: u32, start: u64) -> bool {
     pid != 0 && start_time(pid) == Some(start)
+}
+
+/// The text of `/proc/PID/cgroup` (every hierarchy the process is in), trimmed.
+pub fn cgroup(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    Some(text.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 /// A pidfd for `pid`: readable once the process exits.
@@ -47,5 +54,6 @@ mod tests {
         assert!(same_process_alive(std::process::id(), me));
         assert!(!same_process_alive(std::process::id(), me + 1));
         assert!(pidfd_open(std::process::id()).is_ok());
+        assert!(cgroup(std::process::id()).is_some_and(|c| c.contains(':')));
     }
 }

@@ -25,6 +25,24 @@ pub struct StatusReport {
     pub tenants: Vec<TenantStatus>,
     /// Quota files currently rejected (`file:line: reason`); their tenants keep the last good quota.
     pub config_errors: Vec<String>,
+    /// Processes on a GPU that no tenant registered (started without the shim): their memory
+    /// is the device's, not any tenant's quota's.
+    #[serde(default)]
+    pub unmanaged: Vec<UnmanagedProcess>,
+}
+
+/// A process holding GPU memory that never registered with gpumux.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UnmanagedProcess {
+    /// Device index.
+    pub device: u32,
+    /// Host pid.
+    pub pid: u32,
+    /// Device memory NVML attributes to it (0 when NVML will not say).
+    pub memory: u64,
+    /// The tenant it most likely belongs to (it shares the cgroup of that tenant's registered
+    /// processes), if the daemon can tell.
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,8 +94,13 @@ pub enum ProcessState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessDeviceStatus {
     pub index: u32,
-    /// Bytes this process has charged on the device.
+    /// This process's footprint on the device (what counts against the limit): its
+    /// allocations plus `memory_overhead`.
     pub memory_used: u64,
+    /// The part of `memory_used` that is not allocations (contexts, modules; measured through
+    /// NVML, or reserved for a context being created).
+    #[serde(default)]
+    pub memory_overhead: u64,
     /// Kernel and graph launches it issued there (monotonic).
     pub launches: u64,
     /// Total time it waited for a compute slice there, as the daemon saw it (from its first
@@ -90,7 +113,13 @@ pub struct ProcessDeviceStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TenantDeviceStatus {
     pub index: u32,
+    /// The tenant's footprint, what counts against its limit: allocations + overhead.
     pub memory_used: u64,
+    /// The part of `memory_used` that is not allocations: what its processes hold beyond them
+    /// (contexts, modules, libraries), as NVML reports it, or reserved for a context being
+    /// created.
+    #[serde(default)]
+    pub memory_overhead: u64,
     pub memory_limit: u64,
     pub memory_peak: u64,
     pub allocations_refused: u64,

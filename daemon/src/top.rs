@@ -1,10 +1,11 @@
 //! `gpumuxctl top`: a live view of the node, refreshed from the status report.
 //!
 //! One row per tenant and device (weight, device-time share over the daemon's 10 s window
-//! next to the share its weight entitles it to, memory against the limit, refusals,
-//! launches/s, p99 slice wait), and under each tenant one row per process (pid, state, memory,
-//! launches/s, the part of the refresh interval it spent waiting for a slice). Rates and the
-//! p99 are over the last refresh interval, from the difference of two reports.
+//! next to the share its weight entitles it to, memory and its overhead against the limit,
+//! refusals, launches/s, p99 slice wait), and under each tenant one row per process (pid,
+//! state, memory, launches/s, the part of the refresh interval it spent waiting for a slice);
+//! then processes using a GPU without gpumux. Rates and the p99 are over the last refresh
+//! interval, from the difference of two reports.
 //!
 //! On a terminal it is interactive (ratatui over crossterm: `q` quits, `s` changes the sort);
 //! otherwise (a pipe, a file, CI) it prints the same table as text every interval.
@@ -213,13 +214,14 @@ impl View {
     }
 }
 
-const HEADER: [&str; 12] = [
+const HEADER: [&str; 13] = [
     "TENANT / PID",
     "GPU",
     "WEIGHT",
     "SHARE 10s",
     "BY WEIGHT",
     "MEM USED",
+    "OVERHEAD",
     "LIMIT",
     "USE",
     "REFUSED",
@@ -228,12 +230,13 @@ const HEADER: [&str; 12] = [
     "WAIT p99",
 ];
 
-const WIDTHS: [Constraint; 12] = [
+const WIDTHS: [Constraint; 13] = [
     Constraint::Min(16),
     Constraint::Length(3),
     Constraint::Length(6),
     Constraint::Length(9),
     Constraint::Length(9),
+    Constraint::Length(10),
     Constraint::Length(10),
     Constraint::Length(10),
     Constraint::Length(5),
@@ -279,6 +282,7 @@ fn tenant_row(view: &View, t: &TenantStatus, d: &TenantDeviceStatus) -> Row<'sta
         right(d.device_time_share.map(pct).unwrap_or_else(|| "-".into())),
         right(pct(view.weight_share(t, d.index))),
         right(format_size(d.memory_used)),
+        right(format_size(d.memory_overhead)),
         right(format_size(d.memory_limit)),
         right(
             use_frac
@@ -318,6 +322,7 @@ fn process_row(view: &View, t: &TenantStatus, p: &ProcessStatus, dev: u32) -> Op
             right(String::new()),
             right(String::new()),
             right(format_size(d.memory_used)),
+            right(format_size(d.memory_overhead)),
             right(String::new()),
             right(String::new()),
             right(String::new()),
@@ -329,7 +334,32 @@ fn process_row(view: &View, t: &TenantStatus, p: &ProcessStatus, dev: u32) -> Op
     )
 }
 
-/// The rows of the table: each tenant and device, its processes under it.
+/// Processes on a GPU without gpumux: a heading row, then one row each.
+fn unmanaged_rows(view: &View) -> Vec<Row<'static>> {
+    let procs = &view.report.unmanaged;
+    if procs.is_empty() {
+        return Vec::new();
+    }
+    let warn = Style::new().fg(Color::Yellow);
+    let mut rows = vec![Row::new(vec![Cell::from("(unmanaged: no gpumux)")]).style(warn.bold())];
+    for u in procs {
+        let mut cells = vec![
+            Cell::from(format!(
+                "  {} {}",
+                u.pid,
+                u.tenant.as_deref().unwrap_or("unknown")
+            )),
+            right(u.device.to_string()),
+        ];
+        cells.extend((0..3).map(|_| right(String::new())));
+        cells.push(right(format_size(u.memory)));
+        rows.push(Row::new(cells).style(warn));
+    }
+    rows
+}
+
+/// The rows of the table: each tenant and device, its processes under it; then processes
+/// using a GPU without gpumux.
 fn table_rows(view: &View) -> Vec<Row<'static>> {
     let mut rows = Vec::new();
     for (t, d) in view.rows() {
@@ -348,6 +378,7 @@ fn table_rows(view: &View) -> Vec<Row<'static>> {
                 .filter_map(|p| process_row(view, t, p, d.index)),
         );
     }
+    rows.extend(unmanaged_rows(view));
     rows
 }
 

@@ -34,6 +34,11 @@ pub fn created(ctx: u64, device: usize) {
     }
 }
 
+/// The device of an application context, if it is one.
+pub fn device_of(ctx: u64) -> Option<usize> {
+    with(|c| c.iter().find(|(x, _)| *x == ctx).map(|&(_, d)| d))
+}
+
 /// Runs `destroy` (the real destroy) with the registry held, and forgets `ctx` if it succeeded.
 pub fn destroy<R: PartialEq>(ctx: u64, ok: R, destroy: impl FnOnce() -> R) -> R {
     with(|c| {
@@ -82,6 +87,8 @@ mod tests {
         let mut seen = Vec::new();
         for_each_on(0, |c| seen.push(c));
         assert_eq!(seen, vec![10, 12]);
+        assert_eq!(device_of(11), Some(1));
+        assert_eq!(device_of(99), None);
         assert_eq!(
             destroy(10, 0, || 5),
             5,

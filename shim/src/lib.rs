@@ -6,6 +6,8 @@
 //! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
 //! - [`allocations`]: what this process has charged, by handle.
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
+//! - [`footprint`]: memory beyond allocations (contexts, modules): reserving a context's size,
+//!   announcing changes for the daemon to measure.
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
 //! - [`watcher`]: the thread that drains this process's work when the daemon revokes a slice.
@@ -21,6 +23,7 @@ pub mod contexts;
 pub mod cuda_types;
 pub mod diag;
 pub mod ffi_guard;
+pub mod footprint;
 pub mod fork;
 pub mod gate;
 pub mod hooks;

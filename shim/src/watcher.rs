@@ -1,6 +1,7 @@
 //! The watcher thread: started at registration (never at load time), it listens to the daemon.
 //! On `Revoke` it drains this process's work on the device — waits out launch calls in flight,
-//! then synchronizes the device's primary contexts — and answers `Drained`. When the daemon
+//! then synchronizes the device's primary contexts — and answers `Drained`. `Measured` answers
+//! wake the thread waiting for a footprint measurement ([`crate::footprint`]). When the daemon
 //! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]) and reattaches to
 //! the restarted daemon, retrying with backoff.
 
@@ -36,6 +37,7 @@ fn run(reg: &'static Registration) {
             std::thread::sleep(delay);
             match reg.reattach() {
                 Ok(()) => {
+                    crate::footprint::keep_unsettled(reg);
                     crate::gate::DAEMON_GONE.store(false, Ordering::Relaxed);
                     crate::diag::stderr(b"gpumux: reattached to gpumuxd\n");
                     break;
@@ -56,12 +58,14 @@ fn serve(reg: &'static Registration) {
     loop {
         match sock::recv(fd, &mut buf, 0) {
             Ok((0, _)) => return,
-            Ok((n, _)) => {
-                if let Ok(ServerMsg::Revoke { device, epoch }) = ServerMsg::decode(&buf[..n]) {
+            Ok((n, _)) => match ServerMsg::decode(&buf[..n]) {
+                Ok(ServerMsg::Revoke { device, epoch }) => {
                     drain(reg, device as usize);
                     reg.send(&ClientMsg::Drained { device, epoch });
                 }
-            }
+                Ok(ServerMsg::Measured { seq, .. }) => crate::footprint::answered(seq),
+                _ => {}
+            },
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::Interrupted =>

@@ -36,7 +36,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Devices and, per tenant: processes, memory used/limit, weight, device-time share.
+    /// Devices and, per tenant: processes, memory used (of which overhead)/limit, weight,
+    /// device-time share; processes on a GPU without gpumux (unmanaged).
     Status {
         /// Machine-readable JSON instead of a table.
         #[arg(long)]
@@ -348,19 +349,29 @@ fn render_status(r: &StatusReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>9} {:>10}",
-        "TENANT", "GPU", "WEIGHT", "PROCS", "MEM USED", "MEM LIMIT", "REFUSED", "SHARE 10s", "CAP"
+        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>9} {:>10}",
+        "TENANT",
+        "GPU",
+        "WEIGHT",
+        "PROCS",
+        "MEM USED",
+        "OVERHEAD",
+        "MEM LIMIT",
+        "REFUSED",
+        "SHARE 10s",
+        "CAP"
     );
     for t in &r.tenants {
         for d in &t.devices {
             let _ = writeln!(
                 s,
-                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>8} {:>9} {:>10}",
+                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>9} {:>10}",
                 t.name,
                 d.index,
                 t.weight,
                 t.processes.len(),
                 format_size(d.memory_used),
+                format_size(d.memory_overhead),
                 format_size(d.memory_limit),
                 d.allocations_refused,
                 d.device_time_share
@@ -374,6 +385,23 @@ fn render_status(r: &StatusReport) -> String {
     }
     if r.tenants.is_empty() {
         let _ = writeln!(s, "(no tenants: add quota files to the tenants directory)");
+    }
+    if !r.unmanaged.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nUNMANAGED (on the GPU without gpumux)\n{:>8} {:>4} {:>12} {:<20}",
+            "PID", "GPU", "MEMORY", "TENANT"
+        );
+        for u in &r.unmanaged {
+            let _ = writeln!(
+                s,
+                "{:>8} {:>4} {:>12} {:<20}",
+                u.pid,
+                u.device,
+                format_size(u.memory),
+                u.tenant.as_deref().unwrap_or("unknown")
+            );
+        }
     }
     for e in &r.config_errors {
         let _ = writeln!(s, "config error: {e}");

@@ -3,7 +3,9 @@
 //! went in, histograms are cumulative and agree with their count.
 
 use super::*;
-use crate::status::{DeviceStatus, ProcessDeviceStatus, ProcessState, ProcessStatus};
+use crate::status::{
+    DeviceStatus, ProcessDeviceStatus, ProcessState, ProcessStatus, UnmanagedProcess,
+};
 use crate::waits::TenantWaits;
 use std::collections::BTreeMap;
 
@@ -149,6 +151,7 @@ fn report() -> StatusReport {
     let device = |index, used, share, waits| TenantDeviceStatus {
         index,
         memory_used: used,
+        memory_overhead: 4,
         memory_limit: 20,
         memory_peak: 15,
         allocations_refused: 3,
@@ -172,6 +175,7 @@ fn report() -> StatusReport {
             devices: vec![ProcessDeviceStatus {
                 index: 0,
                 memory_used: 10,
+                memory_overhead: 4,
                 launches: 7,
                 slice_wait_ns: 1,
                 waiting: false,
@@ -219,6 +223,12 @@ fn report() -> StatusReport {
             ),
         ],
         config_errors: vec!["x.toml:1: bad".into()],
+        unmanaged: vec![UnmanagedProcess {
+            device: 0,
+            pid: 77,
+            memory: 3 << 30,
+            tenant: None,
+        }],
     }
 }
 
@@ -254,6 +264,8 @@ fn exposition_parses_back_with_types_and_values() {
         ("gpumux_tenant_weight", "gauge"),
         ("gpumux_tenant_compute_limit", "gauge"),
         ("gpumux_memory_used_bytes", "gauge"),
+        ("gpumux_tenant_memory_overhead_bytes", "gauge"),
+        ("gpumux_unmanaged_process_memory_bytes", "gauge"),
         ("gpumux_memory_limit_bytes", "gauge"),
         ("gpumux_memory_peak_bytes", "gauge"),
         ("gpumux_allocations_refused_total", "counter"),
@@ -281,6 +293,11 @@ fn exposition_parses_back_with_types_and_values() {
     let g = "gpumux_memory_used_bytes";
     assert_eq!(value(f(g), g, &td("0")), 10.0);
     assert_eq!(value(f(g), g, &td("1")), 0.0);
+    let g = "gpumux_tenant_memory_overhead_bytes";
+    assert_eq!(value(f(g), g, &td("0")), 4.0);
+    let g = "gpumux_unmanaged_process_memory_bytes";
+    let unmanaged = [("device", "0"), ("pid", "77"), ("tenant", "unknown")];
+    assert_eq!(value(f(g), g, &unmanaged), (3u64 << 30) as f64);
     let c = "gpumux_allocations_refused_total";
     assert_eq!(value(f(c), c, &td("0")), 3.0);
     let c = "gpumux_device_time_seconds_total";

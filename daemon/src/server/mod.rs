@@ -9,7 +9,8 @@
 //! This module owns the loop and the daemon's state; the handlers live beside it:
 //! [`tenants`] (quota files → tenants, restart recovery), [`registration`] (tenant
 //! connections, process lifetimes, reclaim), [`slicing`] (glue between the per-device
-//! schedulers and the tenants' segments and processes).
+//! schedulers and the tenants' segments and processes), [`footprint`] (processes' memory beyond
+//! their allocations, unmanaged processes).
 
 use crate::devices::Device;
 use crate::procfs;
@@ -43,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
+mod footprint;
 mod observe;
 mod registration;
 mod slicing;
@@ -61,6 +63,7 @@ const K_INOTIFY: u64 = 5 << 56;
 const K_RETRY: u64 = 6 << 56;
 const K_SCHED: u64 = 7 << 56;
 const K_PIDFD: u64 = 8 << 56;
+const K_FOOTPRINT: u64 = 9 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 /// A tenant the daemon serves.
@@ -125,6 +128,8 @@ pub struct Daemon {
     pub metrics_address: Option<String>,
     /// Slice waits and grant latencies (for status and metrics).
     waits: Waits,
+    /// Footprint measurement (overhead beyond allocations, unmanaged processes).
+    fp: footprint::Footprints,
 }
 
 fn seqpacket_listener(path: &Path) -> Result<OwnedFd> {
@@ -198,6 +203,7 @@ impl Daemon {
 
         let retry_timer = watched_timer(&epoll, K_RETRY)?;
         let sched_timer = watched_timer(&epoll, K_SCHED)?;
+        let fp = footprint::Footprints::new(&epoll, devices.len())?;
         let quantum = Duration::from_millis(cfg.quantum_ms as u64);
         let scheds = devices
             .iter()
@@ -236,6 +242,7 @@ impl Daemon {
             pidfds: HashMap::new(),
             metrics_address: None,
             waits: Waits::default(),
+            fp,
         };
         d.reload_tenants();
         d.remove_stale_segments();
@@ -297,9 +304,14 @@ impl Daemon {
                             self.sched_event(dev, |s, now, act| s.tick(now, act));
                         }
                     }
+                    K_FOOTPRINT => {
+                        let _ = self.fp.timer.wait();
+                    }
                     _ => tracing::warn!(token, "unknown epoll token"),
                 }
             }
+            self.measure_due();
+            self.rearm_footprint_timer();
             self.rearm_sched_timer();
         }
     }
@@ -340,7 +352,10 @@ impl Daemon {
             line.extend_from_slice(&buf[..n]);
         }
         let reply = match serde_json::from_slice::<ControlRequest>(line.trim_ascii()) {
-            Ok(ControlRequest::Status) => serde_json::to_vec(&self.status())?,
+            Ok(ControlRequest::Status) => {
+                self.measure_all();
+                serde_json::to_vec(&self.status())?
+            }
             Err(e) => {
                 serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?
             }
@@ -367,6 +382,7 @@ impl Daemon {
                     .map(|(i, d)| TenantDeviceStatus {
                         index: d.index,
                         memory_used: a.devices[i].used.load(Relaxed),
+                        memory_overhead: a.devices[i].overhead.load(Relaxed),
                         memory_limit: c.devices[i].memory_limit.load(Relaxed),
                         memory_peak: a.devices[i].peak.load(Relaxed),
                         allocations_refused: a.devices[i].refused.load(Relaxed),
@@ -426,6 +442,7 @@ impl Daemon {
                 .collect(),
             tenants,
             config_errors: self.config_errors.values().map(|e| e.to_string()).collect(),
+            unmanaged: self.fp.unmanaged.clone(),
         }
     }
 }

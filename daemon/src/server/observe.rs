@@ -46,9 +46,11 @@ impl Daemon {
                             .get(&slot)
                             .map(|&id| self.waits.process(id, i, now))
                             .unwrap_or_default();
+                        let overhead = p.overhead[i].load(Relaxed) + p.reserved[i].load(Relaxed);
                         ProcessDeviceStatus {
                             index: self.devices[i].index,
-                            memory_used: p.used[i].load(Relaxed),
+                            memory_used: p.used[i].load(Relaxed) + overhead,
+                            memory_overhead: overhead,
                             launches: p.launches[i].load(Relaxed),
                             slice_wait_ns: waited.as_nanos() as u64,
                             waiting,

@@ -1,5 +1,6 @@
 //! Tenant connections: registration (`Hello`), reattachment after a restart, scheduling
-//! messages, and returning a process's memory when its connection ends.
+//! messages, footprint announcements, and returning a process's memory when its connection
+//! ends.
 
 use super::*;
 
@@ -203,6 +204,11 @@ impl Daemon {
                     self.acknowledge(device as usize, id, Some(epoch));
                 }
             }
+            ClientMsg::Footprint {
+                device,
+                reserved,
+                seq,
+            } => self.footprint_request(id, device, reserved, seq),
         }
     }
 

@@ -126,6 +126,7 @@ impl Daemon {
                 orphans: BTreeMap::new(),
             },
         );
+        self.publish_estimates(&tenant_name);
         self.recover_orphans(&tenant_name);
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! `top` rendered into ratatui's test backend, with assertions on what it shows.
 
 use super::*;
-use crate::status::{DeviceStatus, ProcessDeviceStatus};
+use crate::status::{DeviceStatus, ProcessDeviceStatus, UnmanagedProcess};
 use crate::waits::TenantWaits;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -17,6 +17,7 @@ fn process(pid: u32, state: ProcessState, mem: u64, launches: u64, wait_ms: u64)
         devices: vec![ProcessDeviceStatus {
             index: 0,
             memory_used: mem,
+            memory_overhead: mem.min(300 * MIB),
             launches,
             slice_wait_ns: wait_ms * 1_000_000,
             waiting: false,
@@ -65,6 +66,7 @@ fn report(uptime: f64, tenants: Vec<Tenant>) -> StatusReport {
                     devices: vec![TenantDeviceStatus {
                         index: 0,
                         memory_used: t.used,
+                        memory_overhead: t.procs.iter().map(|p| p.devices[0].memory_overhead).sum(),
                         memory_limit: t.limit,
                         memory_peak: t.used,
                         allocations_refused: t.refused,
@@ -79,6 +81,12 @@ fn report(uptime: f64, tenants: Vec<Tenant>) -> StatusReport {
             })
             .collect(),
         config_errors: vec!["/etc/gpumux/tenants.d/carol.toml:2: weight must be 1..=1000".into()],
+        unmanaged: vec![UnmanagedProcess {
+            device: 0,
+            pid: 7921,
+            memory: 1 << 30,
+            tenant: None,
+        }],
     }
 }
 
@@ -181,6 +189,7 @@ fn shows_tenants_with_their_processes_sorted_by_share() {
         "WAITING",
         "WAIT p99",
         "MEM USED",
+        "OVERHEAD",
         "LIMIT",
     ] {
         assert!(screen.contains(h), "no column {h}:\n{screen}");
@@ -224,6 +233,17 @@ fn shows_tenants_with_their_processes_sorted_by_share() {
         screen.contains("config error: /etc/gpumux/tenants.d/carol.toml:2"),
         "{screen}"
     );
+    // Contexts' overhead, per tenant and process (alice: 300 MiB in each of her two processes
+    // that hold memory; 1002 holds none).
+    assert!(alice.contains("300 MiB"), "{alice}");
+    assert!(
+        l1001.contains("300 MiB") && !l1002.contains("MiB"),
+        "{l1001}\n{l1002}"
+    );
+    // A process on the GPU without gpumux, after the tenants.
+    let (u, _) = line_of(&lines, "(unmanaged");
+    let (_, stray) = line_of(&lines, "7921 unknown");
+    assert!(u > p3 && stray.contains("1 GiB"), "{screen}");
 }
 
 #[test]

@@ -1,6 +1,9 @@
-//! Context teardown: destroying a context (or resetting / finally releasing a primary
-//! context) frees every allocation made in it, so the tenant gets those bytes back at once
-//! rather than when the process exits.
+//! Context creation and teardown. A context occupies device memory of its own: creating one
+//! (`cuCtxCreate*`, the first `cuDevicePrimaryCtxRetain`) goes through
+//! [`crate::footprint::create_context`] (reserved against the limit, measured by the daemon).
+//! Destroying a context (or resetting / finally releasing a primary context) frees every
+//! allocation made in it, so the tenant gets those bytes back at once rather than when the
+//! process exits, and the daemon is told to measure the context's memory gone.
 
 #![allow(non_snake_case)]
 
@@ -8,6 +11,7 @@ use super::real;
 use crate::allocations;
 use crate::cuda_types::*;
 use crate::ffi_guard::guard;
+use crate::footprint;
 use crate::registration;
 use gpumux_common::accounting;
 use std::ffi::{c_int, c_uint};
@@ -24,13 +28,17 @@ pub fn current_context() -> u64 {
     }
 }
 
-/// Gives back what the allocations of a destroyed context charged.
-fn context_gone(ctx: u64) {
+/// Gives back what the allocations of a destroyed context charged, and has the daemon measure
+/// the device (`device`: the context's, when known).
+fn context_gone(ctx: u64, device: Option<usize>) {
     let Some(reg) = registration::current() else {
         return;
     };
     for r in allocations::remove_context(ctx) {
         let _ = accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes);
+    }
+    if let Some(device) = device {
+        footprint::changed(reg, device);
     }
 }
 
@@ -71,10 +79,11 @@ macro_rules! ctx_destroy {
         pub unsafe extern "C" fn $name(ctx: CUcontext) -> CUresult {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let f = real!($name: unsafe extern "C" fn(CUcontext) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+                let device = crate::contexts::device_of(ctx as u64);
                 // SAFETY: forwarding the caller's argument.
                 let rc = crate::contexts::destroy(ctx as u64, CUDA_SUCCESS, || unsafe { f(ctx) });
                 if rc == CUDA_SUCCESS {
-                    context_gone(ctx as u64);
+                    context_gone(ctx as u64, device);
                 }
                 rc
             })
@@ -97,6 +106,31 @@ fn context_created(rc: CUresult, pctx: *mut CUcontext, dev: CUdevice) {
     }
 }
 
+/// Creates a context on ordinal `dev` with `create` (the real call writing `*pctx`) under the
+/// tenant's limit, and remembers it.
+fn create_tracked(
+    pctx: *mut CUcontext,
+    dev: CUdevice,
+    create: impl FnOnce() -> CUresult,
+) -> CUresult {
+    let target = registration::current()
+        .and_then(|reg| super::init::device_of_ordinal(reg, dev).map(|d| (reg, d)));
+    let rc = match target {
+        Some((reg, device)) if !pctx.is_null() => {
+            let destroy = || {
+                let f = real!(cuCtxDestroy_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
+                // SAFETY: the creation succeeded, so `*pctx` is the new context, destroyed
+                // before the application ever saw it.
+                unsafe { f(*pctx) };
+            };
+            footprint::create_context(reg, device, create, destroy)
+        }
+        _ => create(),
+    };
+    context_created(rc, pctx, dev);
+    rc
+}
+
 macro_rules! ctx_create {
     ($name:ident) => {
         /// # Safety
@@ -106,9 +140,7 @@ macro_rules! ctx_create {
             guard(CUDA_ERROR_UNKNOWN, || {
                 let f = real!($name: unsafe extern "C" fn(*mut CUcontext, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
                 // SAFETY: forwarding the caller's arguments.
-                let rc = unsafe { f(pctx, flags, dev) };
-                context_created(rc, pctx, dev);
-                rc
+                create_tracked(pctx, dev, || unsafe { f(pctx, flags, dev) })
             })
         }
     };
@@ -129,9 +161,9 @@ pub unsafe extern "C" fn cuCtxCreate_v3(
     guard(CUDA_ERROR_UNKNOWN, || {
         let f = real!(cuCtxCreate_v3: unsafe extern "C" fn(*mut CUcontext, *mut std::ffi::c_void, c_int, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
         // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(pctx, params, num_params, flags, dev) };
-        context_created(rc, pctx, dev);
-        rc
+        create_tracked(pctx, dev, || unsafe {
+            f(pctx, params, num_params, flags, dev)
+        })
     })
 }
 
@@ -147,9 +179,7 @@ pub unsafe extern "C" fn cuCtxCreate_v4(
     guard(CUDA_ERROR_UNKNOWN, || {
         let f = real!(cuCtxCreate_v4: unsafe extern "C" fn(*mut CUcontext, *mut std::ffi::c_void, c_uint, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
         // SAFETY: forwarding the caller's arguments.
-        let rc = unsafe { f(pctx, params, flags, dev) };
-        context_created(rc, pctx, dev);
-        rc
+        create_tracked(pctx, dev, || unsafe { f(pctx, params, flags, dev) })
     })
 }
 
@@ -170,12 +200,39 @@ macro_rules! primary_teardown {
                     && let Some(ctx) = ctx
                     && ($always || !primary_is_active(dev))
                 {
-                    context_gone(ctx);
+                    context_gone(ctx, registration::current().and_then(|reg| super::init::device_of_ordinal(reg, dev)));
                 }
                 rc
             })
         }
     };
+}
+
+/// # Safety
+/// C ABI entry point; arguments as documented for `cuDevicePrimaryCtxRetain`. The first
+/// retain creates the primary context: it is created under the tenant's limit.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    guard(CUDA_ERROR_UNKNOWN, || {
+        let f = real!(cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+        let creating = registration::current()
+            .filter(|_| !primary_is_active(dev))
+            .and_then(|reg| super::init::device_of_ordinal(reg, dev).map(|d| (reg, d)));
+        // SAFETY: forwarding the caller's arguments.
+        let retain = || unsafe { f(pctx, dev) };
+        match creating {
+            Some((reg, device)) => {
+                let release = || {
+                    let f = real!(cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(CUdevice) -> CUresult);
+                    // SAFETY: balances the retain that just succeeded (the last reference:
+                    // the context is destroyed before the application saw it).
+                    unsafe { f(dev) };
+                };
+                footprint::create_context(reg, device, retain, release)
+            }
+            None => retain(),
+        }
+    })
 }
 primary_teardown!(cuDevicePrimaryCtxReset, true);
 primary_teardown!(cuDevicePrimaryCtxReset_v2, true);

@@ -15,6 +15,7 @@ pub mod init;
 pub mod launch;
 pub mod meminfo;
 pub mod memory;
+pub mod modules;
 pub mod nvml_procs;
 pub mod procaddress;
 pub mod sync;
@@ -68,6 +69,7 @@ mod exports {
     pub use super::launch::*;
     pub use super::meminfo::*;
     pub use super::memory::*;
+    pub use super::modules::*;
     pub use super::nvml_procs::*;
     pub use super::procaddress::*;
     pub use super::sync::*;
@@ -89,6 +91,9 @@ hooked! {
         cuCtxDestroy, cuCtxDestroy_v2, cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2,
         cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2,
         cuCtxSynchronize, cuStreamSynchronize, cuStreamSynchronize_ptsz, cuEventSynchronize,
+        cuDevicePrimaryCtxRetain,
+        cuModuleLoad, cuModuleLoadData, cuModuleLoadDataEx, cuModuleLoadFatBinary, cuModuleUnload,
+        cuLibraryLoadData, cuLibraryLoadFromFile, cuLibraryUnload,
     ]
     nvml: [
         nvmlInit, nvmlInit_v2, nvmlInitWithFlags, nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo_v2,
@@ -97,7 +102,7 @@ hooked! {
     ]
     helpers_cuda: [
         cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2,
-        cuDevicePrimaryCtxGetState, cuDevicePrimaryCtxRetain, cuCtxGetCurrent,
+        cuDevicePrimaryCtxGetState, cuCtxGetCurrent,
         cuCtxPushCurrent_v2, cuCtxPopCurrent_v2,
     ]
     helpers_nvml: [nvmlDeviceGetUUID]

@@ -161,6 +161,21 @@ const VARIANTS: &[(&str, &[Variant])] = &[
             v(11000, "cuDevicePrimaryCtxRelease_v2"),
         ],
     ),
+    (
+        "cuDevicePrimaryCtxRetain",
+        &[v(7000, "cuDevicePrimaryCtxRetain")],
+    ),
+    ("cuModuleLoad", &[v(2000, "cuModuleLoad")]),
+    ("cuModuleLoadData", &[v(2000, "cuModuleLoadData")]),
+    ("cuModuleLoadDataEx", &[v(2010, "cuModuleLoadDataEx")]),
+    ("cuModuleLoadFatBinary", &[v(2000, "cuModuleLoadFatBinary")]),
+    ("cuModuleUnload", &[v(2000, "cuModuleUnload")]),
+    ("cuLibraryLoadData", &[v(12000, "cuLibraryLoadData")]),
+    (
+        "cuLibraryLoadFromFile",
+        &[v(12000, "cuLibraryLoadFromFile")],
+    ),
+    ("cuLibraryUnload", &[v(12000, "cuLibraryUnload")]),
 ];
 
 /// The exported symbol that answers `name` at `version` with `flags`, if `name` is hooked.

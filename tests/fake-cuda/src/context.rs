@@ -1,6 +1,11 @@
 //! Contexts: primary contexts (reference counted per device), created contexts, the per-thread
 //! current-context stack, and context teardown (synchronise, then release the context's streams,
 //! events, modules and memory).
+//!
+//! Like the real driver, a context occupies device memory of its own from its creation to its
+//! destruction (`GpuState::context_bytes`, charged to the process as overhead, never returned by
+//! an allocation call); a creation that does not fit fails with `CUDA_ERROR_OUT_OF_MEMORY` and
+//! creates nothing. The libraries loaded in the process are loaded into each new context too.
 
 use crate::driver::{Process, process};
 use crate::stream::{self, Stream, StreamKind};
@@ -145,14 +150,24 @@ thread_local! {
     static STACK: RefCell<(u64, Vec<u64>)> = const { RefCell::new((0, Vec::new())) };
 }
 
+/// Runs `f` on the calling thread's context stack. After the thread's stack was destroyed (a
+/// thread-exit destructor that runs later, such as a C++ `thread_local` releasing the primary
+/// context at process exit, as cuda.core does), the thread has no current context: `f` gets an
+/// empty stack, and a driver never panics at exit.
 fn with_stack<R>(p: &Process, f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
-    STACK.with(|s| {
+    let mut f = Some(f);
+    let r = STACK.try_with(|s| {
         let mut s = s.borrow_mut();
         if s.0 != p.generation {
             *s = (p.generation, Vec::new());
         }
-        f(&mut s.1)
-    })
+        f.take().map(|f| f(&mut s.1))
+    });
+    match (r, f) {
+        (Ok(Some(r)), _) => r,
+        (_, Some(f)) => f(&mut Vec::new()),
+        (_, None) => unreachable!("the stack closure ran but returned nothing"),
+    }
 }
 
 /// The current context's handle (0 if none).
@@ -204,27 +219,41 @@ pub fn require() -> Res<(&'static Process, Arc<Context>)> {
     Ok((p, c))
 }
 
+/// Brings a new context `h` into existence on `device`: charges its device memory, registers
+/// it, loads the process's libraries into it. On failure nothing is left behind.
+fn bring_up(p: &Process, h: u64, device: u32, primary: bool, flags: u32) -> Res<()> {
+    p.gpu.attach(device).map_err(|_| err::INVALID_DEVICE)?;
+    let bytes = p.gpu.context_bytes();
+    if bytes > 0 {
+        p.gpu
+            .charge_overhead(device, bytes)
+            .map_err(|_| err::OUT_OF_MEMORY)?;
+    }
+    p.contexts
+        .lock()
+        .insert(h, Arc::new(Context::new(h, device, primary, flags)));
+    if let Err(e) = p.modules.context_created(p, h, device) {
+        p.contexts.lock().remove(&h);
+        p.gpu.uncharge_overhead(device, bytes);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Creates a (non-primary) context on `device` and pushes it.
 pub fn create(p: &Process, device: u32, flags: u32) -> Res<u64> {
     check_flags(flags)?;
     let h = p.new_handle();
-    p.gpu.attach(device).map_err(|_| err::INVALID_DEVICE)?;
-    p.contexts
-        .lock()
-        .insert(h, Arc::new(Context::new(h, device, false, flags)));
+    bring_up(p, h, device, false, flags)?;
     push(p, h);
     Ok(h)
 }
 
-/// Retains the primary context of `device`.
+/// Retains the primary context of `device` (creating it on the first retain).
 pub fn primary_retain(p: &Process, device: u32) -> Res<u64> {
     let mut pr = p.primary[device as usize].lock();
     if !pr.active {
-        p.gpu.attach(device).map_err(|_| err::INVALID_DEVICE)?;
-        p.contexts.lock().insert(
-            pr.handle,
-            Arc::new(Context::new(pr.handle, device, true, pr.flags)),
-        );
+        bring_up(p, pr.handle, device, true, pr.flags)?;
         pr.active = true;
     }
     pr.refcount += 1;
@@ -261,8 +290,8 @@ pub fn primary_reset(p: &Process, device: u32) -> Res<()> {
     Ok(())
 }
 
-/// Tears a context down: waits for its work, stops its streams, frees its events, modules and
-/// memory. The calling thread pops it if it is current.
+/// Tears a context down: waits for its work, stops its streams, frees its events, modules,
+/// memory and its own device memory. The calling thread pops it if it is current.
 pub fn destroy(p: &Process, h: u64) -> Res<()> {
     let ctx = p.contexts.lock().remove(&h).ok_or(err::INVALID_CONTEXT)?;
     let _ = ctx.synchronize();
@@ -272,8 +301,9 @@ pub fn destroy(p: &Process, h: u64) -> Res<()> {
     ctx.streams.lock().clear();
     p.streams.lock().retain(|_, s| s.ctx != h);
     p.events.lock().retain(|_, e| e.ctx != h);
-    p.modules.drop_context(h);
+    p.modules.drop_context(p, h);
     p.mem.free_context(p, h);
+    p.gpu.uncharge_overhead(ctx.device, p.gpu.context_bytes());
     stream::forget_per_thread(h);
     with_stack(p, |s| {
         if s.last() == Some(&h) {

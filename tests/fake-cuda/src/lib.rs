@@ -20,7 +20,7 @@ macro_rules! cuda_fn {
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments, non_snake_case)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $crate::types::CUresult {
-            $crate::types::guard(move || -> $crate::types::Res<()> { $body })
+            $crate::types::guard_named(stringify!($name), move || -> $crate::types::Res<()> { $body })
         }
     )*};
 }

@@ -1,5 +1,10 @@
 //! Modules and libraries: loading PTX text (the kernels are the `.entry` names), functions and
 //! kernels, and the simulated duration of a launch (`spin` reads its first `u64` parameter).
+//!
+//! A loaded image occupies device memory in proportion to its size (`GpuState::module_bytes`),
+//! charged to the process as overhead: a module in its context's device, a library
+//! (context-independent) in every context of the process, present and future, as the driver
+//! loads it into each. Unloading, or destroying the context, gives it back.
 
 use crate::types::{Res, err};
 use parking_lot::Mutex;
@@ -38,6 +43,10 @@ pub struct Module {
     pub library: bool,
     /// Entry name → function handle (for libraries: kernel handle).
     pub entries: HashMap<String, u64>,
+    /// Device memory the image occupies in each context it is loaded into.
+    pub bytes: u64,
+    /// `(context, device)` pairs the image is loaded (and charged) in.
+    pub loaded_in: Mutex<Vec<(u64, u32)>>,
 }
 
 /// Registry of modules, libraries and functions.
@@ -99,14 +108,82 @@ pub fn parse_image(bytes: &[u8]) -> Res<Vec<Entry>> {
 }
 
 impl Modules {
-    /// Registers a module (or library) with its entries.
-    pub fn load(
+    /// Loads an image: parses it, charges its device memory and registers it. `ctx` is
+    /// `Some((context, device))` for a module of that context, `None` for a library (loaded in
+    /// every live context of the process). Over the device's capacity →
+    /// `CUDA_ERROR_OUT_OF_MEMORY`, nothing loaded or charged.
+    pub fn load_image(
+        &self,
+        p: &crate::driver::Process,
+        ctx: Option<(u64, u32)>,
+        image: &[u8],
+    ) -> Res<u64> {
+        let library = ctx.is_none();
+        let entries = parse_image(image)?;
+        let bytes = p.gpu.module_bytes(image.len() as u64);
+        // Held across the charges so that a context created meanwhile is charged exactly once
+        // (here or in `context_created`).
+        let mut modules = self.modules.lock();
+        let targets: Vec<(u64, u32)> = if library {
+            p.contexts
+                .lock()
+                .values()
+                .map(|c| (c.handle, c.device))
+                .collect()
+        } else {
+            ctx.into_iter().collect()
+        };
+        let mut charged = Vec::new();
+        for &(c, dev) in &targets {
+            if bytes > 0 && p.gpu.charge_overhead(dev, bytes).is_err() {
+                for &(_, d) in &charged {
+                    p.gpu.uncharge_overhead(d, bytes);
+                }
+                return Err(err::OUT_OF_MEMORY);
+            }
+            charged.push((c, dev));
+        }
+        let m = self.register(p, ctx.map_or(0, |c| c.0), library, entries, bytes, charged);
+        let handle = m.handle;
+        modules.insert(handle, m);
+        Ok(handle)
+    }
+
+    /// Loads every library of the process into a new context `ctx` on `device` (charging
+    /// each); on failure the charges made here are given back.
+    pub fn context_created(&self, p: &crate::driver::Process, ctx: u64, device: u32) -> Res<()> {
+        let modules = self.modules.lock();
+        let mut done: Vec<&Arc<Module>> = Vec::new();
+        for m in modules.values().filter(|m| m.library) {
+            let mut loaded = m.loaded_in.lock();
+            if loaded.iter().any(|&(c, _)| c == ctx) {
+                continue;
+            }
+            if m.bytes > 0 && p.gpu.charge_overhead(device, m.bytes).is_err() {
+                drop(loaded);
+                for d in done {
+                    d.loaded_in.lock().retain(|&(c, _)| c != ctx);
+                    p.gpu.uncharge_overhead(device, d.bytes);
+                }
+                return Err(err::OUT_OF_MEMORY);
+            }
+            loaded.push((ctx, device));
+            done.push(m);
+        }
+        Ok(())
+    }
+
+    /// Makes a module (or library) with its entries: its functions become visible; the module
+    /// itself is inserted by the caller.
+    fn register(
         &self,
         p: &crate::driver::Process,
         ctx: u64,
         library: bool,
         entries: Vec<Entry>,
-    ) -> u64 {
+        bytes: u64,
+        loaded_in: Vec<(u64, u32)>,
+    ) -> Arc<Module> {
         let handle = p.new_handle();
         let mut map = HashMap::new();
         let mut funcs = self.functions.lock();
@@ -125,16 +202,14 @@ impl Modules {
             );
             map.insert(e.name, h);
         }
-        self.modules.lock().insert(
+        Arc::new(Module {
             handle,
-            Arc::new(Module {
-                handle,
-                ctx,
-                library,
-                entries: map,
-            }),
-        );
-        handle
+            ctx,
+            library,
+            entries: map,
+            bytes,
+            loaded_in: Mutex::new(loaded_in),
+        })
     }
 
     /// Looks up a module or library.
@@ -145,10 +220,19 @@ impl Modules {
         }
     }
 
-    /// Unloads a module or library and its functions.
-    pub fn unload(&self, h: u64, library: bool) -> Res<()> {
-        let m = self.module(h, library)?;
-        self.modules.lock().remove(&h);
+    /// Unloads a module or library and its functions, giving back its device memory.
+    pub fn unload(&self, p: &crate::driver::Process, h: u64, library: bool) -> Res<()> {
+        let m = {
+            let mut modules = self.modules.lock();
+            match modules.get(&h) {
+                Some(m) if m.library == library => {}
+                _ => return Err(err::INVALID_HANDLE),
+            }
+            modules.remove(&h).expect("present")
+        };
+        for (_, dev) in std::mem::take(&mut *m.loaded_in.lock()) {
+            p.gpu.uncharge_overhead(dev, m.bytes);
+        }
         let mut f = self.functions.lock();
         for fh in m.entries.values() {
             f.remove(fh);
@@ -165,8 +249,8 @@ impl Modules {
             .ok_or(err::INVALID_HANDLE)
     }
 
-    /// Unloads every module of a destroyed context.
-    pub fn drop_context(&self, ctx: u64) {
+    /// Unloads every module of a destroyed context, and the libraries' copies in it.
+    pub fn drop_context(&self, p: &crate::driver::Process, ctx: u64) {
         let gone: Vec<u64> = self
             .modules
             .lock()
@@ -175,7 +259,14 @@ impl Modules {
             .map(|m| m.handle)
             .collect();
         for h in gone {
-            let _ = self.unload(h, false);
+            let _ = self.unload(p, h, false);
+        }
+        for m in self.modules.lock().values().filter(|m| m.library) {
+            let mut loaded = m.loaded_in.lock();
+            if let Some(i) = loaded.iter().position(|&(c, _)| c == ctx) {
+                let (_, dev) = loaded.swap_remove(i);
+                p.gpu.uncharge_overhead(dev, m.bytes);
+            }
         }
     }
 }

@@ -82,6 +82,32 @@ pub fn guard(f: impl FnOnce() -> Res<()>) -> CUresult {
     }
 }
 
+/// [`guard`] for the export `name` (what `cuda_fn!` uses): a panic is reported on stderr with the
+/// entry point's name. Passing the name also keeps exports with identical bodies (`cuCtxCreate`
+/// and `cuCtxCreate_v2`) distinct functions: merged into one address, a pointer could not tell
+/// which export it is.
+pub fn guard_named(name: &'static str, f: impl FnOnce() -> Res<()>) -> CUresult {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => err::SUCCESS,
+        Ok(Err(e)) => e,
+        Err(_) => {
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("fake libcuda: {name} panicked; returning CUDA_ERROR_UNKNOWN\n"),
+            );
+            err::UNKNOWN
+        }
+    }
+}
+
+/// A `CUresult` as a [`Res`].
+pub fn result(r: CUresult) -> Res<()> {
+    match r {
+        err::SUCCESS => Ok(()),
+        e => Err(e),
+    }
+}
+
 /// Writes `v` through an output pointer; `CUDA_ERROR_INVALID_VALUE` if it is null.
 ///
 /// # Safety

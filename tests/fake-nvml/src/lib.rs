@@ -27,6 +27,9 @@ use std::sync::Mutex;
 
 use fakegpu::{DeviceSnapshot, GpuState};
 
+mod monitoring;
+mod unsupported;
+
 /// `nvmlReturn_t`.
 pub type nvmlReturn_t = c_int;
 /// `nvmlDevice_t`: an opaque pointer; here, the address of an entry of [`DEVICES`].
@@ -48,12 +51,13 @@ pub const NVML_ERROR_NO_DATA: nvmlReturn_t = 21;
 pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = 25;
 pub const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
 
-/// The driver this fake pretends to be (CUDA 12.9's release driver).
-pub const DRIVER_VERSION: &str = "575.51.03";
+/// The driver this fake pretends to be: NVIDIA's 550 (CUDA 12.4), the conformance oracle whose
+/// exports the fakes have.
+pub const DRIVER_VERSION: &str = "550.163.01";
 /// `nvmlSystemGetNVMLVersion`'s answer.
-pub const NVML_VERSION: &str = "12.575.51.03";
+pub const NVML_VERSION: &str = "12.550.163.01";
 /// `nvmlSystemGetCudaDriverVersion`'s answer (matches the fake driver's `cuDriverGetVersion`).
-pub const CUDA_DRIVER_VERSION: c_int = 12090;
+pub const CUDA_DRIVER_VERSION: c_int = 12040;
 /// `gpuInstanceId` / `computeInstanceId` outside MIG mode.
 const NOT_AVAILABLE_U32: c_uint = 0xFFFF_FFFF;
 /// Most devices a state file holds (`fakegpu::config::MAX_DEVICES`).
@@ -145,6 +149,19 @@ fn lock() -> std::sync::MutexGuard<'static, Nvml> {
 /// Runs an export's body, turning a panic into `NVML_ERROR_UNKNOWN`.
 fn guard(f: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(NVML_ERROR_UNKNOWN)
+}
+
+/// [`guard`] for an export that would otherwise have the same body as another (`nvmlInit` and
+/// `nvmlInit_v2`): a panic is reported with the function's name, and the name keeps the two
+/// distinct functions (merged into one address, a pointer could not tell which export it is).
+fn guard_named(name: &'static str, f: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("fake libnvidia-ml: {name} panicked; returning NVML_ERROR_UNKNOWN\n"),
+        );
+        NVML_ERROR_UNKNOWN
+    })
 }
 
 /// Runs `f` with the state file, or returns `NVML_ERROR_UNINITIALIZED`.
@@ -244,7 +261,7 @@ pub extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
 /// `nvmlInit` (v1): same as `nvmlInit_v2` here.
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmlInit() -> nvmlReturn_t {
-    guard(init)
+    guard_named("nvmlInit", init)
 }
 
 /// `nvmlInitWithFlags`: the flags (`NVML_INIT_FLAG_NO_GPUS`, `..._NO_ATTACH`) change nothing here.
@@ -662,17 +679,9 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 ) -> nvmlReturn_t {
     guard(|| {
         with_device(device, |gpu, d| {
-            let Ok(trace) = gpu.kernel_trace(d.index) else {
+            let Some(percent) = monitoring::utilization_percent(gpu, d.index, None) else {
                 return NVML_ERROR_UNKNOWN;
             };
-            let now = monotonic_ns();
-            let from = now.saturating_sub(UTILIZATION_WINDOW_NS);
-            let busy: u64 = trace
-                .iter()
-                .map(|k| k.end_ns.min(now).saturating_sub(k.start_ns.max(from)))
-                .sum();
-            let window = now - from;
-            let percent = (busy.min(window) * 100).checked_div(window).unwrap_or(0) as c_uint;
             // SAFETY: forwarded caller contract.
             unsafe {
                 write_out(
@@ -687,17 +696,29 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     })
 }
 
-/// `nvmlDeviceGetCudaComputeCapability`: not simulated by NVML here.
+/// `nvmlDeviceGetCudaComputeCapability`: 9.0, as the fake CUDA driver reports.
 ///
 /// # Safety
-/// No pointer is dereferenced.
+/// `major`/`minor` must be null or valid for writes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
     device: nvmlDevice_t,
-    _major: *mut c_int,
-    _minor: *mut c_int,
+    major: *mut c_int,
+    minor: *mut c_int,
 ) -> nvmlReturn_t {
-    guard(|| with_device(device, |_, _| NVML_ERROR_NOT_SUPPORTED))
+    guard(|| {
+        with_device(device, |_, _| {
+            if major.is_null() || minor.is_null() {
+                return NVML_ERROR_INVALID_ARGUMENT;
+            }
+            // SAFETY: both non-null and valid for writes per the caller contract.
+            unsafe {
+                major.write(9);
+                minor.write(0);
+            }
+            NVML_SUCCESS
+        })
+    })
 }
 
 fn monotonic_ns() -> u64 {

@@ -1,4 +1,6 @@
-//! Device configuration: memory sizes (`FAKEGPU_DEVICES`), names and UUIDs, state file location.
+//! Device configuration: memory sizes (`FAKEGPU_DEVICES`), the driver's own memory overhead
+//! (`FAKEGPU_CONTEXT_BYTES`, `FAKEGPU_MODULE_BYTES_PER_KIB`), names and UUIDs, state file
+//! location.
 
 use crate::FakeGpuError;
 use std::path::PathBuf;
@@ -9,16 +11,33 @@ pub const DEFAULT_DEVICE_BYTES: u64 = 16 << 30;
 pub const DEVICE_NAME: &str = "gpumux Fake GPU";
 /// Most devices a state file can hold.
 pub const MAX_DEVICES: usize = 16;
+/// Device memory a context occupies when `FAKEGPU_CONTEXT_BYTES` is unset: 300 MiB, about what
+/// a CUDA 12 context takes on a data-centre GPU (its local memory, printf and heap buffers,
+/// the driver's internal allocations).
+pub const DEFAULT_CONTEXT_BYTES: u64 = 300 << 20;
+/// Device memory per KiB of module image when `FAKEGPU_MODULE_BYTES_PER_KIB` is unset: the
+/// image's own size (code, constants and globals land on the device).
+pub const DEFAULT_MODULE_BYTES_PER_KIB: u64 = 1024;
+/// A loaded module's device memory is rounded up to this (the driver places code in pages).
+pub const MODULE_GRANULARITY: u64 = 64 << 10;
 
 /// Configuration fixed by the process that creates a state file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// Memory capacity in bytes of each device, in index order.
     pub memory: Vec<u64>,
+    /// Device memory each context occupies from its creation to its destruction (charged to
+    /// the creating process, never returned by an allocation call). 0: contexts are free.
+    pub context_bytes: u64,
+    /// Device memory a loaded module or library occupies per KiB of its image (rounded up to
+    /// [`MODULE_GRANULARITY`]). 0: modules are free.
+    pub module_bytes_per_kib: u64,
 }
 
 impl DeviceConfig {
-    /// Configuration with these device sizes; rejects zero devices, too many, or zero-sized ones.
+    /// Configuration with these device sizes and no driver overhead (contexts and modules
+    /// occupy nothing: every byte of the device is what allocations asked for); rejects zero
+    /// devices, too many, or zero-sized ones.
     pub fn new(memory: &[u64]) -> Result<Self, FakeGpuError> {
         if memory.is_empty() {
             return Err(FakeGpuError::InvalidConfig("no device".into()));
@@ -34,16 +53,47 @@ impl DeviceConfig {
         }
         Ok(Self {
             memory: memory.to_vec(),
+            context_bytes: 0,
+            module_bytes_per_kib: 0,
         })
     }
 
-    /// Configuration from `FAKEGPU_DEVICES` (default: one 16 GiB device).
-    pub fn from_env() -> Result<Self, FakeGpuError> {
-        match std::env::var("FAKEGPU_DEVICES") {
-            Ok(v) if !v.trim().is_empty() => Self::new(&parse_sizes(&v)?),
-            _ => Self::new(&[DEFAULT_DEVICE_BYTES]),
-        }
+    /// The same devices with the driver's own memory overhead: `context_bytes` per context,
+    /// `module_bytes_per_kib` per KiB of a loaded module's image.
+    pub fn with_overhead(mut self, context_bytes: u64, module_bytes_per_kib: u64) -> Self {
+        self.context_bytes = context_bytes;
+        self.module_bytes_per_kib = module_bytes_per_kib;
+        self
     }
+
+    /// Configuration from `FAKEGPU_DEVICES` (default: one 16 GiB device),
+    /// `FAKEGPU_CONTEXT_BYTES` (a size, default [`DEFAULT_CONTEXT_BYTES`]) and
+    /// `FAKEGPU_MODULE_BYTES_PER_KIB` (a size, default [`DEFAULT_MODULE_BYTES_PER_KIB`]).
+    pub fn from_env() -> Result<Self, FakeGpuError> {
+        let size_var = |name: &str, default: u64| match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => parse_size(&v),
+            _ => Ok(default),
+        };
+        let devices = match std::env::var("FAKEGPU_DEVICES") {
+            Ok(v) if !v.trim().is_empty() => Self::new(&parse_sizes(&v)?)?,
+            _ => Self::new(&[DEFAULT_DEVICE_BYTES])?,
+        };
+        Ok(devices.with_overhead(
+            size_var("FAKEGPU_CONTEXT_BYTES", DEFAULT_CONTEXT_BYTES)?,
+            size_var("FAKEGPU_MODULE_BYTES_PER_KIB", DEFAULT_MODULE_BYTES_PER_KIB)?,
+        ))
+    }
+}
+
+/// Device memory a module image of `image_len` bytes occupies at `bytes_per_kib`: proportional
+/// to the image, rounded up to [`MODULE_GRANULARITY`] (0 when `bytes_per_kib` is 0).
+pub fn module_bytes(image_len: u64, bytes_per_kib: u64) -> u64 {
+    if bytes_per_kib == 0 {
+        return 0;
+    }
+    let raw = (u128::from(image_len) * u128::from(bytes_per_kib)).div_ceil(1024);
+    let rounded = raw.div_ceil(u128::from(MODULE_GRANULARITY)) * u128::from(MODULE_GRANULARITY);
+    u64::try_from(rounded.max(u128::from(MODULE_GRANULARITY))).unwrap_or(u64::MAX)
 }
 
 /// Parses a size: plain bytes, or a number with a `KiB`, `MiB`, `GiB` or `TiB` suffix
@@ -152,6 +202,24 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn module_bytes_are_proportional_and_rounded() {
+        assert_eq!(module_bytes(10_000, 0), 0);
+        assert_eq!(module_bytes(1, 1024), MODULE_GRANULARITY);
+        assert_eq!(module_bytes(64 << 10, 1024), 64 << 10);
+        assert_eq!(module_bytes((64 << 10) + 1, 1024), 128 << 10);
+        assert_eq!(module_bytes(2048, 1 << 20), 2 << 20);
+        assert_eq!(module_bytes(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn overhead_defaults() {
+        let c = DeviceConfig::new(&[1]).unwrap();
+        assert_eq!((c.context_bytes, c.module_bytes_per_kib), (0, 0));
+        let c = c.with_overhead(5, 6);
+        assert_eq!((c.context_bytes, c.module_bytes_per_kib), (5, 6));
     }
 
     #[test]

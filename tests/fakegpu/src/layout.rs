@@ -8,7 +8,7 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// `FAKEGPU` + layout version, written last by the creator.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU4");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU5");
 /// Process slots in the table.
 pub const MAX_PROCS: usize = 512;
 /// Entries of a device's lock queue (kernels waiting for the device, all processes).
@@ -29,6 +29,11 @@ pub struct Header {
     pub _pad: AtomicU32,
     /// Total file size in bytes.
     pub file_size: AtomicU64,
+    /// Device memory each context occupies ([`crate::DeviceConfig::context_bytes`]).
+    pub context_bytes: AtomicU64,
+    /// Device memory per KiB of a loaded module's image
+    /// ([`crate::DeviceConfig::module_bytes_per_kib`]).
+    pub module_bytes_per_kib: AtomicU64,
     /// Per-process ground truth.
     pub procs: [ProcSlot; MAX_PROCS],
 }
@@ -52,12 +57,14 @@ pub struct ProcSlot {
 pub struct ProcDevice {
     /// Non-zero once the process created a context on, allocated on or ran on the device.
     pub attached: AtomicU64,
-    /// Device memory charged to the process.
+    /// Device memory charged to the process: its allocations plus `overhead`.
     pub used: AtomicU64,
     /// Device time its kernels used.
     pub busy_ns: AtomicU64,
     /// Kernels it completed.
     pub kernels: AtomicU64,
+    /// The part of `used` no allocation call returned: its contexts and loaded modules.
+    pub overhead: AtomicU64,
 }
 
 /// One simulated device.

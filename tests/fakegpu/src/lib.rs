@@ -2,7 +2,8 @@
 //!
 //! The state lives in one memory-mapped file (`FAKEGPU_STATE`); every process mapping the same file
 //! sees the same devices. This crate owns:
-//! - [`config`]: device configuration (`FAKEGPU_DEVICES`, sizes, names, UUIDs);
+//! - [`config`]: device configuration (`FAKEGPU_DEVICES`, sizes, context and module overhead,
+//!   names, UUIDs);
 //! - [`layout`]: the byte layout of the state file;
 //! - [`state`]: creating/opening the file and the per-process slots ([`GpuState`]);
 //! - [`procid`]: process identity (pid + start time) and liveness;
@@ -22,8 +23,9 @@ pub mod testenv;
 pub mod trace;
 
 pub use config::{
-    DEFAULT_DEVICE_BYTES, DEVICE_NAME, DeviceConfig, MAX_DEVICES, default_state_path,
-    device_pci_bus, device_pci_bus_id, device_uuid, device_uuid_string, parse_size, parse_sizes,
+    DEFAULT_CONTEXT_BYTES, DEFAULT_DEVICE_BYTES, DEFAULT_MODULE_BYTES_PER_KIB, DEVICE_NAME,
+    DeviceConfig, MAX_DEVICES, default_state_path, device_pci_bus, device_pci_bus_id, device_uuid,
+    device_uuid_string, module_bytes, parse_size, parse_sizes,
 };
 pub use lock::DeviceLockGuard;
 pub use snapshot::{

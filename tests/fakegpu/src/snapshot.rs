@@ -44,12 +44,17 @@ pub struct DeviceSnapshot {
 pub struct ProcessSnapshot {
     /// Process id.
     pub pid: u32,
-    /// Device memory charged to it.
+    /// Device memory charged to it: its allocations plus `overhead_bytes` (what NVML reports
+    /// as the process's `usedGpuMemory`).
     pub used_bytes: u64,
     /// Device time its kernels used.
     pub busy_ns: u64,
     /// Kernels it completed.
     pub kernels: u64,
+    /// The part of `used_bytes` that no allocation call returned: the driver's memory for the
+    /// process's contexts and loaded modules.
+    #[serde(default)]
+    pub overhead_bytes: u64,
 }
 
 /// One kernel execution (CLOCK_MONOTONIC ns).
@@ -96,6 +101,7 @@ impl GpuState {
                         used_bytes: pd.used.load(Ordering::Acquire),
                         busy_ns: pd.busy_ns.load(Ordering::Acquire),
                         kernels: pd.kernels.load(Ordering::Acquire),
+                        overhead_bytes: pd.overhead.load(Ordering::Acquire),
                     });
                 }
                 processes.sort_by_key(|p| p.pid);

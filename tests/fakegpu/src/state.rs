@@ -1,6 +1,7 @@
 //! The mapped state file ([`GpuState`]): creation under `flock`, the per-process slot of the calling
-//! process, memory accounting (capacity enforced across processes), dead-process reclaim, and
-//! running kernels on the device (lock + sleep + accounting + trace).
+//! process, memory accounting (capacity enforced across processes; allocations and the driver's
+//! own overhead of contexts and modules), dead-process reclaim, and running kernels on the
+//! device (lock + sleep + accounting + trace).
 
 use crate::FakeGpuError;
 use crate::config::DeviceConfig;
@@ -165,6 +166,10 @@ impl GpuState {
             crate::robust::init(&d.mem_mutex).map_err(|e| io_err(&self.path, e))?;
         }
         let h = self.header();
+        h.context_bytes
+            .store(config.context_bytes, Ordering::Relaxed);
+        h.module_bytes_per_kib
+            .store(config.module_bytes_per_kib, Ordering::Relaxed);
         h.device_count.store(self.devices, Ordering::Relaxed);
         h.file_size
             .store(layout::file_size(self.devices) as u64, Ordering::Relaxed);
@@ -210,6 +215,19 @@ impl GpuState {
     /// Memory capacity of `dev`.
     pub fn total_memory(&self, dev: u32) -> Result<u64, FakeGpuError> {
         Ok(self.check_dev(dev)?.total.load(Ordering::Relaxed))
+    }
+
+    /// Device memory each context occupies (fixed by the state file's creator).
+    pub fn context_bytes(&self) -> u64 {
+        self.header().context_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Device memory a module (or library) image of `image_len` bytes occupies.
+    pub fn module_bytes(&self, image_len: u64) -> u64 {
+        crate::config::module_bytes(
+            image_len,
+            self.header().module_bytes_per_kib.load(Ordering::Relaxed),
+        )
     }
 
     /// `(free, total)` of `dev`, after reclaiming the memory of dead processes.
@@ -266,6 +284,17 @@ impl GpuState {
     /// [`FakeGpuError::OutOfMemory`] (nothing charged) when the device's capacity, counting every
     /// process, would be exceeded; the memory of dead processes is reclaimed before failing.
     pub fn charge(&self, dev: u32, bytes: u64) -> Result<(), FakeGpuError> {
+        self.charge_as(dev, bytes, false)
+    }
+
+    /// Reserves `bytes` of `dev`'s memory for the driver's own use on behalf of the calling
+    /// process (a context, a loaded module): charged like an allocation (same capacity check,
+    /// same [`FakeGpuError::OutOfMemory`]), and recorded as the process's overhead as well.
+    pub fn charge_overhead(&self, dev: u32, bytes: u64) -> Result<(), FakeGpuError> {
+        self.charge_as(dev, bytes, true)
+    }
+
+    fn charge_as(&self, dev: u32, bytes: u64, overhead: bool) -> Result<(), FakeGpuError> {
         let d = self.check_dev(dev)?;
         let s = self.my_slot()?;
         let total = d.total.load(Ordering::Relaxed);
@@ -281,6 +310,9 @@ impl GpuState {
                     d.used.store(used + bytes, Ordering::Release);
                     pd.attached.store(1, Ordering::Relaxed);
                     pd.used.fetch_add(bytes, Ordering::AcqRel);
+                    if overhead {
+                        pd.overhead.fetch_add(bytes, Ordering::AcqRel);
+                    }
                     return Ok(());
                 }
                 if attempt == 1 {
@@ -308,6 +340,16 @@ impl GpuState {
 
     /// Returns `bytes` of `dev`'s memory charged to the calling process.
     pub fn uncharge(&self, dev: u32, bytes: u64) {
+        self.uncharge_as(dev, bytes, false);
+    }
+
+    /// Returns `bytes` of the calling process's overhead on `dev` (a context destroyed, a
+    /// module unloaded).
+    pub fn uncharge_overhead(&self, dev: u32, bytes: u64) {
+        self.uncharge_as(dev, bytes, true);
+    }
+
+    fn uncharge_as(&self, dev: u32, bytes: u64, overhead: bool) {
         let Ok(d) = self.check_dev(dev) else { return };
         let Ok(s) = self.my_slot() else { return };
         let pd = &self.slot(s).dev[dev as usize];
@@ -315,6 +357,11 @@ impl GpuState {
         if guard.owner_died {
             self.repair_used(dev);
         }
+        let bytes = if overhead {
+            saturating_sub(&pd.overhead, bytes)
+        } else {
+            bytes
+        };
         let taken = saturating_sub(&pd.used, bytes);
         saturating_sub(&d.used, taken);
     }
@@ -351,6 +398,7 @@ impl GpuState {
                 pd.attached.store(0, Ordering::Relaxed);
                 pd.busy_ns.store(0, Ordering::Relaxed);
                 pd.kernels.store(0, Ordering::Relaxed);
+                pd.overhead.store(0, Ordering::Relaxed);
             }
             s.start_time.store(0, Ordering::Relaxed);
             s.pid.store(0, Ordering::Release);

@@ -1,6 +1,11 @@
 //! Test environment helper: an isolated fake GPU per test (fresh state file in a temporary
 //! directory, and a library directory whose `libcuda.so.1`/`libnvidia-ml.so.1` point at the fakes
 //! built in [`target_dir`]).
+//!
+//! [`FakeGpuEnv::new`] makes an *exact* device: contexts and modules occupy no device memory,
+//! so a test that sizes allocations to a limit or to the device measures exactly what it
+//! allocated. [`FakeGpuEnv::with_config`] gives a device with the driver's own overhead
+//! ([`DeviceConfig::with_overhead`]), for the tests of that overhead.
 
 use crate::config::DeviceConfig;
 use crate::snapshot::Snapshot;
@@ -15,7 +20,7 @@ pub struct FakeGpuEnv {
     dir: PathBuf,
     lib_dir: PathBuf,
     state_path: PathBuf,
-    devices: Vec<u64>,
+    config: DeviceConfig,
 }
 
 /// `target/<profile>` of the running binary: the parent of `deps/` for test binaries, the
@@ -35,12 +40,20 @@ pub fn target_dir() -> PathBuf {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl FakeGpuEnv {
-    /// New isolated fake GPU: fresh state file in a temp dir, `devices` = memory per device.
+    /// New isolated fake GPU: fresh state file in a temp dir, `devices` = memory per device,
+    /// no context or module overhead.
     ///
     /// # Panics
     /// On an invalid configuration or I/O failure (it is a test helper).
     pub fn new(devices: &[u64]) -> FakeGpuEnv {
-        let config = DeviceConfig::new(devices).expect("valid fake GPU configuration");
+        Self::with_config(DeviceConfig::new(devices).expect("valid fake GPU configuration"))
+    }
+
+    /// New isolated fake GPU with this configuration (e.g. with context and module overhead).
+    ///
+    /// # Panics
+    /// On I/O failure (it is a test helper).
+    pub fn with_config(config: DeviceConfig) -> FakeGpuEnv {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -71,7 +84,7 @@ impl FakeGpuEnv {
             dir,
             lib_dir,
             state_path,
-            devices: devices.to_vec(),
+            config,
         }
     }
 
@@ -85,7 +98,14 @@ impl FakeGpuEnv {
         &self.state_path
     }
 
-    /// `LD_LIBRARY_PATH`, `FAKEGPU_STATE`, `FAKEGPU_DEVICES` for child processes.
+    /// The configuration the state file was created with.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+
+    /// `LD_LIBRARY_PATH`, `FAKEGPU_STATE`, `FAKEGPU_DEVICES`, `FAKEGPU_CONTEXT_BYTES`,
+    /// `FAKEGPU_MODULE_BYTES_PER_KIB` for child processes (the state file already exists, so
+    /// they only document what it holds).
     pub fn envs(&self) -> Vec<(String, String)> {
         let mut ld = self.lib_dir.display().to_string();
         if let Ok(old) = std::env::var("LD_LIBRARY_PATH")
@@ -93,7 +113,7 @@ impl FakeGpuEnv {
         {
             ld = format!("{ld}:{old}");
         }
-        let devices: Vec<String> = self.devices.iter().map(|d| d.to_string()).collect();
+        let devices: Vec<String> = self.config.memory.iter().map(|d| d.to_string()).collect();
         vec![
             ("LD_LIBRARY_PATH".into(), ld),
             (
@@ -101,6 +121,14 @@ impl FakeGpuEnv {
                 self.state_path.display().to_string(),
             ),
             ("FAKEGPU_DEVICES".into(), devices.join(",")),
+            (
+                "FAKEGPU_CONTEXT_BYTES".into(),
+                self.config.context_bytes.to_string(),
+            ),
+            (
+                "FAKEGPU_MODULE_BYTES_PER_KIB".into(),
+                self.config.module_bytes_per_kib.to_string(),
+            ),
         ]
     }
 

@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 /// Which driver (and NVML) the daemon and the tenants' processes use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    /// A fresh fake GPU with these devices (memory in bytes, one entry per device).
+    /// A fresh fake GPU with these devices (memory in bytes, one entry per device), contexts
+    /// and modules occupying no memory.
     Fake(Vec<u64>),
+    /// A fresh fake GPU with this configuration (e.g. with context and module overhead).
+    FakeConfig(fakegpu::DeviceConfig),
     /// The machine's own `libcuda.so.1` and `libnvidia-ml.so.1`, found the usual way (no fake
     /// library directory, no `FAKEGPU_*` variables).
     Real,
@@ -63,6 +66,7 @@ impl Gpumux {
     pub fn start_on(backend: Backend, tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
         let (gpu, real) = match &backend {
             Backend::Fake(devices) => (FakeGpuEnv::new(devices), false),
+            Backend::FakeConfig(config) => (FakeGpuEnv::with_config(config.clone()), false),
             // A minimal fake that nothing uses, so `gpu` keeps its type for existing callers.
             Backend::Real => (FakeGpuEnv::new(&[1 << 30]), true),
         };
@@ -266,6 +270,24 @@ impl Gpumux {
             );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `GET /metrics` from the daemon's metrics endpoint (the config must set
+    /// `metrics_listen`), the body.
+    pub fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let status = self.status()?;
+        let addr = status["metrics_address"]
+            .as_str()
+            .context("no metrics address in the status (metrics_listen unset?)")?;
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        match reply.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+            _ => bail!("metrics request failed: {reply}"),
+        }
     }
 
     /// A tenant's entry in the status report.

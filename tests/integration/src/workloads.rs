@@ -301,6 +301,48 @@ impl Running {
         }
     }
 
+    /// Waits up to `timeout` until `count` lines with `"op": op` have been read; returns them.
+    pub fn wait_for_count(
+        &mut self,
+        op: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<Value> = self
+                .seen
+                .iter()
+                .filter(|v| v["op"] == op)
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return Ok(found);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "fewer than {count} {op:?} lines within {timeout:?}; saw {:?}",
+                        self.seen
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!(
+                        "workload exited before {count} {op:?} lines; saw {:?}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// The lines read so far (by [`Running::wait_for`]).
+    pub fn seen(&self) -> &[Value] {
+        &self.seen
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -16,7 +16,10 @@
  *       ops: KIND:NAME:SIZE (alloc pitch managed async pool vmm array array3d), free:NAME,
  *       meminfo, memcpy-check:NAME, spin:NS[:COUNT], launch:NS[:COUNT], sync, sleep:MS,
  *       device:N, reset (primary context reset: the driver frees its allocations),
- *       nocontext (no current context on this thread, as NCCL/vLLM create VMM memory)
+ *       nocontext (no current context on this thread, as NCCL/vLLM create VMM memory),
+ *       ctx:NAME (cuCtxCreate on the current device; the primary context stays current),
+ *       module:NAME (cuModuleLoadData of the spin PTX), library:NAME (cuLibraryLoadData of
+ *       it), drop:NAME (destroys / unloads what NAME made)
  *   driver_workload spin --ns N [--count K]
  *   driver_workload stress --threads T --seconds S --max-bytes B [--seed X]
  *   driver_workload hold --bytes N --seconds S
@@ -60,6 +63,7 @@ typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
 typedef struct CUmod_st *CUmodule;
+typedef struct CUlib_st *CUlibrary;
 typedef struct CUfunc_st *CUfunction;
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef struct CUarray_st *CUarray;
@@ -130,8 +134,9 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
 
 /*
  * Every entry point used, by the name the runtime asks for. Asked at 12090 the driver
- * hands back the newest ABI of each name (cuMemAlloc -> cuMemAlloc_v2, ...); the
- * prototypes below are those ABIs.
+ * hands back the newest ABI of each name it has (cuMemAlloc -> cuMemAlloc_v2, ...); the
+ * prototypes below are those of a CUDA 12.4 driver (NVIDIA's 550, which the fake answers
+ * like): cuCtxCreate is cuCtxCreate_v3 there (_v4 arrived with 12.5).
  */
 #define DRIVER_FUNCS(X)                                                                        \
     X(cuInit, (unsigned int flags))                                                            \
@@ -145,7 +150,8 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
     X(cuDevicePrimaryCtxRelease, (CUdevice dev))                                               \
     X(cuDevicePrimaryCtxReset, (CUdevice dev))                                                 \
     X(cuCtxSetCurrent, (CUcontext ctx))                                                        \
-    X(cuCtxCreate, (CUcontext * ctx, void *params, unsigned int flags, CUdevice dev))          \
+    X(cuCtxCreate, (CUcontext * ctx, void *affinity, int n_affinity, unsigned int flags,      \
+                    CUdevice dev))                                                             \
     X(cuCtxSynchronize, (void))                                                                \
     X(cuMemGetInfo, (size_t * free_bytes, size_t * total_bytes))                               \
     X(cuMemAlloc, (CUdeviceptr * dptr, size_t bytes))                                          \
@@ -187,6 +193,11 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
     X(cuModuleLoadData, (CUmodule * module, const void *image))                                \
     X(cuModuleGetFunction, (CUfunction * fn, CUmodule module, const char *name))               \
     X(cuModuleUnload, (CUmodule module))                                                       \
+    X(cuCtxDestroy, (CUcontext ctx))                                                           \
+    X(cuLibraryLoadData, (CUlibrary * lib, const void *code, void *jit_opts, void **jit_vals,  \
+                          unsigned int n_jit, void *lib_opts, void **lib_vals,                 \
+                          unsigned int n_lib))                                                 \
+    X(cuLibraryUnload, (CUlibrary lib))                                                        \
     X(cuLaunchKernel, (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,         \
                        unsigned int bx, unsigned int by, unsigned int bz, unsigned int shmem,  \
                        CUstream stream, void **params, void **extra))
@@ -851,6 +862,69 @@ static void do_reset(void) {
     emit("\"op\":\"reset\",\"device\":%d,\"result\":%d", dev, r);
 }
 
+/* ---- contexts, modules and libraries made by name (ctx:, module:, library:, drop:) ---- */
+enum made_kind { M_CTX, M_MODULE, M_LIBRARY };
+static const char *const MADE_NAMES[] = {"ctx", "module", "library"};
+struct made {
+    char name[64];
+    enum made_kind kind;
+    void *handle;
+    struct made *next;
+};
+static struct made *made_list;
+
+static void do_make(enum made_kind kind, const char *name) {
+    for (struct made *m = made_list; m; m = m->next)
+        if (strcmp(m->name, name) == 0) {
+            fprintf(stderr, "driver_workload: name '%s' already in use\n", name);
+            exit(2);
+        }
+    void *h = NULL;
+    CUresult r;
+    if (kind == M_CTX) {
+        CUdevice d;
+        r = CU(cuDeviceGet, &d, current_device);
+        if (r == CUDA_SUCCESS) r = CU(cuCtxCreate, (CUcontext *)&h, NULL, 0, 0, d);
+        /* the new context was pushed: make the primary context current again */
+        if (r == CUDA_SUCCESS) CU(cuCtxSetCurrent, primary[current_device]);
+    } else if (kind == M_MODULE) {
+        r = CU(cuModuleLoadData, (CUmodule *)&h, SPIN_PTX);
+    } else {
+        r = CU(cuLibraryLoadData, (CUlibrary *)&h, SPIN_PTX, NULL, NULL, 0, NULL, NULL, 0);
+    }
+    if (r == CUDA_SUCCESS) {
+        struct made *m = calloc(1, sizeof *m);
+        if (m == NULL) {
+            perror("calloc");
+            exit(2);
+        }
+        snprintf(m->name, sizeof m->name, "%s", name);
+        m->kind = kind;
+        m->handle = h;
+        m->next = made_list;
+        made_list = m;
+    }
+    emit("\"op\":\"%s\",\"name\":\"%s\",\"device\":%d,\"result\":%d%s%s%s", MADE_NAMES[kind],
+         name, current_device, r, r ? ",\"error\":\"" : "", r ? err_name(r) : "", r ? "\"" : "");
+}
+
+static void do_drop(const char *name) {
+    struct made **pp = &made_list;
+    while (*pp && strcmp((*pp)->name, name) != 0) pp = &(*pp)->next;
+    if (*pp == NULL) {
+        fprintf(stderr, "driver_workload: drop of unknown name '%s'\n", name);
+        exit(2);
+    }
+    struct made *m = *pp;
+    CUresult r = m->kind == M_CTX      ? CU(cuCtxDestroy, (CUcontext)m->handle)
+                 : m->kind == M_MODULE ? CU(cuModuleUnload, (CUmodule)m->handle)
+                                       : CU(cuLibraryUnload, (CUlibrary)m->handle);
+    emit("\"op\":\"drop\",\"name\":\"%s\",\"kind\":\"%s\",\"result\":%d", name,
+         MADE_NAMES[m->kind], r);
+    *pp = m->next;
+    free(m);
+}
+
 /* One op token, "verb[:arg[:arg]]"; with run == 0 it is only validated. */
 static void run_op(char *tok, int run) {
     char *parts[4] = {0};
@@ -878,6 +952,15 @@ static void run_op(char *tok, int run) {
         }
         if (run && verb[0] == 'f') do_free(parts[1]);
         else if (run) do_memcpy_check(parts[1]);
+    } else if (strcmp(verb, "ctx") == 0 || strcmp(verb, "module") == 0 ||
+               strcmp(verb, "library") == 0 || strcmp(verb, "drop") == 0) {
+        if (n != 2 || !valid_name(parts[1])) {
+            snprintf(msg, sizeof msg, "usage: %s:NAME", verb);
+            die_usage(msg);
+        }
+        if (run && verb[0] == 'd') do_drop(parts[1]);
+        else if (run) do_make(verb[0] == 'c' ? M_CTX : verb[0] == 'm' ? M_MODULE : M_LIBRARY,
+                              parts[1]);
     } else if (strcmp(verb, "meminfo") == 0) {
         if (n != 1) die_usage("usage: meminfo");
         if (run) do_meminfo();
@@ -1065,7 +1148,7 @@ static int cmd_load(int argc, char **argv) {
     if (own_context) {
         /* A context of its own (cuCtxCreate), not the device's primary context. */
         CUcontext ctx = NULL;
-        r = CU(cuCtxCreate, &ctx, NULL, 0, (CUdevice)dev);
+        r = CU(cuCtxCreate, &ctx, NULL, 0, 0, (CUdevice)dev);
         if (r == CUDA_SUCCESS) current_device = (int)dev;
     } else {
         r = use_device((int)dev);

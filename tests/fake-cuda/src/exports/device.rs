@@ -4,8 +4,11 @@ use crate::driver::{self, process};
 use crate::types::*;
 use std::ffi::{c_char, c_int, c_uint, c_void};
 
-/// `CUDA_VERSION` of the API this driver implements.
-pub const DRIVER_VERSION: c_int = 12090;
+/// `CUDA_VERSION` of the API this driver implements: CUDA 12.4, that of NVIDIA's 550 driver, whose
+/// `cuGetProcAddress` answers the fake gives (`procaddr`).
+pub const DRIVER_VERSION: c_int = 12040;
+/// Whether profiling is on (`cuProfilerStart`/`cuProfilerStop`; there is no profiler to tell).
+static PROFILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Streaming multiprocessors of the simulated device.
 pub const SM_COUNT: i32 = 132;
 
@@ -278,13 +281,17 @@ cuda_fn! {
 
     fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) {
         need(pfn)?;
-        // SAFETY: output pointer from the caller (null checked).
-        unsafe { write_out(pfn, std::ptr::null_mut())? };
         // SAFETY: C string argument from the caller (null checked).
         let name = unsafe { cstr(symbol)? };
-        let (addr, _) = crate::procaddr::resolve(name.to_bytes(), version, flags)?;
+        let row = crate::procaddr::lookup(name.to_bytes(), version, flags)?;
+        // The CUDA 11.3 entry point has no status: what `_v2` reports as a status is
+        // CUDA_ERROR_NOT_FOUND here, with the pointer left as it was.
+        if row.status != crate::procaddr::SYMBOL_SUCCESS as u8 {
+            return Err(err::NOT_FOUND);
+        }
         // SAFETY: output pointer from the caller (null checked).
-        unsafe { write_out(pfn, addr) }
+        unsafe { write_out(pfn, crate::procaddr::address(row))? };
+        result(row.result)
     }
 
     fn cuGetProcAddress_v2(
@@ -295,31 +302,27 @@ cuda_fn! {
         status: *mut c_int,
     ) {
         need(pfn)?;
-        // SAFETY: output pointer from the caller (null checked).
-        unsafe { write_out(pfn, std::ptr::null_mut())? };
         // SAFETY: C string argument from the caller (null checked).
         let name = unsafe { cstr(symbol)? };
-        let r = crate::procaddr::resolve(name.to_bytes(), version, flags);
-        let st = match &r {
-            Ok(_) => crate::procaddr::SYMBOL_SUCCESS,
-            Err(_) => crate::procaddr::symbol_status(name.to_bytes(), version),
-        };
+        let row = crate::procaddr::lookup(name.to_bytes(), version, flags)?;
         if !status.is_null() {
             // SAFETY: optional output pointer from the caller (non-null).
-            unsafe { write_out(status, st)? };
+            unsafe { write_out(status, c_int::from(row.status))? };
         }
-        let (addr, _) = r?;
         // SAFETY: output pointer from the caller (null checked).
-        unsafe { write_out(pfn, addr) }
+        unsafe { write_out(pfn, crate::procaddr::address(row))? };
+        result(row.result)
     }
 
     fn cuProfilerStart() {
         process()?;
+        PROFILING.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
     fn cuProfilerStop() {
         process()?;
+        PROFILING.store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -2,23 +2,24 @@
 
 use crate::context;
 use crate::driver::{Process, process};
-use crate::module::{OPTIN_MAX_SHARED, image_bytes, parse_image};
+use crate::module::{OPTIN_MAX_SHARED, image_bytes};
 use crate::stream::{self, Op};
 use crate::types::*;
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::atomic::Ordering;
 
-fn load(p: &Process, ctx: u64, library: bool, image: *const c_void) -> Res<u64> {
+/// Loads an image as a module of context `ctx` (`Some((handle, device))`) or as a library
+/// (`None`), charging its device memory.
+fn load(p: &Process, ctx: Option<(u64, u32)>, image: *const c_void) -> Res<u64> {
     // SAFETY: the caller passes a valid image (NUL-terminated when text); null checked.
     let bytes = unsafe { image_bytes(image)? };
-    let entries = parse_image(bytes)?;
-    Ok(p.modules.load(p, ctx, library, entries))
+    p.modules.load_image(p, ctx, bytes)
 }
 
 fn module_load(out: *mut Handle, image: *const c_void) -> Res<()> {
     need(out)?;
     let (p, c) = context::require()?;
-    let h = load(p, c.handle, false, image)?;
+    let h = load(p, Some((c.handle, c.device)), image)?;
     // SAFETY: output pointer from the caller (null checked).
     unsafe { write_out(out, hptr(h)) }
 }
@@ -207,14 +208,14 @@ cuda_fn! {
         let path = std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()));
         let mut data = std::fs::read(path).map_err(|_| err::FILE_NOT_FOUND)?;
         data.push(0);
-        let h = load(p, c.handle, false, data.as_ptr().cast())?;
+        let h = load(p, Some((c.handle, c.device)), data.as_ptr().cast())?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(module, hptr(h)) }
     }
 
     fn cuModuleUnload(module: Handle) {
         let p = process()?;
-        p.modules.unload(hval(module), false)
+        p.modules.unload(p, hval(module), false)
     }
 
     fn cuModuleGetFunction(func: *mut Handle, module: Handle, name: *const c_char) {
@@ -250,14 +251,14 @@ cuda_fn! {
     ) {
         need(library)?;
         let p = process()?;
-        let h = load(p, 0, true, code)?;
+        let h = load(p, None, code)?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(library, hptr(h)) }
     }
 
     fn cuLibraryUnload(library: Handle) {
         let p = process()?;
-        p.modules.unload(hval(library), true)
+        p.modules.unload(p, hval(library), true)
     }
 
     fn cuLibraryGetKernel(kernel: *mut Handle, library: Handle, name: *const c_char) {

@@ -83,10 +83,13 @@ int main(int argc, char **argv) {
     CHECK(pa == dlsym(lib, "cuMemAlloc_v2") && st == 0, "cuGetProcAddress cuMemAlloc@3020 -> cuMemAlloc_v2");
     gpa("cuMemAlloc", &pb, 2000, 0, &st);
     CHECK(pb == dlsym(lib, "cuMemAlloc"), "cuGetProcAddress cuMemAlloc@2000 -> cuMemAlloc");
-    gpa("cuLaunchKernel", &pb, 4000, 2, &st);
+    gpa("cuLaunchKernel", &pb, 7000, 2, &st);
     CHECK(pb == dlsym(lib, "cuLaunchKernel_ptsz"), "ptsz flag -> cuLaunchKernel_ptsz");
+    r = gpa("cuLaunchKernel", &pb, 4000, 2, &st);
+    CHECK(r == 0 && st == 2 && pb == NULL, "ptsz flag before _ptsz -> VERSION_NOT_SUFFICIENT");
+    /* Like NVIDIA's driver: _v2 answers an unknown name with CUDA_SUCCESS and a status. */
     r = gpa("cuNoSuch", &pb, 12000, 0, &st);
-    CHECK(r == 500 && st == 1 && pb == NULL, "unknown -> NOT_FOUND");
+    CHECK(r == 0 && st == 1 && pb == NULL, "unknown -> SYMBOL_NOT_FOUND");
 
     CUdeviceptr d0;
     CHECK(SYM(cuMemAlloc_v2)(&d0, 16) == 201, "cuMemAlloc without context -> INVALID_CONTEXT");

@@ -1,0 +1,659 @@
+//! Memory the application never asked for: each context and loaded module occupies device
+//! memory that no allocation call returns. First the fake's model of it (what a real driver
+//! does: visible in `cuMemGetInfo`, NVML and the ground truth, a context that does not fit is
+//! `CUDA_ERROR_OUT_OF_MEMORY`), then gpumux holding a tenant's whole footprint — allocations
+//! plus overhead — to its quota, and processes that use the GPU without gpumux (unmanaged).
+//!
+//! Ground truth is the fake's per-process record (`fakegpu` snapshot), never gpumux's figures.
+//! Run after `cargo build --workspace`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use fakegpu::DeviceConfig;
+use fakegpu::testenv::FakeGpuEnv;
+use gpumux_integration::gpumux::{Backend, Gpumux, wait_until};
+use gpumux_integration::workloads::{
+    CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, MIB, Running, c_workload, command, i, nvml_probe,
+    run, spin_ptx_path, u,
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+/// What each context occupies in these tests (the fake's realistic default is 300 MiB too).
+const CTX: u64 = 300 * MIB;
+/// Module memory per KiB of image: big enough that a loaded spin module is plainly visible.
+const MODULE_PER_KIB: u64 = MIB;
+
+/// Device memory the spin module (the C workload's `module:`/`library:` image) occupies.
+fn module_bytes() -> u64 {
+    let len = std::fs::metadata(spin_ptx_path()).expect("spin.ptx").len();
+    fakegpu::module_bytes(len, MODULE_PER_KIB)
+}
+
+fn with_overhead(devices: &[u64]) -> DeviceConfig {
+    DeviceConfig::new(devices)
+        .expect("valid devices")
+        .with_overhead(CTX, MODULE_PER_KIB)
+}
+
+fn frees(lines: &[Value]) -> Vec<u64> {
+    lines.iter().map(|m| u(m, "free")).collect()
+}
+
+/// The fake's record of `pid` on device 0: `(used, overhead)` (0, 0 when not on the device).
+fn truth(env: &FakeGpuEnv, pid: u32) -> (u64, u64) {
+    env.snapshot().devices[0]
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .map_or((0, 0), |p| (p.used_bytes, p.overhead_bytes))
+}
+
+// ---- the fake ------------------------------------------------------------------------------
+
+#[test]
+fn fake_contexts_modules_and_libraries_occupy_device_memory() {
+    let env = FakeGpuEnv::with_config(with_overhead(&[4 * GIB]));
+    let m = module_bytes();
+    assert!(m > 0);
+    // Primary context at start; a created context; a module in the primary context; a library
+    // (loaded into both contexts).
+    let mut r = Running::spawn(&mut command(
+        &env,
+        &c_workload(),
+        [
+            "ops",
+            "meminfo ctx:c meminfo module:m meminfo library:l meminfo sleep:60000",
+        ],
+    ))
+    .unwrap();
+    let infos = r.wait_for_count("meminfo", 4, T).unwrap();
+    assert_eq!(
+        frees(&infos),
+        vec![
+            4 * GIB - CTX,
+            4 * GIB - 2 * CTX,
+            4 * GIB - 2 * CTX - m,
+            4 * GIB - 2 * CTX - 3 * m
+        ],
+        "{:?}",
+        r.seen()
+    );
+    assert!(infos.iter().all(|l| u(l, "total") == 4 * GIB));
+    // Ground truth and NVML: the process holds it all, though it allocated nothing.
+    let held = 2 * CTX + 3 * m;
+    assert_eq!(truth(&env, r.pid()), (held, held));
+    assert_eq!(env.snapshot().devices[0].used_bytes, held);
+    let probe = run(&mut command(&env, &nvml_probe(), [] as [&str; 0]), T).unwrap();
+    probe.assert_success();
+    let procs = probe.lines.one("processes");
+    let mine = procs["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == r.pid())
+        .unwrap_or_else(|| panic!("{} not listed by NVML: {procs}", r.pid()));
+    assert_eq!(
+        u(mine, "used"),
+        held,
+        "usedGpuMemory includes contexts and modules"
+    );
+    let dev = probe.lines.one("device");
+    assert_eq!(u(&dev["mem_v1"], "used"), held, "{dev}");
+    r.kill();
+    assert_eq!(env.snapshot().devices[0].used_bytes, 0, "returned at exit");
+
+    // Unloading and destroying give it back; destroying a context drops the libraries' copies.
+    let mut r = Running::spawn(&mut command(
+        &env,
+        &c_workload(),
+        [
+            "ops",
+            "library:l ctx:c meminfo drop:c meminfo module:m drop:l meminfo drop:m meminfo \
+             alloc:a:100MiB meminfo sleep:60000",
+        ],
+    ))
+    .unwrap();
+    let infos = r.wait_for_count("meminfo", 5, T).unwrap();
+    assert_eq!(
+        frees(&infos),
+        vec![
+            4 * GIB - 2 * CTX - 2 * m,
+            4 * GIB - CTX - m,
+            4 * GIB - CTX - m,
+            4 * GIB - CTX,
+            4 * GIB - CTX - 100 * MIB
+        ],
+        "{:?}",
+        r.seen()
+    );
+    assert!(
+        r.seen()
+            .iter()
+            .filter(|l| l["op"] == "drop")
+            .all(|l| i(l, "result") == CUDA_SUCCESS)
+    );
+    // An allocation is not overhead.
+    assert_eq!(truth(&env, r.pid()), (CTX + 100 * MIB, CTX));
+}
+
+#[test]
+fn fake_context_that_does_not_fit_is_out_of_memory() {
+    let env = FakeGpuEnv::with_config(with_overhead(&[GIB]));
+    // 300 MiB context + 424 MiB: 300 MiB left, exactly one more context.
+    let mut holder = Running::spawn(&mut command(
+        &env,
+        &c_workload(),
+        ["ops", "alloc:a:424MiB meminfo sleep:60000"],
+    ))
+    .unwrap();
+    let m = holder.wait_for("meminfo", T).unwrap();
+    assert_eq!(u(&m, "free"), GIB - CTX - 424 * MIB);
+    // The second process's primary context fits (nothing left); a created context does not.
+    let lines = run(
+        &mut command(&env, &c_workload(), ["ops", "meminfo ctx:c meminfo"]),
+        T,
+    )
+    .unwrap()
+    .lines;
+    assert_eq!(u(lines.ops("meminfo")[0], "free"), 0);
+    assert_eq!(
+        i(lines.named("ctx", "c"), "result"),
+        CUDA_ERROR_OUT_OF_MEMORY
+    );
+    assert_eq!(u(lines.ops("meminfo")[1], "free"), 0, "nothing charged");
+    // That process exited: its context's memory is back. Another takes it; then a primary
+    // context does not fit either.
+    let mut second = Running::spawn(&mut command(
+        &env,
+        &c_workload(),
+        ["ops", "meminfo sleep:60000"],
+    ))
+    .unwrap();
+    second.wait_for("meminfo", T).unwrap();
+    let lines = run(&mut command(&env, &c_workload(), ["ops", "meminfo"]), T)
+        .unwrap()
+        .lines;
+    let dev = lines.one("device");
+    assert_eq!(i(dev, "result"), CUDA_ERROR_OUT_OF_MEMORY, "{dev}");
+    let snap = env.snapshot();
+    assert_eq!(snap.devices[0].used_bytes, GIB, "{snap:?}");
+    assert_eq!(snap.devices[0].processes.len(), 2, "{snap:?}");
+    holder.kill();
+    second.kill();
+}
+
+// ---- gpumux --------------------------------------------------------------------------------
+
+/// Samples the fake's device-level use of every process on device 0 (all of them belong to the
+/// tenant under test) until dropped; `max()` is the highest seen.
+struct FootprintSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FootprintSampler {
+    fn start(env: &FakeGpuEnv) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicU64::new(0));
+        let path = env.state_path().to_path_buf();
+        let thread = {
+            let (stop, max) = (stop.clone(), max.clone());
+            std::thread::spawn(move || {
+                let gpu = fakegpu::GpuState::open_existing(&path).expect("open the fake GPU");
+                while !stop.load(Ordering::Relaxed) {
+                    let used: u64 = gpu.snapshot().devices[0]
+                        .processes
+                        .iter()
+                        .map(|p| p.used_bytes)
+                        .sum();
+                    max.fetch_max(used, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        FootprintSampler {
+            stop,
+            max,
+            thread: Some(thread),
+        }
+    }
+
+    fn max(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FootprintSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn device0(t: &Value) -> &Value {
+    &t["devices"][0]
+}
+
+/// A new process of `tenant` cannot get a context: `CUDA_ERROR_OUT_OF_MEMORY`.
+fn assert_context_refused(g: &Gpumux, tenant: &str) {
+    let lines = run(
+        g.tenant_command(tenant, c_workload())
+            .args(["ops", "meminfo"]),
+        T,
+    )
+    .unwrap()
+    .lines;
+    let dev = lines.one("device");
+    assert_eq!(i(dev, "result"), CUDA_ERROR_OUT_OF_MEMORY, "{dev}");
+}
+
+#[test]
+fn tenant_footprint_with_context_overhead_stays_within_the_quota() {
+    let g = Gpumux::start_on(
+        Backend::FakeConfig(with_overhead(&[16 * GIB])),
+        &[("a", "memory_limit = \"2GiB\"\n")],
+        "",
+    );
+    let env = g.fake().unwrap();
+    let sampler = FootprintSampler::start(env);
+    // Four processes, each a 300 MiB context and 200 MiB of allocations: 2000 MiB of 2048.
+    let mut procs = Vec::new();
+    for k in 1..=4u64 {
+        let script = if k < 4 {
+            "alloc:a:200MiB meminfo sleep:60000"
+        } else {
+            // The last one also probes the boundary: 49 MiB more is over, 48 MiB is exact.
+            "alloc:a:200MiB meminfo alloc:b:49MiB alloc:c:48MiB meminfo alloc:d:1MiB \
+             meminfo sleep:60000"
+        };
+        let mut r =
+            Running::spawn(g.tenant_command("a", c_workload()).args(["ops", script])).unwrap();
+        let m = r.wait_for("meminfo", T).unwrap();
+        assert_eq!(
+            i(
+                r.seen().iter().find(|l| l["op"] == "alloc").unwrap(),
+                "result"
+            ),
+            CUDA_SUCCESS,
+            "{:?}",
+            r.seen()
+        );
+        // cuMemGetInfo inside the tenant: total = quota, free net of every process's context.
+        assert_eq!(u(&m, "total"), 2 * GIB);
+        assert_eq!(
+            u(&m, "free"),
+            2 * GIB - k * (CTX + 200 * MIB),
+            "{:?}",
+            r.seen()
+        );
+        procs.push(r);
+    }
+    let last = procs.last_mut().unwrap();
+    let infos = last.wait_for_count("meminfo", 3, T).unwrap();
+    let result = |name: &str| {
+        i(
+            last.seen()
+                .iter()
+                .find(|l| l["op"] == "alloc" && l["name"] == name)
+                .unwrap(),
+            "result",
+        )
+    };
+    assert_eq!(
+        result("b"),
+        CUDA_ERROR_OUT_OF_MEMORY,
+        "allocations + overhead over 2 GiB"
+    );
+    assert_eq!(result("c"), CUDA_SUCCESS, "exactly 2 GiB");
+    assert_eq!(result("d"), CUDA_ERROR_OUT_OF_MEMORY);
+    assert_eq!(frees(&infos[1..]), vec![0, 0]);
+
+    // The daemon's view: footprint 2 GiB, of which 4 contexts.
+    let t = g.tenant_status("a");
+    assert_eq!(u(device0(&t), "memory_used"), 2 * GIB, "{t}");
+    assert_eq!(u(device0(&t), "memory_overhead"), 4 * CTX, "{t}");
+    let table = String::from_utf8(g.ctl().arg("status").output().unwrap().stdout).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("2 GiB") && l.contains("1.17 GiB")),
+        "status shows the overhead apart: {table}"
+    );
+
+    // A fifth process's context does not fit: refused, nothing held.
+    assert_context_refused(&g, "a");
+
+    // Ground truth: the tenant's processes never held more than 2 GiB on the device.
+    let snap = env.snapshot();
+    let held: u64 = snap.devices[0].processes.iter().map(|p| p.used_bytes).sum();
+    assert_eq!(held, 2 * GIB, "{snap:?}");
+    for p in &procs {
+        assert_eq!(truth(env, p.pid()).1, CTX);
+    }
+    assert!(
+        sampler.max() <= 2 * GIB,
+        "the tenant's processes held {} bytes on the device",
+        sampler.max()
+    );
+    drop(sampler);
+
+    // A process that exits gives back its context's memory with its allocations.
+    procs.remove(0).kill();
+    g.wait_tenant_used("a", 2 * GIB - CTX - 200 * MIB, T);
+    let t = g.tenant_status("a");
+    assert_eq!(u(device0(&t), "memory_overhead"), 3 * CTX, "{t}");
+}
+
+#[test]
+fn modules_libraries_and_recreated_contexts_are_charged_and_given_back() {
+    // (A context the application creates itself goes through the same path as the primary
+    // context here; `cuCtxCreate` through the shim is covered once the shim hands out the
+    // driver's own `cuCtxCreate` ABI variant.)
+    let g = Gpumux::start_on(
+        Backend::FakeConfig(with_overhead(&[16 * GIB])),
+        &[("a", "memory_limit = \"4GiB\"\n")],
+        "",
+    );
+    let m = module_bytes();
+    let overhead = |g: &Gpumux| u(device0(&g.tenant_status("a")), "memory_overhead");
+    let mut r = Running::spawn(
+        g.tenant_command("a", c_workload())
+            .args(["ops", "meminfo module:m library:l meminfo sleep:60000"]),
+    )
+    .unwrap();
+    let infos = r.wait_for_count("meminfo", 2, T).unwrap();
+    // The context is measured before its creation returns.
+    assert_eq!(u(&infos[0], "free"), 4 * GIB - CTX, "{:?}", r.seen());
+    // Modules and libraries are announced and measured soon after.
+    wait_until(
+        T,
+        || overhead(&g) == CTX + 2 * m,
+        || format!("overhead {} != {}\n{}", overhead(&g), CTX + 2 * m, g.log()),
+    );
+    r.kill();
+    g.wait_tenant_used("a", 0, T);
+
+    // Unloads and context resets are given back (after the daemon confirms the lower
+    // reading); the context retained again after the reset is charged again.
+    let mut r = Running::spawn(g.tenant_command("a", c_workload()).args([
+        "ops",
+        "module:m library:l meminfo drop:l reset meminfo sleep:60000",
+    ]))
+    .unwrap();
+    let infos = r.wait_for_count("meminfo", 2, T).unwrap();
+    assert_eq!(i(&r.wait_for("reset", T).unwrap(), "result"), CUDA_SUCCESS);
+    wait_until(
+        T,
+        || overhead(&g) == CTX,
+        || format!("overhead {} != {CTX}\n{}", overhead(&g), g.log()),
+    );
+    assert_eq!(truth(g.fake().unwrap(), r.pid()), (CTX, CTX));
+    assert!(u(&infos[1], "free") <= 4 * GIB - CTX);
+    let mut probe = Running::spawn(
+        g.tenant_command("a", c_workload())
+            .args(["ops", "meminfo sleep:60000"]),
+    )
+    .unwrap();
+    let m2 = probe.wait_for("meminfo", T).unwrap();
+    assert_eq!(u(&m2, "free"), 4 * GIB - 2 * CTX, "{m2}");
+}
+
+#[test]
+fn a_context_bigger_than_expected_is_refused_after_measuring() {
+    // Right after a daemon start no context has been measured yet: the first one is created
+    // on no estimate, measured, and destroyed again when it does not fit.
+    let mut g = Gpumux::start_on(
+        Backend::FakeConfig(with_overhead(&[16 * GIB])),
+        &[("a", "memory_limit = \"1GiB\"\n")],
+        "",
+    );
+    let mut holder = Running::spawn(
+        g.tenant_command("a", c_workload())
+            .args(["ops", "alloc:a:600MiB meminfo sleep:60000"]),
+    )
+    .unwrap();
+    holder.wait_for("meminfo", T).unwrap();
+    g.wait_tenant_used("a", CTX + 600 * MIB, T);
+    g.kill_daemon();
+    g.start_daemon();
+    // The holder reattaches with its 900 MiB.
+    wait_until(
+        T,
+        || {
+            g.status().is_ok_and(|s| {
+                s["tenants"][0]["processes"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 1)
+            })
+        },
+        || format!("holder not back\n{}", g.log()),
+    );
+    g.wait_tenant_used("a", CTX + 600 * MIB, T);
+    assert_context_refused(&g, "a");
+    // Its context is gone (ground truth), and so is its charge.
+    let snap = g.fake().unwrap().snapshot();
+    assert_eq!(snap.devices[0].processes.len(), 1, "{snap:?}");
+    g.wait_tenant_used("a", CTX + 600 * MIB, T);
+    // Now the daemon knows what a context takes: the next one is refused before it exists.
+    assert_context_refused(&g, "a");
+    g.wait_tenant_used("a", CTX + 600 * MIB, T);
+    holder.kill();
+}
+
+/// The cgroup the tests' processes share, or `None` at the root (no attribution then).
+fn own_cgroup_attributes() -> bool {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    !text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .all(|l| l.rsplit_once(':').is_some_and(|(_, p)| p.trim() == "/"))
+}
+
+#[test]
+fn unmanaged_process_is_reported_and_reduces_what_tenants_see_free() {
+    let g = Gpumux::start_with(
+        &[8 * GIB],
+        &[("a", "memory_limit = \"8GiB\"\n")],
+        "metrics_listen = \"127.0.0.1:0\"\n",
+    );
+    // A process on the GPU without the shim (no LD_PRELOAD): 3 GiB the daemon never granted.
+    let mut stray = Running::spawn(g.command(c_workload()).args([
+        "hold",
+        "--bytes",
+        "3GiB",
+        "--seconds",
+        "60",
+    ]))
+    .unwrap();
+    assert_eq!(
+        i(&stray.wait_for("hold", T).unwrap(), "result"),
+        CUDA_SUCCESS
+    );
+    // A tenant process is told only what the device still has, and cannot get more.
+    let mut r = Running::spawn(g.tenant_command("a", c_workload()).args([
+        "ops",
+        "meminfo alloc:big:5121MiB alloc:fit:4GiB meminfo sleep:60000",
+    ]))
+    .unwrap();
+    let infos = r.wait_for_count("meminfo", 2, T).unwrap();
+    assert_eq!(u(&infos[0], "total"), 8 * GIB);
+    assert_eq!(u(&infos[0], "free"), 5 * GIB, "{:?}", r.seen());
+    let alloc = |name: &str| {
+        i(
+            r.seen()
+                .iter()
+                .find(|l| l["op"] == "alloc" && l["name"] == name)
+                .unwrap(),
+            "result",
+        )
+    };
+    assert_eq!(alloc("big"), CUDA_ERROR_OUT_OF_MEMORY);
+    assert_eq!(alloc("fit"), CUDA_SUCCESS);
+    assert_eq!(u(&infos[1], "free"), GIB);
+    // NVML inside the tenant says the same.
+    let probe = run(&mut g.tenant_command("a", nvml_probe()), T).unwrap();
+    let dev = probe.lines.one("device");
+    assert_eq!(u(&dev["mem_v1"], "total"), 8 * GIB, "{dev}");
+    assert_eq!(u(&dev["mem_v1"], "free"), GIB, "{dev}");
+    // The tenant was charged what it allocated, not the stray's memory.
+    assert_eq!(g.tenant_used("a", 0), 4 * GIB);
+
+    // Status and metrics show the stray, with its pid and memory.
+    let expected = if own_cgroup_attributes() {
+        "a"
+    } else {
+        "unknown"
+    };
+    let status = g.status().unwrap();
+    let listed = status["unmanaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == stray.pid())
+        .unwrap_or_else(|| panic!("{} not unmanaged in {status}", stray.pid()))
+        .clone();
+    assert_eq!(u(&listed, "memory"), 3 * GIB, "{listed}");
+    assert_eq!(u(&listed, "device"), 0);
+    assert_eq!(
+        listed["tenant"].as_str().unwrap_or("unknown"),
+        expected,
+        "{listed}"
+    );
+    assert!(
+        status["unmanaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["pid"] != r.pid()),
+        "a registered process is not unmanaged: {status}"
+    );
+    let body = g.metrics().unwrap();
+    let line = format!(
+        "gpumux_unmanaged_process_memory_bytes{{device=\"0\",pid=\"{}\",tenant=\"{expected}\"}} {}",
+        stray.pid(),
+        3 * GIB
+    );
+    assert!(
+        body.lines().any(|l| l == line),
+        "missing `{line}` in\n{body}"
+    );
+    let table = String::from_utf8(g.ctl().arg("status").output().unwrap().stdout).unwrap();
+    assert!(
+        table.contains("UNMANAGED")
+            && table.lines().any(
+                |l| l.trim_start().starts_with(&stray.pid().to_string()) && l.contains("3 GiB")
+            ),
+        "{table}"
+    );
+    // Gone when it exits.
+    stray.kill();
+    wait_until(
+        T,
+        || {
+            g.status().unwrap()["unmanaged"]
+                .as_array()
+                .is_some_and(|a| a.is_empty())
+        },
+        || "the stray is still listed".into(),
+    );
+    r.kill();
+}
+
+#[test]
+fn footprint_announcements_cannot_hurt_the_daemon() {
+    use gpumux_common::protocol::{ClientMsg, PROTOCOL_VERSION, ServerMsg};
+    use gpumux_common::sock;
+    use std::os::fd::{AsFd, AsRawFd};
+    let g = Gpumux::start(&[16 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
+    let fd = sock::connect(&g.socket("a")).unwrap();
+    let hello = ClientMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: 1,
+    };
+    sock::send(fd.as_fd(), &hello.encode(), &[]).unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _fds) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
+    assert!(matches!(
+        ServerMsg::decode(&buf[..n]).unwrap(),
+        ServerMsg::Welcome { .. }
+    ));
+    // A device that does not exist, and a reservation the process never made: answered,
+    // nothing settled.
+    let bad = ClientMsg::Footprint {
+        device: 999,
+        reserved: u64::MAX,
+        seq: 7,
+    };
+    sock::send(fd.as_fd(), &bad.encode(), &[]).unwrap();
+    let (n, _) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
+    assert_eq!(
+        ServerMsg::decode(&buf[..n]).unwrap(),
+        ServerMsg::Measured {
+            device: 999,
+            seq: 7
+        }
+    );
+    let odd = ClientMsg::Footprint {
+        device: 0,
+        reserved: u64::MAX,
+        seq: 8,
+    };
+    sock::send(fd.as_fd(), &odd.encode(), &[]).unwrap();
+    let (n, _) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
+    assert_eq!(
+        ServerMsg::decode(&buf[..n]).unwrap(),
+        ServerMsg::Measured { device: 0, seq: 8 }
+    );
+    // A flood of announcements from a process that does not even read the answers (the
+    // daemon never blocks on it): the daemon keeps serving (status, another process of the
+    // tenant allocating), and what the flooder reads is well-formed.
+    let flood = ClientMsg::Footprint {
+        device: 0,
+        reserved: 0,
+        seq: 9,
+    }
+    .encode();
+    for _ in 0..2000 {
+        // SAFETY: send(2) of a valid buffer on our own socket, without blocking.
+        unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                flood.as_ptr().cast(),
+                flood.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+    }
+    let t = g.tenant_status("a");
+    assert_eq!(u(device0(&t), "memory_used"), 0, "{t}");
+    let out = run(
+        g.tenant_command("a", c_workload())
+            .args(["ops", "alloc:x:1GiB"]),
+        T,
+    )
+    .unwrap();
+    assert_eq!(i(out.lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
+    let mut answers = 0;
+    // SAFETY: recv(2) into a valid buffer on our own socket, without blocking.
+    while let n @ 1.. = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    } {
+        assert_eq!(
+            ServerMsg::decode(&buf[..n as usize]).unwrap(),
+            ServerMsg::Measured { device: 0, seq: 9 }
+        );
+        answers += 1;
+    }
+    assert!(answers > 0);
+}
