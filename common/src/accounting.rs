@@ -319,7 +319,8 @@ mod tests {
         let (cf, af) = (memfd(), memfd());
         let ctl = SegmentView::<ControlSegment>::create(cf.as_fd()).unwrap();
         let acct = SegmentView::<AccountingSegment>::create(af.as_fd()).unwrap();
-        acct.lock.init().unwrap();
+        // SAFETY: a fresh segment nobody else has mapped.
+        unsafe { acct.lock.init() }.unwrap();
         ctl.devices[0].allowed.store(1, Release);
         ctl.devices[0].memory_limit.store(limit, Release);
         (ctl, acct)

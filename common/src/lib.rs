@@ -9,12 +9,14 @@
 //! - [`shm_mutex`]: the process-shared robust mutex that guards a tenant's accounting.
 //! - [`futex`]: cross-process futex wait/wake on shared words.
 //! - [`sock`]: seqpacket sockets with descriptor passing and peer credentials.
+//! - [`cuda_abi`]: the CUDA driver ABI types and structs the shim and the fake driver share.
 //! - [`accounting`]: the reservation logic on a mapped accounting segment (charge/uncharge),
 //!   used by the shim on every allocation and by the daemon to reclaim a dead process.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod accounting;
 pub mod config;
+pub mod cuda_abi;
 pub mod futex;
 pub mod names;
 pub mod nvml;

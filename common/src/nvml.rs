@@ -19,8 +19,91 @@ pub enum NvmlError {
     Load(String),
     #[error("libnvidia-ml.so.1 lacks `{0}`; the driver is too old")]
     Symbol(&'static str),
-    #[error("NVML {call} failed with code {code}")]
+    /// An NVML call returned an error: the message names the cause and what to do.
+    #[error("{}", describe(call, *code))]
     Call { call: &'static str, code: u32 },
+}
+
+/// `nvmlReturn_t` codes by name (nvml.h).
+const RETURN_NAMES: &[(u32, &str)] = &[
+    (1, "NVML_ERROR_UNINITIALIZED"),
+    (2, "NVML_ERROR_INVALID_ARGUMENT"),
+    (3, "NVML_ERROR_NOT_SUPPORTED"),
+    (4, "NVML_ERROR_NO_PERMISSION"),
+    (5, "NVML_ERROR_ALREADY_INITIALIZED"),
+    (6, "NVML_ERROR_NOT_FOUND"),
+    (7, "NVML_ERROR_INSUFFICIENT_SIZE"),
+    (8, "NVML_ERROR_INSUFFICIENT_POWER"),
+    (9, "NVML_ERROR_DRIVER_NOT_LOADED"),
+    (10, "NVML_ERROR_TIMEOUT"),
+    (11, "NVML_ERROR_IRQ_ISSUE"),
+    (12, "NVML_ERROR_LIBRARY_NOT_FOUND"),
+    (13, "NVML_ERROR_FUNCTION_NOT_FOUND"),
+    (14, "NVML_ERROR_CORRUPTED_INFOROM"),
+    (15, "NVML_ERROR_GPU_IS_LOST"),
+    (16, "NVML_ERROR_RESET_REQUIRED"),
+    (17, "NVML_ERROR_OPERATING_SYSTEM"),
+    (18, "NVML_ERROR_LIB_RM_VERSION_MISMATCH"),
+    (19, "NVML_ERROR_IN_USE"),
+    (20, "NVML_ERROR_MEMORY"),
+    (21, "NVML_ERROR_NO_DATA"),
+    (22, "NVML_ERROR_VGPU_ECC_NOT_SUPPORTED"),
+    (23, "NVML_ERROR_INSUFFICIENT_RESOURCES"),
+    (24, "NVML_ERROR_FREQ_NOT_SUPPORTED"),
+    (25, "NVML_ERROR_ARGUMENT_VERSION_MISMATCH"),
+    (26, "NVML_ERROR_DEPRECATED"),
+    (27, "NVML_ERROR_NOT_READY"),
+    (28, "NVML_ERROR_GPU_NOT_FOUND"),
+    (29, "NVML_ERROR_INVALID_STATE"),
+    (999, "NVML_ERROR_UNKNOWN"),
+];
+
+/// The name of an `nvmlReturn_t` (`NVML_ERROR_DRIVER_NOT_LOADED`), or `code N` if unknown.
+pub fn return_name(code: u32) -> String {
+    RETURN_NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or_else(|| format!("code {code}"), |(_, n)| (*n).to_owned())
+}
+
+/// What went wrong and what to do, for the errors a node's setup causes.
+fn cause_and_next_step(code: u32) -> Option<(&'static str, &'static str)> {
+    Some(match code {
+        9 => (
+            "NVIDIA driver not loaded",
+            "the nvidia kernel module is not loaded on this node: load it (`modprobe nvidia`) \
+             or install the NVIDIA driver for this GPU; `nvidia-smi` must work before gpumux can",
+        ),
+        4 => (
+            "no permission to use the GPUs",
+            "run as root, or give this process access to /dev/nvidiactl and /dev/nvidia*",
+        ),
+        12 => (
+            "NVML's own libraries are missing",
+            "reinstall the NVIDIA driver's user-space libraries",
+        ),
+        15 => (
+            "a GPU has fallen off the bus",
+            "check `nvidia-smi` and the kernel log (`dmesg`); the node needs a GPU reset or reboot",
+        ),
+        18 => (
+            "the NVIDIA user-space libraries do not match the loaded kernel module",
+            "reboot after a driver upgrade, or reinstall the driver so both match",
+        ),
+        28 => (
+            "no GPU found",
+            "check that the GPU is visible (`lspci`, `nvidia-smi`) and the driver supports it",
+        ),
+        _ => return None,
+    })
+}
+
+fn describe(call: &str, code: u32) -> String {
+    let name = return_name(code);
+    match cause_and_next_step(code) {
+        Some((cause, next)) => format!("{cause} ({name} from {call}): {next}"),
+        None => format!("NVML {call} failed: {name}"),
+    }
 }
 
 /// One GPU as a probe saw it.
@@ -305,4 +388,35 @@ fn probe_devices(api: &Api) -> Result<Vec<GpuInfo>, NvmlError> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_cause_and_the_next_step() {
+        let e = NvmlError::Call {
+            call: "nvmlInit_v2",
+            code: 9,
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(
+                "NVIDIA driver not loaded (NVML_ERROR_DRIVER_NOT_LOADED from nvmlInit_v2): "
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("modprobe nvidia"), "{msg}");
+        let e = NvmlError::Call {
+            call: "nvmlDeviceGetCount_v2",
+            code: 3,
+        };
+        assert_eq!(
+            e.to_string(),
+            "NVML nvmlDeviceGetCount_v2 failed: NVML_ERROR_NOT_SUPPORTED"
+        );
+        assert_eq!(return_name(4242), "code 4242");
+        assert_eq!(return_name(999), "NVML_ERROR_UNKNOWN");
+    }
 }

@@ -180,7 +180,15 @@ impl Drop for Mapping {
 }
 
 /// Something that lives at the start of a segment.
-pub trait Segment: Sized {
+///
+/// # Safety
+/// [`SegmentView`] hands out `&Self` over shared memory that other processes write and that
+/// starts all-zero, so an implementor must be `#[repr(C)]`, made only of atomics (and
+/// process-shared primitives such as [`ShmMutex`]) for which every bit pattern, all-zero
+/// included, is a valid value, with no pointers, references or drop glue; and `magic` /
+/// `layout_version` must return its own fields at offsets 0 and 8 (checked for the two
+/// segments below), so a mismatched peer is recognised before anything else is read.
+pub unsafe trait Segment: Sized {
     const MAGIC: u64;
     fn magic(&self) -> &AtomicU64;
     fn layout_version(&self) -> &AtomicU32;
@@ -190,7 +198,8 @@ pub trait Segment: Sized {
     }
 }
 
-impl Segment for ControlSegment {
+// SAFETY: repr(C), atomics only, magic/layout_version at offsets 0/8 (asserted below).
+unsafe impl Segment for ControlSegment {
     const MAGIC: u64 = CONTROL_MAGIC;
     fn magic(&self) -> &AtomicU64 {
         &self.magic
@@ -200,7 +209,9 @@ impl Segment for ControlSegment {
     }
 }
 
-impl Segment for AccountingSegment {
+// SAFETY: repr(C), atomics and a process-shared robust mutex (valid once the creator ran
+// `ShmMutex::init`, before sharing), magic/layout_version at offsets 0/8 (asserted below).
+unsafe impl Segment for AccountingSegment {
     const MAGIC: u64 = ACCOUNTING_MAGIC;
     fn magic(&self) -> &AtomicU64 {
         &self.magic
@@ -209,6 +220,35 @@ impl Segment for AccountingSegment {
         &self.layout_version
     }
 }
+
+// Compile-time checks of the shared layouts (shim and daemon of one build map the same bytes;
+// peers of another build must be recognised by the header before anything else is read).
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    // The header every version keeps in place.
+    assert!(offset_of!(ControlSegment, magic) == 0);
+    assert!(offset_of!(ControlSegment, layout_version) == 8);
+    assert!(offset_of!(AccountingSegment, magic) == 0);
+    assert!(offset_of!(AccountingSegment, layout_version) == 8);
+    // Per-device records are whole cache lines (no false sharing between devices), and the
+    // robust mutex owns its line.
+    assert!(size_of::<ControlDevice>().is_multiple_of(64) && align_of::<ControlDevice>() == 64);
+    assert!(
+        size_of::<AccountingDevice>().is_multiple_of(64) && align_of::<AccountingDevice>() == 64
+    );
+    assert!(size_of::<ShmMutex>() == 64 && offset_of!(AccountingSegment, lock).is_multiple_of(64));
+    // Process slots pack without padding (the daemon scans them all).
+    assert!(size_of::<ProcessSlot>().is_multiple_of(8));
+    // A layout change must come with a LAYOUT_VERSION bump: update both together here.
+    assert!(
+        LAYOUT_VERSION == 2
+            && size_of::<ControlSegment>() == 64 + 64 * MAX_DEVICES
+            && size_of::<AccountingSegment>()
+                == 128 + 64 * MAX_DEVICES + size_of::<ProcessSlot>() * MAX_PROCESSES
+            && size_of::<ProcessSlot>() == 16 + 32 * MAX_DEVICES,
+        "a shared segment layout changed: bump LAYOUT_VERSION and update these sizes"
+    );
+};
 
 /// A mapped, validated segment.
 pub struct SegmentView<T: Segment> {

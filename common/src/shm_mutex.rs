@@ -37,12 +37,16 @@ pub struct ShmMutexGuard<'a> {
 }
 
 impl ShmMutex {
-    /// Initialises the mutex in place. Only the segment's creator calls this, once, before
-    /// the segment is shared.
-    pub fn init(&self) -> Result<(), LockError> {
+    /// Initialises the mutex in place.
+    ///
+    /// # Safety
+    /// Only the segment's creator calls this, once, before the segment is shared: no thread or
+    /// process may use (or hold) the mutex during or before the call, and it lives in writable
+    /// memory. Initialising a mutex someone holds or waits on is undefined behaviour.
+    pub unsafe fn init(&self) -> Result<(), LockError> {
         // SAFETY: `attr` is initialised by pthread_mutexattr_init before use and destroyed
-        // after; `self.inner` is valid writable memory owned by this mapping, and nobody else
-        // uses the mutex before the creator shares the segment.
+        // after; `self.inner` is valid writable memory, and (the caller's contract) nobody
+        // else uses the mutex yet.
         unsafe {
             let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
             let mut rc = libc::pthread_mutexattr_init(&mut attr);
@@ -141,6 +145,7 @@ mod tests {
             );
             assert_ne!(p, libc::MAP_FAILED);
             let m = &*(p as *const ShmMutex);
+            // Fresh private-to-this-test mapping: nobody uses the mutex yet.
             m.init().unwrap();
             m
         }

@@ -22,6 +22,10 @@ pub struct Record {
     /// The context it was made in (0 when not context-bound, e.g. VMM handles): destroying
     /// the context frees it.
     pub context: u64,
+    /// References to the handle the driver handed out beyond the first (a VMM handle handed
+    /// out again by `cuMemRetainAllocationHandle` or a re-import): each release drops one;
+    /// the bytes go back with the last.
+    pub extra_refs: u32,
 }
 
 /// Hashing for driver handles: they are addresses or counters the driver chose, not attacker
@@ -76,9 +80,31 @@ pub fn insert(kind: Kind, key: u64, record: Record) {
     with_table(|m| m.insert((kind, key), record));
 }
 
-/// Forgets an allocation, returning what it charged (None if this process never charged it).
+/// Drops one reference to an allocation: when it was the last, forgets the allocation and
+/// returns what it charged (None while other references remain, or if this process never
+/// charged it).
 pub fn remove(kind: Kind, key: u64) -> Option<Record> {
-    with_table(|m| m.remove(&(kind, key)))
+    with_table(|m| match m.get_mut(&(kind, key)) {
+        Some(r) if r.extra_refs > 0 => {
+            r.extra_refs -= 1;
+            None
+        }
+        Some(_) => m.remove(&(kind, key)),
+        None => None,
+    })
+}
+
+/// One more reference to `key`, if it is an allocation this process charged (returns whether
+/// it was). A handle the process never charged (another process's, imported) stays unknown:
+/// its release gives nothing back.
+pub fn retain(kind: Kind, key: u64) -> bool {
+    with_table(|m| match m.get_mut(&(kind, key)) {
+        Some(r) => {
+            r.extra_refs = r.extra_refs.saturating_add(1);
+            true
+        }
+        None => false,
+    })
 }
 
 /// Forgets every allocation made in `context` (which the driver just destroyed, freeing
@@ -104,11 +130,16 @@ pub fn lock_for_fork() {
 
 /// Fork support: release after `fork` (parent and child); in the child, also orphan the
 /// parent's records.
-pub fn unlock_after_fork(child: bool) {
+///
+/// # Safety
+/// Only after [`lock_for_fork`] on this thread (the `pthread_atfork` prepare handler), once:
+/// it unlocks the table that call left locked.
+pub unsafe fn unlock_after_fork(child: bool) {
     if child {
         GENERATION.fetch_add(1, Ordering::AcqRel);
     }
-    // SAFETY: `lock_for_fork` locked the table on this thread and forgot the guard.
+    // SAFETY: (the caller's contract) `lock_for_fork` locked the table on this thread and
+    // forgot the guard.
     unsafe { TABLE.force_unlock() };
 }
 
@@ -117,11 +148,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retained_handles_are_given_back_with_their_last_release() {
+        let rec = Record {
+            device: 0,
+            bytes: 64,
+            context: 0,
+            extra_refs: 0,
+        };
+        insert(Kind::MemHandle, 900, rec);
+        assert!(retain(Kind::MemHandle, 900));
+        assert!(retain(Kind::MemHandle, 900));
+        assert!(!retain(Kind::MemHandle, 901), "a handle never charged here");
+        assert!(!retain(Kind::DevicePtr, 900), "another namespace");
+        assert_eq!(remove(Kind::MemHandle, 900), None, "two references left");
+        assert_eq!(remove(Kind::MemHandle, 900), None, "one reference left");
+        assert_eq!(remove(Kind::MemHandle, 900), Some(rec), "the last one");
+        assert_eq!(remove(Kind::MemHandle, 900), None, "nothing twice");
+        assert_eq!(
+            remove(Kind::MemHandle, 901),
+            None,
+            "an import refunds nothing"
+        );
+    }
+
+    #[test]
     fn insert_remove_and_fork_generation() {
         let rec = |device, bytes, context| Record {
             device,
             bytes,
             context,
+            extra_refs: 0,
         };
         insert(Kind::DevicePtr, 7, rec(0, 100, 0));
         insert(Kind::MemHandle, 7, rec(1, 5, 0));
@@ -134,7 +190,8 @@ mod tests {
         assert_eq!(remove(Kind::DevicePtr, 7), Some(rec(0, 100, 0)));
         assert_eq!(remove(Kind::DevicePtr, 7), None);
         lock_for_fork();
-        unlock_after_fork(true);
+        // SAFETY: right after `lock_for_fork` on this thread.
+        unsafe { unlock_after_fork(true) };
         assert_eq!(
             remove(Kind::MemHandle, 7),
             None,

@@ -1,14 +1,37 @@
-//! Contexts the application created itself (`cuCtxCreate`), by device: the watcher drains them
-//! on revocation like the primary contexts. Destroying a context and draining it are serialized
-//! (one lock), so the watcher never synchronizes a context being destroyed. Reset in a forked
-//! child (its parent's contexts are not its own).
+//! Contexts the application created itself (`cuCtxCreate`, green contexts), by device: the
+//! watcher drains them on revocation like the primary contexts. Destroying a context and
+//! draining it are serialized (one lock), so the watcher never synchronizes a context being
+//! destroyed. Reset in a forked child (its parent's contexts are not its own).
+//!
+//! A green context (`cuGreenCtxCreate`) is drained through the `CUcontext` it converts to; its
+//! allocations belong to the device's primary context, whose memory it shares (it holds a
+//! reference to it), so they are recorded under the primary context ([`memory_owner`]).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// A green context's identity besides the `CUcontext` it converts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Green {
+    /// The `CUgreenCtx` handle.
+    pub handle: u64,
+    /// The CUDA ordinal it was created on.
+    pub ordinal: i32,
+    /// The primary context of that device (0 if it could not be learned).
+    pub primary: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Created {
+    /// The handle to push and synchronize.
+    ctx: u64,
+    /// Segment device index.
+    device: usize,
+    green: Option<Green>,
+}
+
 struct Registry {
     generation: u32,
-    /// (context handle, segment device index)
-    contexts: Vec<(u64, usize)>,
+    contexts: Vec<Created>,
 }
 
 static REGISTRY: parking_lot::Mutex<Registry> = parking_lot::const_mutex(Registry {
@@ -16,13 +39,16 @@ static REGISTRY: parking_lot::Mutex<Registry> = parking_lot::const_mutex(Registr
     contexts: Vec::new(),
 });
 static GENERATION: AtomicU32 = AtomicU32::new(0);
+/// Green contexts registered (spares allocations the registry lock while there are none).
+static GREENS: AtomicU32 = AtomicU32::new(0);
 
-fn with<R>(f: impl FnOnce(&mut Vec<(u64, usize)>) -> R) -> R {
+fn with<R>(f: impl FnOnce(&mut Vec<Created>) -> R) -> R {
     let mut r = REGISTRY.lock();
     let generation = GENERATION.load(Ordering::Acquire);
     if r.generation != generation {
         r.contexts.clear();
         r.generation = generation;
+        GREENS.store(0, Ordering::Release);
     }
     f(&mut r.contexts)
 }
@@ -30,13 +56,37 @@ fn with<R>(f: impl FnOnce(&mut Vec<(u64, usize)>) -> R) -> R {
 /// Records a context the application created on `device`.
 pub fn created(ctx: u64, device: usize) {
     if ctx != 0 {
-        with(|c| c.push((ctx, device)));
+        with(|c| {
+            c.push(Created {
+                ctx,
+                device,
+                green: None,
+            })
+        });
+    }
+}
+
+/// Records a green context the application created on `device`, drained through `ctx`.
+pub fn created_green(ctx: u64, device: usize, green: Green) {
+    if ctx != 0 && green.handle != 0 {
+        with(|c| {
+            c.push(Created {
+                ctx,
+                device,
+                green: Some(green),
+            });
+            GREENS.fetch_add(1, Ordering::AcqRel);
+        });
     }
 }
 
 /// The device of an application context, if it is one.
 pub fn device_of(ctx: u64) -> Option<usize> {
-    with(|c| c.iter().find(|(x, _)| *x == ctx).map(|&(_, d)| d))
+    with(|c| {
+        c.iter()
+            .find(|x| x.ctx == ctx && x.green.is_none())
+            .map(|x| x.device)
+    })
 }
 
 /// Runs `destroy` (the real destroy) with the registry held, and forgets `ctx` if it succeeded.
@@ -44,19 +94,55 @@ pub fn destroy<R: PartialEq>(ctx: u64, ok: R, destroy: impl FnOnce() -> R) -> R 
     with(|c| {
         let rc = destroy();
         if rc == ok {
-            c.retain(|(x, _)| *x != ctx);
+            c.retain(|x| x.ctx != ctx || x.green.is_some());
         }
         rc
+    })
+}
+
+/// Runs `destroy` (the real green-context destroy) with the registry held; if it succeeded,
+/// forgets the green context `handle` and returns what was known of it.
+pub fn destroy_green<R: PartialEq>(
+    handle: u64,
+    ok: R,
+    destroy: impl FnOnce() -> R,
+) -> (R, Option<Green>) {
+    with(|c| {
+        let rc = destroy();
+        if rc != ok {
+            return (rc, None);
+        }
+        let pos = c
+            .iter()
+            .position(|x| x.green.is_some_and(|g| g.handle == handle));
+        let gone = pos.map(|i| c.remove(i)).and_then(|x| x.green);
+        if gone.is_some() {
+            GREENS.fetch_sub(1, Ordering::AcqRel);
+        }
+        (rc, gone)
+    })
+}
+
+/// The context whose memory an allocation made with `ctx` current belongs to: the primary
+/// context for a green context's `CUcontext`, else `ctx` itself.
+pub fn memory_owner(ctx: u64) -> u64 {
+    if ctx == 0 || GREENS.load(Ordering::Acquire) == 0 {
+        return ctx;
+    }
+    with(|c| {
+        c.iter()
+            .find(|x| x.ctx == ctx)
+            .and_then(|x| x.green)
+            .filter(|g| g.primary != 0)
+            .map_or(ctx, |g| g.primary)
     })
 }
 
 /// Runs `f` on every application context of `device`, with the registry held.
 pub fn for_each_on(device: usize, mut f: impl FnMut(u64)) {
     with(|c| {
-        for &(ctx, d) in c.iter() {
-            if d == device {
-                f(ctx);
-            }
+        for x in c.iter().filter(|x| x.device == device) {
+            f(x.ctx);
         }
     });
 }
@@ -67,11 +153,16 @@ pub fn lock_for_fork() {
 }
 
 /// Fork support: release after `fork`; in the child, forget the parent's contexts.
-pub fn unlock_after_fork(child: bool) {
+///
+/// # Safety
+/// Only after [`lock_for_fork`] on this thread (the `pthread_atfork` prepare handler), once:
+/// it unlocks the registry that call left locked.
+pub unsafe fn unlock_after_fork(child: bool) {
     if child {
         GENERATION.fetch_add(1, Ordering::AcqRel);
     }
-    // SAFETY: `lock_for_fork` locked the registry on this thread and forgot the guard.
+    // SAFETY: (the caller's contract) `lock_for_fork` locked the registry on this thread and
+    // forgot the guard.
     unsafe { REGISTRY.force_unlock() };
 }
 
@@ -79,8 +170,9 @@ pub fn unlock_after_fork(child: bool) {
 mod tests {
     use super::*;
 
+    /// One test: the registry is process-wide.
     #[test]
-    fn tracks_destroys_and_forks() {
+    fn tracks_destroys_green_contexts_and_forks() {
         created(10, 0);
         created(11, 1);
         created(12, 0);
@@ -98,8 +190,30 @@ mod tests {
         seen.clear();
         for_each_on(0, |c| seen.push(c));
         assert_eq!(seen, vec![12]);
+
+        // A green context: drained through its CUcontext, its memory the primary's.
+        assert_eq!(memory_owner(20), 20, "no green context yet");
+        let green = Green {
+            handle: 700,
+            ordinal: 0,
+            primary: 30,
+        };
+        created_green(20, 0, green);
+        seen.clear();
+        for_each_on(0, |c| seen.push(c));
+        assert_eq!(seen, vec![12, 20]);
+        assert_eq!(memory_owner(20), 30);
+        assert_eq!(memory_owner(12), 12);
+        assert_eq!(destroy(20, 0, || 0), 0, "cuCtxDestroy is not how it goes");
+        assert_eq!(memory_owner(20), 30, "still registered");
+        assert_eq!(destroy_green(700, 0, || 3), (3, None), "failed destroy");
+        assert_eq!(destroy_green(700, 0, || 0), (0, Some(green)));
+        assert_eq!(destroy_green(700, 0, || 0), (0, None), "gone already");
+        assert_eq!(memory_owner(20), 20);
+
         lock_for_fork();
-        unlock_after_fork(true);
+        // SAFETY: right after `lock_for_fork` on this thread.
+        unsafe { unlock_after_fork(true) };
         seen.clear();
         for_each_on(1, |c| seen.push(c));
         assert!(seen.is_empty(), "a child forgets its parent's contexts");

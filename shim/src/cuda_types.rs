@@ -1,122 +1,40 @@
-//! The CUDA driver and NVML ABI pieces the shim touches: result codes, handles, the structs
-//! whose sizes it must read. Declared here (no CUDA headers, no libcuda link).
+//! The ABI pieces the shim touches: the CUDA driver's (declared once, in
+//! [`gpumux_common::cuda_abi`], shared with the fake driver) and NVML's result codes and the
+//! structs whose fields it rewrites. No CUDA headers, no libcuda link.
 
 #![allow(non_camel_case_types)]
 
-use std::ffi::{c_int, c_uint, c_void};
+pub(crate) use gpumux_common::cuda_abi::*;
+use std::ffi::{c_uint, c_void};
 
-pub type CUresult = c_int;
-pub type CUdevice = c_int;
-pub type CUdeviceptr = u64;
-pub type CUcontext = *mut c_void;
-pub type CUstream = *mut c_void;
-pub type CUfunction = *mut c_void;
-pub type CUarray = *mut c_void;
-pub type CUmipmappedArray = *mut c_void;
-pub type CUmemoryPool = *mut c_void;
-pub type CUgraphExec = *mut c_void;
-pub type CUmemGenericAllocationHandle = u64;
-
-pub const CUDA_SUCCESS: CUresult = 0;
-pub const CUDA_ERROR_INVALID_VALUE: CUresult = 1;
-pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
-pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
-pub const CUDA_ERROR_OPERATING_SYSTEM: CUresult = 304;
-pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
-pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
-
-/// `cuGetProcAddress` flag: the per-thread-default-stream variant is wanted.
-pub const CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM: u64 = 2;
-
-pub type nvmlReturn_t = c_uint;
-pub type nvmlDevice_t = *mut c_void;
-pub const NVML_SUCCESS: nvmlReturn_t = 0;
-pub const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
-pub const NVML_ERROR_DRIVER_NOT_LOADED: nvmlReturn_t = 9;
-pub const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
+pub(crate) type nvmlReturn_t = c_uint;
+pub(crate) type nvmlDevice_t = *mut c_void;
+pub(crate) const NVML_SUCCESS: nvmlReturn_t = 0;
+pub(crate) const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
+pub(crate) const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
+pub(crate) const NVML_ERROR_DRIVER_NOT_LOADED: nvmlReturn_t = 9;
+pub(crate) const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
 
 /// `nvmlMemory_t`.
 #[repr(C)]
-pub struct NvmlMemory {
-    pub total: u64,
-    pub free: u64,
-    pub used: u64,
+pub(crate) struct NvmlMemory {
+    pub(crate) total: u64,
+    pub(crate) free: u64,
+    pub(crate) used: u64,
 }
 
 /// `nvmlMemory_v2_t`.
 #[repr(C)]
-pub struct NvmlMemoryV2 {
-    pub version: c_uint,
-    pub total: u64,
-    pub reserved: u64,
-    pub free: u64,
-    pub used: u64,
-}
-
-/// `CUDA_ARRAY_DESCRIPTOR` (v2: size_t extents).
-#[repr(C)]
-pub struct ArrayDescriptor {
-    pub width: usize,
-    pub height: usize,
-    pub format: c_uint,
-    pub num_channels: c_uint,
-}
-
-/// `CUDA_ARRAY_DESCRIPTOR_v1` (unsigned int extents).
-#[repr(C)]
-pub struct ArrayDescriptorV1 {
-    pub width: c_uint,
-    pub height: c_uint,
-    pub format: c_uint,
-    pub num_channels: c_uint,
-}
-
-/// `CUDA_ARRAY3D_DESCRIPTOR` (v2).
-#[repr(C)]
-pub struct Array3dDescriptor {
-    pub width: usize,
-    pub height: usize,
-    pub depth: usize,
-    pub format: c_uint,
-    pub num_channels: c_uint,
-    pub flags: c_uint,
-}
-
-/// `CUDA_ARRAY3D_DESCRIPTOR_v1`.
-#[repr(C)]
-pub struct Array3dDescriptorV1 {
-    pub width: c_uint,
-    pub height: c_uint,
-    pub depth: c_uint,
-    pub format: c_uint,
-    pub num_channels: c_uint,
-    pub flags: c_uint,
-}
-
-/// The head of `CUmemAllocationProp`: enough to find the target device.
-#[repr(C)]
-pub struct MemAllocationPropHead {
-    pub kind: c_int,
-    pub requested_handle_types: c_int,
-    pub location_type: c_int,
-    pub location_id: c_int,
-}
-
-/// `CU_MEM_LOCATION_TYPE_DEVICE`.
-pub const CU_MEM_LOCATION_TYPE_DEVICE: c_int = 1;
-
-/// Bytes per element of a `CUarray_format`, or `None` for an unknown format.
-pub fn array_format_bytes(format: c_uint) -> Option<u64> {
-    Some(match format {
-        0x01 | 0x08 => 1,        // UNSIGNED_INT8, SIGNED_INT8
-        0x02 | 0x09 | 0x10 => 2, // UNSIGNED_INT16, SIGNED_INT16, HALF
-        0x03 | 0x0a | 0x20 => 4, // UNSIGNED_INT32, SIGNED_INT32, FLOAT
-        _ => return None,
-    })
+pub(crate) struct NvmlMemoryV2 {
+    pub(crate) version: c_uint,
+    pub(crate) total: u64,
+    pub(crate) reserved: u64,
+    pub(crate) free: u64,
+    pub(crate) used: u64,
 }
 
 /// Bytes an array of these extents occupies (levels > 1: a mipmap chain, each level halved).
-pub fn array_bytes(
+pub(crate) fn array_bytes(
     width: u64,
     height: u64,
     depth: u64,
@@ -135,9 +53,6 @@ pub fn array_bytes(
     }
     Some(total)
 }
-
-/// Placeholder so `c_void` pointers can be named in signatures uniformly.
-pub type VoidPtr = *mut c_void;
 
 #[cfg(test)]
 mod tests {

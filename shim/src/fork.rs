@@ -11,13 +11,21 @@ extern "C" fn prepare() {
 }
 
 extern "C" fn parent() {
-    crate::allocations::unlock_after_fork(false);
-    crate::contexts::unlock_after_fork(false);
+    // SAFETY: the atfork parent handler runs once, on the forking thread, after `prepare`
+    // locked both.
+    unsafe {
+        crate::allocations::unlock_after_fork(false);
+        crate::contexts::unlock_after_fork(false);
+    }
 }
 
 extern "C" fn child() {
-    crate::allocations::unlock_after_fork(true);
-    crate::contexts::unlock_after_fork(true);
+    // SAFETY: the atfork child handler runs once, in the child's only thread (the copy of
+    // the forking one), after `prepare` locked both.
+    unsafe {
+        crate::allocations::unlock_after_fork(true);
+        crate::contexts::unlock_after_fork(true);
+    }
     crate::registration::forget_after_fork();
 }
 

@@ -18,16 +18,16 @@
 //! driver call (normally `cuInit`); the watcher thread starts with the registration.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod allocations;
-pub mod contexts;
-pub mod cuda_types;
-pub mod diag;
-pub mod ffi_guard;
-pub mod footprint;
-pub mod fork;
-pub mod gate;
-pub mod hooks;
-pub mod quota_view;
-pub mod real;
-pub mod registration;
-pub mod watcher;
+mod allocations;
+mod contexts;
+mod cuda_types;
+mod diag;
+mod ffi_guard;
+mod footprint;
+mod fork;
+mod gate;
+mod hooks;
+mod quota_view;
+mod real;
+mod registration;
+mod watcher;

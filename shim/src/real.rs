@@ -8,17 +8,54 @@
 //! shim's own export and recursion would follow).
 
 use std::ffi::{CStr, c_void};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 type DlsymFn = unsafe extern "C" fn(*mut c_void, *const libc::c_char) -> *mut c_void;
 
+/// A C function pointer type a real-function slot can hold: `unsafe extern "C" fn(..) -> R`
+/// of up to 12 arguments (implemented below, nowhere else).
+pub(crate) trait CFn: Copy + 'static {
+    /// The function at `addr`.
+    ///
+    /// # Safety
+    /// `addr` is the address of a function with exactly this C signature.
+    unsafe fn from_addr(addr: usize) -> Self;
+}
+
+macro_rules! c_fn {
+    ($($arg:ident),*) => {
+        impl<R: 'static, $($arg: 'static),*> CFn for unsafe extern "C" fn($($arg),*) -> R {
+            #[inline(always)]
+            unsafe fn from_addr(addr: usize) -> Self {
+                // SAFETY: a function pointer is an address; the caller vouches that the
+                // function there has this signature. The shim's only address-to-function cast.
+                unsafe { std::mem::transmute::<usize, Self>(addr) }
+            }
+        }
+    };
+}
+c_fn!();
+c_fn!(A);
+c_fn!(A, B);
+c_fn!(A, B, C);
+c_fn!(A, B, C, D);
+c_fn!(A, B, C, D, E);
+c_fn!(A, B, C, D, E, F);
+c_fn!(A, B, C, D, E, F, G);
+c_fn!(A, B, C, D, E, F, G, H);
+c_fn!(A, B, C, D, E, F, G, H, I);
+c_fn!(A, B, C, D, E, F, G, H, I, J);
+c_fn!(A, B, C, D, E, F, G, H, I, J, K);
+c_fn!(A, B, C, D, E, F, G, H, I, J, K, L);
+
 /// The real `dlsym`. The `dlsym` trampoline tail-jumps through this slot (an `AtomicPtr` has
 /// the layout of a plain pointer).
-pub static REAL_DLSYM: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+pub(crate) static REAL_DLSYM: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Resolves (once) and returns the real `dlsym`. Aborts if glibc has none, which cannot happen
 /// on a glibc system.
-pub fn real_dlsym_ptr() -> *mut c_void {
+pub(crate) fn real_dlsym_ptr() -> *mut c_void {
     let p = REAL_DLSYM.load(Ordering::Acquire);
     if !p.is_null() {
         return p;
@@ -42,11 +79,11 @@ pub fn real_dlsym_ptr() -> *mut c_void {
 ///
 /// # Safety
 /// `handle` must be a handle `dlsym` accepts (from `dlopen`, or `RTLD_DEFAULT`/`RTLD_NEXT`).
-pub unsafe fn real_dlsym(handle: *mut c_void, name: &CStr) -> *mut c_void {
-    let f = real_dlsym_ptr();
-    // SAFETY: `f` is glibc's dlsym, whose signature is `DlsymFn`; the caller vouches for
-    // `handle`, and `name` is a valid C string.
-    unsafe { std::mem::transmute::<*mut c_void, DlsymFn>(f)(handle, name.as_ptr()) }
+pub(crate) unsafe fn real_dlsym(handle: *mut c_void, name: &CStr) -> *mut c_void {
+    // SAFETY: the address is glibc's dlsym, whose signature is `DlsymFn`.
+    let f = unsafe { DlsymFn::from_addr(real_dlsym_ptr() as usize) };
+    // SAFETY: the caller vouches for `handle`, and `name` is a valid C string.
+    unsafe { f(handle, name.as_ptr()) }
 }
 
 /// The shim's own load base, to recognise its own addresses.
@@ -74,18 +111,18 @@ fn object_base(addr: *const c_void) -> usize {
 }
 
 /// Whether `addr` lies inside the shim itself.
-pub fn is_own(addr: *const c_void) -> bool {
+pub(crate) fn is_own(addr: *const c_void) -> bool {
     !addr.is_null() && object_base(addr) == own_base()
 }
 
 /// A lazily opened library handle.
-pub struct Library {
+pub(crate) struct Library {
     soname: &'static CStr,
     handle: AtomicPtr<c_void>,
 }
 
 impl Library {
-    pub const fn new(soname: &'static CStr) -> Self {
+    pub(crate) const fn new(soname: &'static CStr) -> Self {
         Library {
             soname,
             handle: AtomicPtr::new(std::ptr::null_mut()),
@@ -94,7 +131,7 @@ impl Library {
 
     /// The library's handle, loading it if needed (it is normally loaded already: the program
     /// reached the shim through it).
-    pub fn handle(&self) -> *mut c_void {
+    pub(crate) fn handle(&self) -> *mut c_void {
         let h = self.handle.load(Ordering::Acquire);
         if !h.is_null() {
             return h;
@@ -108,29 +145,21 @@ impl Library {
     }
 }
 
-pub static LIBCUDA: Library = Library::new(c"libcuda.so.1");
-pub static LIBNVML: Library = Library::new(c"libnvidia-ml.so.1");
+pub(crate) static LIBCUDA: Library = Library::new(c"libcuda.so.1");
+pub(crate) static LIBNVML: Library = Library::new(c"libnvidia-ml.so.1");
 
-/// The real function behind one export: resolved from its library on first use, or taken from
-/// what the driver handed out through `dlsym`/`cuGetProcAddress`.
-pub struct RealFn {
-    pub name: &'static CStr,
+/// Where the real function behind one symbol lives: resolved from its library on first use,
+/// or taken from what the driver handed out through `dlsym`. Untyped: [`RealFn`] adds the type.
+pub(crate) struct RawSlot {
+    name: &'static CStr,
     lib: &'static Library,
     addr: AtomicUsize,
 }
 
-impl RealFn {
-    pub const fn new(name: &'static CStr, lib: &'static Library) -> Self {
-        RealFn {
-            name,
-            lib,
-            addr: AtomicUsize::new(0),
-        }
-    }
-
+impl RawSlot {
     /// The real address, or `None` if the library or symbol is missing.
     #[inline]
-    pub fn get(&self) -> Option<usize> {
+    pub(crate) fn get(&self) -> Option<usize> {
         match self.addr.load(Ordering::Acquire) {
             0 => self.resolve(),
             a => Some(a),
@@ -153,11 +182,52 @@ impl RealFn {
     }
 
     /// Records `p` as the real function if none is known yet and `p` is not the shim's own.
-    pub fn offer(&self, p: *mut c_void) {
+    pub(crate) fn offer(&self, p: *mut c_void) {
         if !p.is_null() && !is_own(p) {
-            let _ = self
-                .addr
-                .compare_exchange(0, p as usize, Ordering::AcqRel, Ordering::Acquire);
+            // Losing the race means another thread recorded the same symbol first: either
+            // address is the real function.
+            let _lost_race =
+                self.addr
+                    .compare_exchange(0, p as usize, Ordering::AcqRel, Ordering::Acquire);
         }
+    }
+}
+
+/// The real function behind one symbol, typed with its C signature `F`. The table in
+/// [`crate::hooks::table`] declares each slot once, with the symbol's type; nothing else
+/// casts addresses to functions.
+pub(crate) struct RealFn<F> {
+    raw: RawSlot,
+    _type: PhantomData<F>,
+}
+
+impl<F: CFn> RealFn<F> {
+    /// A slot for `name` in `lib`.
+    ///
+    /// # Safety
+    /// Every function `lib` (or whatever handle `dlsym` is asked with) exports as `name` has
+    /// exactly the C signature `F`.
+    pub(crate) const unsafe fn new(name: &'static CStr, lib: &'static Library) -> Self {
+        RealFn {
+            raw: RawSlot {
+                name,
+                lib,
+                addr: AtomicUsize::new(0),
+            },
+            _type: PhantomData,
+        }
+    }
+
+    /// The real function, or `None` if the library or symbol is missing.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<F> {
+        // SAFETY: `new`'s contract: the symbol has the C type `F`; `RawSlot` never holds an
+        // address inside the shim.
+        self.raw.get().map(|a| unsafe { F::from_addr(a) })
+    }
+
+    /// The untyped slot (for `dlsym` and `cuGetProcAddress`, which handle addresses).
+    pub(crate) fn raw(&'static self) -> &'static RawSlot {
+        &self.raw
     }
 }

@@ -92,9 +92,9 @@ fn drain(reg: &Registration, device: usize) {
 /// Synchronizes an application-created context (the registry is held: it cannot be destroyed
 /// meanwhile).
 fn sync_context(ctx: CUcontext) {
-    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
-    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult);
-    let sync = real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+    let push = real!(cuCtxPushCurrent_v2);
+    let pop = real!(cuCtxPopCurrent_v2);
+    let sync = real!(cuCtxSynchronize);
     // SAFETY: `ctx` is a live context (destroys wait for the registry); the context pushed on
     // this thread is popped again.
     unsafe {
@@ -107,13 +107,12 @@ fn sync_context(ctx: CUcontext) {
 }
 
 fn sync_primary_context(ordinal: c_int) {
-    let get_state = real!(cuDevicePrimaryCtxGetState: unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult);
-    let retain =
-        real!(cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult);
-    let release = real!(cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(CUdevice) -> CUresult);
-    let push = real!(cuCtxPushCurrent_v2: unsafe extern "C" fn(CUcontext) -> CUresult);
-    let pop = real!(cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CUcontext) -> CUresult);
-    let sync = real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult);
+    let get_state = real!(cuDevicePrimaryCtxGetState);
+    let retain = real!(cuDevicePrimaryCtxRetain);
+    let release = real!(cuDevicePrimaryCtxRelease_v2);
+    let push = real!(cuCtxPushCurrent_v2);
+    let pop = real!(cuCtxPopCurrent_v2);
+    let sync = real!(cuCtxSynchronize);
     let (mut flags, mut active) = (0 as c_uint, 0 as c_int);
     // SAFETY: valid out-pointers; every call follows the driver API's documented contract,
     // and the context pushed on this thread is popped before the retain is released.

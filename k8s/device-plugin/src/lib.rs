@@ -9,18 +9,19 @@
 //!
 //! - [`api`]: the generated kubelet APIs and their constants.
 //! - [`config`]: settings and the container-side paths of the SPEC.
-//! - [`nvml`]: the node's GPUs and their health (dlopen NVML).
 //! - [`shares`]: share IDs, the inventory, what an allocation is worth, tenant names.
 //! - [`tenants`]: quota files and the plugin's record of the tenants it created.
 //! - [`plugin`]: the `DevicePlugin` service (`ListAndWatch`, `Allocate`, ...).
 //! - [`kubelet`]: registration, pod resources queries, serving on a Unix socket.
 //! - [`run`]: the plugin's life: health polling, tenant collection, (re-)registration.
+//!
+//! The node's GPUs and their health come from gpumux-common's NVML reader
+//! ([`gpumux_common::nvml`]), shared with the daemon.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
 pub mod config;
 pub mod kubelet;
-pub mod nvml;
 pub mod plugin;
 pub mod run;
 pub mod shares;

@@ -4,10 +4,10 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use gpumux_common::config::{DEFAULT_CONFIG_PATH, DaemonConfig};
+use gpumux_common::nvml::Nvml;
 use gpumux_k8s::config::{
     CONTAINER_SHIM_PATH, DEFAULT_ENDPOINT, DEFAULT_RESOURCE_NAME, PluginConfig, parse_duration,
 };
-use gpumux_k8s::nvml::Nvml;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,10 +17,10 @@
 use crate::api::v1beta1::device_plugin_server::DevicePluginServer;
 use crate::config::PluginConfig;
 use crate::kubelet;
-use crate::nvml::{DeviceSource, NvmlError};
 use crate::plugin::{SharePlugin, unix_now};
 use crate::shares::Inventory;
 use crate::tenants::{StorePaths, TenantError, TenantStore};
+use gpumux_common::nvml::{DeviceSource, NvmlError};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -90,7 +90,9 @@ pub async fn run(
     result
 }
 
-async fn probe(source: &Arc<dyn DeviceSource>) -> Result<Vec<crate::nvml::GpuInfo>, NvmlError> {
+async fn probe(
+    source: &Arc<dyn DeviceSource>,
+) -> Result<Vec<gpumux_common::nvml::GpuInfo>, NvmlError> {
     let s = source.clone();
     match tokio::task::spawn_blocking(move || s.probe()).await {
         Ok(r) => r,

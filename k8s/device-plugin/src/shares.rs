@@ -15,7 +15,7 @@
 //! API lists the IDs each container holds, which tells which tenants are still in use.
 
 use crate::api::v1beta1::{self, Device};
-use crate::nvml::{GpuInfo, NvmlError};
+use gpumux_common::nvml::{GpuInfo, NvmlError};
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 

@@ -333,8 +333,8 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TenantError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nvml::GpuInfo;
     use crate::shares::{Inventory, quota_for};
+    use gpumux_common::nvml::GpuInfo;
 
     const A: &str = "GPU-aaaaaaaa-0000-0000-0000-000000000000";
 

@@ -7,6 +7,7 @@
 //! in this test binary's target directory; cargo builds the plugin binary itself).
 
 use gpumux_common::config::{DeviceSelector, TenantQuota};
+use gpumux_common::nvml::{DeviceSource, GpuInfo, NvmlError};
 use gpumux_integration::gpumux::{Gpumux, artifact, wait_until};
 use gpumux_integration::workloads::{
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, c_workload, i, run, u,
@@ -27,7 +28,6 @@ use gpumux_k8s::api::v1beta1::{
     RegisterRequest,
 };
 use gpumux_k8s::config::PluginConfig;
-use gpumux_k8s::nvml::{DeviceSource, GpuInfo, NvmlError};
 use gpumux_k8s::shares::tenant_name;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -21,6 +21,7 @@ extern "C" fn gpumux_dlsym_decide(handle: *mut c_void, symbol: *const c_char) ->
         return std::ptr::null_mut();
     }
     let Some((slot, wrapper)) = super::lookup(bytes) else {
+        warn_if_undeclared_variant(handle, name);
         return std::ptr::null_mut();
     };
     // Only hand out the wrapper if the handle really provides the symbol.
@@ -31,6 +32,19 @@ extern "C" fn gpumux_dlsym_decide(handle: *mut c_void, symbol: *const c_char) ->
     }
     slot.offer(real);
     wrapper
+}
+
+/// A driver symbol the table does not declare, of an entry point the shim must hook: warn
+/// (once) if the handle really provides it.
+fn warn_if_undeclared_variant(handle: *mut c_void, name: &CStr) {
+    let Ok(text) = name.to_str() else { return };
+    if text.starts_with("cu")
+        && super::class_of("cuda", super::base_name(text)).is_some_and(super::Class::hooked)
+        // SAFETY: the caller passed `handle` to dlsym, so it is a handle dlsym accepts.
+        && !unsafe { real_dlsym(handle, name) }.is_null()
+    {
+        super::warn_undeclared_variant(name.to_bytes());
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -2,37 +2,34 @@
 //! it), then the real init, then CUDA ordinals are matched to the daemon's devices by UUID.
 
 use super::real;
+use super::table::sig;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use crate::registration::{Access, Registration, access};
 use std::ffi::c_uint;
 
-#[unsafe(no_mangle)]
+/// `cuInit`: registers (or refuses), then the real init, then maps ordinals to devices.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuInit`.
-pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let real_init =
-            real!(cuInit: unsafe extern "C" fn(c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        match access() {
-            Access::Refused => CUDA_ERROR_OPERATING_SYSTEM,
-            // SAFETY: forwarding the caller's arguments to the real function.
-            Access::PassThrough => unsafe { real_init(flags) },
-            Access::Registered(reg) => {
-                // SAFETY: as above.
-                let rc = unsafe { real_init(flags) };
-                if rc == CUDA_SUCCESS {
-                    map_all_ordinals(reg);
-                }
-                rc
+/// `cuInit`'s contract.
+pub(super) unsafe fn cu_init(real: sig::cuInit, flags: c_uint) -> CUresult {
+    match access() {
+        Access::Refused => CUDA_ERROR_OPERATING_SYSTEM,
+        // SAFETY: forwarding the caller's arguments to the real function.
+        Access::PassThrough => unsafe { real(flags) },
+        Access::Registered(reg) => {
+            // SAFETY: as above.
+            let rc = unsafe { real(flags) };
+            if rc == CUDA_SUCCESS {
+                map_all_ordinals(reg);
             }
+            rc
         }
-    })
+    }
 }
 
 /// Matches every CUDA ordinal to the daemon's device table.
 fn map_all_ordinals(reg: &Registration) {
-    let count_fn = real!(cuDeviceGetCount: unsafe extern "C" fn(*mut i32) -> CUresult);
+    let count_fn = real!(cuDeviceGetCount);
     let mut count = 0;
     // SAFETY: valid out-pointer.
     if unsafe { count_fn(&mut count) } != CUDA_SUCCESS {
@@ -45,26 +42,22 @@ fn map_all_ordinals(reg: &Registration) {
 }
 
 /// Matches one CUDA ordinal (by UUID) to the daemon's device table.
-pub fn map_ordinal(reg: &Registration, ordinal: i32) {
-    let get = real!(cuDeviceGet: unsafe extern "C" fn(*mut CUdevice, i32) -> CUresult);
+fn map_ordinal(reg: &Registration, ordinal: i32) {
+    let get = real!(cuDeviceGet);
     let mut dev: CUdevice = 0;
     // SAFETY: valid out-pointer.
     if unsafe { get(&mut dev, ordinal) } != CUDA_SUCCESS {
         return;
     }
     let mut uuid = [0u8; 16];
-    let rc = match crate::hooks::real_fns::cuDeviceGetUuid_v2
-        .get()
-        .or_else(|| crate::hooks::real_fns::cuDeviceGetUuid.get())
-    {
-        // SAFETY: both variants take (CUuuid* (16 bytes), CUdevice).
-        Some(f) => unsafe {
-            std::mem::transmute::<usize, unsafe extern "C" fn(*mut u8, CUdevice) -> CUresult>(f)(
-                uuid.as_mut_ptr(),
-                dev,
-            )
-        },
-        None => return,
+    // Both variants take (CUuuid* (16 bytes), CUdevice); `_v2` reports MIG instances' own.
+    let rc = if let Some(get_uuid) = super::table::slots::cuDeviceGetUuid_v2.get() {
+        // SAFETY: valid 16-byte out-buffer and a device handle from the driver.
+        unsafe { get_uuid(uuid.as_mut_ptr(), dev) }
+    } else {
+        let get_uuid = real!(cuDeviceGetUuid);
+        // SAFETY: as above.
+        unsafe { get_uuid(uuid.as_mut_ptr(), dev) }
     };
     if rc == CUDA_SUCCESS {
         reg.map_ordinal(ordinal, &uuid);
@@ -74,8 +67,8 @@ pub fn map_ordinal(reg: &Registration, ordinal: i32) {
 /// The daemon's device index of the current context's device: `Err(rc)` when there is no
 /// usable context (the driver's own error), `Ok(None)` when the device is not one the tenant
 /// can use.
-pub fn current_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
-    let ctx_dev = real!(cuCtxGetDevice: unsafe extern "C" fn(*mut CUdevice) -> CUresult, Err(CUDA_ERROR_NOT_INITIALIZED));
+pub(crate) fn current_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
+    let ctx_dev = real!(cuCtxGetDevice, Err(CUDA_ERROR_NOT_INITIALIZED));
     let mut dev: CUdevice = 0;
     // SAFETY: valid out-pointer.
     let rc = unsafe { ctx_dev(&mut dev) };
@@ -88,7 +81,7 @@ pub fn current_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
 /// The device the calling thread works on: the only one the process sees (no driver call), or
 /// the current context's.
 #[inline]
-pub fn working_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
+pub(crate) fn working_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
     match reg.single_device() {
         Some(d) => Ok(Some(d)),
         None => current_device(reg),
@@ -96,7 +89,7 @@ pub fn working_device(reg: &Registration) -> Result<Option<usize>, CUresult> {
 }
 
 /// The daemon's device index for a CUDA ordinal, looking it up on first use.
-pub fn device_of_ordinal(reg: &Registration, ordinal: CUdevice) -> Option<usize> {
+pub(crate) fn device_of_ordinal(reg: &Registration, ordinal: CUdevice) -> Option<usize> {
     match reg.device_index(ordinal) {
         Some(d) => d,
         None => {

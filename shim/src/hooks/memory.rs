@@ -1,17 +1,17 @@
 //! Every device-allocation path and its free: charge the tenant first (atomically against the
 //! limit), then allocate; on failure give the charge back. Frees give back what was charged,
 //! after the real free succeeded. Over quota → `CUDA_ERROR_OUT_OF_MEMORY`, nothing charged.
-
-#![allow(non_snake_case)]
+//!
+//! Handlers of the entry-point table (`Alloc` and `Free`): each gets the real function and the
+//! caller's arguments.
 
 use super::init::{device_of_ordinal, working_device};
-use super::real;
+use super::table::sig;
 use crate::allocations::{self, Kind, Record};
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use crate::registration::{self, Access, access};
 use gpumux_common::accounting;
-use std::ffi::c_uint;
+use std::ffi::{c_uint, c_void};
 
 /// Which device an allocation lands on.
 enum Target {
@@ -67,10 +67,11 @@ fn charged(
                 device,
                 bytes,
                 context,
+                extra_refs: 0,
             },
         );
     } else {
-        let _ = accounting::uncharge(&reg.accounting, reg.slot, device, bytes);
+        give_back_bytes(reg, device, bytes);
     }
     rc
 }
@@ -88,51 +89,81 @@ fn give_back(kind: Kind, key: u64) {
     if let Some(reg) = registration::current()
         && let Some(r) = allocations::remove(kind, key)
     {
-        let _ = accounting::uncharge(&reg.accounting, reg.slot, r.device, r.bytes);
+        give_back_bytes(reg, r.device, r.bytes);
+    }
+}
+
+/// Returns `bytes` to the tenant. `uncharge` fails only when the accounting lock cannot be
+/// taken; the slot then keeps the bytes, and the daemon returns them with the process.
+pub(super) fn give_back_bytes(reg: &registration::Registration, device: usize, bytes: u64) {
+    if accounting::uncharge(&reg.accounting, reg.slot, device, bytes).is_err() {
+        crate::diag::stderr(
+            b"gpumux: cannot take the accounting lock to return freed memory; it is returned when the process exits\n",
+        );
     }
 }
 
 /// Reads a driver out-parameter after a successful call.
-fn out<T: Copy>(p: *const T) -> T {
-    // SAFETY: only called after the driver returned CUDA_SUCCESS, which means it wrote a
-    // value through this (non-null) pointer.
+///
+/// # Safety
+/// `p` is valid for a read of `T`: call it only after the driver returned `CUDA_SUCCESS` for
+/// a call that writes through this (caller-provided, so non-null on success) pointer.
+unsafe fn out<T: Copy>(p: *const T) -> T {
+    // SAFETY: the caller's contract.
     unsafe { *p }
+}
+
+/// Charges `bytes` on the current device for `alloc`, which returns a device pointer in
+/// `*dptr`.
+///
+/// # Safety
+/// `dptr` is the out-pointer `alloc` writes on success (the C API's contract).
+unsafe fn charged_ptr(
+    bytes: u64,
+    dptr: *mut CUdeviceptr,
+    alloc: impl FnOnce() -> CUresult,
+) -> CUresult {
+    // SAFETY: read after the driver succeeded (the caller's contract).
+    charged(bytes, Target::Current, Kind::DevicePtr, alloc, || unsafe {
+        out(dptr)
+    })
 }
 
 // ---- linear device memory --------------------------------------------------------------
 
+/// `cuMemAlloc_v2`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuMemAlloc_v2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemAlloc_v2: unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        charged(
-            bytesize as u64,
-            Target::Current,
-            Kind::DevicePtr,
-            || unsafe { f(dptr, bytesize) },
-            || out(dptr),
-        )
-    })
+/// The C API's contract.
+pub(super) unsafe fn mem_alloc(
+    real: sig::cuMemAlloc_v2,
+    dptr: *mut CUdeviceptr,
+    bytesize: usize,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    let alloc = || unsafe { real(dptr, bytesize) };
+    // SAFETY: `dptr` is the out-pointer `alloc` writes.
+    unsafe { charged_ptr(bytesize as u64, dptr, alloc) }
 }
 
+/// `cuMemAlloc` (v1 ABI: 32-bit pointer and size).
+///
 /// # Safety
-/// C ABI entry point; `cuMemAlloc` (v1 ABI: 32-bit pointer and size).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAlloc(dptr: *mut u32, bytesize: c_uint) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemAlloc: unsafe extern "C" fn(*mut u32, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
+/// The C API's contract.
+pub(super) unsafe fn mem_alloc_v1(
+    real: sig::cuMemAlloc,
+    dptr: *mut u32,
+    bytesize: c_uint,
+) -> CUresult {
+    charged(
+        bytesize as u64,
+        Target::Current,
+        Kind::DevicePtr,
         // SAFETY: forwarding the caller's arguments.
-        charged(
-            bytesize as u64,
-            Target::Current,
-            Kind::DevicePtr,
-            || unsafe { f(dptr, bytesize) },
-            || out(dptr) as u64,
-        )
-    })
+        || unsafe { real(dptr, bytesize) },
+        // SAFETY: read after the driver succeeded.
+        || unsafe { out(dptr) } as u64,
+    )
 }
 
 /// Pitched allocation: charge the unpadded size first, then the padding the driver chose.
@@ -180,218 +211,248 @@ fn pitched(
             );
         } else {
             free(ptr);
-            let _ = accounting::uncharge(&reg.accounting, reg.slot, rec.device, rec.bytes);
+            give_back_bytes(reg, rec.device, rec.bytes);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
     }
     rc
 }
 
+/// `cuMemAllocPitch_v2`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuMemAllocPitch_v2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocPitch_v2(
+/// The C API's contract.
+pub(super) unsafe fn mem_alloc_pitch(
+    real: sig::cuMemAllocPitch_v2,
     dptr: *mut CUdeviceptr,
     pitch: *mut usize,
     width: usize,
     height: usize,
     elem: c_uint,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemAllocPitch_v2: unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let free = real!(cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        pitched(
-            width as u64,
-            height as u64,
-            // SAFETY: forwarding the caller's arguments.
-            || unsafe { f(dptr, pitch, width, height, elem) },
-            || (out(dptr), out(pitch) as u64),
-            // SAFETY: freeing the allocation just made.
-            |p| unsafe {
-                free(p);
-            },
-        )
-    })
+    let free = super::real!(cuMemFree_v2, CUDA_ERROR_NOT_INITIALIZED);
+    pitched(
+        width as u64,
+        height as u64,
+        // SAFETY: forwarding the caller's arguments.
+        || unsafe { real(dptr, pitch, width, height, elem) },
+        // SAFETY: read after the driver succeeded.
+        || unsafe { (out(dptr), out(pitch) as u64) },
+        |p| {
+            // SAFETY: freeing the allocation just made (its result is the driver's business:
+            // the charge is given back either way).
+            let _rc: CUresult = unsafe { free(p) };
+        },
+    )
 }
 
+/// `cuMemAllocPitch` (v1 ABI).
+///
 /// # Safety
-/// C ABI entry point; `cuMemAllocPitch` (v1 ABI).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocPitch(
+/// The C API's contract.
+pub(super) unsafe fn mem_alloc_pitch_v1(
+    real: sig::cuMemAllocPitch,
     dptr: *mut u32,
     pitch: *mut c_uint,
     width: c_uint,
     height: c_uint,
     elem: c_uint,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemAllocPitch: unsafe extern "C" fn(*mut u32, *mut c_uint, c_uint, c_uint, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let free =
-            real!(cuMemFree: unsafe extern "C" fn(u32) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        pitched(
-            width as u64,
-            height as u64,
-            // SAFETY: forwarding the caller's arguments.
-            || unsafe { f(dptr, pitch, width, height, elem) },
-            || (out(dptr) as u64, out(pitch) as u64),
-            // SAFETY: freeing the allocation just made.
-            |p| unsafe {
-                free(p as u32);
-            },
-        )
-    })
+    let free = super::real!(cuMemFree, CUDA_ERROR_NOT_INITIALIZED);
+    pitched(
+        width as u64,
+        height as u64,
+        // SAFETY: forwarding the caller's arguments.
+        || unsafe { real(dptr, pitch, width, height, elem) },
+        // SAFETY: read after the driver succeeded.
+        || unsafe { (out(dptr) as u64, out(pitch) as u64) },
+        |p| {
+            // SAFETY: freeing the allocation just made (see `mem_alloc_pitch`).
+            let _rc: CUresult = unsafe { free(p as u32) };
+        },
+    )
 }
 
+/// `cuMemAllocManaged`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuMemAllocManaged`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocManaged(
+/// The C API's contract.
+pub(super) unsafe fn mem_alloc_managed(
+    real: sig::cuMemAllocManaged,
     dptr: *mut CUdeviceptr,
     bytesize: usize,
     flags: c_uint,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemAllocManaged: unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        charged(
-            bytesize as u64,
-            Target::Current,
-            Kind::DevicePtr,
-            || unsafe { f(dptr, bytesize, flags) },
-            || out(dptr),
-        )
-    })
+    // SAFETY: forwarding the caller's arguments.
+    let alloc = || unsafe { real(dptr, bytesize, flags) };
+    // SAFETY: `dptr` is the out-pointer `alloc` writes.
+    unsafe { charged_ptr(bytesize as u64, dptr, alloc) }
 }
 
+/// `cuMemFree_v2`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuMemFree_v2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemFree_v2: unsafe extern "C" fn(CUdeviceptr) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's argument.
-        freed(Kind::DevicePtr, dptr, || unsafe { f(dptr) })
-    })
+/// The C API's contract.
+pub(super) unsafe fn mem_free(real: sig::cuMemFree_v2, dptr: CUdeviceptr) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    freed(Kind::DevicePtr, dptr, || unsafe { real(dptr) })
 }
 
+/// `cuMemFree` (v1 ABI).
+///
 /// # Safety
-/// C ABI entry point; `cuMemFree` (v1 ABI).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemFree(dptr: u32) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemFree: unsafe extern "C" fn(u32) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's argument.
-        freed(Kind::DevicePtr, dptr as u64, || unsafe { f(dptr) })
-    })
+/// The C API's contract.
+pub(super) unsafe fn mem_free_v1(real: sig::cuMemFree, dptr: u32) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    freed(Kind::DevicePtr, dptr as u64, || unsafe { real(dptr) })
 }
 
 // ---- stream-ordered allocation -----------------------------------------------------------
 
-macro_rules! alloc_async {
-    ($name:ident) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuMemAllocAsync`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                charged(bytesize as u64, Target::Current, Kind::DevicePtr, || unsafe { f(dptr, bytesize, stream) }, || out(dptr))
-            })
-        }
-    };
+/// `cuMemAllocAsync` (and `_ptsz`).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mem_alloc_async(
+    real: sig::cuMemAllocAsync,
+    dptr: *mut CUdeviceptr,
+    bytesize: usize,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    let alloc = || unsafe { real(dptr, bytesize, stream) };
+    // SAFETY: `dptr` is the out-pointer `alloc` writes.
+    unsafe { charged_ptr(bytesize as u64, dptr, alloc) }
 }
-alloc_async!(cuMemAllocAsync);
-alloc_async!(cuMemAllocAsync_ptsz);
 
-macro_rules! alloc_from_pool {
-    ($name:ident) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuMemAllocFromPoolAsync`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(dptr: *mut CUdeviceptr, bytesize: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                charged(bytesize as u64, Target::Current, Kind::DevicePtr, || unsafe { f(dptr, bytesize, pool, stream) }, || out(dptr))
-            })
-        }
-    };
+/// `cuMemAllocFromPoolAsync` (and `_ptsz`).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mem_alloc_from_pool(
+    real: sig::cuMemAllocFromPoolAsync,
+    dptr: *mut CUdeviceptr,
+    bytesize: usize,
+    pool: CUmemoryPool,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    let alloc = || unsafe { real(dptr, bytesize, pool, stream) };
+    // SAFETY: `dptr` is the out-pointer `alloc` writes.
+    unsafe { charged_ptr(bytesize as u64, dptr, alloc) }
 }
-alloc_from_pool!(cuMemAllocFromPoolAsync);
-alloc_from_pool!(cuMemAllocFromPoolAsync_ptsz);
 
-macro_rules! free_async {
-    ($name:ident) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuMemFreeAsync`. The tenant gets the
-        /// bytes back when the free is enqueued: from then on the memory is the application's
-        /// to reuse in stream order.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                freed(Kind::DevicePtr, dptr, || unsafe { f(dptr, stream) })
-            })
-        }
-    };
+/// `cuMemFreeAsync` (and `_ptsz`). The tenant gets the bytes back when the free is enqueued:
+/// from then on the memory is the application's to reuse in stream order.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mem_free_async(
+    real: sig::cuMemFreeAsync,
+    dptr: CUdeviceptr,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    freed(Kind::DevicePtr, dptr, || unsafe { real(dptr, stream) })
 }
-free_async!(cuMemFreeAsync);
-free_async!(cuMemFreeAsync_ptsz);
 
 // ---- virtual memory management (PyTorch expandable segments, NCCL) -----------------------
 
+/// `cuMemCreate`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuMemCreate`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemCreate(
+/// The C API's contract.
+pub(super) unsafe fn mem_create(
+    real: sig::cuMemCreate,
     handle: *mut CUmemGenericAllocationHandle,
     size: usize,
-    prop: *const MemAllocationPropHead,
+    prop: *const MemAllocationProp,
     flags: u64,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemCreate: unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, usize, *const MemAllocationPropHead, u64) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        if prop.is_null() {
-            // SAFETY: let the driver report the invalid argument itself.
-            return unsafe { f(handle, size, prop, flags) };
-        }
-        // SAFETY: non-null properties supplied by the caller per the API contract.
-        let p = unsafe { &*prop };
-        // The target is the device the properties name, whether or not a context is current
-        // (NCCL and vLLM create handles with no current context).
-        let target = if p.location_type == CU_MEM_LOCATION_TYPE_DEVICE {
-            Target::Ordinal(p.location_id)
-        } else {
-            Target::Current
-        };
+    if prop.is_null() {
+        // SAFETY: let the driver report the invalid argument itself.
+        return unsafe { real(handle, size, prop, flags) };
+    }
+    // SAFETY: non-null properties supplied by the caller per the API contract.
+    let location = unsafe { (*prop).location };
+    // The target is the device the properties name, whether or not a context is current
+    // (NCCL and vLLM create handles with no current context).
+    let target = if location.kind == CU_MEM_LOCATION_TYPE_DEVICE {
+        Target::Ordinal(location.id)
+    } else {
+        Target::Current
+    };
+    charged(
+        size as u64,
+        target,
+        Kind::MemHandle,
         // SAFETY: forwarding the caller's arguments.
-        charged(
-            size as u64,
-            target,
-            Kind::MemHandle,
-            || unsafe { f(handle, size, prop, flags) },
-            || out(handle),
-        )
-    })
+        || unsafe { real(handle, size, prop, flags) },
+        // SAFETY: read after the driver succeeded.
+        || unsafe { out(handle) },
+    )
 }
 
+/// `cuMemRelease`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuMemRelease`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMemRelease: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's argument.
-        freed(Kind::MemHandle, handle, || unsafe { f(handle) })
-    })
+/// The C API's contract.
+pub(super) unsafe fn mem_release(
+    real: sig::cuMemRelease,
+    handle: CUmemGenericAllocationHandle,
+) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    freed(Kind::MemHandle, handle, || unsafe { real(handle) })
+}
+
+/// After the driver handed out a VMM handle again (`*handle`): if it is one this process
+/// charged, one more reference to it.
+///
+/// # Safety
+/// `handle` is the out-pointer of a call that returned `rc`.
+unsafe fn handed_out_again(rc: CUresult, handle: *mut CUmemGenericAllocationHandle) -> CUresult {
+    if rc == CUDA_SUCCESS && !handle.is_null() && registration::current().is_some() {
+        // SAFETY: the caller's contract: the driver succeeded and wrote the handle.
+        allocations::retain(Kind::MemHandle, unsafe { out(handle) });
+    }
+    rc
+}
+
+/// `cuMemRetainAllocationHandle`: the handle mapped at `addr`, one more reference to it (the
+/// driver's documentation: "the same handle value used to map the memory", to be released
+/// once more).
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mem_retain_handle(
+    real: sig::cuMemRetainAllocationHandle,
+    handle: *mut CUmemGenericAllocationHandle,
+    addr: *mut c_void,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments; then its out-pointer of that call.
+    unsafe { handed_out_again(real(handle, addr), handle) }
+}
+
+/// `cuMemImportFromShareableHandle`: another process's memory is not charged here; re-importing
+/// this process's own export may hand out a handle it charged, which then holds a reference
+/// more.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mem_import_shareable(
+    real: sig::cuMemImportFromShareableHandle,
+    handle: *mut CUmemGenericAllocationHandle,
+    os_handle: *mut c_void,
+    handle_type: c_uint,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments; then its out-pointer of that call.
+    unsafe { handed_out_again(real(handle, os_handle, handle_type), handle) }
 }
 
 // ---- arrays ----------------------------------------------------------------------------------
 
 /// An array descriptor the shim can size (both ABI versions of the 2D and 3D descriptors).
-trait ArrayShape {
+pub(super) trait ArrayShape {
     fn bytes(&self, levels: u32) -> Option<u64>;
 }
 
@@ -420,7 +481,10 @@ array_shape!(Array3dDescriptorV1, 3d);
 
 /// Bytes an array of this descriptor occupies. A null descriptor or an unknown format is
 /// charged nothing: the driver refuses those itself.
-fn shape_bytes<D: ArrayShape>(desc: *const D, levels: u32) -> u64 {
+///
+/// # Safety
+/// `desc` is null or valid for reads (the C API's contract).
+unsafe fn shape_bytes<D: ArrayShape>(desc: *const D, levels: u32) -> u64 {
     if desc.is_null() {
         return 0;
     }
@@ -428,66 +492,70 @@ fn shape_bytes<D: ArrayShape>(desc: *const D, levels: u32) -> u64 {
     unsafe { &*desc }.bytes(levels).unwrap_or(0)
 }
 
-macro_rules! array_create {
-    ($name:ident, $desc:ty) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for the array creation call.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(array: *mut CUarray, desc: *const $desc) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(*mut CUarray, *const $desc) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let bytes = shape_bytes(desc, 1);
-                // SAFETY: forwarding the caller's arguments.
-                charged(bytes, Target::Current, Kind::Array, || unsafe { f(array, desc) }, || out(array) as u64)
-            })
-        }
-    };
-}
-array_create!(cuArrayCreate, ArrayDescriptorV1);
-array_create!(cuArrayCreate_v2, ArrayDescriptor);
-array_create!(cuArray3DCreate, Array3dDescriptorV1);
-array_create!(cuArray3DCreate_v2, Array3dDescriptor);
-
+/// `cuArrayCreate`/`_v2`, `cuArray3DCreate`/`_v2`: one handler for the four descriptor ABIs.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuArrayDestroy`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayDestroy(array: CUarray) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuArrayDestroy: unsafe extern "C" fn(CUarray) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's argument.
-        freed(Kind::Array, array as u64, || unsafe { f(array) })
-    })
+/// The C API's contract.
+pub(super) unsafe fn array_create<D: ArrayShape>(
+    real: unsafe extern "C" fn(*mut CUarray, *const D) -> CUresult,
+    array: *mut CUarray,
+    desc: *const D,
+) -> CUresult {
+    // SAFETY: the caller's descriptor, per the API contract.
+    let bytes = unsafe { shape_bytes(desc, 1) };
+    charged(
+        bytes,
+        Target::Current,
+        Kind::Array,
+        // SAFETY: forwarding the caller's arguments.
+        || unsafe { real(array, desc) },
+        // SAFETY: read after the driver succeeded.
+        || unsafe { out(array) } as u64,
+    )
 }
 
+/// `cuArrayDestroy`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuMipmappedArrayCreate`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMipmappedArrayCreate(
+/// The C API's contract.
+pub(super) unsafe fn array_destroy(real: sig::cuArrayDestroy, array: CUarray) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    freed(Kind::Array, array as u64, || unsafe { real(array) })
+}
+
+/// `cuMipmappedArrayCreate`.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn mipmapped_array_create(
+    real: sig::cuMipmappedArrayCreate,
     array: *mut CUmipmappedArray,
     desc: *const Array3dDescriptor,
     levels: c_uint,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMipmappedArrayCreate: unsafe extern "C" fn(*mut CUmipmappedArray, *const Array3dDescriptor, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let bytes = shape_bytes(desc, levels);
+    // SAFETY: the caller's descriptor, per the API contract.
+    let bytes = unsafe { shape_bytes(desc, levels) };
+    charged(
+        bytes,
+        Target::Current,
+        Kind::MipmappedArray,
         // SAFETY: forwarding the caller's arguments.
-        charged(
-            bytes,
-            Target::Current,
-            Kind::MipmappedArray,
-            || unsafe { f(array, desc, levels) },
-            || out(array) as u64,
-        )
-    })
+        || unsafe { real(array, desc, levels) },
+        // SAFETY: read after the driver succeeded.
+        || unsafe { out(array) } as u64,
+    )
 }
 
+/// `cuMipmappedArrayDestroy`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuMipmappedArrayDestroy`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMipmappedArrayDestroy(array: CUmipmappedArray) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuMipmappedArrayDestroy: unsafe extern "C" fn(CUmipmappedArray) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's argument.
-        freed(Kind::MipmappedArray, array as u64, || unsafe { f(array) })
+/// The C API's contract.
+pub(super) unsafe fn mipmapped_array_destroy(
+    real: sig::cuMipmappedArrayDestroy,
+    array: CUmipmappedArray,
+) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    freed(Kind::MipmappedArray, array as u64, || unsafe {
+        real(array)
     })
 }

@@ -1,129 +1,273 @@
-//! The shim's driver-facing surface: which symbols it hooks, their real counterparts, and the
-//! exports themselves (in submodules, one job each).
+//! The shim's driver-facing surface: one table ([`table`]) declares every driver and NVML
+//! entry point the shim knows, once: its base name, its class (what the shim does with it),
+//! and, for the ones the shim hooks or calls, each ABI variant's symbol with its C type and
+//! the handler behind the shim's export. The submodules hold the handlers, one job each.
 //!
-//! `hooked!` lists every exported hook once; it generates a [`RealFn`] slot per name (module
-//! [`real_fns`]) and [`lookup`], which `dlsym` and `cuGetProcAddress` use to swap a real
-//! address for the shim's wrapper. Helpers are real functions the shim calls but does not hook.
+//! From the table, [`entry_points!`] generates:
+//! - a typed real-function slot per declared symbol (`table::slots::NAME`, a
+//!   [`RealFn`](crate::real::RealFn) of the symbol's `unsafe extern "C" fn` type), read with
+//!   [`real!`];
+//! - the exported wrapper of each hooked symbol: panic-guarded, it fetches the real function
+//!   and calls the handler with it and the caller's arguments (the compiler checks the
+//!   handler's signature against the declared C type);
+//! - [`lookup`] (symbol → real slot and wrapper) for `dlsym`, [`variants_of`] (base name →
+//!   declared variants) for `cuGetProcAddress`, and [`ENTRY_POINTS`], the classification.
+//!
+//! A unit test rejects a base name or a symbol declared twice.
 
-use crate::real::{LIBCUDA, LIBNVML, RealFn};
-use std::ffi::c_void;
+#![allow(non_snake_case)]
 
-pub mod context;
+mod context;
 #[cfg(not(test))]
-pub mod dlsym;
-pub mod init;
-pub mod launch;
-pub mod meminfo;
-pub mod memory;
-pub mod modules;
-pub mod nvml_procs;
-pub mod procaddress;
-pub mod sync;
+mod dlsym;
+pub(crate) mod init;
+mod launch;
+mod meminfo;
+mod memory;
+mod modules;
+mod nvml_procs;
+mod procaddress;
+mod sync;
+pub(crate) mod table;
 
-macro_rules! hooked {
-    (cuda: [$($c:ident),* $(,)?] nvml: [$($n:ident),* $(,)?] helpers_cuda: [$($hc:ident),* $(,)?] helpers_nvml: [$($hn:ident),* $(,)?]) => {
-        /// Real-function slots, one per hooked or helper symbol, named like the symbol.
-        #[allow(non_upper_case_globals)]
-        pub mod real_fns {
+pub(crate) use gpumux_common::cuda_abi::base_name;
+pub(crate) use table::{ENTRY_POINTS, lookup, variants_of};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the shim does with a driver or NVML entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Initialisation: registers the process with gpumuxd (or refuses GPU use) first.
+    Init,
+    /// `cuGetProcAddress`: the driver resolves; the shim substitutes its wrapper of the variant
+    /// the driver returned.
+    Resolve,
+    /// Allocates device memory: charged to the tenant first, `CUDA_ERROR_OUT_OF_MEMORY` over
+    /// its quota.
+    Alloc,
+    /// Frees device memory an `Alloc` entry point charged: the tenant gets the bytes back.
+    Free,
+    /// Launches device work: waits for the tenant's compute slice (gated).
+    Launch,
+    /// Waits for device work: the tenant counts as busy while a thread waits.
+    Sync,
+    /// Reports device memory: the tenant's quota as the device's size.
+    MemReport,
+    /// Creates or destroys a context: tracked for draining; created under the tenant's limit
+    /// (its own memory reserved, then measured); a teardown returns the memory it frees.
+    Context,
+    /// Loads or unloads code into device memory (modules, libraries): the daemon measures the
+    /// process's footprint after it.
+    Footprint,
+    /// Lists the device's processes (NVML): filtered to the tenant's own.
+    ProcessList,
+    /// Maps memory allocated elsewhere (another process, another API, a handle charged
+    /// already): not charged again; its release or close refunds nothing (only what this
+    /// process charged is ever given back). Called through untouched, except where the
+    /// driver may hand back a handle this process charged (one more reference to it).
+    Import,
+    /// Graph memory (allocation/free nodes, the graph memory pool): charged by the graph
+    /// hooks of issue #12; called through untouched until then.
+    GraphMemory,
+    /// Neither allocates, frees, launches, waits for nor reports device memory: called
+    /// through untouched.
+    PassThrough,
+}
+
+impl Class {
+    /// Whether the shim must wrap every ABI variant the driver exports (a variant left out
+    /// would be a way around the quota or the gate; checked against the real driver's
+    /// exports by the tests, and at run time by [`warn_undeclared_variant`]).
+    pub(crate) fn hooked(self) -> bool {
+        !matches!(
+            self,
+            Class::Import | Class::GraphMemory | Class::PassThrough
+        )
+    }
+}
+
+/// One entry point of the table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EntryPoint {
+    /// `"cuda"` or `"nvml"`.
+    pub(crate) lib: &'static str,
+    /// The base name, as `cuGetProcAddress` is asked for it.
+    pub(crate) name: &'static str,
+    pub(crate) class: Class,
+}
+
+/// The class of a base name in `lib` (`"cuda"`/`"nvml"`), `None` when the table does not
+/// know it.
+pub(crate) fn class_of(lib: &str, base: &str) -> Option<Class> {
+    ENTRY_POINTS
+        .iter()
+        .find(|e| e.lib == lib && e.name == base)
+        .map(|e| e.class)
+}
+
+/// Says once per process that the application reached `symbol`, a variant of an entry point
+/// the shim must hook, that this build's table does not declare (a driver newer than the
+/// shim): calls through it bypass the quota or the compute gate.
+pub(crate) fn warn_undeclared_variant(symbol: &[u8]) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let mut msg = Vec::with_capacity(256);
+    msg.extend_from_slice(b"gpumux: the driver hands out ");
+    msg.extend_from_slice(symbol);
+    msg.extend_from_slice(
+        b", a variant this gpumux does not know; calls through it are not held to the quota \
+          or the compute share: upgrade gpumux to one that supports this driver\n",
+    );
+    crate::diag::stderr(&msg);
+}
+
+/// Declares the entry points: see the module doc and [`table`].
+macro_rules! entry_points {
+    ($(
+        $lib:ident ($library:path, panic = $panic:expr, missing = $missing:expr) {
+            $($class:ident : [
+                $($base:ident $({
+                    $($sym:ident ( $($arg:ident : $ty:ty),* $(,)? ) -> $ret:ty
+                        $(=> $handler:path $(, missing = $miss:expr)?)? ;)*
+                })?),* $(,)?
+            ]),* $(,)?
+        }
+    )*) => {
+        /// The C type of every declared symbol, named like the symbol.
+        #[allow(non_camel_case_types)]
+        pub(crate) mod sig {
             use super::*;
-            $(pub static $c: RealFn = RealFn::new(
-                // SAFETY: the literal is NUL-terminated with no interior NUL.
-                unsafe { std::ffi::CStr::from_bytes_with_nul_unchecked(concat!(stringify!($c), "\0").as_bytes()) }, &LIBCUDA);)*
-            $(pub static $n: RealFn = RealFn::new(
-                // SAFETY: as above.
-                unsafe { std::ffi::CStr::from_bytes_with_nul_unchecked(concat!(stringify!($n), "\0").as_bytes()) }, &LIBNVML);)*
-            $(pub static $hc: RealFn = RealFn::new(
-                // SAFETY: as above.
-                unsafe { std::ffi::CStr::from_bytes_with_nul_unchecked(concat!(stringify!($hc), "\0").as_bytes()) }, &LIBCUDA);)*
-            $(pub static $hn: RealFn = RealFn::new(
-                // SAFETY: as above.
-                unsafe { std::ffi::CStr::from_bytes_with_nul_unchecked(concat!(stringify!($hn), "\0").as_bytes()) }, &LIBNVML);)*
+            $($($($($(
+                pub(crate) type $sym = unsafe extern "C" fn($($ty),*) -> $ret;
+            )*)?)*)*)*
         }
 
-        /// The shim's wrapper and real slot for a hooked symbol name.
-        pub fn lookup(name: &[u8]) -> Option<(&'static RealFn, *mut c_void)> {
-            #[cfg(not(test))]
-            {
-                match name {
-                    $(n if n == stringify!($c).as_bytes() => Some((&real_fns::$c, exports::$c as *mut c_void)),)*
-                    $(n if n == stringify!($n).as_bytes() => Some((&real_fns::$n, exports::$n as *mut c_void)),)*
-                    _ => None,
-                }
+        /// The real function behind every declared symbol, named like the symbol.
+        #[allow(non_upper_case_globals)]
+        pub(crate) mod slots {
+            use super::*;
+            use crate::real::RealFn;
+            $($($($($(
+                pub(crate) static $sym: RealFn<super::sig::$sym> =
+                    // SAFETY: the table gives each symbol the C type its library's header
+                    // declares for it.
+                    unsafe { RealFn::new(
+                        match std::ffi::CStr::from_bytes_with_nul(
+                            concat!(stringify!($sym), "\0").as_bytes(),
+                        ) {
+                            Ok(name) => name,
+                            Err(_) => panic!("a symbol name has an interior NUL"),
+                        },
+                        &$library,
+                    ) };
+            )*)?)*)*)*
+        }
+
+        $($($($($(
+            $crate::hooks::export! {
+                $sym ($($arg : $ty),*) -> $ret, panic = $panic, missing = $missing;
+                $($handler $(, $miss)?)?
             }
-            #[cfg(test)]
-            {
-                let _ = name;
-                None
+        )*)?)*)*)*
+
+        /// The real slot and the shim's wrapper of a hooked symbol (`None` for symbols the
+        /// shim does not hook).
+        pub(crate) fn lookup(
+            name: &[u8],
+        ) -> Option<(&'static $crate::real::RawSlot, *mut std::ffi::c_void)> {
+            let name = std::str::from_utf8(name).ok()?;
+            match name {
+                $($($($($(
+                    stringify!($sym) =>
+                        $crate::hooks::wrapper!(slots::$sym, $sym $(, $handler)?),
+                )*)?)*)*)*
+                _ => None,
             }
         }
 
-        /// All hooked names (for tests and diagnostics).
-        pub const HOOKED_NAMES: &[&str] = &[$(stringify!($c),)* $(stringify!($n),)*];
+        /// The declared ABI variants (exported symbols) of a base name.
+        pub(crate) fn variants_of(base: &str) -> &'static [&'static str] {
+            match base {
+                $($($(
+                    stringify!($base) => &[$($(stringify!($sym),)*)?],
+                )*)*)*
+                _ => &[],
+            }
+        }
+
+        /// Every entry point, classified.
+        pub(crate) const ENTRY_POINTS: &[$crate::hooks::EntryPoint] = &[
+            $($($(
+                $crate::hooks::EntryPoint {
+                    lib: stringify!($lib),
+                    name: stringify!($base),
+                    class: $crate::hooks::Class::$class,
+                },
+            )*)*)*
+        ];
     };
 }
+pub(crate) use entry_points;
 
-#[cfg(not(test))]
-mod exports {
-    pub use super::context::*;
-    pub use super::init::*;
-    pub use super::launch::*;
-    pub use super::meminfo::*;
-    pub use super::memory::*;
-    pub use super::modules::*;
-    pub use super::nvml_procs::*;
-    pub use super::procaddress::*;
-    pub use super::sync::*;
+/// The exported wrapper of one hooked symbol (nothing for a symbol the shim only calls).
+macro_rules! export {
+    ($sym:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, panic = $panic:expr, missing = $missing:expr;) => {};
+    ($sym:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, panic = $panic:expr, missing = $missing:expr;
+        $handler:path $(, $miss:expr)?) => {
+        #[doc = concat!("`", stringify!($sym), "`: the shim's wrapper (see the entry-point table).")]
+        ///
+        /// # Safety
+        /// C ABI entry point: the caller keeps the driver API's contract for this function.
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "C" fn $sym($($arg: $ty),*) -> $ret {
+            $crate::ffi_guard::guard($panic, || {
+                let Some(real) = slots::$sym.get() else {
+                    return $crate::hooks::first!($($miss,)? $missing);
+                };
+                // SAFETY: the caller keeps the C API's contract for these arguments, which is
+                // the handler's precondition; `real` is the driver's function of this symbol.
+                unsafe { $handler(real, $($arg),*) }
+            })
+        }
+    };
 }
+pub(crate) use export;
 
-hooked! {
-    cuda: [
-        cuInit, cuGetProcAddress, cuGetProcAddress_v2,
-        cuMemAlloc, cuMemAlloc_v2, cuMemAllocPitch, cuMemAllocPitch_v2, cuMemAllocManaged,
-        cuMemAllocAsync, cuMemAllocAsync_ptsz, cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync_ptsz,
-        cuMemFree, cuMemFree_v2, cuMemFreeAsync, cuMemFreeAsync_ptsz,
-        cuMemCreate, cuMemRelease,
-        cuArrayCreate, cuArrayCreate_v2, cuArray3DCreate, cuArray3DCreate_v2, cuArrayDestroy,
-        cuMipmappedArrayCreate, cuMipmappedArrayDestroy,
-        cuMemGetInfo, cuMemGetInfo_v2, cuDeviceTotalMem, cuDeviceTotalMem_v2,
-        cuLaunchKernel, cuLaunchKernel_ptsz, cuLaunchKernelEx, cuLaunchKernelEx_ptsz,
-        cuLaunchCooperativeKernel, cuLaunchCooperativeKernel_ptsz, cuGraphLaunch, cuGraphLaunch_ptsz,
-        cuCtxCreate, cuCtxCreate_v2, cuCtxCreate_v3, cuCtxCreate_v4,
-        cuCtxDestroy, cuCtxDestroy_v2, cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2,
-        cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2,
-        cuCtxSynchronize, cuStreamSynchronize, cuStreamSynchronize_ptsz, cuEventSynchronize,
-        cuDevicePrimaryCtxRetain,
-        cuModuleLoad, cuModuleLoadData, cuModuleLoadDataEx, cuModuleLoadFatBinary, cuModuleUnload,
-        cuLibraryLoadData, cuLibraryLoadFromFile, cuLibraryUnload,
-    ]
-    nvml: [
-        nvmlInit, nvmlInit_v2, nvmlInitWithFlags, nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo_v2,
-        nvmlDeviceGetComputeRunningProcesses, nvmlDeviceGetComputeRunningProcesses_v2,
-        nvmlDeviceGetComputeRunningProcesses_v3,
-    ]
-    helpers_cuda: [
-        cuCtxGetDevice, cuDeviceGetCount, cuDeviceGet, cuDeviceGetUuid, cuDeviceGetUuid_v2,
-        cuDevicePrimaryCtxGetState, cuCtxGetCurrent,
-        cuCtxPushCurrent_v2, cuCtxPopCurrent_v2,
-    ]
-    helpers_nvml: [nvmlDeviceGetUUID]
+/// `Some((slot, wrapper))` for a hooked symbol, `None` for one the shim only calls.
+macro_rules! wrapper {
+    ($slot:path, $sym:ident) => {
+        None
+    };
+    ($slot:path, $sym:ident, $handler:path) => {
+        Some(($slot.raw(), $sym as *mut std::ffi::c_void))
+    };
 }
+pub(crate) use wrapper;
 
-/// Calls the real function `$name` with C signature `$ty`, or returns `$missing` from the
-/// enclosing function if the driver lacks it.
+/// The first of its arguments (a per-symbol override, else the library's default).
+macro_rules! first {
+    ($e:expr $(, $rest:expr)*) => {
+        $e
+    };
+}
+pub(crate) use first;
+
+/// The real function behind a declared symbol (typed by the table), or `return` (with
+/// `$missing`, if given) from the enclosing function when the library lacks it.
 macro_rules! real {
-    ($name:ident : $ty:ty) => {
-        match crate::hooks::real_fns::$name.get() {
-            // SAFETY: the driver exports `$name` with exactly the C signature `$ty`
-            // (CUDA driver API / NVML headers), and the address is not the shim's own.
-            Some(a) => unsafe { std::mem::transmute::<usize, $ty>(a) },
+    ($name:ident) => {
+        match $crate::hooks::table::slots::$name.get() {
+            Some(f) => f,
             None => return,
         }
     };
-    ($name:ident : $ty:ty, $missing:expr) => {
-        match crate::hooks::real_fns::$name.get() {
-            // SAFETY: the driver exports `$name` with exactly the C signature `$ty`
-            // (CUDA driver API / NVML headers), and the address is not the shim's own.
-            Some(a) => unsafe { std::mem::transmute::<usize, $ty>(a) },
+    ($name:ident, $missing:expr) => {
+        match $crate::hooks::table::slots::$name.get() {
+            Some(f) => f,
             None => return $missing,
         }
     };
@@ -132,13 +276,98 @@ pub(crate) use real;
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// The table's own consistency: one entry per base name, each variant named after its
+    /// base, hooked classes hook, pass-through and graph-memory entries hook nothing, and
+    /// `lookup` answers exactly the hooked symbols.
     #[test]
-    fn names_are_sorted_out() {
-        assert!(super::HOOKED_NAMES.contains(&"cuMemAlloc_v2"));
-        assert!(
-            super::HOOKED_NAMES
+    fn table_is_consistent() {
+        let mut seen = HashSet::new();
+        let mut symbols = HashSet::new();
+        for e in ENTRY_POINTS {
+            assert!(seen.insert((e.lib, e.name)), "{} declared twice", e.name);
+            assert_eq!(base_name(e.name), e.name, "{} is not a base name", e.name);
+            let variants = variants_of(e.name);
+            for v in variants {
+                assert_eq!(base_name(v), e.name, "{v} declared under {}", e.name);
+                assert!(symbols.insert(*v), "{v} declared twice");
+            }
+            let hooked = variants
                 .iter()
-                .all(|n| n.starts_with("cu") || n.starts_with("nvml"))
-        );
+                .filter(|v| lookup(v.as_bytes()).is_some())
+                .count();
+            if e.class.hooked() {
+                assert!(
+                    hooked > 0,
+                    "{}: class {:?} but nothing hooked",
+                    e.name,
+                    e.class
+                );
+            } else if matches!(e.class, Class::PassThrough | Class::GraphMemory) {
+                assert_eq!(hooked, 0, "{}: class {:?} but hooked", e.name, e.class);
+            }
+            assert_eq!(class_of(e.lib, e.name), Some(e.class));
+        }
+        assert!(lookup(b"cuMemAlloc_v2").is_some());
+        assert!(lookup(b"cuCtxGetDevice").is_none(), "called, not hooked");
+        assert!(lookup(b"cuMemcpy").is_none());
+        assert_eq!(class_of("cuda", "cuMemcpy"), Some(Class::PassThrough));
+        assert_eq!(class_of("cuda", "cuNoSuchFunction"), None);
+    }
+
+    /// Every function NVIDIA's drivers export is classified by the table, and every exported
+    /// variant of an entry point the shim hooks is wrapped (a variant left out would be a way
+    /// around the quota or the gate). A row of docs/CONFORMANCE.md per driver.
+    #[test]
+    fn table_knows_every_export_of_nvidias_drivers() {
+        use gpumux_conformance::{exports::exported_functions, oracle, report::Comparison};
+        let mut failures = Vec::new();
+        for branch in oracle::DRIVERS {
+            let Some(driver) = oracle::require(branch) else {
+                return;
+            };
+            let exports = exported_functions(&driver.libcuda()).expect("read the driver's exports");
+            let exports: Vec<&String> = exports.iter().filter(|n| n.starts_with("cu")).collect();
+            let mut differences = Vec::new();
+            for export in &exports {
+                let base = base_name(export);
+                let Some(class) = class_of("cuda", base) else {
+                    differences.push(format!("{export}: {base} is not in the entry-point table"));
+                    continue;
+                };
+                let hooked = class.hooked()
+                    || variants_of(base)
+                        .iter()
+                        .any(|v| lookup(v.as_bytes()).is_some());
+                if hooked && lookup(export.as_bytes()).is_none() {
+                    differences.push(format!(
+                        "{export}: a variant of {base} ({class:?}) the shim does not wrap"
+                    ));
+                }
+            }
+            let c = Comparison {
+                id: format!("shim-table-{branch}"),
+                section: "The shim's entry-point table".into(),
+                driver: driver.version(),
+                subject: "shim/src/hooks/table.rs".into(),
+                method: "Every `cu*` function the driver exports (its ELF dynamic symbol table) \
+                    must have its base name in the shim's table, which says what the shim does \
+                    with it (charged allocation, free, gated launch, synchronize, memory report, \
+                    context lifecycle, import, graph memory, pass-through); every exported \
+                    variant of an entry point the shim hooks must have the shim's wrapper."
+                    .into(),
+                compared: exports.len(),
+                unit: "exports".into(),
+                differences,
+                note: None,
+            };
+            c.record();
+            if !c.differences.is_empty() {
+                failures.push(format!("{branch}:\n{}", c.differences.join("\n")));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }

@@ -3,15 +3,18 @@
 //! ([`crate::footprint::changed`]); nothing waits. A module lives in the current context's
 //! device; a library (context-independent) is loaded into every context of the process, so
 //! every device the process sees is measured.
+//!
+//! Handlers of the entry-point table (`Footprint`).
 
-#![allow(non_snake_case)]
-
-use super::real;
+use super::table::sig;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use crate::footprint;
 use crate::registration;
-use std::ffi::{c_char, c_uint, c_void};
+use std::ffi::{c_uint, c_void};
+
+/// `CUjit_option` / `CUlibraryOption`: C enums (`int`).
+#[allow(non_camel_case_types)]
+pub(super) type c_int_option = std::ffi::c_int;
 
 /// After a module (un)load that succeeded: measure the current context's device.
 fn module_changed(rc: CUresult) -> CUresult {
@@ -38,113 +41,91 @@ fn library_changed(rc: CUresult) -> CUresult {
     rc
 }
 
+/// `cuModuleLoad`, `cuModuleLoadData`, `cuModuleLoadFatBinary`: a module from a file name or
+/// an image.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuModuleLoad`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleLoad(module: *mut *mut c_void, fname: *const c_char) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuModuleLoad: unsafe extern "C" fn(*mut *mut c_void, *const c_char) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        module_changed(unsafe { f(module, fname) })
-    })
-}
-
-/// # Safety
-/// C ABI entry point; arguments as documented for `cuModuleLoadData`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleLoadData(
+/// The C API's contract.
+pub(super) unsafe fn module_load<S>(
+    real: unsafe extern "C" fn(*mut *mut c_void, S) -> CUresult,
     module: *mut *mut c_void,
-    image: *const c_void,
+    source: S,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuModuleLoadData: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        module_changed(unsafe { f(module, image) })
-    })
+    // SAFETY: forwarding the caller's arguments.
+    module_changed(unsafe { real(module, source) })
 }
 
+/// `cuModuleLoadDataEx`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuModuleLoadDataEx`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleLoadDataEx(
+/// The C API's contract.
+pub(super) unsafe fn module_load_ex(
+    real: sig::cuModuleLoadDataEx,
     module: *mut *mut c_void,
     image: *const c_void,
     num_options: c_uint,
     options: *mut c_int_option,
     values: *mut *mut c_void,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuModuleLoadDataEx: unsafe extern "C" fn(*mut *mut c_void, *const c_void, c_uint, *mut c_int_option, *mut *mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        module_changed(unsafe { f(module, image, num_options, options, values) })
-    })
+    // SAFETY: forwarding the caller's arguments.
+    module_changed(unsafe { real(module, image, num_options, options, values) })
 }
 
+/// `cuModuleUnload`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuModuleLoadFatBinary`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleLoadFatBinary(
-    module: *mut *mut c_void,
-    fat_cubin: *const c_void,
+/// The C API's contract.
+pub(super) unsafe fn module_unload(real: sig::cuModuleUnload, module: *mut c_void) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    module_changed(unsafe { real(module) })
+}
+
+/// `cuLibraryLoadData` / `cuLibraryLoadFromFile` (an image or a file name, then JIT and
+/// library options).
+///
+/// # Safety
+/// The C API's contract.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(super) unsafe fn library_load<S>(
+    real: unsafe extern "C" fn(
+        *mut *mut c_void,
+        S,
+        *mut c_int_option,
+        *mut *mut c_void,
+        c_uint,
+        *mut c_int_option,
+        *mut *mut c_void,
+        c_uint,
+    ) -> CUresult,
+    library: *mut *mut c_void,
+    source: S,
+    jit_options: *mut c_int_option,
+    jit_values: *mut *mut c_void,
+    num_jit: c_uint,
+    library_options: *mut c_int_option,
+    library_values: *mut *mut c_void,
+    num_library: c_uint,
 ) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuModuleLoadFatBinary: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's arguments.
-        module_changed(unsafe { f(module, fat_cubin) })
+    // SAFETY: forwarding the caller's arguments.
+    library_changed(unsafe {
+        real(
+            library,
+            source,
+            jit_options,
+            jit_values,
+            num_jit,
+            library_options,
+            library_values,
+            num_library,
+        )
     })
 }
 
+/// `cuLibraryUnload`.
+///
 /// # Safety
-/// C ABI entry point; arguments as documented for `cuModuleUnload`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuModuleUnload(module: *mut c_void) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuModuleUnload: unsafe extern "C" fn(*mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's argument.
-        module_changed(unsafe { f(module) })
-    })
+/// The C API's contract.
+pub(super) unsafe fn library_unload(real: sig::cuLibraryUnload, library: *mut c_void) -> CUresult {
+    // SAFETY: forwarding the caller's argument.
+    library_changed(unsafe { real(library) })
 }
-
-macro_rules! library_load {
-    ($name:ident, $source:ty) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for `cuLibraryLoadData` /
-        /// `cuLibraryLoadFromFile` (image or file name, then JIT and library options).
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            library: *mut *mut c_void,
-            source: $source,
-            jit_options: *mut c_int_option,
-            jit_values: *mut *mut c_void,
-            num_jit: c_uint,
-            library_options: *mut c_int_option,
-            library_values: *mut *mut c_void,
-            num_library: c_uint,
-        ) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn(*mut *mut c_void, $source, *mut c_int_option, *mut *mut c_void, c_uint, *mut c_int_option, *mut *mut c_void, c_uint) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                // SAFETY: forwarding the caller's arguments.
-                library_changed(unsafe {
-                    f(library, source, jit_options, jit_values, num_jit, library_options, library_values, num_library)
-                })
-            })
-        }
-    };
-}
-library_load!(cuLibraryLoadData, *const c_void);
-library_load!(cuLibraryLoadFromFile, *const c_char);
-
-/// # Safety
-/// C ABI entry point; arguments as documented for `cuLibraryUnload`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuLibraryUnload(library: *mut c_void) -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f = real!(cuLibraryUnload: unsafe extern "C" fn(*mut c_void) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        // SAFETY: forwarding the caller's argument.
-        library_changed(unsafe { f(library) })
-    })
-}
-
-/// `CUjit_option` / `CUlibraryOption`: C enums (`int`).
-#[allow(non_camel_case_types)]
-type c_int_option = std::ffi::c_int;

@@ -1,14 +1,12 @@
 //! Synchronize calls. A thread waiting for its own queued work tells the scheduler the tenant
 //! is busy even though it launches nothing (a per-device counter in the accounting segment), so
 //! a holder that synchronizes between batches keeps its slice instead of looking idle.
+//!
+//! Handlers of the entry-point table (`Sync`).
 
-#![allow(non_snake_case)]
-
-use super::real;
+use super::table::sig;
 use crate::cuda_types::*;
-use crate::ffi_guard::guard;
 use crate::registration::{Access, access};
-use std::ffi::c_void;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -37,34 +35,25 @@ impl Drop for Syncing {
     }
 }
 
+/// `cuCtxSynchronize`.
+///
 /// # Safety
-/// C ABI entry point; `cuCtxSynchronize`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        let f =
-            real!(cuCtxSynchronize: unsafe extern "C" fn() -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-        let _s = Syncing::enter();
-        // SAFETY: no arguments.
-        unsafe { f() }
-    })
+/// The C API's contract.
+pub(super) unsafe fn ctx_synchronize(real: sig::cuCtxSynchronize) -> CUresult {
+    let _s = Syncing::enter();
+    // SAFETY: no arguments.
+    unsafe { real() }
 }
 
-macro_rules! sync_on {
-    ($name:ident, $handle:ty) => {
-        /// # Safety
-        /// C ABI entry point; arguments as documented for the synchronize call.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(handle: $handle) -> CUresult {
-            guard(CUDA_ERROR_UNKNOWN, || {
-                let f = real!($name: unsafe extern "C" fn($handle) -> CUresult, CUDA_ERROR_NOT_INITIALIZED);
-                let _s = Syncing::enter();
-                // SAFETY: forwarding the caller's argument.
-                unsafe { f(handle) }
-            })
-        }
-    };
+/// `cuStreamSynchronize`/`_ptsz`, `cuEventSynchronize`: waits on one stream or event.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn synchronize_on<H>(
+    real: unsafe extern "C" fn(H) -> CUresult,
+    handle: H,
+) -> CUresult {
+    let _s = Syncing::enter();
+    // SAFETY: forwarding the caller's argument.
+    unsafe { real(handle) }
 }
-sync_on!(cuStreamSynchronize, CUstream);
-sync_on!(cuStreamSynchronize_ptsz, CUstream);
-sync_on!(cuEventSynchronize, *mut c_void);

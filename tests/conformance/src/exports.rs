@@ -61,18 +61,8 @@ pub fn is_nvml_api(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_uppercase())
 }
 
-/// The name a loader asks `cuGetProcAddress` for: the export without its per-thread suffix
-/// (`_ptsz`, `_ptds`) and ABI version suffix (`_v2`, `_v3`, ...).
-pub fn base_name(export: &str) -> &str {
-    let s = export
-        .strip_suffix("_ptsz")
-        .or_else(|| export.strip_suffix("_ptds"))
-        .unwrap_or(export);
-    match s.rsplit_once("_v") {
-        Some((base, v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => base,
-        _ => s,
-    }
-}
+/// The name a loader asks `cuGetProcAddress` for (one definition, shared with the shim).
+pub use gpumux_common::cuda_abi::base_name;
 
 /// The sorted, distinct API base names of a set of `cu*` exports.
 pub fn cuda_base_names(exports: &[String]) -> Vec<String> {
@@ -91,18 +81,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base_names() {
-        assert_eq!(base_name("cuMemAlloc_v2"), "cuMemAlloc");
-        assert_eq!(base_name("cuMemcpyHtoD_v2_ptds"), "cuMemcpyHtoD");
-        assert_eq!(base_name("cuLaunchKernel_ptsz"), "cuLaunchKernel");
-        assert_eq!(base_name("cuGetProcAddress_v2"), "cuGetProcAddress");
-        assert_eq!(base_name("cuMemcpy3D_v2"), "cuMemcpy3D");
-        assert_eq!(base_name("cuMemcpy3DPeer"), "cuMemcpy3DPeer");
-        assert_eq!(base_name("cuInit"), "cuInit");
-        assert_eq!(
-            base_name("cuGraphExecKernelNodeSetParams_v2"),
-            "cuGraphExecKernelNodeSetParams"
-        );
+    fn api_names() {
         assert!(is_cuda_api("cuInit"));
         assert!(!is_cuda_api("cudbgApiInit"));
         assert!(is_nvml_api("nvmlInit_v2"));

@@ -314,6 +314,19 @@ impl Driver {
         }
     }
 
+    /// Calls `cuInit(0)`, as a program does before it uses the driver (with the shim preloaded
+    /// in a tenant, this registers the process with gpumuxd), and returns its line:
+    /// `cuInit - - cuInit RESULT - -`.
+    pub fn init_line(&self) -> Result<String, ProbeError> {
+        let init = self.lib.required("cuInit")?;
+        // SAFETY: `CUresult cuInit(unsigned int Flags)`.
+        let init =
+            unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> i32>(init) };
+        // SAFETY: the driver's cuInit with its only flag value.
+        let result = unsafe { init(0) };
+        Ok(format!("cuInit\t-\t-\tcuInit\t{result}\t-\t-"))
+    }
+
     /// Every resolution of `names` (in the order given) at [`VERSIONS`] × [`FLAGS`] × both APIs.
     pub fn resolve_all(&self, names: &[String]) -> Vec<Resolution> {
         let mut out = Vec::with_capacity(names.len() * VERSIONS.len() * FLAGS.len() * 2);

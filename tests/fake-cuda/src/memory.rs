@@ -621,19 +621,9 @@ fn check_in(t: &BTreeMap<u64, Alloc>, ptr: u64, n: u64) -> Res<&Alloc> {
     Ok(a)
 }
 
-/// Bytes per element of a `CUarray_format`, or `None` if unsupported.
-pub fn format_size(format: u32) -> Option<u64> {
-    Some(match format {
-        0x01 | 0x08 => 1,
-        0x02 | 0x09 | 0x10 => 2,
-        0x03 | 0x0a | 0x20 => 4,
-        _ => return None,
-    })
-}
-
 /// Bytes of an array (mipmap levels summed; a 0 height/depth is an absent dimension).
 pub fn array_bytes(w: u64, h: u64, d: u64, format: u32, channels: u32, levels: u32) -> Res<u64> {
-    let elem = format_size(format).ok_or(err::INVALID_VALUE)?;
+    let elem = gpumux_common::cuda_abi::array_format_bytes(format).ok_or(err::INVALID_VALUE)?;
     if w == 0 || !matches!(channels, 1 | 2 | 4) || (h == 0 && d != 0) || levels == 0 {
         return Err(err::INVALID_VALUE);
     }

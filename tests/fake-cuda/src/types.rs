@@ -4,8 +4,8 @@
 use std::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-/// `CUresult` (a C enum, `int`-sized).
-pub type CUresult = u32;
+/// `CUresult`, as the shim sees it (one definition, checked against `cuda.h`).
+pub use gpumux_common::cuda_abi::CUresult;
 /// `CUdevice`.
 pub type CUdevice = i32;
 /// `CUdeviceptr`.

@@ -1,10 +1,11 @@
 //! Fake NVML (`libnvidia-ml.so.1`) on the simulated GPU of `fakegpu` (test-only, never packaged).
 //!
-//! This crate owns the NVML C ABI that monitoring code (the gpumux daemon via nvml-wrapper,
-//! `nvidia-smi`-like tools, the shim's NVML interception) sees on a machine without a GPU. It
-//! implements the documented semantics of the subset listed below, reading everything from the
-//! shared state file through [`fakegpu::GpuState::snapshot`] (the same ground truth the fake CUDA
-//! driver writes), so memory use and running processes of live workloads show here.
+//! This crate owns the NVML C ABI that monitoring code (gpumux-common's NVML reader in the
+//! daemon and the device plugin, `nvidia-smi`-like tools, the shim's NVML interception) sees on a
+//! machine without a GPU. It implements the documented semantics of the subset listed below,
+//! reading everything from the shared state file through [`fakegpu::GpuState::snapshot`] (the
+//! same ground truth the fake CUDA driver writes), so memory use and running processes of live
+//! workloads show here.
 //!
 //! Semantics kept from NVML's documentation:
 //! - `nvmlInit*` is reference counted; every other call before it (or after the matching

@@ -192,6 +192,16 @@ impl Output {
 
 /// Runs `cmd` to completion (killing it after `timeout`), capturing and parsing its output.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let (status, stdout, stderr) = run_text(cmd, timeout)?;
+    Ok(Output {
+        status,
+        lines: parse_lines(&stdout),
+        stderr,
+    })
+}
+
+/// Runs `cmd` to completion (killing it after `timeout`): its exit status, stdout and stderr.
+pub fn run_text(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, String, String)> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -226,11 +236,7 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     };
     let stdout = t_out.join().unwrap_or_default();
     let stderr = t_err.join().unwrap_or_default();
-    Ok(Output {
-        status,
-        lines: parse_lines(&stdout),
-        stderr,
-    })
+    Ok((status, stdout, stderr))
 }
 
 /// A workload running in the background whose JSON lines are read as they come. Killed

@@ -15,6 +15,8 @@
  *   driver_workload ops "<script>"        e.g. "alloc:a:900MiB alloc:b:200MiB free:a meminfo"
  *       ops: KIND:NAME:SIZE (alloc pitch managed async pool vmm array array3d), free:NAME,
  *       meminfo, memcpy-check:NAME, spin:NS[:COUNT], launch:NS[:COUNT], sync, sleep:MS,
+ *       legacy-launch:COUNT (COUNT calls each of cuLaunch, cuLaunchGrid, cuLaunchGridAsync
+ *       and cuLaunchCooperativeKernelMultiDevice with the spin function; their results),
  *       device:N, reset (primary context reset: the driver frees its allocations),
  *       nocontext (no current context on this thread, as NCCL/vLLM create VMM memory),
  *       ctx:NAME (cuCtxCreate on the current device; the primary context stays current),
@@ -200,7 +202,12 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
     X(cuLibraryUnload, (CUlibrary lib))                                                        \
     X(cuLaunchKernel, (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,         \
                        unsigned int bx, unsigned int by, unsigned int bz, unsigned int shmem,  \
-                       CUstream stream, void **params, void **extra))
+                       CUstream stream, void **params, void **extra))                          \
+    X(cuLaunch, (CUfunction f))                                                                \
+    X(cuLaunchGrid, (CUfunction f, int grid_width, int grid_height))                           \
+    X(cuLaunchGridAsync, (CUfunction f, int grid_width, int grid_height, CUstream stream))      \
+    X(cuLaunchCooperativeKernelMultiDevice,                                                    \
+      (void *params, unsigned int num_devices, unsigned int flags))
 
 #define DECLARE_PFN(name, args)                                                                \
     typedef CUresult(*pfn_##name) args;                                                        \
@@ -862,6 +869,34 @@ static void do_reset(void) {
     emit("\"op\":\"reset\",\"device\":%d,\"result\":%d", dev, r);
 }
 
+/*
+ * The launch entry points besides cuLaunchKernel (the pre-4.0 API and the multi-device
+ * cooperative launch), each `count` times with the spin function; reports the last result of
+ * each (the launch gate sees every call).
+ */
+static void do_legacy_launch(unsigned long long count) {
+    CUfunction fn = NULL;
+    CUstream stream = NULL;
+    CUresult r = get_spin(&fn);
+    if (r == CUDA_SUCCESS) r = get_stream(&stream);
+    if (r != CUDA_SUCCESS) {
+        emit("\"op\":\"legacy-launch\",\"step\":\"setup\",\"result\":%d,\"error\":\"%s\"", r,
+             err_name(r));
+        return;
+    }
+    CUresult r_launch = CUDA_SUCCESS, r_grid = CUDA_SUCCESS, r_async = CUDA_SUCCESS,
+             r_multi = CUDA_SUCCESS;
+    for (unsigned long long i = 0; i < count; i++) {
+        r_launch = CU(cuLaunch, fn);
+        r_grid = CU(cuLaunchGrid, fn, 1, 1);
+        r_async = CU(cuLaunchGridAsync, fn, 1, 1, stream);
+        r_multi = CU(cuLaunchCooperativeKernelMultiDevice, NULL, 0, 0);
+    }
+    emit("\"op\":\"legacy-launch\",\"count\":%llu,\"launch\":%d,\"grid\":%d,\"grid_async\":%d,"
+         "\"multi_device\":%d",
+         count, r_launch, r_grid, r_async, r_multi);
+}
+
 /* ---- contexts, modules and libraries made by name (ctx:, module:, library:, drop:) ---- */
 enum made_kind { M_CTX, M_MODULE, M_LIBRARY };
 static const char *const MADE_NAMES[] = {"ctx", "module", "library"};
@@ -994,6 +1029,10 @@ static void run_op(char *tok, int run) {
         unsigned long long ns = need_u64(parts[1], "nanoseconds");
         unsigned long long count = n == 3 ? need_u64(parts[2], "count") : 1;
         if (run) do_spin(ns, count, verb[0] == 's');
+    } else if (strcmp(verb, "legacy-launch") == 0) {
+        if (n != 2) die_usage("usage: legacy-launch:COUNT");
+        unsigned long long count = need_u64(parts[1], "count");
+        if (run) do_legacy_launch(count);
     } else if (strcmp(verb, "device") == 0) {
         if (n != 2) die_usage("usage: device:N");
         unsigned long long d = need_u64(parts[1], "device");

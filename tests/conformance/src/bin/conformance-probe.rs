@@ -3,12 +3,14 @@
 //! be compared with `diff`.
 //!
 //! ```text
-//! conformance-probe cuda LIBCUDA [--names-from LIB]            # cuGetProcAddress/_v2 resolutions
+//! conformance-probe cuda LIBCUDA [--names-from LIB] [--init]   # cuGetProcAddress/_v2 resolutions
 //! conformance-probe nvml LIBNVML [--names-from LIB]            # what dlsym hands out per nvml* name
 //! conformance-probe procaddr-table LIBCUDA [--names-from LIB]  # the fake's cuGetProcAddress table
+//! conformance-probe cudart LIBCUDART                           # the CUDA runtime's first answers
 //! ```
 //! `--names-from` takes the names to ask from another library's exports (e.g. ask the fake the real
-//! driver's names); by default the probed library's own exports.
+//! driver's names); by default the probed library's own exports. `--init` calls `cuInit(0)` first
+//! (a line of its own): with the shim preloaded in a tenant, that registers the process.
 
 use anyhow::{Context, Result, bail};
 use gpumux_conformance::exports::{exported_functions, is_nvml_api};
@@ -17,11 +19,25 @@ use gpumux_conformance::table;
 use std::io::Write;
 use std::path::PathBuf;
 
-const USAGE: &str =
-    "usage: conformance-probe {cuda|nvml|procaddr-table} LIBRARY [--names-from LIBRARY]";
+const USAGE: &str = "usage: conformance-probe {cuda|nvml|procaddr-table|cudart} LIBRARY \
+    [--names-from LIBRARY] [--init]";
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let init = match args.iter().position(|a| a == "--init") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
+    if let [mode, lib] = args.as_slice()
+        && mode == "cudart"
+    {
+        return print(gpumux_conformance::cudart::cudart_lines(&PathBuf::from(
+            lib,
+        ))?);
+    }
     let (mode, lib, names_from) = match args.as_slice() {
         [m, l] => (m.as_str(), PathBuf::from(l), PathBuf::from(l)),
         [m, l, flag, n] if flag == "--names-from" => {
@@ -36,6 +52,9 @@ fn main() -> Result<()> {
         "cuda" => {
             let driver = Driver::open(&lib, &exports)?;
             lines.push(probe::CUDA_HEADER.to_owned());
+            if init {
+                lines.push(driver.init_line()?);
+            }
             let names = probe::cuda_names(&asked);
             lines.extend(driver.resolve_all(&names).iter().map(ToString::to_string));
         }
@@ -53,6 +72,10 @@ fn main() -> Result<()> {
         }
         _ => bail!("{USAGE}"),
     }
+    print(lines)
+}
+
+fn print(lines: Vec<String>) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for l in lines {
         writeln!(out, "{l}").context("write to stdout")?;

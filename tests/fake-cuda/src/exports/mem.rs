@@ -6,6 +6,10 @@ use crate::driver::{Process, process};
 use crate::memory::{GRANULARITY, Kind, array_bytes};
 use crate::stream::{self, Op};
 use crate::types::*;
+use gpumux_common::cuda_abi::{
+    Array3dDescriptor, ArrayDescriptor, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE,
+    MemAccessDesc, MemAllocationProp, MemLocation,
+};
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::Arc;
 
@@ -85,73 +89,19 @@ fn free_async(ptr: CUdeviceptr, h: Handle, ptds: bool) -> Res<()> {
     Ok(())
 }
 
-/// `CUmemAllocationProp` (the fields the fake reads).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemAllocationProp {
-    kind: c_uint,
-    handle_types: c_uint,
-    location_type: c_uint,
-    location_id: c_int,
-    win32: *mut c_void,
-    alloc_flags: [u8; 8],
-}
-
-/// `CUmemLocation` (passed by value).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemLocation {
-    location_type: c_uint,
-    id: c_int,
-}
-
-/// `CUmemAccessDesc`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemAccessDesc {
-    location_type: c_uint,
-    location_id: c_int,
-    flags: c_uint,
-}
-
-/// `CU_MEM_ALLOCATION_TYPE_PINNED`.
-const ALLOC_PINNED: c_uint = 1;
-/// `CU_MEM_LOCATION_TYPE_DEVICE`.
-const LOCATION_DEVICE: c_uint = 1;
-
 fn prop_device(p: &Process, prop: *const MemAllocationProp) -> Res<u32> {
     // SAFETY: input pointer from the caller (null checked).
     let prop = unsafe { read_in(prop)? };
-    if prop.kind != ALLOC_PINNED || prop.location_type != LOCATION_DEVICE {
+    if prop.kind != CU_MEM_ALLOCATION_TYPE_PINNED
+        || prop.location.kind != CU_MEM_LOCATION_TYPE_DEVICE
+    {
         return Err(err::INVALID_VALUE);
     }
-    if prop.handle_types != 0 {
+    if prop.requested_handle_types != 0 {
         // Exportable handles (fd, fabric) are not simulated.
         return Err(err::NOT_SUPPORTED);
     }
-    p.device(prop.location_id).map_err(|_| err::INVALID_DEVICE)
-}
-
-/// `CUDA_ARRAY_DESCRIPTOR`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ArrayDescriptor {
-    width: usize,
-    height: usize,
-    format: c_uint,
-    channels: c_uint,
-}
-
-/// `CUDA_ARRAY3D_DESCRIPTOR`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Array3dDescriptor {
-    width: usize,
-    height: usize,
-    depth: usize,
-    format: c_uint,
-    channels: c_uint,
-    flags: c_uint,
+    p.device(prop.location.id).map_err(|_| err::INVALID_DEVICE)
 }
 
 fn array_create(out: *mut Handle, bytes: Res<u64>, mipmapped: bool) -> Res<()> {
@@ -569,10 +519,10 @@ cuda_fn! {
         for i in 0..count {
             // SAFETY: the caller passes `count` descriptors.
             let d = unsafe { read_in(desc.add(i))? };
-            if d.location_type != LOCATION_DEVICE {
+            if d.location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
                 return Err(err::INVALID_VALUE);
             }
-            p.device(d.location_id).map_err(|_| err::INVALID_DEVICE)?;
+            p.device(d.location.id).map_err(|_| err::INVALID_DEVICE)?;
             prot = Some(match d.flags {
                 0 => libc::PROT_NONE,
                 1 => libc::PROT_READ,
@@ -586,7 +536,7 @@ cuda_fn! {
     fn cuArrayCreate_v2(array: *mut Handle, desc: *const ArrayDescriptor) {
         // SAFETY: input pointer from the caller (null checked).
         let d = unsafe { read_in(desc)? };
-        array_create(array, array_bytes(d.width as u64, d.height as u64, 0, d.format, d.channels, 1), false)
+        array_create(array, array_bytes(d.width as u64, d.height as u64, 0, d.format, d.num_channels, 1), false)
     }
 
     fn cuArray3DCreate_v2(array: *mut Handle, desc: *const Array3dDescriptor) {
@@ -594,7 +544,7 @@ cuda_fn! {
         let d = unsafe { read_in(desc)? };
         array_create(
             array,
-            array_bytes(d.width as u64, d.height as u64, d.depth as u64, d.format, d.channels, 1),
+            array_bytes(d.width as u64, d.height as u64, d.depth as u64, d.format, d.num_channels, 1),
             false,
         )
     }
@@ -608,7 +558,7 @@ cuda_fn! {
         let d = unsafe { read_in(desc)? };
         array_create(
             array,
-            array_bytes(d.width as u64, d.height as u64, d.depth as u64, d.format, d.channels, levels),
+            array_bytes(d.width as u64, d.height as u64, d.depth as u64, d.format, d.num_channels, levels),
             true,
         )
     }

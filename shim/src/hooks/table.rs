@@ -1,0 +1,473 @@
+//! The entry-point table: every driver and NVML entry point the shim knows, declared once.
+//!
+//! Per library, entries are grouped by [`Class`](super::Class). An entry is the base name (as
+//! `cuGetProcAddress` is asked for it), optionally with its ABI variants: each variant is the
+//! exported symbol with its C type (from `cuda.h` / `nvml.h`), and, when the shim hooks it,
+//! `=> handler` (called with the real function and the caller's arguments; `missing = CODE`
+//! overrides what the wrapper returns when the library lacks the symbol). A variant without a
+//! handler is a real function the shim calls itself. See "How to add a hook" in
+//! docs/ARCHITECTURE.md.
+
+#![allow(non_snake_case)]
+
+use super::{context, init, launch, meminfo, memory, modules, nvml_procs, procaddress, sync};
+use crate::cuda_types::*;
+use crate::real::{LIBCUDA, LIBNVML};
+use modules::c_int_option;
+use nvml_procs::{ProcessInfoV1, ProcessInfoV2};
+use std::ffi::{c_char, c_int, c_uint, c_void};
+
+super::entry_points! {
+    cuda(LIBCUDA, panic = CUDA_ERROR_UNKNOWN, missing = CUDA_ERROR_NOT_INITIALIZED) {
+        Init: [
+            cuInit {
+                cuInit(flags: c_uint) -> CUresult => init::cu_init;
+            },
+        ],
+        Resolve: [
+            cuGetProcAddress {
+                cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int,
+                    flags: u64) -> CUresult
+                    => procaddress::get_proc_address, missing = CUDA_ERROR_NOT_FOUND;
+                cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int,
+                    flags: u64, status: *mut c_int) -> CUresult
+                    => procaddress::get_proc_address_v2, missing = CUDA_ERROR_NOT_FOUND;
+            },
+        ],
+        Alloc: [
+            cuMemAlloc {
+                cuMemAlloc(dptr: *mut u32, bytesize: c_uint) -> CUresult => memory::mem_alloc_v1;
+                cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult
+                    => memory::mem_alloc;
+            },
+            cuMemAllocPitch {
+                cuMemAllocPitch(dptr: *mut u32, pitch: *mut c_uint, width: c_uint, height: c_uint,
+                    elem: c_uint) -> CUresult => memory::mem_alloc_pitch_v1;
+                cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize,
+                    height: usize, elem: c_uint) -> CUresult => memory::mem_alloc_pitch;
+            },
+            cuMemAllocManaged {
+                cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint)
+                    -> CUresult => memory::mem_alloc_managed;
+            },
+            cuMemAllocAsync {
+                cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream)
+                    -> CUresult => memory::mem_alloc_async;
+                cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream)
+                    -> CUresult => memory::mem_alloc_async;
+            },
+            cuMemAllocFromPoolAsync {
+                cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytesize: usize,
+                    pool: CUmemoryPool, stream: CUstream) -> CUresult
+                    => memory::mem_alloc_from_pool;
+                cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize,
+                    pool: CUmemoryPool, stream: CUstream) -> CUresult
+                    => memory::mem_alloc_from_pool;
+            },
+            cuMemCreate {
+                cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize,
+                    prop: *const MemAllocationProp, flags: u64) -> CUresult => memory::mem_create;
+            },
+            cuArrayCreate {
+                cuArrayCreate(array: *mut CUarray, desc: *const ArrayDescriptorV1) -> CUresult
+                    => memory::array_create;
+                cuArrayCreate_v2(array: *mut CUarray, desc: *const ArrayDescriptor) -> CUresult
+                    => memory::array_create;
+            },
+            cuArray3DCreate {
+                cuArray3DCreate(array: *mut CUarray, desc: *const Array3dDescriptorV1) -> CUresult
+                    => memory::array_create;
+                cuArray3DCreate_v2(array: *mut CUarray, desc: *const Array3dDescriptor)
+                    -> CUresult => memory::array_create;
+            },
+            cuMipmappedArrayCreate {
+                cuMipmappedArrayCreate(array: *mut CUmipmappedArray, desc: *const Array3dDescriptor,
+                    levels: c_uint) -> CUresult => memory::mipmapped_array_create;
+            },
+        ],
+        Free: [
+            cuMemFree {
+                cuMemFree(dptr: u32) -> CUresult => memory::mem_free_v1;
+                cuMemFree_v2(dptr: CUdeviceptr) -> CUresult => memory::mem_free;
+            },
+            cuMemFreeAsync {
+                cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult
+                    => memory::mem_free_async;
+                cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult
+                    => memory::mem_free_async;
+            },
+            cuMemRelease {
+                cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult
+                    => memory::mem_release;
+            },
+            cuArrayDestroy {
+                cuArrayDestroy(array: CUarray) -> CUresult => memory::array_destroy;
+            },
+            cuMipmappedArrayDestroy {
+                cuMipmappedArrayDestroy(array: CUmipmappedArray) -> CUresult
+                    => memory::mipmapped_array_destroy;
+            },
+        ],
+        MemReport: [
+            cuMemGetInfo {
+                cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CUresult
+                    => meminfo::mem_get_info;
+                cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult
+                    => meminfo::mem_get_info;
+            },
+            cuDeviceTotalMem {
+                cuDeviceTotalMem(bytes: *mut c_uint, dev: CUdevice) -> CUresult
+                    => meminfo::device_total_mem;
+                cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult
+                    => meminfo::device_total_mem;
+            },
+        ],
+        Launch: [
+            cuLaunchKernel {
+                cuLaunchKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint,
+                    by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
+                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
+                    => launch::launch_kernel;
+                cuLaunchKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint,
+                    by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
+                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
+                    => launch::launch_kernel;
+            },
+            cuLaunchCooperativeKernel {
+                cuLaunchCooperativeKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
+                    bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
+                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
+                    => launch::launch_kernel;
+                cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
+                    bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
+                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
+                    => launch::launch_kernel;
+            },
+            cuLaunchKernelEx {
+                cuLaunchKernelEx(config: *const c_void, f: CUfunction, params: *mut *mut c_void,
+                    extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ex;
+                cuLaunchKernelEx_ptsz(config: *const c_void, f: CUfunction,
+                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
+                    => launch::launch_kernel_ex;
+            },
+            cuGraphLaunch {
+                cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult
+                    => launch::graph_launch;
+                cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult
+                    => launch::graph_launch;
+            },
+            cuLaunchCooperativeKernelMultiDevice {
+                cuLaunchCooperativeKernelMultiDevice(params: *mut c_void, num_devices: c_uint,
+                    flags: c_uint) -> CUresult => launch::launch_multi_device;
+            },
+            // The pre-4.0 launch API (parameters set with cuParamSet*, cuFuncSetBlockShape).
+            cuLaunch {
+                cuLaunch(f: CUfunction) -> CUresult => launch::launch_legacy;
+            },
+            cuLaunchGrid {
+                cuLaunchGrid(f: CUfunction, grid_width: c_int, grid_height: c_int) -> CUresult
+                    => launch::launch_grid;
+            },
+            cuLaunchGridAsync {
+                cuLaunchGridAsync(f: CUfunction, grid_width: c_int, grid_height: c_int,
+                    stream: CUstream) -> CUresult => launch::launch_grid_async;
+            },
+        ],
+        Sync: [
+            cuCtxSynchronize {
+                cuCtxSynchronize() -> CUresult => sync::ctx_synchronize;
+            },
+            cuStreamSynchronize {
+                cuStreamSynchronize(stream: CUstream) -> CUresult => sync::synchronize_on;
+                cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult => sync::synchronize_on;
+            },
+            cuEventSynchronize {
+                cuEventSynchronize(event: CUevent) -> CUresult => sync::synchronize_on;
+            },
+        ],
+        Context: [
+            cuCtxCreate {
+                cuCtxCreate(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult
+                    => context::ctx_create;
+                cuCtxCreate_v2(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult
+                    => context::ctx_create;
+                cuCtxCreate_v3(pctx: *mut CUcontext, params: *mut c_void, num_params: c_int,
+                    flags: c_uint, dev: CUdevice) -> CUresult => context::ctx_create_v3;
+                cuCtxCreate_v4(pctx: *mut CUcontext, params: *mut c_void, flags: c_uint,
+                    dev: CUdevice) -> CUresult => context::ctx_create_v4;
+            },
+            cuCtxDestroy {
+                cuCtxDestroy(ctx: CUcontext) -> CUresult => context::ctx_destroy;
+                cuCtxDestroy_v2(ctx: CUcontext) -> CUresult => context::ctx_destroy;
+            },
+            cuDevicePrimaryCtxReset {
+                cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult => context::primary_reset;
+                cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult => context::primary_reset;
+            },
+            cuDevicePrimaryCtxRelease {
+                cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult => context::primary_release;
+                cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult
+                    => context::primary_release;
+            },
+            cuDevicePrimaryCtxRetain {
+                cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult
+                    => context::primary_retain;
+            },
+            cuGreenCtxCreate {
+                cuGreenCtxCreate(pctx: *mut CUgreenCtx, desc: *mut c_void, dev: CUdevice,
+                    flags: c_uint) -> CUresult => context::green_ctx_create;
+            },
+            cuGreenCtxDestroy {
+                cuGreenCtxDestroy(ctx: CUgreenCtx) -> CUresult => context::green_ctx_destroy;
+            },
+        ],
+        Footprint: [
+            cuModuleLoad {
+                cuModuleLoad(module: *mut *mut c_void, fname: *const c_char) -> CUresult
+                    => modules::module_load;
+            },
+            cuModuleLoadData {
+                cuModuleLoadData(module: *mut *mut c_void, image: *const c_void) -> CUresult
+                    => modules::module_load;
+            },
+            cuModuleLoadDataEx {
+                cuModuleLoadDataEx(module: *mut *mut c_void, image: *const c_void,
+                    num_options: c_uint, options: *mut c_int_option, values: *mut *mut c_void)
+                    -> CUresult => modules::module_load_ex;
+            },
+            cuModuleLoadFatBinary {
+                cuModuleLoadFatBinary(module: *mut *mut c_void, fat_cubin: *const c_void)
+                    -> CUresult => modules::module_load;
+            },
+            cuModuleUnload {
+                cuModuleUnload(module: *mut c_void) -> CUresult => modules::module_unload;
+            },
+            cuLibraryLoadData {
+                cuLibraryLoadData(library: *mut *mut c_void, image: *const c_void,
+                    jit_options: *mut c_int_option, jit_values: *mut *mut c_void, num_jit: c_uint,
+                    library_options: *mut c_int_option, library_values: *mut *mut c_void,
+                    num_library: c_uint) -> CUresult => modules::library_load;
+            },
+            cuLibraryLoadFromFile {
+                cuLibraryLoadFromFile(library: *mut *mut c_void, fname: *const c_char,
+                    jit_options: *mut c_int_option, jit_values: *mut *mut c_void, num_jit: c_uint,
+                    library_options: *mut c_int_option, library_values: *mut *mut c_void,
+                    num_library: c_uint) -> CUresult => modules::library_load;
+            },
+            cuLibraryUnload {
+                cuLibraryUnload(library: *mut c_void) -> CUresult => modules::library_unload;
+            },
+        ],
+        Import: [
+            // Another process's memory (CUDA IPC, exported pools): charged to its allocator.
+            cuIpcOpenMemHandle, cuIpcCloseMemHandle, cuMemPoolImportFromShareableHandle,
+            cuMemPoolImportPointer,
+            // Another API's memory (external memory, OpenGL, EGL, VDPAU interop).
+            cuImportExternalMemory, cuExternalMemoryGetMappedBuffer,
+            cuExternalMemoryGetMappedMipmappedArray, cuDestroyExternalMemory,
+            cuGLRegisterBufferObject, cuGLUnregisterBufferObject, cuGLMapBufferObject,
+            cuGLMapBufferObjectAsync, cuGLUnmapBufferObject, cuGLUnmapBufferObjectAsync,
+            cuGLSetBufferObjectMapFlags, cuGraphicsGLRegisterBuffer, cuGraphicsGLRegisterImage,
+            cuGraphicsEGLRegisterImage, cuGraphicsVDPAURegisterOutputSurface,
+            cuGraphicsVDPAURegisterVideoSurface, cuGraphicsUnregisterResource,
+            cuGraphicsMapResources, cuGraphicsUnmapResources, cuGraphicsResourceGetMappedPointer,
+            cuGraphicsResourceGetMappedMipmappedArray, cuGraphicsSubResourceGetMappedArray,
+            cuGraphicsResourceGetMappedEglFrame, cuGraphicsResourceSetMapFlags,
+            cuEGLStreamConsumerConnect, cuEGLStreamConsumerConnectWithFlags,
+            cuEGLStreamConsumerDisconnect, cuEGLStreamConsumerAcquireFrame,
+            cuEGLStreamConsumerReleaseFrame, cuEGLStreamProducerConnect,
+            cuEGLStreamProducerDisconnect, cuEGLStreamProducerPresentFrame,
+            cuEGLStreamProducerReturnFrame,
+            // Multicast objects: the memory bound into one comes from cuMemCreate (charged
+            // there); the object itself is an address range, not memory.
+            cuMulticastCreate, cuMulticastBindMem, cuMulticastBindAddr,
+            // The same handle again: a reference more to what cuMemCreate charged, if it was
+            // this process's (its last cuMemRelease gives the bytes back, not the first).
+            cuMemImportFromShareableHandle {
+                cuMemImportFromShareableHandle(handle: *mut CUmemGenericAllocationHandle,
+                    os_handle: *mut c_void, handle_type: c_uint) -> CUresult
+                    => memory::mem_import_shareable;
+            },
+            cuMemRetainAllocationHandle {
+                cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle,
+                    addr: *mut c_void) -> CUresult => memory::mem_retain_handle;
+            },
+        ],
+        GraphMemory: [
+            cuDeviceGetGraphMemAttribute, cuDeviceGraphMemTrim, cuDeviceSetGraphMemAttribute,
+            cuGraphAddMemAllocNode, cuGraphAddMemFreeNode, cuGraphAddNode, cuGraphDestroy,
+            cuGraphExecDestroy, cuGraphExecNodeSetParams, cuGraphInstantiate,
+            cuGraphInstantiateWithFlags, cuGraphInstantiateWithParams, cuGraphNodeSetParams,
+            cuGraphUpload, cuStreamBeginCapture, cuStreamBeginCaptureToGraph, cuStreamEndCapture,
+        ],
+        PassThrough: [
+            cuArray3DGetDescriptor, cuArrayGetDescriptor, cuArrayGetMemoryRequirements,
+            cuArrayGetPlane, cuArrayGetSparseProperties, cuCoredumpGetAttribute,
+            cuCoredumpGetAttributeGlobal, cuCoredumpSetAttribute, cuCoredumpSetAttributeGlobal,
+            cuCtxAttach, cuCtxDetach, cuCtxDisablePeerAccess, cuCtxEnablePeerAccess,
+            cuCtxGetApiVersion, cuCtxGetCacheConfig, cuCtxGetDevResource, cuCtxGetExecAffinity,
+            cuCtxGetFlags, cuCtxGetId, cuCtxGetLimit, cuCtxGetSharedMemConfig,
+            cuCtxGetStreamPriorityRange, cuCtxResetPersistingL2Cache, cuCtxSetCacheConfig,
+            cuCtxSetCurrent, cuCtxSetFlags, cuCtxSetLimit, cuCtxSetSharedMemConfig,
+            cuDestroyExternalSemaphore, cuDevResourceGenerateDesc, cuDevSmResourceSplitByCount,
+            cuDeviceCanAccessPeer, cuDeviceComputeCapability, cuDeviceGetAttribute,
+            cuDeviceGetByPCIBusId, cuDeviceGetDefaultMemPool, cuDeviceGetDevResource,
+            cuDeviceGetExecAffinitySupport, cuDeviceGetLuid, cuDeviceGetMemPool, cuDeviceGetName,
+            cuDeviceGetNvSciSyncAttributes, cuDeviceGetP2PAttribute, cuDeviceGetPCIBusId,
+            cuDeviceGetProperties, cuDeviceGetTexture1DLinearMaxWidth, cuDevicePrimaryCtxSetFlags,
+            cuDeviceRegisterAsyncNotification, cuDeviceSetMemPool,
+            cuDeviceUnregisterAsyncNotification, cuDriverGetVersion, cuEGLApiInit, cuEventCreate,
+            cuEventDestroy, cuEventElapsedTime, cuEventQuery, cuEventRecord, cuEventRecordWithFlags,
+            cuFlushGPUDirectRDMAWrites, cuFuncGetAttribute, cuFuncGetModule, cuFuncGetName,
+            cuFuncGetParamInfo, cuFuncIsLoaded, cuFuncLoad, cuFuncSetAttribute, cuFuncSetBlockShape,
+            cuFuncSetCacheConfig, cuFuncSetSharedMemConfig, cuFuncSetSharedSize, cuGLCtxCreate,
+            cuGLGetDevices, cuGLInit, cuGetErrorName, cuGetErrorString, cuGetExportTable,
+            cuGraphAddBatchMemOpNode, cuGraphAddChildGraphNode, cuGraphAddDependencies,
+            cuGraphAddEmptyNode, cuGraphAddEventRecordNode, cuGraphAddEventWaitNode,
+            cuGraphAddExternalSemaphoresSignalNode, cuGraphAddExternalSemaphoresWaitNode,
+            cuGraphAddHostNode, cuGraphAddKernelNode, cuGraphAddMemcpyNode, cuGraphAddMemsetNode,
+            cuGraphBatchMemOpNodeGetParams, cuGraphBatchMemOpNodeSetParams,
+            cuGraphChildGraphNodeGetGraph, cuGraphClone, cuGraphConditionalHandleCreate,
+            cuGraphCreate, cuGraphDebugDotPrint, cuGraphDestroyNode, cuGraphEventRecordNodeGetEvent,
+            cuGraphEventRecordNodeSetEvent, cuGraphEventWaitNodeGetEvent,
+            cuGraphEventWaitNodeSetEvent, cuGraphExecBatchMemOpNodeSetParams,
+            cuGraphExecChildGraphNodeSetParams, cuGraphExecEventRecordNodeSetEvent,
+            cuGraphExecEventWaitNodeSetEvent, cuGraphExecExternalSemaphoresSignalNodeSetParams,
+            cuGraphExecExternalSemaphoresWaitNodeSetParams, cuGraphExecGetFlags,
+            cuGraphExecHostNodeSetParams, cuGraphExecKernelNodeSetParams,
+            cuGraphExecMemcpyNodeSetParams, cuGraphExecMemsetNodeSetParams, cuGraphExecUpdate,
+            cuGraphExternalSemaphoresSignalNodeGetParams,
+            cuGraphExternalSemaphoresSignalNodeSetParams,
+            cuGraphExternalSemaphoresWaitNodeGetParams, cuGraphExternalSemaphoresWaitNodeSetParams,
+            cuGraphGetEdges, cuGraphGetNodes, cuGraphGetRootNodes, cuGraphHostNodeGetParams,
+            cuGraphHostNodeSetParams, cuGraphKernelNodeCopyAttributes,
+            cuGraphKernelNodeGetAttribute, cuGraphKernelNodeGetParams,
+            cuGraphKernelNodeSetAttribute, cuGraphKernelNodeSetParams, cuGraphMemAllocNodeGetParams,
+            cuGraphMemFreeNodeGetParams, cuGraphMemcpyNodeGetParams, cuGraphMemcpyNodeSetParams,
+            cuGraphMemsetNodeGetParams, cuGraphMemsetNodeSetParams, cuGraphNodeFindInClone,
+            cuGraphNodeGetDependencies, cuGraphNodeGetDependentNodes, cuGraphNodeGetEnabled,
+            cuGraphNodeGetType, cuGraphNodeSetEnabled, cuGraphReleaseUserObject,
+            cuGraphRemoveDependencies, cuGraphRetainUserObject, cuGreenCtxGetDevResource,
+            cuGreenCtxRecordEvent, cuGreenCtxWaitEvent, cuImportExternalSemaphore,
+            cuIpcGetEventHandle, cuIpcGetMemHandle, cuIpcOpenEventHandle, cuKernelGetAttribute,
+            cuKernelGetFunction, cuKernelGetName, cuKernelGetParamInfo, cuKernelSetAttribute,
+            cuKernelSetCacheConfig, cuLaunchHostFunc, cuLibraryEnumerateKernels, cuLibraryGetGlobal,
+            cuLibraryGetKernel, cuLibraryGetKernelCount, cuLibraryGetManaged, cuLibraryGetModule,
+            cuLibraryGetUnifiedFunction, cuLinkAddData, cuLinkAddFile, cuLinkComplete, cuLinkCreate,
+            cuLinkDestroy, cuMemAddressFree, cuMemAddressReserve, cuMemAdvise, cuMemAllocHost,
+            cuMemExportToShareableHandle, cuMemFreeHost, cuMemGetAccess, cuMemGetAddressRange,
+            cuMemGetAllocationGranularity, cuMemGetAllocationPropertiesFromHandle,
+            cuMemGetAttribute, cuMemGetHandleForAddressRange, cuMemHostAlloc,
+            cuMemHostGetDevicePointer, cuMemHostGetFlags, cuMemHostRegister, cuMemHostUnregister,
+            cuMemMap, cuMemMapArrayAsync, cuMemPoolCreate, cuMemPoolDestroy, cuMemPoolExportPointer,
+            cuMemPoolExportToShareableHandle, cuMemPoolGetAccess, cuMemPoolGetAttribute,
+            cuMemPoolSetAccess, cuMemPoolSetAttribute, cuMemPoolTrimTo, cuMemPrefetchAsync,
+            cuMemRangeGetAttribute, cuMemRangeGetAttributes, cuMemSetAccess, cuMemUnmap, cuMemcpy,
+            cuMemcpy2D, cuMemcpy2DAsync, cuMemcpy2DUnaligned, cuMemcpy3D, cuMemcpy3DAsync,
+            cuMemcpy3DPeer, cuMemcpy3DPeerAsync, cuMemcpyAsync, cuMemcpyAtoA, cuMemcpyAtoD,
+            cuMemcpyAtoH, cuMemcpyAtoHAsync, cuMemcpyDtoA, cuMemcpyDtoD, cuMemcpyDtoDAsync,
+            cuMemcpyDtoH, cuMemcpyDtoHAsync, cuMemcpyHtoA, cuMemcpyHtoAAsync, cuMemcpyHtoD,
+            cuMemcpyHtoDAsync, cuMemcpyPeer, cuMemcpyPeerAsync, cuMemsetD16, cuMemsetD16Async,
+            cuMemsetD2D16, cuMemsetD2D16Async, cuMemsetD2D32, cuMemsetD2D32Async, cuMemsetD2D8,
+            cuMemsetD2D8Async, cuMemsetD32, cuMemsetD32Async, cuMemsetD8, cuMemsetD8Async,
+            cuMipmappedArrayGetLevel, cuMipmappedArrayGetMemoryRequirements,
+            cuMipmappedArrayGetSparseProperties, cuModuleEnumerateFunctions, cuModuleGetFunction,
+            cuModuleGetFunctionCount, cuModuleGetGlobal, cuModuleGetLoadingMode, cuModuleGetSurfRef,
+            cuModuleGetTexRef, cuMulticastAddDevice, cuMulticastGetGranularity, cuMulticastUnbind,
+            cuOccupancyAvailableDynamicSMemPerBlock, cuOccupancyMaxActiveBlocksPerMultiprocessor,
+            cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags, cuOccupancyMaxActiveClusters,
+            cuOccupancyMaxPotentialBlockSize, cuOccupancyMaxPotentialBlockSizeWithFlags,
+            cuOccupancyMaxPotentialClusterSize, cuParamSetSize, cuParamSetTexRef, cuParamSetf,
+            cuParamSeti, cuParamSetv, cuPointerGetAttribute, cuPointerGetAttributes,
+            cuPointerSetAttribute, cuProfilerInitialize, cuProfilerStart, cuProfilerStop,
+            cuSignalExternalSemaphoresAsync, cuStreamAddCallback, cuStreamAttachMemAsync,
+            cuStreamBatchMemOp, cuStreamCopyAttributes, cuStreamCreate, cuStreamCreateWithPriority,
+            cuStreamDestroy, cuStreamGetAttribute, cuStreamGetCaptureInfo, cuStreamGetCtx,
+            cuStreamGetFlags, cuStreamGetGreenCtx, cuStreamGetId, cuStreamGetPriority,
+            cuStreamIsCapturing, cuStreamQuery, cuStreamSetAttribute,
+            cuStreamUpdateCaptureDependencies, cuStreamWaitEvent, cuStreamWaitValue32,
+            cuStreamWaitValue64, cuStreamWriteValue32, cuStreamWriteValue64, cuSurfObjectCreate,
+            cuSurfObjectDestroy, cuSurfObjectGetResourceDesc, cuSurfRefGetArray, cuSurfRefSetArray,
+            cuTensorMapEncodeIm2col, cuTensorMapEncodeTiled, cuTensorMapReplaceAddress,
+            cuTexObjectCreate, cuTexObjectDestroy, cuTexObjectGetResourceDesc,
+            cuTexObjectGetResourceViewDesc, cuTexObjectGetTextureDesc, cuTexRefCreate,
+            cuTexRefDestroy, cuTexRefGetAddress, cuTexRefGetAddressMode, cuTexRefGetArray,
+            cuTexRefGetBorderColor, cuTexRefGetFilterMode, cuTexRefGetFlags, cuTexRefGetFormat,
+            cuTexRefGetMaxAnisotropy, cuTexRefGetMipmapFilterMode, cuTexRefGetMipmapLevelBias,
+            cuTexRefGetMipmapLevelClamp, cuTexRefGetMipmappedArray, cuTexRefSetAddress,
+            cuTexRefSetAddress2D, cuTexRefSetAddressMode, cuTexRefSetArray, cuTexRefSetBorderColor,
+            cuTexRefSetFilterMode, cuTexRefSetFlags, cuTexRefSetFormat, cuTexRefSetMaxAnisotropy,
+            cuTexRefSetMipmapFilterMode, cuTexRefSetMipmapLevelBias, cuTexRefSetMipmapLevelClamp,
+            cuTexRefSetMipmappedArray, cuThreadExchangeStreamCaptureMode, cuUserObjectCreate,
+            cuUserObjectRelease, cuUserObjectRetain, cuVDPAUCtxCreate, cuVDPAUGetDevice,
+            cuWaitExternalSemaphoresAsync, cudbgApiAttach, cudbgApiDetach, cudbgApiInit,
+            cudbgGetAPI, cudbgGetAPIVersion, cudbgMain, cudbgReportDriverApiError,
+            cudbgReportDriverInternalError,
+            // Real functions the shim calls itself.
+            cuCtxFromGreenCtx {
+                cuCtxFromGreenCtx(pctx: *mut CUcontext, green: CUgreenCtx) -> CUresult;
+            },
+            cuCtxGetCurrent {
+                cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult;
+            },
+            cuCtxGetDevice {
+                cuCtxGetDevice(device: *mut CUdevice) -> CUresult;
+            },
+            cuCtxPopCurrent {
+                cuCtxPopCurrent_v2(pctx: *mut CUcontext) -> CUresult;
+            },
+            cuCtxPushCurrent {
+                cuCtxPushCurrent_v2(ctx: CUcontext) -> CUresult;
+            },
+            cuDeviceGet {
+                cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> CUresult;
+            },
+            cuDeviceGetCount {
+                cuDeviceGetCount(count: *mut c_int) -> CUresult;
+            },
+            cuDeviceGetUuid {
+                cuDeviceGetUuid(uuid: *mut u8, dev: CUdevice) -> CUresult;
+                cuDeviceGetUuid_v2(uuid: *mut u8, dev: CUdevice) -> CUresult;
+            },
+            cuDevicePrimaryCtxGetState {
+                cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int)
+                    -> CUresult;
+            },
+        ],
+    }
+    nvml(LIBNVML, panic = NVML_ERROR_UNKNOWN, missing = NVML_ERROR_DRIVER_NOT_LOADED) {
+        Init: [
+            nvmlInit {
+                nvmlInit() -> nvmlReturn_t => meminfo::nvml_init;
+                nvmlInit_v2() -> nvmlReturn_t => meminfo::nvml_init;
+            },
+            nvmlInitWithFlags {
+                nvmlInitWithFlags(flags: c_uint) -> nvmlReturn_t => meminfo::nvml_init_with_flags;
+            },
+        ],
+        MemReport: [
+            nvmlDeviceGetMemoryInfo {
+                nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut NvmlMemory)
+                    -> nvmlReturn_t => meminfo::nvml_memory_info;
+                nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut NvmlMemoryV2)
+                    -> nvmlReturn_t => meminfo::nvml_memory_info;
+            },
+        ],
+        ProcessList: [
+            nvmlDeviceGetComputeRunningProcesses {
+                nvmlDeviceGetComputeRunningProcesses(device: nvmlDevice_t, count: *mut c_uint,
+                    infos: *mut ProcessInfoV1) -> nvmlReturn_t => nvml_procs::running_processes;
+                nvmlDeviceGetComputeRunningProcesses_v2(device: nvmlDevice_t, count: *mut c_uint,
+                    infos: *mut ProcessInfoV2) -> nvmlReturn_t => nvml_procs::running_processes;
+                nvmlDeviceGetComputeRunningProcesses_v3(device: nvmlDevice_t, count: *mut c_uint,
+                    infos: *mut ProcessInfoV2) -> nvmlReturn_t => nvml_procs::running_processes;
+            },
+        ],
+        PassThrough: [
+            nvmlDeviceGetUUID {
+                nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, length: c_uint)
+                    -> nvmlReturn_t;
+            },
+        ],
+    }
+}
