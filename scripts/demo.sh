@@ -4,7 +4,9 @@
 # shim, and the live view `gpumuxctl top` (on a terminal: interactive, q quits; otherwise the
 # same table printed as text every second).
 #
-#   alice: 6 GiB, weight 3 — two processes saturating the GPU, one holding 4 GiB
+#   alice: 6 GiB, weight 3 — two processes saturating the GPU (one launching kernels, one
+#          replaying a decode step captured once as a CUDA graph, with a 256 MiB workspace
+#          allocated inside the graph), one holding 4 GiB
 #   bob:   2 GiB, weight 1 — one process saturating the GPU, one holding 1 GiB, and one
 #          that tries to take 1 GiB more (refused: over bob's quota)
 #   a stray process on the GPU without gpumux, holding 1 GiB (UNMANAGED in the status)
@@ -61,7 +63,7 @@ in_tenant() { # tenant, args...
 }
 run_bg() { "$@" > /dev/null 2>> "$work/workloads.log" & pids+=($!); }
 run_bg in_tenant alice "$W" load --ns 2000000 --batch 4 --seconds "$SECONDS_TO_RUN"
-run_bg in_tenant alice "$W" load --ns 2000000 --batch 4 --seconds "$SECONDS_TO_RUN"
+run_bg in_tenant alice "$W" graph --ns 2000000 --kernels 8 --mem 256MiB --seconds "$SECONDS_TO_RUN"
 run_bg in_tenant alice "$W" hold --bytes $((4 << 30)) --seconds "$SECONDS_TO_RUN"
 run_bg in_tenant bob "$W" load --ns 2000000 --batch 4 --seconds "$SECONDS_TO_RUN"
 run_bg in_tenant bob "$W" hold --bytes $((1 << 30)) --seconds "$SECONDS_TO_RUN"

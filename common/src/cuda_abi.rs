@@ -35,6 +35,10 @@ pub type CUmipmappedArray = *mut c_void;
 pub type CUmemoryPool = *mut c_void;
 /// `CUgraphExec`.
 pub type CUgraphExec = *mut c_void;
+/// `CUgraph`.
+pub type CUgraph = *mut c_void;
+/// `CUgraphNode`.
+pub type CUgraphNode = *mut c_void;
 
 /// `CUDA_SUCCESS`.
 pub const CUDA_SUCCESS: CUresult = 0;
@@ -48,6 +52,22 @@ pub const CUDA_ERROR_OPERATING_SYSTEM: CUresult = 304;
 pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
 /// `CUDA_ERROR_UNKNOWN`.
 pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
+/// `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`.
+pub const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: CUresult = 901;
+/// `CUDA_ERROR_STREAM_CAPTURE_UNJOINED`.
+pub const CUDA_ERROR_STREAM_CAPTURE_UNJOINED: CUresult = 904;
+
+/// `CU_STREAM_CAPTURE_STATUS_NONE` (`CUstreamCaptureStatus`).
+pub const CU_STREAM_CAPTURE_STATUS_NONE: c_int = 0;
+/// `CU_GRAPH_NODE_TYPE_GRAPH` (`CUgraphNodeType`: a child graph node).
+pub const CU_GRAPH_NODE_TYPE_GRAPH: c_uint = 4;
+/// `CU_GRAPH_NODE_TYPE_MEM_ALLOC`.
+pub const CU_GRAPH_NODE_TYPE_MEM_ALLOC: c_uint = 10;
+/// `CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT` (`CUgraphMem_attribute`): physical memory the driver
+/// holds for graph allocations in this process.
+pub const CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT: c_uint = 2;
+/// `CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD`.
+pub const CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD: u64 = 2;
 
 /// `cuGetProcAddress` flags (`CUdriverProcAddress_flags`): the default stream as compiled.
 pub const CU_GET_PROC_ADDRESS_DEFAULT: u64 = 0;
@@ -149,6 +169,42 @@ pub struct MulticastObjectProp {
     pub flags: u64,
 }
 
+/// `CUmemPoolProps` (88 bytes in every CUDA 11.2+ header; the tail was `reserved` before 12.2).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MemPoolProps {
+    /// `CUmemAllocationType` (`allocType` in C).
+    pub alloc_type: c_uint,
+    pub handle_types: c_uint,
+    pub location: MemLocation,
+    pub win32_security_attributes: *mut c_void,
+    pub max_size: usize,
+    pub usage: u16,
+    pub reserved: [u8; 54],
+}
+
+/// `CUDA_MEM_ALLOC_NODE_PARAMS` (v1): a graph allocation node's pool, size and address.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct MemAllocNodeParams {
+    pub pool_props: MemPoolProps,
+    pub access_descs: *const MemAccessDesc,
+    pub access_desc_count: usize,
+    pub bytesize: usize,
+    pub dptr: CUdeviceptr,
+}
+
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct GraphInstantiateParams {
+    pub flags: u64,
+    pub upload_stream: CUstream,
+    pub err_node_out: CUgraphNode,
+    /// `CUgraphInstantiateResult`.
+    pub result_out: c_uint,
+}
+
 /// Bytes per element of a `CUarray_format` channel, or `None` for a format not listed here
 /// (`UNSIGNED_INT8`/`SIGNED_INT8`: 1; `*_INT16`/`HALF`: 2; `*_INT32`/`FLOAT`: 4).
 pub fn array_format_bytes(format: c_uint) -> Option<u64> {
@@ -223,6 +279,19 @@ mod tests {
         same_layout!(MulticastObjectProp, sys::CUmulticastObjectProp, {
             num_devices = numDevices, size = size, handle_types = handleTypes, flags = flags,
         });
+        same_layout!(MemPoolProps, sys::CUmemPoolProps, {
+            alloc_type = allocType, handle_types = handleTypes, location = location,
+            win32_security_attributes = win32SecurityAttributes, max_size = maxSize,
+            usage = usage,
+        });
+        same_layout!(MemAllocNodeParams, sys::CUDA_MEM_ALLOC_NODE_PARAMS_v1, {
+            pool_props = poolProps, access_descs = accessDescs,
+            access_desc_count = accessDescCount, bytesize = bytesize, dptr = dptr,
+        });
+        same_layout!(GraphInstantiateParams, sys::CUDA_GRAPH_INSTANTIATE_PARAMS, {
+            flags = flags, upload_stream = hUploadStream, err_node_out = hErrNode_out,
+            result_out = result_out,
+        });
     }
 
     #[test]
@@ -270,6 +339,34 @@ mod tests {
         assert_eq!(
             CU_GET_PROC_ADDRESS_LEGACY_STREAM,
             sys::CUdriverProcAddress_flags::CU_GET_PROC_ADDRESS_LEGACY_STREAM as u64
+        );
+        assert_eq!(
+            CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+            sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED as CUresult
+        );
+        assert_eq!(
+            CUDA_ERROR_STREAM_CAPTURE_UNJOINED,
+            sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_UNJOINED as CUresult
+        );
+        assert_eq!(
+            CU_STREAM_CAPTURE_STATUS_NONE,
+            sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE as c_int
+        );
+        assert_eq!(
+            CU_GRAPH_NODE_TYPE_GRAPH,
+            sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_GRAPH as c_uint
+        );
+        assert_eq!(
+            CU_GRAPH_NODE_TYPE_MEM_ALLOC,
+            sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEM_ALLOC as c_uint
+        );
+        assert_eq!(
+            CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT,
+            sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT as c_uint
+        );
+        assert_eq!(
+            CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD,
+            sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD.0 as u64
         );
     }
 

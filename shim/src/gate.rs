@@ -41,17 +41,19 @@ impl Drop for Ticket {
 }
 
 /// Called before every kernel or graph launch; hold the ticket until the launch returned.
+/// `captured` tells (asked only when the tenant does not hold the slice) whether the launch goes
+/// into a capturing stream: it then puts nothing on the device and passes without a slice.
 #[inline]
-pub fn enter() -> Result<Ticket, CUresult> {
+pub fn enter(captured: impl Fn() -> bool) -> Result<Ticket, CUresult> {
     match access() {
         Access::Refused => Err(CUDA_ERROR_NOT_INITIALIZED),
         Access::PassThrough => Ok(Ticket(None)),
-        Access::Registered(reg) => Ok(enter_registered(reg)),
+        Access::Registered(reg) => Ok(enter_registered(reg, captured)),
     }
 }
 
 #[inline]
-fn enter_registered(reg: &'static Registration) -> Ticket {
+fn enter_registered(reg: &'static Registration, captured: impl Fn() -> bool) -> Ticket {
     let device = match crate::hooks::init::working_device(reg) {
         Ok(Some(d)) => d,
         // No context or not a tenant device: the driver reports it on the launch.
@@ -69,6 +71,9 @@ fn enter_registered(reg: &'static Registration) -> Ticket {
             return Ticket(Some(device));
         }
         IN_FLIGHT[device].fetch_sub(1, SeqCst);
+        if crate::captures::any() && captured() {
+            return Ticket(None);
+        }
         wait_for_slice(reg, device);
     }
 }

@@ -6,6 +6,8 @@
 //! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
 //! - [`allocations`]: what this process has charged, by handle.
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
+//! - [`graph_memory`]: CUDA graph memory as charged (executable graphs, graph memory pools).
+//! - [`captures`]: stream captures in progress (the drain waits for them to end).
 //! - [`footprint`]: memory beyond allocations (contexts, modules): reserving a context's size,
 //!   announcing changes for the daemon to measure.
 //! - [`quota_view`]: memory figures as the process is told them.
@@ -19,6 +21,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod allocations;
+mod captures;
 mod contexts;
 mod cuda_types;
 mod diag;
@@ -26,6 +29,7 @@ mod ffi_guard;
 mod footprint;
 mod fork;
 mod gate;
+mod graph_memory;
 mod hooks;
 mod quota_view;
 mod real;

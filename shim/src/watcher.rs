@@ -1,7 +1,8 @@
 //! The watcher thread: started at registration (never at load time), it listens to the daemon.
-//! On `Revoke` it drains this process's work on the device — waits out launch calls in flight,
-//! then synchronizes the device's primary contexts — and answers `Drained`. `Measured` answers
-//! wake the thread waiting for a footprint measurement ([`crate::footprint`]). When the daemon
+//! On `Revoke` it drains this process's work on the device — waits out launch calls in flight
+//! and stream captures in progress, then synchronizes the device's primary contexts — and
+//! answers `Drained`. `Measured` answers wake the thread waiting for a footprint measurement
+//! ([`crate::footprint`]). When the daemon
 //! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]) and reattaches to
 //! the restarted daemon, retrying with backoff.
 
@@ -77,12 +78,21 @@ fn serve(reg: &'static Registration) {
     }
 }
 
+/// How long a drain waits for stream captures in progress to end.
+const CAPTURE_WAIT_LIMIT: Duration = Duration::from_secs(10);
+
 /// Waits until this process's work on `device` is done.
 fn drain(reg: &Registration, device: usize) {
     if device >= gpumux_common::shm::MAX_DEVICES {
         return;
     }
     crate::gate::wait_no_launch_in_flight(device);
+    // Synchronizing a context while one of its streams captures would invalidate the capture:
+    // wait for captures to end first (captured launches do not wait for a slice, so they end).
+    // A capture longer than this is broken rather than the device left undrained forever.
+    if crate::captures::any() {
+        crate::captures::wait_until_none(CAPTURE_WAIT_LIMIT);
+    }
     for ordinal in reg.ordinals_of(device) {
         sync_primary_context(ordinal);
     }

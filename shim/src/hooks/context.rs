@@ -38,6 +38,7 @@ fn context_gone(ctx: u64, device: Option<usize>) {
     for r in allocations::remove_context(ctx) {
         super::memory::give_back_bytes(reg, r.device, r.bytes);
     }
+    super::graph::context_gone(ctx);
     if let Some(device) = device {
         footprint::changed(reg, device);
     }

@@ -1,27 +1,32 @@
 //! Kernel and graph launches: each goes through the compute time-slicing gate (`crate::gate`),
-//! which costs no system call while the tenant holds its slice, then to the driver.
+//! which costs no system call while the tenant holds its slice, then to the driver. A graph
+//! launch is one unit of the holder's work (the drain waits for all of it); its graph memory is
+//! charged before the driver commits it (`super::graph`). A launch into a capturing stream puts
+//! nothing on the device: without the slice it passes the gate (asked of the driver only then).
 //!
-//! Handlers of the entry-point table (`Launch`).
+//! Handlers of the entry-point table (`Launch`); `PTSZ` marks the `_ptsz` variants, where a
+//! null stream is the calling thread's per-thread stream.
 
 use super::table::sig;
 use crate::cuda_types::*;
 use std::ffi::{c_int, c_uint, c_void};
 
-/// Runs `launch` holding a gate ticket (or returns the gate's error).
-fn gated(launch: impl FnOnce() -> CUresult) -> CUresult {
-    let _ticket = match crate::gate::enter() {
+/// Runs `launch` on `stream` holding a gate ticket (or returns the gate's error).
+fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
+    let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(stream as u64, ptsz)) {
         Ok(t) => t,
         Err(rc) => return rc,
     };
     launch()
 }
 
-/// `cuLaunchKernel`/`_ptsz`, `cuLaunchCooperativeKernel`/`_ptsz` (one signature).
+/// `cuLaunchKernel`, `cuLaunchCooperativeKernel` (one signature); `PTSZ`: their `_ptsz`
+/// variants.
 ///
 /// # Safety
 /// The C API's contract.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn launch_kernel(
+pub(super) unsafe fn launch_kernel<const PTSZ: bool>(
     real: sig::cuLaunchKernel,
     f: CUfunction,
     gx: c_uint,
@@ -36,39 +41,58 @@ pub(super) unsafe fn launch_kernel(
     extra: *mut *mut c_void,
 ) -> CUresult {
     // SAFETY: forwarding the caller's arguments.
-    gated(|| unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) })
+    gated(stream, PTSZ, || unsafe {
+        real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+    })
 }
 
-/// `cuLaunchKernelEx`/`_ptsz`.
+/// The stream of a `CUlaunchConfig` (after the grid, block and shared-memory `unsigned int`s).
+///
+/// # Safety
+/// `config` is null or a `CUlaunchConfig`.
+unsafe fn config_stream(config: *const c_void) -> CUstream {
+    if config.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: a CUlaunchConfig: 7 unsigned ints, then the stream handle at offset 32.
+    unsafe { *(config.cast::<u8>().add(32) as *const CUstream) }
+}
+
+/// `cuLaunchKernelEx`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn launch_kernel_ex(
+pub(super) unsafe fn launch_kernel_ex<const PTSZ: bool>(
     real: sig::cuLaunchKernelEx,
     config: *const c_void,
     f: CUfunction,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CUresult {
+    // SAFETY: the caller's launch configuration.
+    let stream = unsafe { config_stream(config) };
     // SAFETY: forwarding the caller's arguments.
-    gated(|| unsafe { real(config, f, params, extra) })
+    gated(stream, PTSZ, || unsafe { real(config, f, params, extra) })
 }
 
-/// `cuGraphLaunch`/`_ptsz`.
+/// `cuGraphLaunch`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn graph_launch(
+pub(super) unsafe fn graph_launch<const PTSZ: bool>(
     real: sig::cuGraphLaunch,
     exec: CUgraphExec,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    gated(|| unsafe { real(exec, stream) })
+    gated(stream, PTSZ, || {
+        // SAFETY: forwarding the caller's arguments.
+        super::graph::committing(exec, || unsafe { real(exec, stream) })
+    })
 }
 
 /// `cuLaunchCooperativeKernelMultiDevice` (deprecated): kernels on several devices at once,
-/// gated on the calling thread's device.
+/// gated on the calling thread's device (its streams are in `params`; the legacy stream stands
+/// for them in the capture check).
 ///
 /// # Safety
 /// The C API's contract.
@@ -79,19 +103,21 @@ pub(super) unsafe fn launch_multi_device(
     flags: c_uint,
 ) -> CUresult {
     // SAFETY: forwarding the caller's arguments.
-    gated(|| unsafe { real(params, num_devices, flags) })
+    gated(std::ptr::null_mut(), false, || unsafe {
+        real(params, num_devices, flags)
+    })
 }
 
-/// `cuLaunch` (pre-4.0 API: one block).
+/// `cuLaunch` (pre-4.0 API: one block, on the legacy NULL stream).
 ///
 /// # Safety
 /// The C API's contract.
 pub(super) unsafe fn launch_legacy(real: sig::cuLaunch, f: CUfunction) -> CUresult {
     // SAFETY: forwarding the caller's argument.
-    gated(|| unsafe { real(f) })
+    gated(std::ptr::null_mut(), false, || unsafe { real(f) })
 }
 
-/// `cuLaunchGrid` (pre-4.0 API).
+/// `cuLaunchGrid` (pre-4.0 API, on the legacy NULL stream).
 ///
 /// # Safety
 /// The C API's contract.
@@ -102,7 +128,9 @@ pub(super) unsafe fn launch_grid(
     grid_height: c_int,
 ) -> CUresult {
     // SAFETY: forwarding the caller's arguments.
-    gated(|| unsafe { real(f, grid_width, grid_height) })
+    gated(std::ptr::null_mut(), false, || unsafe {
+        real(f, grid_width, grid_height)
+    })
 }
 
 /// `cuLaunchGridAsync` (pre-4.0 API).
@@ -117,5 +145,7 @@ pub(super) unsafe fn launch_grid_async(
     stream: CUstream,
 ) -> CUresult {
     // SAFETY: forwarding the caller's arguments.
-    gated(|| unsafe { real(f, grid_width, grid_height, stream) })
+    gated(stream, false, || unsafe {
+        real(f, grid_width, grid_height, stream)
+    })
 }

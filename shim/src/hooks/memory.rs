@@ -309,11 +309,11 @@ pub(super) unsafe fn mem_free_v1(real: sig::cuMemFree, dptr: u32) -> CUresult {
 
 // ---- stream-ordered allocation -----------------------------------------------------------
 
-/// `cuMemAllocAsync` (and `_ptsz`).
+/// `cuMemAllocAsync`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn mem_alloc_async(
+pub(super) unsafe fn mem_alloc_async<const PTSZ: bool>(
     real: sig::cuMemAllocAsync,
     dptr: *mut CUdeviceptr,
     bytesize: usize,
@@ -322,14 +322,34 @@ pub(super) unsafe fn mem_alloc_async(
     // SAFETY: forwarding the caller's arguments.
     let alloc = || unsafe { real(dptr, bytesize, stream) };
     // SAFETY: `dptr` is the out-pointer `alloc` writes.
-    unsafe { charged_ptr(bytesize as u64, dptr, alloc) }
+    unsafe { stream_ordered(bytesize as u64, dptr, stream, PTSZ, alloc) }
 }
 
-/// `cuMemAllocFromPoolAsync` (and `_ptsz`).
+/// A stream-ordered allocation: charged, unless `stream` captures: there it becomes a graph
+/// allocation node, whose memory the driver commits only when the graph is launched (charged
+/// then, by `super::graph`).
+///
+/// # Safety
+/// `dptr` is the out-pointer `alloc` writes.
+unsafe fn stream_ordered(
+    bytes: u64,
+    dptr: *mut CUdeviceptr,
+    stream: CUstream,
+    ptsz: bool,
+    alloc: impl FnOnce() -> CUresult,
+) -> CUresult {
+    if crate::captures::any() && crate::captures::is_capturing(stream as u64, ptsz) {
+        return alloc();
+    }
+    // SAFETY: per this function's contract.
+    unsafe { charged_ptr(bytes, dptr, alloc) }
+}
+
+/// `cuMemAllocFromPoolAsync`; `PTSZ`: `_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn mem_alloc_from_pool(
+pub(super) unsafe fn mem_alloc_from_pool<const PTSZ: bool>(
     real: sig::cuMemAllocFromPoolAsync,
     dptr: *mut CUdeviceptr,
     bytesize: usize,
@@ -339,7 +359,7 @@ pub(super) unsafe fn mem_alloc_from_pool(
     // SAFETY: forwarding the caller's arguments.
     let alloc = || unsafe { real(dptr, bytesize, pool, stream) };
     // SAFETY: `dptr` is the out-pointer `alloc` writes.
-    unsafe { charged_ptr(bytesize as u64, dptr, alloc) }
+    unsafe { stream_ordered(bytesize as u64, dptr, stream, PTSZ, alloc) }
 }
 
 /// `cuMemFreeAsync` (and `_ptsz`). The tenant gets the bytes back when the free is enqueued:

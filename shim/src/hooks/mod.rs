@@ -20,6 +20,7 @@
 mod context;
 #[cfg(not(test))]
 mod dlsym;
+mod graph;
 pub(crate) mod init;
 mod launch;
 mod meminfo;
@@ -67,9 +68,13 @@ pub(crate) enum Class {
     /// process charged is ever given back). Called through untouched, except where the
     /// driver may hand back a handle this process charged (one more reference to it).
     Import,
-    /// Graph memory (allocation/free nodes, the graph memory pool): charged by the graph
-    /// hooks of issue #12; called through untouched until then.
+    /// Commits or releases graph memory (the driver's graph memory pool): instantiation learns
+    /// an executable graph's allocation bytes, upload charges them (launch too, as `Launch`),
+    /// destruction and trims give back what the pool returns to the device.
     GraphMemory,
+    /// Begins or ends a stream capture: recorded, so the drain waits for captures to end
+    /// (synchronizing a capturing stream's context would invalidate the capture).
+    Capture,
     /// Neither allocates, frees, launches, waits for nor reports device memory: called
     /// through untouched.
     PassThrough,
@@ -80,10 +85,7 @@ impl Class {
     /// would be a way around the quota or the gate; checked against the real driver's
     /// exports by the tests, and at run time by [`warn_undeclared_variant`]).
     pub(crate) fn hooked(self) -> bool {
-        !matches!(
-            self,
-            Class::Import | Class::GraphMemory | Class::PassThrough
-        )
+        !matches!(self, Class::Import | Class::PassThrough)
     }
 }
 
@@ -305,7 +307,7 @@ mod tests {
                     e.name,
                     e.class
                 );
-            } else if matches!(e.class, Class::PassThrough | Class::GraphMemory) {
+            } else if matches!(e.class, Class::PassThrough) {
                 assert_eq!(hooked, 0, "{}: class {:?} but hooked", e.name, e.class);
             }
             assert_eq!(class_of(e.lib, e.name), Some(e.class));

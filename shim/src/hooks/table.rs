@@ -10,7 +10,9 @@
 
 #![allow(non_snake_case)]
 
-use super::{context, init, launch, meminfo, memory, modules, nvml_procs, procaddress, sync};
+use super::{
+    context, graph, init, launch, meminfo, memory, modules, nvml_procs, procaddress, sync,
+};
 use crate::cuda_types::*;
 use crate::real::{LIBCUDA, LIBNVML};
 use modules::c_int_option;
@@ -52,17 +54,17 @@ super::entry_points! {
             },
             cuMemAllocAsync {
                 cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream)
-                    -> CUresult => memory::mem_alloc_async;
+                    -> CUresult => memory::mem_alloc_async::<false>;
                 cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream)
-                    -> CUresult => memory::mem_alloc_async;
+                    -> CUresult => memory::mem_alloc_async::<true>;
             },
             cuMemAllocFromPoolAsync {
                 cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytesize: usize,
                     pool: CUmemoryPool, stream: CUstream) -> CUresult
-                    => memory::mem_alloc_from_pool;
+                    => memory::mem_alloc_from_pool::<false>;
                 cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize,
                     pool: CUmemoryPool, stream: CUstream) -> CUresult
-                    => memory::mem_alloc_from_pool;
+                    => memory::mem_alloc_from_pool::<true>;
             },
             cuMemCreate {
                 cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize,
@@ -127,34 +129,35 @@ super::entry_points! {
                 cuLaunchKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint,
                     by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel;
+                    => launch::launch_kernel::<false>;
                 cuLaunchKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint,
                     by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel;
+                    => launch::launch_kernel::<true>;
             },
             cuLaunchCooperativeKernel {
                 cuLaunchCooperativeKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
                     bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel;
+                    => launch::launch_kernel::<false>;
                 cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
                     bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel;
+                    => launch::launch_kernel::<true>;
             },
             cuLaunchKernelEx {
                 cuLaunchKernelEx(config: *const c_void, f: CUfunction, params: *mut *mut c_void,
-                    extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ex;
+                    extra: *mut *mut c_void) -> CUresult
+                    => launch::launch_kernel_ex::<false>;
                 cuLaunchKernelEx_ptsz(config: *const c_void, f: CUfunction,
                     params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel_ex;
+                    => launch::launch_kernel_ex::<true>;
             },
             cuGraphLaunch {
                 cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult
-                    => launch::graph_launch;
+                    => launch::graph_launch::<false>;
                 cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult
-                    => launch::graph_launch;
+                    => launch::graph_launch::<true>;
             },
             cuLaunchCooperativeKernelMultiDevice {
                 cuLaunchCooperativeKernelMultiDevice(params: *mut c_void, num_devices: c_uint,
@@ -294,13 +297,92 @@ super::entry_points! {
             },
         ],
         GraphMemory: [
-            cuDeviceGetGraphMemAttribute, cuDeviceGraphMemTrim, cuDeviceSetGraphMemAttribute,
-            cuGraphAddMemAllocNode, cuGraphAddMemFreeNode, cuGraphAddNode, cuGraphDestroy,
-            cuGraphExecDestroy, cuGraphExecNodeSetParams, cuGraphInstantiate,
-            cuGraphInstantiateWithFlags, cuGraphInstantiateWithParams, cuGraphNodeSetParams,
-            cuGraphUpload, cuStreamBeginCapture, cuStreamBeginCaptureToGraph, cuStreamEndCapture,
+            cuGraphInstantiate {
+                cuGraphInstantiate(out: *mut CUgraphExec, graph: CUgraph,
+                    err_node: *mut CUgraphNode, log: *mut c_char, len: usize) -> CUresult
+                    => graph::instantiate_v1;
+                cuGraphInstantiate_v2(out: *mut CUgraphExec, graph: CUgraph,
+                    err_node: *mut CUgraphNode, log: *mut c_char, len: usize) -> CUresult
+                    => graph::instantiate_v1;
+            },
+            cuGraphInstantiateWithFlags {
+                cuGraphInstantiateWithFlags(out: *mut CUgraphExec, graph: CUgraph, flags: u64)
+                    -> CUresult => graph::instantiate_with_flags;
+            },
+            cuGraphInstantiateWithParams {
+                cuGraphInstantiateWithParams(out: *mut CUgraphExec, graph: CUgraph,
+                    params: *mut GraphInstantiateParams) -> CUresult
+                    => graph::instantiate_with_params;
+                cuGraphInstantiateWithParams_ptsz(out: *mut CUgraphExec, graph: CUgraph,
+                    params: *mut GraphInstantiateParams) -> CUresult
+                    => graph::instantiate_with_params;
+            },
+            cuGraphUpload {
+                cuGraphUpload(exec: CUgraphExec, stream: CUstream) -> CUresult => graph::upload;
+                cuGraphUpload_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult
+                    => graph::upload;
+            },
+            cuGraphExecDestroy {
+                cuGraphExecDestroy(exec: CUgraphExec) -> CUresult => graph::exec_destroy;
+            },
+            cuDeviceGraphMemTrim {
+                cuDeviceGraphMemTrim(dev: CUdevice) -> CUresult => graph::mem_trim;
+            },
+        ],
+        Capture: [
+            cuStreamBeginCapture {
+                cuStreamBeginCapture(stream: CUstream) -> CUresult
+                    => graph::begin_capture_v1::<false>;
+                cuStreamBeginCapture_ptsz(stream: CUstream) -> CUresult
+                    => graph::begin_capture_v1::<true>;
+                cuStreamBeginCapture_v2(stream: CUstream, mode: c_uint) -> CUresult
+                    => graph::begin_capture::<false>;
+                cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: c_uint) -> CUresult
+                    => graph::begin_capture::<true>;
+            },
+            cuStreamBeginCaptureToGraph {
+                cuStreamBeginCaptureToGraph(stream: CUstream, graph: CUgraph,
+                    deps: *const CUgraphNode, edge_data: *const c_void, n: usize, mode: c_uint)
+                    -> CUresult => graph::begin_capture_to_graph::<false>;
+                cuStreamBeginCaptureToGraph_ptsz(stream: CUstream, graph: CUgraph,
+                    deps: *const CUgraphNode, edge_data: *const c_void, n: usize, mode: c_uint)
+                    -> CUresult => graph::begin_capture_to_graph::<true>;
+            },
+            cuStreamEndCapture {
+                cuStreamEndCapture(stream: CUstream, graph: *mut CUgraph) -> CUresult
+                    => graph::end_capture::<false>;
+                cuStreamEndCapture_ptsz(stream: CUstream, graph: *mut CUgraph) -> CUresult
+                    => graph::end_capture::<true>;
+            },
         ],
         PassThrough: [
+            // Graph memory nodes reserve addresses only (the driver commits memory at upload or
+            // launch; GraphMemory charges it then); the high-water marks reset nothing.
+            cuDeviceSetGraphMemAttribute, cuGraphAddMemAllocNode, cuGraphAddMemFreeNode,
+            cuGraphAddNode, cuGraphDestroy, cuGraphExecNodeSetParams, cuGraphNodeSetParams,
+            // Called by the graph memory and capture hooks.
+            cuDeviceGetGraphMemAttribute {
+                cuDeviceGetGraphMemAttribute(dev: CUdevice, attr: c_uint, value: *mut c_void)
+                    -> CUresult;
+            },
+            cuGraphGetNodes {
+                cuGraphGetNodes(graph: CUgraph, nodes: *mut CUgraphNode, n: *mut usize)
+                    -> CUresult;
+            },
+            cuGraphNodeGetType {
+                cuGraphNodeGetType(node: CUgraphNode, kind: *mut c_uint) -> CUresult;
+            },
+            cuGraphMemAllocNodeGetParams {
+                cuGraphMemAllocNodeGetParams(node: CUgraphNode, params: *mut MemAllocNodeParams)
+                    -> CUresult;
+            },
+            cuGraphChildGraphNodeGetGraph {
+                cuGraphChildGraphNodeGetGraph(node: CUgraphNode, graph: *mut CUgraph) -> CUresult;
+            },
+            cuStreamIsCapturing {
+                cuStreamIsCapturing(stream: CUstream, status: *mut c_int) -> CUresult;
+                cuStreamIsCapturing_ptsz(stream: CUstream, status: *mut c_int) -> CUresult;
+            },
             cuArray3DGetDescriptor, cuArrayGetDescriptor, cuArrayGetMemoryRequirements,
             cuArrayGetPlane, cuArrayGetSparseProperties, cuCoredumpGetAttribute,
             cuCoredumpGetAttributeGlobal, cuCoredumpSetAttribute, cuCoredumpSetAttributeGlobal,
@@ -327,7 +409,7 @@ super::entry_points! {
             cuGraphAddExternalSemaphoresSignalNode, cuGraphAddExternalSemaphoresWaitNode,
             cuGraphAddHostNode, cuGraphAddKernelNode, cuGraphAddMemcpyNode, cuGraphAddMemsetNode,
             cuGraphBatchMemOpNodeGetParams, cuGraphBatchMemOpNodeSetParams,
-            cuGraphChildGraphNodeGetGraph, cuGraphClone, cuGraphConditionalHandleCreate,
+            cuGraphClone, cuGraphConditionalHandleCreate,
             cuGraphCreate, cuGraphDebugDotPrint, cuGraphDestroyNode, cuGraphEventRecordNodeGetEvent,
             cuGraphEventRecordNodeSetEvent, cuGraphEventWaitNodeGetEvent,
             cuGraphEventWaitNodeSetEvent, cuGraphExecBatchMemOpNodeSetParams,
@@ -339,14 +421,14 @@ super::entry_points! {
             cuGraphExternalSemaphoresSignalNodeGetParams,
             cuGraphExternalSemaphoresSignalNodeSetParams,
             cuGraphExternalSemaphoresWaitNodeGetParams, cuGraphExternalSemaphoresWaitNodeSetParams,
-            cuGraphGetEdges, cuGraphGetNodes, cuGraphGetRootNodes, cuGraphHostNodeGetParams,
+            cuGraphGetEdges, cuGraphGetRootNodes, cuGraphHostNodeGetParams,
             cuGraphHostNodeSetParams, cuGraphKernelNodeCopyAttributes,
             cuGraphKernelNodeGetAttribute, cuGraphKernelNodeGetParams,
-            cuGraphKernelNodeSetAttribute, cuGraphKernelNodeSetParams, cuGraphMemAllocNodeGetParams,
+            cuGraphKernelNodeSetAttribute, cuGraphKernelNodeSetParams,
             cuGraphMemFreeNodeGetParams, cuGraphMemcpyNodeGetParams, cuGraphMemcpyNodeSetParams,
             cuGraphMemsetNodeGetParams, cuGraphMemsetNodeSetParams, cuGraphNodeFindInClone,
             cuGraphNodeGetDependencies, cuGraphNodeGetDependentNodes, cuGraphNodeGetEnabled,
-            cuGraphNodeGetType, cuGraphNodeSetEnabled, cuGraphReleaseUserObject,
+            cuGraphNodeSetEnabled, cuGraphReleaseUserObject,
             cuGraphRemoveDependencies, cuGraphRetainUserObject, cuGreenCtxGetDevResource,
             cuGreenCtxRecordEvent, cuGreenCtxWaitEvent, cuImportExternalSemaphore,
             cuIpcGetEventHandle, cuIpcGetMemHandle, cuIpcOpenEventHandle, cuKernelGetAttribute,
@@ -384,7 +466,7 @@ super::entry_points! {
             cuStreamBatchMemOp, cuStreamCopyAttributes, cuStreamCreate, cuStreamCreateWithPriority,
             cuStreamDestroy, cuStreamGetAttribute, cuStreamGetCaptureInfo, cuStreamGetCtx,
             cuStreamGetFlags, cuStreamGetGreenCtx, cuStreamGetId, cuStreamGetPriority,
-            cuStreamIsCapturing, cuStreamQuery, cuStreamSetAttribute,
+            cuStreamQuery, cuStreamSetAttribute,
             cuStreamUpdateCaptureDependencies, cuStreamWaitEvent, cuStreamWaitValue32,
             cuStreamWaitValue64, cuStreamWriteValue32, cuStreamWriteValue64, cuSurfObjectCreate,
             cuSurfObjectDestroy, cuSurfObjectGetResourceDesc, cuSurfRefGetArray, cuSurfRefSetArray,

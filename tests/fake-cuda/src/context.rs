@@ -295,6 +295,7 @@ pub fn primary_reset(p: &Process, device: u32) -> Res<()> {
 pub fn destroy(p: &Process, h: u64) -> Res<()> {
     let ctx = p.contexts.lock().remove(&h).ok_or(err::INVALID_CONTEXT)?;
     let _ = ctx.synchronize();
+    crate::graph::drop_context(p, &ctx);
     for s in ctx.all_streams() {
         s.shutdown();
     }

@@ -35,6 +35,8 @@ pub struct Process {
     pub modules: Modules,
     /// Allocations, host memory, VMM, pools, arrays.
     pub mem: MemState,
+    /// Graphs, executable graphs, stream captures, graph memory pools.
+    pub graphs: crate::graph::Graphs,
 }
 
 static PROCESS: AtomicPtr<Process> = AtomicPtr::new(std::ptr::null_mut());
@@ -98,6 +100,7 @@ pub fn init() -> Res<()> {
         events: Mutex::new(HashMap::new()),
         modules: Modules::default(),
         mem: MemState::new(pools),
+        graphs: crate::graph::Graphs::new(n),
         gpu,
         next_handle,
     };

@@ -148,6 +148,46 @@ const TABLE: &[(CUresult, &str, &str)] = &[
         "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED\0",
         "operation not permitted when stream is capturing\0",
     ),
+    (
+        901,
+        "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED\0",
+        "operation failed due to a previous error during capture\0",
+    ),
+    (
+        902,
+        "CUDA_ERROR_STREAM_CAPTURE_MERGE\0",
+        "operation would result in a merge of separate capture sequences\0",
+    ),
+    (
+        903,
+        "CUDA_ERROR_STREAM_CAPTURE_UNMATCHED\0",
+        "capture was not ended in the same stream as it began\0",
+    ),
+    (
+        904,
+        "CUDA_ERROR_STREAM_CAPTURE_UNJOINED\0",
+        "capturing stream has unjoined work\0",
+    ),
+    (
+        905,
+        "CUDA_ERROR_STREAM_CAPTURE_ISOLATION\0",
+        "dependency created on uncaptured work in another stream\0",
+    ),
+    (
+        906,
+        "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT\0",
+        "operation would make the legacy stream depend on a capturing blocking stream\0",
+    ),
+    (
+        908,
+        "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD\0",
+        "attempt to terminate a thread-local capture sequence from another thread\0",
+    ),
+    (
+        910,
+        "CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE\0",
+        "the graph update was not performed because it included changes which violated constraints specific to instantiated graph update\0",
+    ),
     (999, "CUDA_ERROR_UNKNOWN\0", "unknown error\0"),
 ];
 

@@ -7,6 +7,7 @@
 //! - [`context`]: contexts and the per-thread context stack;
 //! - [`memory`]: allocations, host memory, pools, VMM, arrays;
 //! - [`stream`]: streams (worker threads), legacy NULL-stream semantics, events;
+//! - [`graph`]: graphs, executable graphs, stream capture, graph memory pools;
 //! - [`module`]: modules/libraries (PTX `.entry` parsing) and functions;
 //! - [`procaddr`]: the `cuGetProcAddress` table;
 //! - `exports`: the exported `extern "C"` entry points.
@@ -28,6 +29,7 @@ macro_rules! cuda_fn {
 pub mod context;
 pub mod driver;
 pub mod errors;
+pub mod graph;
 pub mod memory;
 pub mod module;
 pub mod procaddr;

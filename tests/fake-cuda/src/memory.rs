@@ -24,6 +24,9 @@ pub enum Kind {
     Pool(u64),
     /// A VMM mapping of a physical allocation handle.
     Mapped(u64),
+    /// A graph allocation (memory node): the address range is reserved when the node is made,
+    /// accessible only while the graph memory pool maps physical memory to it (`crate::graph`).
+    Graph,
 }
 
 /// A live device allocation.
@@ -242,11 +245,70 @@ impl MemState {
         check_in(&t, ptr, n).cloned()
     }
 
+    // ---- graph allocations (the graph memory pool's state lives in `crate::graph`) ----
+
+    /// Reserves the address range of a graph allocation (inaccessible, charged nothing).
+    pub fn graph_reserve(&self, device: u32, size: u64) -> Res<u64> {
+        if size == 0 {
+            return Err(err::INVALID_VALUE);
+        }
+        let len = page_round(size).ok_or(err::OUT_OF_MEMORY)?;
+        let base = map_anon(len, libc::PROT_NONE)?;
+        self.table.write().insert(
+            base,
+            Alloc {
+                base,
+                size,
+                device,
+                charged: 0,
+                ctx: 0,
+                kind: Kind::Graph,
+                map_len: len,
+                accessible: false,
+                free_pending: false,
+            },
+        );
+        Ok(base)
+    }
+
+    /// Maps (accessible) or unmaps (contents dropped, inaccessible) a graph allocation.
+    pub fn graph_set_mapped(&self, base: u64, mapped: bool) {
+        let mut t = self.table.write();
+        if let Some(a) = t.get_mut(&base)
+            && a.kind == Kind::Graph
+        {
+            let prot = if mapped {
+                libc::PROT_READ | libc::PROT_WRITE
+            } else {
+                // SAFETY: dropping the pages of a range this module owns (reads see zeros).
+                unsafe { libc::madvise(base as *mut libc::c_void, a.map_len, libc::MADV_DONTNEED) };
+                libc::PROT_NONE
+            };
+            // SAFETY: changing the protection of a mapping this module owns.
+            unsafe { libc::mprotect(base as *mut libc::c_void, a.map_len, prot) };
+            a.accessible = mapped;
+        }
+    }
+
+    /// Gives a graph allocation's address range back.
+    pub fn graph_release(&self, base: u64) {
+        let gone = {
+            let mut t = self.table.write();
+            match t.get(&base) {
+                Some(a) if a.kind == Kind::Graph => t.remove(&base),
+                _ => None,
+            }
+        };
+        if let Some(a) = gone {
+            unmap(a.base, a.map_len);
+        }
+    }
+
     /// Marks an allocation for a stream-ordered free (rejecting double frees and non-bases).
     pub fn mark_free_pending(&self, ptr: u64) -> Res<()> {
         let mut t = self.table.write();
         match t.get_mut(&ptr) {
-            Some(a) if !a.free_pending && !matches!(a.kind, Kind::Mapped(_)) => {
+            Some(a) if !a.free_pending && !matches!(a.kind, Kind::Mapped(_) | Kind::Graph) => {
                 a.free_pending = true;
                 Ok(())
             }
@@ -260,7 +322,7 @@ impl MemState {
         let a = {
             let mut t = self.table.write();
             match t.get(&ptr) {
-                Some(a) if !matches!(a.kind, Kind::Mapped(_)) => {}
+                Some(a) if !matches!(a.kind, Kind::Mapped(_) | Kind::Graph) => {}
                 _ => return Err(err::INVALID_VALUE),
             }
             t.remove(&ptr).ok_or(err::INVALID_VALUE)?

@@ -25,6 +25,9 @@ pub struct Function {
     pub name: String,
     /// Number of `.param`s.
     pub params: usize,
+    /// Size in bytes of each `.param` (kernel parameters are copied by size, e.g. into graph
+    /// kernel nodes).
+    pub param_sizes: Vec<usize>,
     /// Context (0: context-independent, from a library).
     pub ctx: u64,
     /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
@@ -65,6 +68,26 @@ pub struct Entry {
     pub name: String,
     /// Parameters.
     pub params: usize,
+    /// Size in bytes of each parameter.
+    pub param_sizes: Vec<usize>,
+}
+
+/// Bytes of one PTX `.param` declaration (`.param .u64 n`, `.param .align 8 .b8 s[16]`); an
+/// unknown type counts as 8 bytes.
+fn param_size(decl: &str) -> usize {
+    let elem = decl
+        .split_whitespace()
+        .find_map(|t| {
+            let t = t.strip_prefix('.')?;
+            let bits: usize = t.get(1..)?.parse().ok()?;
+            matches!(t.as_bytes()[0], b'u' | b's' | b'b' | b'f').then_some(bits / 8)
+        })
+        .unwrap_or(8);
+    let count = decl
+        .find('[')
+        .and_then(|i| decl[i + 1..].split(']').next()?.trim().parse().ok())
+        .unwrap_or(1usize);
+    elem.max(1) * count
 }
 
 fn is_ident(c: char) -> bool {
@@ -98,11 +121,15 @@ pub fn parse_image(bytes: &[u8]) -> Res<Vec<Entry>> {
             return Err(err::INVALID_PTX);
         }
         let sig = &name_start[name.len()..];
-        let params = match (sig.trim_start().starts_with('('), sig.find(')')) {
-            (true, Some(end)) => sig[..end].matches(".param").count(),
-            _ => 0,
+        let param_sizes: Vec<usize> = match (sig.trim_start().starts_with('('), sig.find(')')) {
+            (true, Some(end)) => sig[..end].split(".param").skip(1).map(param_size).collect(),
+            _ => Vec::new(),
         };
-        out.push(Entry { name, params });
+        out.push(Entry {
+            name,
+            params: param_sizes.len(),
+            param_sizes,
+        });
     }
     Ok(out)
 }
@@ -195,6 +222,7 @@ impl Modules {
                     handle: h,
                     name: e.name.clone(),
                     params: e.params,
+                    param_sizes: e.param_sizes.clone(),
                     ctx,
                     max_dynamic_shared: AtomicI32::new(DEFAULT_MAX_DYNAMIC_SHARED),
                     carveout: AtomicI32::new(-1),
@@ -321,13 +349,23 @@ mod tests {
             vec![
                 Entry {
                     name: "spin".into(),
-                    params: 1
+                    params: 1,
+                    param_sizes: vec![8],
                 },
                 Entry {
                     name: "add_one".into(),
-                    params: 2
+                    params: 2,
+                    param_sizes: vec![8, 4],
                 }
             ]
+        );
+        assert_eq!(
+            parse_image(
+                b".version 8.0\n.target sm_90\n.entry k(.param .align 8 .b8 s[24], .param .f16 h)\n"
+            )
+            .unwrap()[0]
+            .param_sizes,
+            vec![24, 2]
         );
         assert_eq!(parse_image(b"garbage"), Err(err::INVALID_IMAGE));
         assert_eq!(parse_image(b"\x7fELF...."), Err(err::NOT_SUPPORTED));

@@ -288,6 +288,13 @@ fn execute(p: &Process, s: &Stream, op: Op) -> Res<()> {
 
 /// Submits `op` to `s` in context `ctx` with legacy-stream dependencies; returns its sequence.
 pub fn submit(ctx: &Context, s: &Arc<Stream>, op: Op) -> u64 {
+    submit_all(ctx, s, vec![op])
+}
+
+/// Submits `batch` to `s` as one unit (nothing else is enqueued between its ops, e.g. a graph
+/// launch) with legacy-stream dependencies; returns the sequence of its last op (the ops have
+/// consecutive sequence numbers).
+pub fn submit_all(ctx: &Context, s: &Arc<Stream>, batch: Vec<Op>) -> u64 {
     let _g = ctx.submit.lock();
     let mut ops = Vec::new();
     if s.kind == StreamKind::Legacy {
@@ -310,7 +317,7 @@ pub fn submit(ctx: &Context, s: &Arc<Stream>, op: Op) -> u64 {
             seq,
         });
     }
-    ops.push(op);
+    ops.extend(batch);
     s.push(ops)
 }
 
@@ -463,6 +470,31 @@ impl Event {
             },
         );
         st.recorded = Some((s.clone(), seq));
+    }
+
+    /// Starts a record made as part of a larger submission (a graph's event record node): the
+    /// returned op must be submitted, then [`Self::recorded_at`] called with its sequence.
+    pub fn record_op(self: &Arc<Self>) -> (Op, u64) {
+        let mut st = self.st.lock();
+        st.generation += 1;
+        st.time_ns = None;
+        let generation = st.generation;
+        (
+            Op::Record {
+                event: self.clone(),
+                generation,
+            },
+            generation,
+        )
+    }
+
+    /// Completes [`Self::record_op`]: the record of `generation` is op `seq` of `s` (ignored if
+    /// the event was recorded again meanwhile).
+    pub fn recorded_at(&self, generation: u64, s: &Arc<Stream>, seq: u64) {
+        let mut st = self.st.lock();
+        if st.generation == generation {
+            st.recorded = Some((s.clone(), seq));
+        }
     }
 
     fn complete(&self, generation: u64) {

@@ -66,9 +66,13 @@ pub mod err {
     pub const NOT_SUPPORTED: CUresult = 801;
     pub const STREAM_CAPTURE_UNSUPPORTED: CUresult = 900;
     pub const STREAM_CAPTURE_INVALIDATED: CUresult = 901;
+    pub const STREAM_CAPTURE_MERGE: CUresult = 902;
     pub const STREAM_CAPTURE_UNMATCHED: CUresult = 903;
     pub const STREAM_CAPTURE_UNJOINED: CUresult = 904;
+    pub const STREAM_CAPTURE_ISOLATION: CUresult = 905;
+    pub const STREAM_CAPTURE_IMPLICIT: CUresult = 906;
     pub const STREAM_CAPTURE_WRONG_THREAD: CUresult = 908;
+    pub const GRAPH_EXEC_UPDATE_FAILURE: CUresult = 910;
     pub const UNKNOWN: CUresult = 999;
 }
 

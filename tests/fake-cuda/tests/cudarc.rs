@@ -1,6 +1,6 @@
 //! cudarc (which resolves every function lazily with `dlsym` and panics on a missing one) runs its
-//! context, stream, async allocation, copy, memset, module, launch, event and multi-stream paths
-//! on the fake driver. The test re-executes itself in a child process with the fake's library
+//! context, stream, async allocation, copy, memset, module, launch, event, multi-stream and CUDA
+//! graph (capture, instantiate, upload, replay) paths on the fake driver. The test re-executes itself in a child process with the fake's library
 //! directory on `LD_LIBRARY_PATH`.
 
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg, sys};
@@ -8,6 +8,7 @@ use cudarc::nvrtc::Ptx;
 use fakegpu::testenv::FakeGpuEnv;
 
 const CHILD: &str = "FAKECUDA_CUDARC_CHILD";
+const GRAPH_CHILD: &str = "FAKECUDA_CUDARC_GRAPH_CHILD";
 
 const PTX: &str = ".version 8.0\n.target sm_90\n.address_size 64\n\
     .visible .entry spin(\n .param .u64 spin_param_0\n)\n{\n ret;\n}\n";
@@ -75,22 +76,14 @@ fn child() {
     println!("cudarc child OK ({ms:.3} ms for 30 ms of kernels)");
 }
 
-#[test]
-fn cudarc_runs_on_the_fake() {
-    if std::env::var_os(CHILD).is_some() {
-        child();
-        return;
-    }
+/// Runs this test binary's test `name` in a child process on a fresh fake GPU with `var` set
+/// (the child runs the workload); returns the child's output and the GPU.
+fn run_child(name: &str, var: &str) -> (String, FakeGpuEnv) {
     let env = FakeGpuEnv::new(&[1 << 30]);
     let out = env
         .command(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "cudarc_runs_on_the_fake",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(var, "1")
         .output()
         .unwrap();
     let text = format!(
@@ -100,8 +93,67 @@ fn cudarc_runs_on_the_fake() {
     );
     println!("{text}");
     assert!(out.status.success(), "cudarc child failed:\n{text}");
+    (text, env)
+}
+
+#[test]
+fn cudarc_runs_on_the_fake() {
+    if std::env::var_os(CHILD).is_some() {
+        child();
+        return;
+    }
+    let (text, env) = run_child("cudarc_runs_on_the_fake", CHILD);
     assert!(text.contains("cudarc child OK"));
     let snap = env.snapshot();
     assert_eq!(snap.devices[0].kernels_completed, 4);
     assert_eq!(snap.devices[0].used_bytes, 0);
+}
+
+/// Captures 4 spin kernels with cudarc's graph API, uploads and replays the graph 3 times.
+fn graph_child() {
+    let ctx = CudaContext::new(0).expect("context");
+    let stream = ctx.new_stream().expect("stream");
+    let module = ctx.load_module(Ptx::from_src(PTX)).expect("load_module");
+    let spin = module.load_function("spin").expect("load_function");
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .expect("begin_capture");
+    assert_eq!(
+        stream.capture_status().unwrap(),
+        sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE
+    );
+    for _ in 0..4 {
+        let ns: u64 = 1_000_000;
+        let mut b = stream.launch_builder(&spin);
+        b.arg(&ns);
+        // SAFETY: `spin` takes one u64 parameter.
+        unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.expect("captured launch");
+    }
+    let graph = stream
+        .end_capture(sys::CUgraphInstantiate_flags(0))
+        .expect("end_capture")
+        .expect("a graph");
+    graph.upload().expect("upload");
+    for _ in 0..3 {
+        graph.launch().expect("graph launch");
+    }
+    stream.synchronize().unwrap();
+    drop(graph);
+    ctx.check_err().expect("no deferred error");
+    println!("cudarc graph child OK");
+}
+
+#[test]
+fn cudarc_replays_a_captured_graph_on_the_fake() {
+    if std::env::var_os(GRAPH_CHILD).is_some() {
+        graph_child();
+        return;
+    }
+    let (text, env) = run_child("cudarc_replays_a_captured_graph_on_the_fake", GRAPH_CHILD);
+    assert!(text.contains("cudarc graph child OK"));
+    let snap = env.snapshot();
+    assert_eq!(
+        snap.devices[0].kernels_completed, 12,
+        "3 replays of 4 captured kernels, none run at capture"
+    );
 }

@@ -1,15 +1,16 @@
-//! Builds `c/smoke.c` with the system C compiler and runs it against the fake `libcuda.so.1` on an
+//! Builds the C checks in `c/` (`smoke.c`: the driver basics; `graphs.c`: CUDA graphs and stream
+//! capture) with the system C compiler and runs them against the fake `libcuda.so.1` on an
 //! isolated fake GPU.
 
 use fakegpu::testenv::FakeGpuEnv;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn build(env: &FakeGpuEnv) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/smoke.c");
-    let exe = env.lib_dir().parent().unwrap().join("smoke");
+fn build(env: &FakeGpuEnv, name: &str) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+    let exe = env.lib_dir().parent().unwrap().join(name);
     let cc = Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
+        .args(["-O1", "-Wall", "-pthread", "-o"])
         .arg(&exe)
         .arg(&src)
         .arg("-ldl")
@@ -22,7 +23,7 @@ fn build(env: &FakeGpuEnv) -> PathBuf {
 #[test]
 fn c_smoke_test_passes() {
     let env = FakeGpuEnv::new(&[1 << 30]);
-    let exe = build(&env);
+    let exe = build(&env, "smoke");
     let out = env.command(&exe).output().expect("run smoke");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
@@ -39,7 +40,7 @@ fn c_smoke_test_passes() {
 #[test]
 fn two_saturating_processes_split_the_device_evenly() {
     let env = FakeGpuEnv::new(&[1 << 30]);
-    let exe = build(&env);
+    let exe = build(&env, "smoke");
     let children: Vec<_> = (0..2)
         .map(|_| {
             env.command(&exe)
@@ -84,4 +85,27 @@ fn two_saturating_processes_split_the_device_evenly() {
     assert!((0.45..=0.55).contains(&share), "busy split {busy:?}");
     let snap = env.snapshot();
     assert_eq!(snap.devices[0].max_concurrent_kernels, 1);
+}
+
+#[test]
+fn c_graph_checks_pass() {
+    let env = FakeGpuEnv::new(&[1 << 30]);
+    let exe = build(&env, "graphs");
+    let out = env.command(&exe).output().expect("run graphs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "graph checks failed:\n{stdout}");
+    let snap = env.snapshot();
+    assert_eq!(snap.devices[0].max_concurrent_kernels, 1);
+    assert_eq!(snap.devices[0].used_bytes, 0, "graph memory is reclaimed");
+    let trace = fakegpu::kernel_trace(env.state_path(), 0).unwrap();
+    let graph_kernels = trace
+        .iter()
+        .filter(|k| k.end_ns - k.start_ns >= 1_900_000)
+        .count();
+    assert!(
+        graph_kernels >= 40,
+        "replayed graph kernels on the device: {graph_kernels}"
+    );
 }

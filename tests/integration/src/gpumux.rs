@@ -8,6 +8,7 @@
 use anyhow::{Context, Result, bail};
 use fakegpu::testenv::{FakeGpuEnv, target_dir};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -237,9 +238,25 @@ impl Gpumux {
     /// Starts `load --seconds S ARGS` (kernels on the device, see the C workload) in `tenant`
     /// and waits until it runs.
     pub fn load(&self, tenant: &str, seconds: u64, args: &[&str]) -> crate::workloads::Running {
+        self.start_load(tenant, "load", seconds, args)
+    }
+
+    /// Starts `graph --seconds S ARGS` (a captured CUDA graph replayed in a loop, see the C
+    /// workload) in `tenant` and waits until it runs.
+    pub fn graph(&self, tenant: &str, seconds: u64, args: &[&str]) -> crate::workloads::Running {
+        self.start_load(tenant, "graph", seconds, args)
+    }
+
+    fn start_load(
+        &self,
+        tenant: &str,
+        mode: &str,
+        seconds: u64,
+        args: &[&str],
+    ) -> crate::workloads::Running {
         let mut r = crate::workloads::Running::spawn(
             self.tenant_command(tenant, crate::workloads::c_workload())
-                .arg("load")
+                .arg(mode)
                 .args(["--seconds", &seconds.to_string()])
                 .args(args),
         )
@@ -327,6 +344,59 @@ impl Gpumux {
     pub fn state_path(&self) -> &Path {
         self.gpu.state_path()
     }
+
+    /// Runs the C workload's `ops SCRIPT` in `tenant` to completion (it must exit 0).
+    pub fn ops(&self, tenant: &str, script: &str) -> crate::workloads::Output {
+        let mut c = self.tenant_command(tenant, crate::workloads::c_workload());
+        c.args(["ops", script]);
+        let out = crate::workloads::run(&mut c, Duration::from_secs(60)).expect("run workload");
+        assert!(
+            out.status.success(),
+            "workload failed: {:?}\n{}\nlog:\n{}",
+            out.status,
+            out.stderr,
+            self.log()
+        );
+        out
+    }
+
+    /// Device busy ns per pid on device 0 (the fake's ground truth).
+    pub fn busy_ns(&self) -> HashMap<u32, u64> {
+        self.gpu.snapshot().devices[0]
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.busy_ns))
+            .collect()
+    }
+
+    /// Device time each group of pids got over `window` (from now), as fractions of it.
+    pub fn device_shares(&self, groups: &[Vec<u32>], window: Duration) -> Vec<f64> {
+        let before = self.busy_ns();
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let after = self.busy_ns();
+        let elapsed = t0.elapsed().as_nanos() as f64;
+        let got = |p: &u32| {
+            let a = after.get(p).copied().unwrap_or(0);
+            a.saturating_sub(before.get(p).copied().unwrap_or(0))
+        };
+        groups
+            .iter()
+            .map(|pids| pids.iter().map(got).sum::<u64>() as f64 / elapsed)
+            .collect()
+    }
+}
+
+/// One test at a time in this test binary among those that hold it: shares are measured over
+/// wall-clock windows, so such tests must not compete for the machine's CPUs with each other.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A quota file: 1 GiB and `weight`.
+pub fn weighted_tenant(weight: u32) -> String {
+    format!("memory_limit = \"1GiB\"\nweight = {weight}\n")
 }
 
 impl Drop for Gpumux {

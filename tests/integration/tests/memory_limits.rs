@@ -11,26 +11,11 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(60);
 const ONE_GIB_TENANT: &str = "memory_limit = \"1GiB\"\n";
 
-fn ops(g: &Gpumux, tenant: &str, script: &str) -> gpumux_integration::workloads::Output {
-    let mut c = g.tenant_command(tenant, c_workload());
-    c.args(["ops", script]);
-    let out = run(&mut c, T).expect("run workload");
-    assert!(
-        out.status.success(),
-        "workload failed: {:?}\n{}\nlog:\n{}",
-        out.status,
-        out.stderr,
-        g.log()
-    );
-    out
-}
-
 #[test]
 fn quota_holds_on_every_allocation_path() {
     let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
     for kind in ["alloc", "pitch", "managed", "async", "pool", "vmm", "array"] {
-        let out = ops(
-            &g,
+        let out = g.ops(
             "a",
             &format!("{kind}:x:900MiB {kind}:y:200MiB free:x {kind}:z:200MiB"),
         );
@@ -62,8 +47,7 @@ fn quota_holds_on_every_allocation_path() {
 #[test]
 fn refused_allocation_charges_nothing_and_reported_size_is_the_quota() {
     let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
-    let out = ops(
-        &g,
+    let out = g.ops(
         "a",
         "meminfo alloc:x:900MiB alloc:y:200MiB meminfo alloc:z:0 alloc:h:64GiB meminfo",
     );
@@ -155,7 +139,7 @@ fn processes_of_one_tenant_share_its_quota_and_tenants_are_independent() {
     let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT), ("b", ONE_GIB_TENANT)]);
     let mut holder = g.hold("a", 600 * MIB);
 
-    let out = ops(&g, "a", "alloc:x:600MiB alloc:y:300MiB");
+    let out = g.ops("a", "alloc:x:600MiB alloc:y:300MiB");
     assert_eq!(
         i(out.lines.named("alloc", "x"), "result"),
         CUDA_ERROR_OUT_OF_MEMORY,
@@ -163,7 +147,7 @@ fn processes_of_one_tenant_share_its_quota_and_tenants_are_independent() {
     );
     assert_eq!(i(out.lines.named("alloc", "y"), "result"), CUDA_SUCCESS);
 
-    let out = ops(&g, "b", "alloc:x:900MiB meminfo");
+    let out = g.ops("b", "alloc:x:900MiB meminfo");
     assert_eq!(
         i(out.lines.named("alloc", "x"), "result"),
         CUDA_SUCCESS,
@@ -184,7 +168,7 @@ fn sigkilled_process_returns_its_memory_within_a_second() {
     holder.kill();
     g.wait_tenant_used("a", 0, Duration::from_secs(1));
     eprintln!("memory returned {:?} after SIGKILL", killed_at.elapsed());
-    let out = ops(&g, "a", "alloc:x:900MiB");
+    let out = g.ops("a", "alloc:x:900MiB");
     assert_eq!(i(out.lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
 }
 
@@ -420,11 +404,7 @@ fn forked_children_are_counted_with_their_tenant() {
 #[test]
 fn destroying_a_context_returns_its_memory_at_once() {
     let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
-    let out = ops(
-        &g,
-        "a",
-        "alloc:x:900MiB meminfo reset meminfo alloc:y:900MiB",
-    );
+    let out = g.ops("a", "alloc:x:900MiB meminfo reset meminfo alloc:y:900MiB");
     assert_eq!(i(out.lines.named("alloc", "x"), "result"), CUDA_SUCCESS);
     assert_eq!(i(out.lines.one("reset"), "result"), CUDA_SUCCESS);
     let infos = out.lines.ops("meminfo");
@@ -476,8 +456,7 @@ fn nvml_shows_a_tenant_only_its_own_processes() {
 #[test]
 fn vmm_without_a_current_context_is_charged_to_its_device() {
     let g = Gpumux::start(&[16 * GIB], &[("a", ONE_GIB_TENANT)]);
-    let out = ops(
-        &g,
+    let out = g.ops(
         "a",
         "device:0 nocontext vmm:x:900MiB vmm:y:200MiB device:0 meminfo",
     );

@@ -2,58 +2,13 @@
 //! and shim, `load` workloads on the fake GPU. Shares come from the fake's ground truth (device
 //! busy time per process), never from gpumux's own figures.
 
-use gpumux_integration::gpumux::Gpumux;
+use gpumux_integration::gpumux::{Gpumux, exclusive, weighted_tenant as tenant};
 use gpumux_integration::workloads::{GIB, Running, f, i};
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 /// Saturating: batches of 4 x 2 ms kernels, back to back.
 const SATURATE: &[&str] = &["--ns", "2000000", "--batch", "4", "--pause-ms", "0"];
-
-/// Shares are measured over wall-clock windows: run these tests one at a time so they do not
-/// compete for the machine's CPUs with each other.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn tenant(weight: u32) -> String {
-    format!("memory_limit = \"1GiB\"\nweight = {weight}\n")
-}
-
-/// Device busy ns per pid on device 0.
-fn busy(g: &Gpumux) -> HashMap<u32, u64> {
-    g.gpu.snapshot().devices[0]
-        .processes
-        .iter()
-        .map(|p| (p.pid, p.busy_ns))
-        .collect()
-}
-
-/// Device time each group of pids got over `window`, as fractions of the window.
-fn shares(g: &Gpumux, groups: &[Vec<u32>], window: Duration) -> Vec<f64> {
-    let before = busy(g);
-    let t0 = Instant::now();
-    std::thread::sleep(window);
-    let after = busy(g);
-    let elapsed = t0.elapsed().as_nanos() as f64;
-    groups
-        .iter()
-        .map(|pids| {
-            pids.iter()
-                .map(|p| {
-                    after
-                        .get(p)
-                        .copied()
-                        .unwrap_or(0)
-                        .saturating_sub(before.get(p).copied().unwrap_or(0))
-                })
-                .sum::<u64>() as f64
-                / elapsed
-        })
-        .collect()
-}
 
 fn finish_ok(r: Running) -> serde_json::Value {
     let (status, lines) = r.finish(T).unwrap();
@@ -70,7 +25,7 @@ fn weights_three_to_one_split_device_time() {
     let a = g.load("a", 13, SATURATE);
     let b = g.load("b", 13, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
-    let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(10));
+    let s = g.device_shares(&[vec![a.pid()], vec![b.pid()]], Duration::from_secs(10));
     let total = s[0] + s[1];
     eprintln!("shares a={:.3} b={:.3} busy={:.3}", s[0], s[1], total);
     assert!(
@@ -101,8 +56,7 @@ fn four_tenants_share_by_weight() {
         .map(|t| g.load(t, 13, SATURATE))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let s = shares(
-        &g,
+    let s = g.device_shares(
         &runs.iter().map(|r| vec![r.pid()]).collect::<Vec<_>>(),
         Duration::from_secs(10),
     );
@@ -138,7 +92,7 @@ fn lone_active_tenant_gets_the_device_and_absorbs_an_idle_share() {
     assert_eq!(i(b_lines.one("load"), "result"), 0);
     let b_pid = b_lines.one("load-start")["pid"].as_u64().unwrap() as u32;
     // b is idle now: a alone must get >= 95% of the device.
-    let s = shares(&g, &[vec![a.pid()]], Duration::from_secs(4));
+    let s = g.device_shares(&[vec![a.pid()]], Duration::from_secs(4));
     eprintln!("lone share {:.3}", s[0]);
     assert!(s[0] >= 0.95, "lone active tenant got {:.3}", s[0]);
     // a took over within one quantum of b's last kernel.
@@ -176,7 +130,7 @@ fn compute_limit_caps_device_time_on_an_idle_device() {
     );
     let a = g.load("capped", 13, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
-    let s = shares(&g, &[vec![a.pid()]], Duration::from_secs(10));
+    let s = g.device_shares(&[vec![a.pid()]], Duration::from_secs(10));
     eprintln!("capped share {:.3}", s[0]);
     assert!(
         (s[0] - 0.30).abs() <= 0.03,
@@ -217,8 +171,7 @@ fn tenants_not_processes_share_the_device() {
     let many: Vec<Running> = (0..8).map(|_| g.load("many", 13, SATURATE)).collect();
     let one = g.load("one", 13, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
-    let s = shares(
-        &g,
+    let s = g.device_shares(
         &[many.iter().map(Running::pid).collect(), vec![one.pid()]],
         Duration::from_secs(10),
     );
@@ -246,18 +199,18 @@ fn stopped_or_killed_holder_is_skipped() {
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(a.pid() as i32, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_millis(500));
-    let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(3));
+    let s = g.device_shares(&[vec![a.pid()], vec![b.pid()]], Duration::from_secs(3));
     eprintln!("with a stopped: a={:.3} b={:.3}", s[0], s[1]);
     assert!(s[1] >= 0.85, "b got {:.3} while a is stopped", s[1]);
     // SAFETY: as above.
     unsafe { libc::kill(a.pid() as i32, libc::SIGCONT) };
     std::thread::sleep(Duration::from_millis(500));
-    let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(2));
+    let s = g.device_shares(&[vec![a.pid()], vec![b.pid()]], Duration::from_secs(2));
     eprintln!("a resumed: a={:.3} b={:.3}", s[0], s[1]);
     assert!(s[0] > 0.3 && s[1] > 0.3, "both progress again: {s:?}");
     a.kill();
     std::thread::sleep(Duration::from_millis(300));
-    let s = shares(&g, &[vec![b.pid()]], Duration::from_secs(2));
+    let s = g.device_shares(&[vec![b.pid()]], Duration::from_secs(2));
     eprintln!("a killed: b={:.3}", s[0]);
     assert!(s[0] >= 0.9, "b got {:.3} after a was killed", s[0]);
     finish_ok(b);
@@ -274,7 +227,7 @@ fn own_contexts_are_drained_too() {
     let b = g.load("b", 8, SATURATE);
     std::thread::sleep(Duration::from_millis(500));
     let t0 = fakegpu::procid::monotonic_ns();
-    let s = shares(&g, &[vec![a.pid()], vec![b.pid()]], Duration::from_secs(5));
+    let s = g.device_shares(&[vec![a.pid()], vec![b.pid()]], Duration::from_secs(5));
     let trace: Vec<_> = fakegpu::kernel_trace(g.state_path(), 0)
         .unwrap()
         .into_iter()

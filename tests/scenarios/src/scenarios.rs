@@ -86,6 +86,16 @@ pub const ALL: &[Scenario] = &[
         run: switch_cost,
     },
     Scenario {
+        name: "graph-lone",
+        about: "one tenant replaying a captured CUDA graph (8 kernels) beside an idle one: device busy",
+        run: graph_lone,
+    },
+    Scenario {
+        name: "graph-weights-3-1",
+        about: "two tenants replaying CUDA graphs, weights 3:1: device time 75/25",
+        run: graph_weights_3_1,
+    },
+    Scenario {
         name: "many-tenants",
         about: "64 tenants x 8 processes registering at once; gpumuxctl status latency with them",
         run: many_tenants,
@@ -198,6 +208,9 @@ struct Spec {
     batch: u64,
     /// Pause after each batch.
     pause_ms: u64,
+    /// 0: `load` (kernel launches); n: `graph`, each launch a CUDA graph of n kernels captured
+    /// once (batch counts graphs).
+    graph_kernels: u64,
 }
 
 /// Saturating: batches of 4 x 2 ms kernels, back to back (as the integration tests).
@@ -205,6 +218,16 @@ const SATURATE: Spec = Spec {
     ns: 2_000_000,
     batch: 4,
     pause_ms: 0,
+    graph_kernels: 0,
+};
+
+/// Decode-like graph replays: a graph of 8 x 2 ms kernels captured once; each step launches it
+/// and synchronizes (as a decode loop reads its logits), back to back.
+const GRAPH_REPLAY: Spec = Spec {
+    ns: 2_000_000,
+    batch: 1,
+    pause_ms: 0,
+    graph_kernels: 8,
 };
 
 /// Fake GPU memory.
@@ -268,8 +291,13 @@ impl Ctx {
         linger_s: u64,
     ) -> Result<Load> {
         let mut cmd = g.tenant_command(tenant, c_workload());
-        cmd.arg("load")
-            .args(["--ns", &spec.ns.to_string()])
+        if spec.graph_kernels > 0 {
+            cmd.arg("graph")
+                .args(["--kernels", &spec.graph_kernels.to_string()]);
+        } else {
+            cmd.arg("load");
+        }
+        cmd.args(["--ns", &spec.ns.to_string()])
             .args(["--seconds", &seconds.to_string()])
             .args(["--batch", &spec.batch.to_string()])
             .args(["--pause-ms", &spec.pause_ms.to_string()])
@@ -406,9 +434,18 @@ fn with_fake(mut row: Row, g: &Gpumux, w: &Window, labels: &[&str], groups: &[Ve
 }
 
 fn weights_3_1(ctx: &Ctx) -> Result<Vec<Row>> {
+    split_3_1(ctx, "weights-3-1", SATURATE)
+}
+
+fn graph_weights_3_1(ctx: &Ctx) -> Result<Vec<Row>> {
+    split_3_1(ctx, "graph-weights-3-1", GRAPH_REPLAY)
+}
+
+/// Two saturating tenants of `spec`, weights 3:1.
+fn split_3_1(ctx: &Ctx, name: &str, spec: Spec) -> Result<Vec<Row>> {
     let g = ctx.start(&[("a", tenant(3)), ("b", tenant(1))])?;
-    let a = ctx.load(&g, "a", SATURATE)?;
-    let b = ctx.load(&g, "b", SATURATE)?;
+    let a = ctx.load(&g, "a", spec)?;
+    let b = ctx.load(&g, "b", spec)?;
     std::thread::sleep(ctx.settle());
     let w = Window::measure(&g, &[&a, &b], ctx.window())?;
     check_loads(&[&a, &b])?;
@@ -417,7 +454,7 @@ fn weights_3_1(ctx: &Ctx) -> Result<Vec<Row>> {
     let busy = s[0] + s[1];
     let frac = s[0] / busy;
     let row = Row::new(
-        "weights-3-1",
+        name,
         frac * 100.0,
         "%",
         format!("a {} / b {} of busy time", pct(frac), pct(1.0 - frac)),
@@ -479,6 +516,22 @@ fn weights_1_2_3_4(ctx: &Ctx) -> Result<Vec<Row>> {
         row = row.note(format!("fake Jain {fj:.4}")).fig("fake_jain", fj);
     }
     Ok(vec![row])
+}
+
+fn graph_lone(ctx: &Ctx) -> Result<Vec<Row>> {
+    let g = ctx.start(&[("a", tenant(1)), ("b", tenant(1))])?;
+    // b is registered and holds memory, but launches nothing: the device is time-sliced.
+    let _b = ctx.holder(&g, "b", 64 << 20)?;
+    let a = ctx.load(&g, "a", GRAPH_REPLAY)?;
+    std::thread::sleep(ctx.settle());
+    let w = Window::measure(&g, &[&a], ctx.window())?;
+    check_loads(&[&a])?;
+    let s = w.shares(&[vec![0]])[0];
+    let row = Row::new("graph-lone", s * 100.0, "%", format!("a {}", pct(s)))
+        .target("≥ 97%", s >= 0.97)
+        .note("graph of 8 x 2 ms kernels captured once, one launch + sync per step; b idle")
+        .fig("a_share", s);
+    Ok(vec![with_fake(row, &g, &w, &["a"], &[vec![0]])])
 }
 
 fn lone_tenant(ctx: &Ctx) -> Result<Vec<Row>> {
@@ -603,6 +656,7 @@ fn interactive(ctx: &Ctx) -> Result<Vec<Row>> {
         ns: 1_000_000,
         batch: 1,
         pause_ms: 20,
+        graph_kernels: 0,
     };
     let secs = (ctx.settle() + ctx.window()).as_secs().max(2);
     let web = ctx.load_with(&g, "web", web_spec, secs, 0)?;
@@ -891,6 +945,7 @@ fn switch_cost(ctx: &Ctx) -> Result<Vec<Row>> {
         ns: 100_000,
         batch: 8,
         pause_ms: 0,
+        graph_kernels: 0,
     };
     let g = ctx.start(&[("a", tenant(1)), ("b", tenant(1))])?;
     let quantum = quantum_ms(&g)?;

@@ -20,6 +20,8 @@ const EXPECTED: &[&str] = &[
     "launch-cost",
     "busy-4",
     "switch-cost",
+    "graph-lone",
+    "graph-weights-3-1",
     "many-tenants/start",
     "many-tenants/status",
 ];

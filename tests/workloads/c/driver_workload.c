@@ -19,6 +19,10 @@
  *       and cuLaunchCooperativeKernelMultiDevice with the spin function; their results),
  *       device:N, reset (primary context reset: the driver frees its allocations),
  *       nocontext (no current context on this thread, as NCCL/vLLM create VMM memory),
+ *       graph:NAME:SIZE (a graph allocating SIZE in an allocation node and freeing it in a free
+ *       node, instantiated), graph-launch:NAME (launch + synchronize: the driver commits the
+ *       graph's memory), graph-destroy:NAME (executable graph and graph), graph-trim
+ *       (cuDeviceGraphMemTrim; reports the graph memory the driver still holds)
  *       ctx:NAME (cuCtxCreate on the current device; the primary context stays current),
  *       module:NAME (cuModuleLoadData of the spin PTX), library:NAME (cuLibraryLoadData of
  *       it), drop:NAME (destroys / unloads what NAME made)
@@ -35,6 +39,13 @@
  *       R > 0: after a batch, at most every R ms, a "load-progress" line with the kernels
  *       completed so far and when (CLOCK_MONOTONIC ms), plus one after the last batch.
  *       L > 0: after the report, keep the process and its context alive, idle, L seconds
+ *   driver_workload graph --ns N --kernels K --seconds S [--batch B] [--pause-ms P] [--mem M]
+ *                         [--report-ms R] [--linger-s L] [--capture-pause-ms C]
+ *       a decode-like step: K spin(N) kernels (with --mem, between a stream-ordered allocation
+ *       of M bytes and its free) captured ONCE into a CUDA graph (C > 0: C ms of host work
+ *       between captured launches, as a framework tracing a model), instantiated, uploaded, then
+ *       replayed like `load`: B launches of the graph, synchronize, pause P ms; reports as `load`
+ *       does (op "graph"), kernels counted per node
  *   driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]
  *       launches K spin(N) kernels, synchronizing only after every B; reports the time spent
  *       inside the launch calls, ns per launch (overall, median and fastest batch)
@@ -69,6 +80,9 @@ typedef struct CUlib_st *CUlibrary;
 typedef struct CUfunc_st *CUfunction;
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef struct CUarray_st *CUarray;
+typedef struct CUgraph_st *CUgraph;
+typedef struct CUgraphNode_st *CUgraphNode;
+typedef struct CUgraphExec_st *CUgraphExec;
 
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_OUT_OF_MEMORY 2
@@ -84,6 +98,8 @@ typedef struct CUarray_st *CUarray;
 #define CU_MEM_LOCATION_TYPE_DEVICE 0x1
 #define CU_MEM_ALLOC_GRANULARITY_MINIMUM 0x0
 #define CU_MEM_ACCESS_FLAGS_PROT_READWRITE 0x3
+#define CU_STREAM_CAPTURE_MODE_THREAD_LOCAL 1
+#define CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT 2
 
 typedef enum {
     CU_GET_PROC_ADDRESS_SUCCESS = 0,
@@ -129,6 +145,25 @@ typedef struct {
     unsigned int NumChannels;
     unsigned int Flags;
 } CUDA_ARRAY3D_DESCRIPTOR;
+
+/* CUmemPoolProps (88 bytes in every CUDA 11.2+ header) */
+typedef struct {
+    int allocType; /* CUmemAllocationType */
+    int handleTypes;
+    CUmemLocation location;
+    void *win32SecurityAttributes;
+    size_t maxSize;
+    unsigned short usage;
+    unsigned char reserved[54];
+} CUmemPoolProps;
+
+typedef struct {
+    CUmemPoolProps poolProps;
+    const CUmemAccessDesc *accessDescs;
+    size_t accessDescCount;
+    size_t bytesize;
+    CUdeviceptr dptr;
+} CUDA_MEM_ALLOC_NODE_PARAMS;
 
 typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int cudaVersion,
                                             unsigned long long flags,
@@ -207,7 +242,22 @@ typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *symbol, void **pfn, int 
     X(cuLaunchGrid, (CUfunction f, int grid_width, int grid_height))                           \
     X(cuLaunchGridAsync, (CUfunction f, int grid_width, int grid_height, CUstream stream))      \
     X(cuLaunchCooperativeKernelMultiDevice,                                                    \
-      (void *params, unsigned int num_devices, unsigned int flags))
+      (void *params, unsigned int num_devices, unsigned int flags))                            \
+    X(cuStreamBeginCapture, (CUstream stream, int mode))                                       \
+    X(cuStreamEndCapture, (CUstream stream, CUgraph * graph))                                  \
+    X(cuGraphCreate, (CUgraph * graph, unsigned int flags))                                    \
+    X(cuGraphAddMemAllocNode, (CUgraphNode * node, CUgraph graph, const CUgraphNode *deps,      \
+                               size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *params))              \
+    X(cuGraphAddMemFreeNode, (CUgraphNode * node, CUgraph graph, const CUgraphNode *deps,       \
+                              size_t ndeps, CUdeviceptr dptr))                                 \
+    X(cuGraphInstantiateWithFlags,                                                             \
+      (CUgraphExec * exec, CUgraph graph, unsigned long long flags))                           \
+    X(cuGraphUpload, (CUgraphExec exec, CUstream stream))                                      \
+    X(cuGraphLaunch, (CUgraphExec exec, CUstream stream))                                      \
+    X(cuGraphExecDestroy, (CUgraphExec exec))                                                  \
+    X(cuGraphDestroy, (CUgraph graph))                                                         \
+    X(cuDeviceGraphMemTrim, (CUdevice dev))                                                    \
+    X(cuDeviceGetGraphMemAttribute, (CUdevice dev, int attr, void *value))
 
 #define DECLARE_PFN(name, args)                                                                \
     typedef CUresult(*pfn_##name) args;                                                        \
@@ -298,6 +348,9 @@ static void die_usage(const char *msg) {
             "       driver_workload hold --bytes N --seconds S\n"
             "       driver_workload load --ns N --seconds S [--batch B] [--pause-ms P]\n"
             "                            [--report-ms R] [--linger-s L]\n"
+            "       driver_workload graph --ns N --kernels K --seconds S [--batch B] [--pause-ms P]\n"
+            "                             [--mem M] [--report-ms R] [--linger-s L]\n"
+            "                             [--capture-pause-ms C]\n"
             "       driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]\n");
     exit(2);
 }
@@ -897,6 +950,101 @@ static void do_legacy_launch(unsigned long long count) {
          count, r_launch, r_grid, r_async, r_multi);
 }
 
+/* ---- named graphs with graph memory (ops graph:, graph-launch:, graph-destroy:, graph-trim) ---- */
+#define MAX_GRAPHS 16
+static struct {
+    char name[64];
+    CUgraph graph;
+    CUgraphExec exec;
+} graphs[MAX_GRAPHS];
+
+static int find_graph(const char *name) {
+    for (int i = 0; i < MAX_GRAPHS; i++)
+        if (graphs[i].graph && strcmp(graphs[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* What the driver's graph memory pool holds for this process (-1 if it cannot tell). */
+static long long graph_reserved(void) {
+    unsigned long long v = 0;
+    CUdevice d;
+    if (CU(cuDeviceGet, &d, current_device) != CUDA_SUCCESS ||
+        CU(cuDeviceGetGraphMemAttribute, d, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT, &v) != CUDA_SUCCESS)
+        return -1;
+    return (long long)v;
+}
+
+/* A graph that allocates `bytes` (allocation node) and frees it (free node), instantiated. */
+static void do_graph(const char *name, unsigned long long bytes) {
+    int slot = -1;
+    for (int i = 0; i < MAX_GRAPHS && slot < 0; i++)
+        if (!graphs[i].graph) slot = i;
+    if (find_graph(name) >= 0 || slot < 0) {
+        fprintf(stderr, "driver_workload: graph name '%s' in use or too many graphs\n", name);
+        exit(2);
+    }
+    CUgraph g = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode alloc = NULL, fr = NULL;
+    CUDA_MEM_ALLOC_NODE_PARAMS p;
+    memset(&p, 0, sizeof p);
+    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    p.poolProps.location.id = current_device;
+    p.bytesize = (size_t)bytes;
+    const char *step = "cuGraphCreate";
+    CUresult r = CU(cuGraphCreate, &g, 0);
+    if (r == CUDA_SUCCESS) {
+        step = "cuGraphAddMemAllocNode";
+        r = CU(cuGraphAddMemAllocNode, &alloc, g, NULL, 0, &p);
+    }
+    if (r == CUDA_SUCCESS) {
+        step = "cuGraphAddMemFreeNode";
+        r = CU(cuGraphAddMemFreeNode, &fr, g, &alloc, 1, p.dptr);
+    }
+    if (r == CUDA_SUCCESS) {
+        step = "cuGraphInstantiateWithFlags";
+        r = CU(cuGraphInstantiateWithFlags, &e, g, 0ULL);
+    }
+    if (r == CUDA_SUCCESS) {
+        snprintf(graphs[slot].name, sizeof graphs[slot].name, "%s", name);
+        graphs[slot].graph = g;
+        graphs[slot].exec = e;
+    } else if (g) {
+        CU(cuGraphDestroy, g);
+    }
+    emit("\"op\":\"graph\",\"name\":\"%s\",\"bytes\":%llu,\"step\":\"%s\",\"result\":%d%s%s%s",
+         name, bytes, step, r, r ? ",\"error\":\"" : "", r ? err_name(r) : "", r ? "\"" : "");
+}
+
+static void do_graph_op(const char *verb, const char *name) {
+    int i = name ? find_graph(name) : -1;
+    if (name && i < 0) {
+        fprintf(stderr, "driver_workload: unknown graph '%s'\n", name);
+        exit(2);
+    }
+    CUresult r;
+    if (strcmp(verb, "graph-launch") == 0) {
+        CUstream s = NULL;
+        r = get_stream(&s);
+        if (r == CUDA_SUCCESS) r = CU(cuGraphLaunch, graphs[i].exec, s);
+        if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, s);
+    } else if (strcmp(verb, "graph-destroy") == 0) {
+        r = CU(cuGraphExecDestroy, graphs[i].exec);
+        CUresult r2 = CU(cuGraphDestroy, graphs[i].graph);
+        if (r == CUDA_SUCCESS) r = r2;
+        graphs[i].graph = NULL;
+        graphs[i].exec = NULL;
+    } else {
+        CUdevice d;
+        r = CU(cuDeviceGet, &d, current_device);
+        if (r == CUDA_SUCCESS) r = CU(cuDeviceGraphMemTrim, d);
+    }
+    emit("\"op\":\"%s\",\"name\":\"%s\",\"reserved\":%lld,\"result\":%d%s%s%s", verb,
+         name ? name : "", graph_reserved(), r, r ? ",\"error\":\"" : "", r ? err_name(r) : "",
+         r ? "\"" : "");
+}
+
 /* ---- contexts, modules and libraries made by name (ctx:, module:, library:, drop:) ---- */
 enum made_kind { M_CTX, M_MODULE, M_LIBRARY };
 static const char *const MADE_NAMES[] = {"ctx", "module", "library"};
@@ -987,6 +1135,16 @@ static void run_op(char *tok, int run) {
         }
         if (run && verb[0] == 'f') do_free(parts[1]);
         else if (run) do_memcpy_check(parts[1]);
+    } else if (strcmp(verb, "graph") == 0) {
+        if (n != 3 || !valid_name(parts[1])) die_usage("usage: graph:NAME:BYTES");
+        unsigned long long bytes = need_u64(parts[2], "size");
+        if (run) do_graph(parts[1], bytes);
+    } else if (strcmp(verb, "graph-launch") == 0 || strcmp(verb, "graph-destroy") == 0) {
+        if (n != 2 || !valid_name(parts[1])) die_usage("usage: graph-launch:NAME / graph-destroy:NAME");
+        if (run) do_graph_op(verb, parts[1]);
+    } else if (strcmp(verb, "graph-trim") == 0) {
+        if (n != 1) die_usage("usage: graph-trim");
+        if (run) do_graph_op(verb, NULL);
     } else if (strcmp(verb, "ctx") == 0 || strcmp(verb, "module") == 0 ||
                strcmp(verb, "library") == 0 || strcmp(verb, "drop") == 0) {
         if (n != 2 || !valid_name(parts[1])) {
@@ -1167,6 +1325,90 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* What one launch of the load loop is: a spin kernel, or a CUDA graph of kernels. */
+struct work {
+    CUfunction fn;
+    CUgraphExec exec;
+    unsigned long long kernels; /* per launch */
+    unsigned long long ns;      /* device time per launch */
+    const char *mode;
+};
+
+static CUresult launch_work(const struct work *w, CUstream stream, void **params) {
+    if (w->exec) return CU(cuGraphLaunch, w->exec, stream);
+    return CU(cuLaunchKernel, w->fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+}
+
+/* The load loop (see `load`), reporting as ops "load-start", "load-progress" and "load". */
+static int run_load(const struct work *w, CUstream stream, unsigned long long batch,
+                    unsigned long long seconds, unsigned long long pause_ms,
+                    unsigned long long report_ms, unsigned long long linger_s) {
+    CUresult r = CUDA_SUCCESS;
+    unsigned long long ns = w->ns;
+    emit("\"op\":\"load-start\",\"pid\":%d,\"mode\":\"%s\"", (int)getpid(), w->mode);
+    size_t cap = 1024, n = 0;
+    double *waits = malloc(cap * sizeof *waits);
+    if (waits == NULL) {
+        perror("malloc");
+        return 2;
+    }
+    unsigned long long param = ns;
+    void *params[1] = {&param};
+    double start = now_ms(), own_ms = (double)(batch * ns) / 1e6;
+    double end = start, reported = start;
+    unsigned long long kernels = 0;
+    while (r == CUDA_SUCCESS && now_ms() - start < (double)seconds * 1000.0) {
+        double t0 = now_ms();
+        for (unsigned long long i = 0; i < batch && r == CUDA_SUCCESS; i++) {
+            r = launch_work(w, stream, params);
+            if (r == CUDA_SUCCESS) kernels += w->kernels;
+        }
+        if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
+        double t1 = now_ms();
+        if (r == CUDA_SUCCESS) end = t1;
+        if (r == CUDA_SUCCESS && report_ms && t1 - reported >= (double)report_ms) {
+            /* every kernel launched so far has completed: the stream is synchronized */
+            emit("\"op\":\"load-progress\",\"t_ms\":%.3f,\"kernels\":%llu,\"batches\":%zu", t1,
+                 kernels, n + 1);
+            reported = t1;
+        }
+        double wait = t1 - t0 - own_ms;
+        if (n == cap) {
+            cap *= 2;
+            double *grown = realloc(waits, cap * sizeof *waits);
+            if (grown == NULL) {
+                perror("realloc");
+                return 2;
+            }
+            waits = grown;
+        }
+        waits[n++] = wait < 0 ? 0 : wait;
+        if (pause_ms) usleep((useconds_t)(pause_ms * 1000));
+    }
+    double wall = now_ms() - start;
+    if (report_ms && reported < end) {
+        emit("\"op\":\"load-progress\",\"t_ms\":%.3f,\"kernels\":%llu,\"batches\":%zu", end,
+             kernels, n);
+    }
+    qsort(waits, n, sizeof *waits, cmp_double);
+    double p50 = n ? waits[n / 2] : 0, p99 = n ? waits[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] : 0;
+    double max = n ? waits[n - 1] : 0;
+    emit("\"op\":\"load\",\"mode\":\"%s\",\"pid\":%d,\"kernels\":%llu,\"batches\":%zu,\"wall_ms\":%.1f,"
+         "\"start_ms\":%.3f,\"end_ms\":%.3f,"
+         "\"wait_p50_ms\":%.3f,\"wait_p99_ms\":%.3f,\"wait_max_ms\":%.3f,\"result\":%d,"
+         "\"error\":\"%s\"",
+         w->mode, (int)getpid(), kernels, n, wall, start, end, p50, p99, max, r, r ? err_name(r) : "");
+    free(waits);
+    if (linger_s) {
+        /* idle but alive: the context stays, no launches */
+        emit("\"op\":\"linger\",\"seconds\":%llu", linger_s);
+        sleep((unsigned int)linger_s);
+    }
+    release_all_devices();
+    return 0;
+}
+
+
 static int cmd_load(int argc, char **argv) {
     static const char *const flags[] = {"--ns",       "--seconds",  "--batch",
                                         "--pause-ms", "--device",   "--report-ms",
@@ -1200,67 +1442,71 @@ static int cmd_load(int argc, char **argv) {
         emit("\"op\":\"load\",\"step\":\"setup\",\"result\":%d,\"error\":\"%s\"", r, err_name(r));
         return 0;
     }
-    emit("\"op\":\"load-start\",\"pid\":%d", (int)getpid());
-    size_t cap = 1024, n = 0;
-    double *waits = malloc(cap * sizeof *waits);
-    if (waits == NULL) {
-        perror("malloc");
-        return 2;
-    }
+    struct work w = {fn, NULL, 1, ns, "kernel"};
+    return run_load(&w, stream, batch, seconds, pause_ms, report_ms, linger_s);
+}
+
+/* ---- graph: a decode-like step captured once into a CUDA graph, replayed ---- */
+static int cmd_graph(int argc, char **argv) {
+    static const char *const flags[] = {"--ns",       "--kernels",   "--seconds",  "--batch",
+                                        "--pause-ms", "--device",    "--report-ms", "--linger-s",
+                                        "--mem",      "--capture-pause-ms", NULL};
+    const char *v[10] = {NULL, "8", NULL, "1", "0", "0", "0", "0", "0", "0"};
+    parse_flags(argc, argv, flags, v);
+    unsigned long long ns = need_u64(v[0], "--ns");
+    unsigned long long count = need_u64(v[1], "--kernels");
+    unsigned long long seconds = need_u64(v[2], "--seconds");
+    unsigned long long batch = need_u64(v[3], "--batch");
+    unsigned long long pause_ms = need_u64(v[4], "--pause-ms");
+    unsigned long long dev = need_u64(v[5], "--device");
+    unsigned long long report_ms = need_u64(v[6], "--report-ms");
+    unsigned long long linger_s = need_u64(v[7], "--linger-s");
+    unsigned long long mem = need_u64(v[8], "--mem");
+    unsigned long long capture_pause_ms = need_u64(v[9], "--capture-pause-ms");
+    if (batch == 0 || count == 0) die_usage("--batch and --kernels must be positive");
+    load_driver();
+    CUresult r = use_device((int)dev);
+    CUfunction fn = NULL;
+    CUstream stream = NULL;
+    const char *step = "setup";
+    if (r == CUDA_SUCCESS) r = get_spin(&fn);
+    if (r == CUDA_SUCCESS) r = get_stream(&stream);
+    /* capture one step: [alloc workspace] K kernels [free workspace] */
+    CUgraph graph = NULL;
+    CUgraphExec exec = NULL;
     unsigned long long param = ns;
     void *params[1] = {&param};
-    double start = now_ms(), own_ms = (double)(batch * ns) / 1e6;
-    double end = start, reported = start;
-    unsigned long long kernels = 0;
-    while (r == CUDA_SUCCESS && now_ms() - start < (double)seconds * 1000.0) {
-        double t0 = now_ms();
-        for (unsigned long long i = 0; i < batch && r == CUDA_SUCCESS; i++) {
-            r = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
-            if (r == CUDA_SUCCESS) kernels++;
-        }
-        if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
-        double t1 = now_ms();
-        if (r == CUDA_SUCCESS) end = t1;
-        if (r == CUDA_SUCCESS && report_ms && t1 - reported >= (double)report_ms) {
-            /* every kernel launched so far has completed: the stream is synchronized */
-            emit("\"op\":\"load-progress\",\"t_ms\":%.3f,\"kernels\":%llu,\"batches\":%zu", t1,
-                 kernels, n + 1);
-            reported = t1;
-        }
-        double wait = t1 - t0 - own_ms;
-        if (n == cap) {
-            cap *= 2;
-            double *grown = realloc(waits, cap * sizeof *waits);
-            if (grown == NULL) {
-                perror("realloc");
-                return 2;
-            }
-            waits = grown;
-        }
-        waits[n++] = wait < 0 ? 0 : wait;
-        if (pause_ms) usleep((useconds_t)(pause_ms * 1000));
+    if (r == CUDA_SUCCESS) {
+        step = "capture";
+        r = CU(cuStreamBeginCapture, stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
     }
-    double wall = now_ms() - start;
-    if (report_ms && reported < end) {
-        emit("\"op\":\"load-progress\",\"t_ms\":%.3f,\"kernels\":%llu,\"batches\":%zu", end,
-             kernels, n);
+    if (r == CUDA_SUCCESS) {
+        CUdeviceptr workspace = 0;
+        CUresult rc = mem ? CU(cuMemAllocAsync, &workspace, (size_t)mem, stream) : CUDA_SUCCESS;
+        for (unsigned long long i = 0; i < count && rc == CUDA_SUCCESS; i++) {
+            if (capture_pause_ms) usleep((useconds_t)(capture_pause_ms * 1000));
+            rc = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+        }
+        if (rc == CUDA_SUCCESS && mem) rc = CU(cuMemFreeAsync, workspace, stream);
+        r = CU(cuStreamEndCapture, stream, &graph);
+        if (rc != CUDA_SUCCESS) r = rc;
     }
-    qsort(waits, n, sizeof *waits, cmp_double);
-    double p50 = n ? waits[n / 2] : 0, p99 = n ? waits[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] : 0;
-    double max = n ? waits[n - 1] : 0;
-    emit("\"op\":\"load\",\"pid\":%d,\"kernels\":%llu,\"batches\":%zu,\"wall_ms\":%.1f,"
-         "\"start_ms\":%.3f,\"end_ms\":%.3f,"
-         "\"wait_p50_ms\":%.3f,\"wait_p99_ms\":%.3f,\"wait_max_ms\":%.3f,\"result\":%d,"
-         "\"error\":\"%s\"",
-         (int)getpid(), kernels, n, wall, start, end, p50, p99, max, r, r ? err_name(r) : "");
-    free(waits);
-    if (linger_s) {
-        /* idle but alive: the context stays, no launches */
-        emit("\"op\":\"linger\",\"seconds\":%llu", linger_s);
-        sleep((unsigned int)linger_s);
+    if (r == CUDA_SUCCESS) {
+        step = "instantiate";
+        r = CU(cuGraphInstantiateWithFlags, &exec, graph, 0ULL);
     }
-    release_all_devices();
-    return 0;
+    if (r == CUDA_SUCCESS) {
+        step = "upload";
+        r = CU(cuGraphUpload, exec, stream);
+    }
+    if (r != CUDA_SUCCESS) {
+        emit("\"op\":\"load\",\"mode\":\"graph\",\"step\":\"%s\",\"result\":%d,\"error\":\"%s\"",
+             step, r, err_name(r));
+        return 0;
+    }
+    struct work w = {fn, exec, count, count * ns, "graph"};
+    int rc = run_load(&w, stream, batch, seconds, pause_ms, report_ms, linger_s);
+    return rc;
 }
 
 /* ---- launch-rate: what one launch call costs (issue only, rarely synchronized) ---- */
@@ -1524,6 +1770,8 @@ int main(int argc, char **argv) {
         rc = cmd_fork(argc - 2, argv + 2);
     } else if (strcmp(cmd, "load") == 0) {
         rc = cmd_load(argc - 2, argv + 2);
+    } else if (strcmp(cmd, "graph") == 0) {
+        rc = cmd_graph(argc - 2, argv + 2);
     } else if (strcmp(cmd, "launch-rate") == 0) {
         rc = cmd_launch_rate(argc - 2, argv + 2);
     } else {

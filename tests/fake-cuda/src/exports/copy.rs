@@ -3,6 +3,7 @@
 //! copies to pageable host memory complete before returning, like the real driver.
 
 use crate::driver::{Process, process};
+use crate::graph::{self, Memcpy3d, MemsetNode, NodeKind, Route};
 use crate::stream::{self, Op};
 use crate::types::*;
 use std::ffi::{c_uint, c_void};
@@ -45,6 +46,31 @@ fn copy(
     }
     let dst_dev = check_side(p, dst, dst_side, n)?;
     let src_dev = check_side(p, src, src_side, n)?;
+    if stream_arg.is_none() {
+        graph::unsafe_call(p)?;
+    }
+    match graph::route(p, &ctx, &s)? {
+        Route::Submit => {}
+        Route::Capture(id) if stream_arg.is_some() => {
+            let (dst_type, src_type) = (if dst_dev { 2 } else { 1 }, if src_dev { 2 } else { 1 });
+            let c = Memcpy3d {
+                src_type,
+                src_host: src as usize,
+                src_device: src,
+                dst_type,
+                dst_host: dst as usize,
+                dst_device: dst,
+                width: n,
+                height: 1,
+                depth: 1,
+                ..Memcpy3d::default()
+            };
+            graph::capture_node(p, id, &s, NodeKind::Memcpy(c))?;
+            return Ok(());
+        }
+        // A synchronous copy cannot be captured.
+        Route::Capture(_) => return graph::conflicts_stream(p, &s),
+    }
     match stream_arg {
         None => stream::submit_sync(&ctx, &s, Op::Copy { dst, src, n }),
         Some(_) => {
@@ -82,6 +108,25 @@ fn memset(
         return Ok(());
     }
     let bytes = count.checked_mul(elem).ok_or(err::INVALID_VALUE)?;
+    if stream_arg.is_none() {
+        graph::unsafe_call(p)?;
+    }
+    if let Route::Capture(id) = graph::route(p, &ctx, &s)? {
+        if stream_arg.is_none() {
+            return graph::conflicts_stream(p, &s);
+        }
+        let m = MemsetNode {
+            dst,
+            pitch: bytes,
+            value,
+            elem,
+            width: count,
+            height: 1,
+        };
+        m.check(p)?;
+        graph::capture_node(p, id, &s, NodeKind::Memset(m))?;
+        return Ok(());
+    }
     p.mem.check_range(dst, bytes as u64)?;
     stream::submit(
         &ctx,

@@ -225,7 +225,10 @@ cuda_fn! {
     }
 
     fn cuCtxSynchronize() {
-        let (_, c) = context::require()?;
+        let (p, c) = context::require()?;
+        // Waiting for a capturing stream conflicts with its capture, from any thread.
+        crate::graph::conflicts_context(p, c.handle)?;
+        crate::graph::unsafe_call(p)?;
         c.synchronize()
     }
 

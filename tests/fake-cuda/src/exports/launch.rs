@@ -2,7 +2,8 @@
 
 use crate::context;
 use crate::driver::{Process, process};
-use crate::module::{OPTIN_MAX_SHARED, image_bytes};
+use crate::graph::{self, KernelNode, NodeKind, Route};
+use crate::module::{Function, OPTIN_MAX_SHARED, image_bytes};
 use crate::stream::{self, Op};
 use crate::types::*;
 use std::ffi::{c_char, c_int, c_uint, c_void};
@@ -24,24 +25,16 @@ fn module_load(out: *mut Handle, image: *const c_void) -> Res<()> {
     unsafe { write_out(out, hptr(h)) }
 }
 
-/// Reads the first `u64` kernel parameter from `kernelParams` or the `extra` buffer.
+/// The argument buffer of an `extra` array: `(CU_LAUNCH_PARAM_BUFFER_POINTER,
+/// CU_LAUNCH_PARAM_BUFFER_SIZE)`.
 ///
 /// # Safety
-/// `params`/`extra` follow the `cuLaunchKernel` conventions.
-unsafe fn first_u64(params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<u64> {
-    if !params.is_null() {
-        // SAFETY: kernelParams holds one pointer per parameter; the first points to a u64.
-        let p0 = unsafe { *params };
-        // SAFETY: as above (null checked by read_in).
-        return unsafe { read_in(p0 as *const u64) };
-    }
-    if extra.is_null() {
-        return Err(err::INVALID_VALUE);
-    }
+/// `extra` is a non-null `(key, value)` array ending with `CU_LAUNCH_PARAM_END`.
+pub(crate) unsafe fn extra_buffer(extra: *mut *mut c_void) -> Res<(*const u8, usize)> {
     let (mut buf, mut size) = (std::ptr::null::<u8>(), 0usize);
     let mut i = 0;
     loop {
-        // SAFETY: `extra` is an array of (key, value) pointers ending with CU_LAUNCH_PARAM_END.
+        // SAFETY: per this function's contract.
         let key = unsafe { *extra.add(i) } as usize;
         match key {
             0 => break,
@@ -57,6 +50,28 @@ unsafe fn first_u64(params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<u6
         }
         i += 2;
     }
+    if buf.is_null() && size > 0 {
+        return Err(err::INVALID_VALUE);
+    }
+    Ok((buf, size))
+}
+
+/// Reads the first `u64` kernel parameter from `kernelParams` or the `extra` buffer.
+///
+/// # Safety
+/// `params`/`extra` follow the `cuLaunchKernel` conventions.
+unsafe fn first_u64(params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<u64> {
+    if !params.is_null() {
+        // SAFETY: kernelParams holds one pointer per parameter; the first points to a u64.
+        let p0 = unsafe { *params };
+        // SAFETY: as above (null checked by read_in).
+        return unsafe { read_in(p0 as *const u64) };
+    }
+    if extra.is_null() {
+        return Err(err::INVALID_VALUE);
+    }
+    // SAFETY: per this function's contract.
+    let (buf, size) = unsafe { extra_buffer(extra)? };
     if buf.is_null() || size < 8 {
         return Err(err::INVALID_VALUE);
     }
@@ -64,24 +79,16 @@ unsafe fn first_u64(params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<u6
     Ok(unsafe { (buf as *const u64).read_unaligned() })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn launch(
-    f: Handle,
+/// Checks a launch configuration as the driver does (launches and graph kernel nodes).
+pub(crate) fn check_config(
+    func: &Function,
     grid: [c_uint; 3],
     block: [c_uint; 3],
     shmem: c_uint,
-    h: Handle,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
-    ptds: bool,
     cooperative: bool,
 ) -> Res<()> {
-    let p = process()?;
-    let func = p.modules.function(hval(f))?;
-    let (ctx, s) = stream::resolve(p, h, ptds)?;
-    if func.ctx != 0 && func.ctx != ctx.handle {
-        return Err(err::INVALID_HANDLE);
-    }
     let [gx, gy, gz] = grid;
     let [bx, by, bz] = block;
     if gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 {
@@ -110,13 +117,59 @@ fn launch(
             return Err(err::COOPERATIVE_LAUNCH_TOO_LARGE);
         }
     }
-    let ns = if func.name == "spin" {
-        // SAFETY: params/extra follow the cuLaunchKernel conventions.
-        unsafe { first_u64(params, extra)? }
+    Ok(())
+}
+
+/// How long a launch of `func` occupies the device: `spin` its first `u64` parameter, any other
+/// kernel `FAKEGPU_KERNEL_NS`.
+///
+/// # Safety
+/// `params`/`extra` follow the `cuLaunchKernel` conventions.
+pub(crate) unsafe fn kernel_ns(
+    p: &Process,
+    func: &Function,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Res<u64> {
+    if func.name == "spin" {
+        // SAFETY: per this function's contract.
+        unsafe { first_u64(params, extra) }
     } else {
-        p.kernel_ns
-    };
-    stream::submit(&ctx, &s, Op::Kernel { ns });
+        Ok(p.kernel_ns)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    f: Handle,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shmem: c_uint,
+    h: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    ptds: bool,
+    cooperative: bool,
+) -> Res<()> {
+    let p = process()?;
+    let func = p.modules.function(hval(f))?;
+    let (ctx, s) = stream::resolve(p, h, ptds)?;
+    if func.ctx != 0 && func.ctx != ctx.handle {
+        return Err(err::INVALID_HANDLE);
+    }
+    check_config(&func, grid, block, shmem, params, extra, cooperative)?;
+    match graph::route(p, &ctx, &s)? {
+        Route::Submit => {
+            // SAFETY: params/extra follow the cuLaunchKernel conventions.
+            let ns = unsafe { kernel_ns(p, &func, params, extra)? };
+            stream::submit(&ctx, &s, Op::Kernel { ns });
+        }
+        Route::Capture(id) => {
+            // SAFETY: as above.
+            let k = unsafe { KernelNode::copy(p, func, grid, block, shmem, params, extra)? };
+            graph::capture_node(p, id, &s, NodeKind::Kernel(k))?;
+        }
+    }
     Ok(())
 }
 

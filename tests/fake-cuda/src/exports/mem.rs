@@ -3,6 +3,7 @@
 
 use crate::context::{self, Context};
 use crate::driver::{Process, process};
+use crate::graph::{self, Route};
 use crate::memory::{GRANULARITY, Kind, array_bytes};
 use crate::stream::{self, Op};
 use crate::types::*;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 fn alloc(dptr: *mut CUdeviceptr, size: usize, kind: Kind) -> Res<()> {
     need(dptr)?;
     let (p, c) = context::require()?;
+    graph::unsafe_call(p)?;
     let ptr = p.mem.alloc(p, c.device, c.handle, size as u64, kind)?;
     // SAFETY: output pointer from the caller (null checked).
     unsafe { write_out(dptr, ptr) }
@@ -33,6 +35,12 @@ fn sync_all(p: &Process) {
 fn free(ptr: CUdeviceptr) -> Res<()> {
     let p = process()?;
     context::current(p)?;
+    graph::unsafe_call(p)?;
+    if graph::is_graph_alloc(p, ptr) {
+        // A graph allocation's lifetime ends now; its memory goes back to the graph pool.
+        sync_all(p);
+        return graph::free_alloc(p, ptr);
+    }
     match p.mem.find(ptr) {
         Some(a) if a.base == ptr && !a.free_pending && !matches!(a.kind, Kind::Mapped(_)) => {}
         _ => return Err(err::INVALID_VALUE),
@@ -54,7 +62,7 @@ fn alloc_async(
 ) -> Res<()> {
     need(dptr)?;
     let p = process()?;
-    let (ctx, _s) = stream::resolve(p, h, ptds)?;
+    let (ctx, s) = stream::resolve(p, h, ptds)?;
     let pool_h = match pool {
         Some(ph) => hval(ph),
         None => p.mem.current_pools[ctx.device as usize].load(std::sync::atomic::Ordering::Acquire),
@@ -71,6 +79,12 @@ fn alloc_async(
         // SAFETY: output pointer from the caller (null checked).
         return unsafe { write_out(dptr, 0) };
     }
+    if let Route::Capture(id) = graph::route(p, &ctx, &s)? {
+        // Captured: an allocation node of the graph (its memory comes at launch).
+        let va = graph::capture_alloc(p, id, &s, device, size as u64)?;
+        // SAFETY: output pointer from the caller (null checked).
+        return unsafe { write_out(dptr, va) };
+    }
     let ptr = p
         .mem
         .alloc(p, device, ctx.handle, size as u64, Kind::Pool(pool_h))?;
@@ -83,6 +97,15 @@ fn free_async(ptr: CUdeviceptr, h: Handle, ptds: bool) -> Res<()> {
     let (ctx, s) = stream::resolve(p, h, ptds)?;
     if ptr == 0 {
         return Ok(());
+    }
+    if let Route::Capture(id) = graph::route(p, &ctx, &s)? {
+        graph::capture_node(p, id, &s, graph::NodeKind::MemFree(ptr))?;
+        return Ok(());
+    }
+    if graph::is_graph_alloc(p, ptr) {
+        // Simplification: the lifetime ends when the free is enqueued (the memory stays mapped
+        // until the graph pool is trimmed or its executable graph destroyed).
+        return graph::free_alloc(p, ptr);
     }
     p.mem.mark_free_pending(ptr)?;
     stream::submit(&ctx, &s, Op::Free { ptr });
@@ -180,6 +203,7 @@ cuda_fn! {
     fn cuMemAlloc(dptr: *mut c_uint, size: c_uint) {
         need(dptr)?;
         let (p, c) = context::require()?;
+        graph::unsafe_call(p)?;
         let ptr = p.mem.alloc_low(p, c.device, c.handle, u64::from(size))?;
         if ptr > u64::from(u32::MAX) {
             let _ = p.mem.free_now(p, ptr);
@@ -226,6 +250,7 @@ cuda_fn! {
     fn cuMemAllocHost_v2(pp: *mut *mut c_void, size: usize) {
         need(pp)?;
         let (p, _) = context::require()?;
+        graph::unsafe_call(p)?;
         let ptr = p.mem.host_alloc(size as u64)?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(pp, ptr as *mut c_void) }
@@ -234,6 +259,7 @@ cuda_fn! {
     fn cuMemAllocHost(pp: *mut *mut c_void, size: c_uint) {
         need(pp)?;
         let (p, _) = context::require()?;
+        graph::unsafe_call(p)?;
         let ptr = p.mem.host_alloc(u64::from(size))?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(pp, ptr as *mut c_void) }
@@ -245,6 +271,7 @@ cuda_fn! {
             return Err(err::INVALID_VALUE);
         }
         let (p, _) = context::require()?;
+        graph::unsafe_call(p)?;
         let ptr = p.mem.host_alloc(size as u64)?;
         // SAFETY: output pointer from the caller (null checked).
         unsafe { write_out(pp, ptr as *mut c_void) }
@@ -252,6 +279,7 @@ cuda_fn! {
 
     fn cuMemFreeHost(ptr: *mut c_void) {
         let (p, _) = context::require()?;
+        graph::unsafe_call(p)?;
         sync_all(p);
         p.mem.host_free(ptr as u64)
     }

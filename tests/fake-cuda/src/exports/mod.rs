@@ -3,6 +3,7 @@
 pub mod copy;
 pub mod ctx;
 pub mod device;
+pub mod graph;
 pub mod launch;
 pub mod library;
 pub mod mem;
@@ -12,6 +13,7 @@ pub mod unsupported;
 pub use copy::*;
 pub use ctx::*;
 pub use device::*;
+pub use graph::*;
 pub use launch::*;
 pub use library::*;
 pub use mem::*;

@@ -2,6 +2,7 @@
 
 use crate::context;
 use crate::driver::{Process, process};
+use crate::graph::{self, NodeKind, Route};
 use crate::stream::{self, EVENT_DISABLE_TIMING, Event, EventStatus, Op, Stream, StreamKind};
 use crate::types::*;
 use std::ffi::{c_float, c_int, c_uint, c_void};
@@ -32,6 +33,7 @@ fn destroy(h: Handle) -> Res<()> {
     let p = process()?;
     let v = hval(h);
     let s = p.streams.lock().remove(&v).ok_or(err::INVALID_HANDLE)?;
+    graph::forget_stream(p, &s);
     if let Ok(c) = context::lookup(p, s.ctx) {
         c.streams.lock().retain(|o| !Arc::ptr_eq(o, &s));
     }
@@ -53,7 +55,10 @@ fn sticky(p: &Process, ctx: u64) -> Res<()> {
 fn synchronize(h: Handle, ptds: bool) -> Res<()> {
     let p = process()?;
     let (ctx, s) = stream::resolve(p, h, ptds)?;
+    graph::conflicts_stream(p, &s)?;
     if s.kind == StreamKind::Legacy {
+        graph::unsafe_call(p)?;
+        graph::route(p, &ctx, &s)?;
         // Synchronising the NULL stream waits for what an op submitted to it now would wait for.
         stream::submit_sync(&ctx, &s, Op::Nop)
     } else {
@@ -65,6 +70,8 @@ fn synchronize(h: Handle, ptds: bool) -> Res<()> {
 fn query(h: Handle, ptds: bool) -> Res<()> {
     let p = process()?;
     let (ctx, s) = stream::resolve(p, h, ptds)?;
+    graph::conflicts_stream(p, &s)?;
+    graph::route(p, &ctx, &s)?;
     sticky(p, ctx.handle)?;
     if s.idle() {
         Ok(())
@@ -88,6 +95,10 @@ fn wait_event(h: Handle, ev: Handle, flags: c_uint, ptds: bool) -> Res<()> {
     let p = process()?;
     let e = event(p, ev)?;
     let (ctx, s) = stream::resolve(p, h, ptds)?;
+    if graph::capture_wait(p, &ctx, &s, &e, flags)? {
+        return Ok(());
+    }
+    graph::route(p, &ctx, &s)?;
     stream::wait_event(&ctx, &s, &e);
     Ok(())
 }
@@ -99,7 +110,17 @@ fn record(ev: Handle, h: Handle, flags: c_uint, ptds: bool) -> Res<()> {
     let p = process()?;
     let e = event(p, ev)?;
     let (ctx, s) = stream::resolve(p, h, ptds)?;
-    e.record(&ctx, &s);
+    match graph::route(p, &ctx, &s)? {
+        // CU_EVENT_RECORD_EXTERNAL: an event record node.
+        Route::Capture(id) if flags & 1 != 0 => {
+            graph::capture_node(p, id, &s, NodeKind::EventRecord(e))?;
+        }
+        Route::Capture(id) => graph::capture_record(p, id, &s, e.handle)?,
+        Route::Submit => {
+            graph::forget_record(p, e.handle);
+            e.record(&ctx, &s);
+        }
+    }
     Ok(())
 }
 
@@ -126,14 +147,29 @@ fn host_fn(h: Handle, f: Option<stream::HostFn>, data: *mut c_void, ptds: bool) 
     let f = f.ok_or(err::INVALID_VALUE)?;
     let p = process()?;
     let (ctx, s) = stream::resolve(p, h, ptds)?;
-    stream::submit(
-        &ctx,
-        &s,
-        Op::Host {
-            f,
-            data: data as usize,
-        },
-    );
+    match graph::route(p, &ctx, &s)? {
+        Route::Capture(id) => {
+            graph::capture_node(
+                p,
+                id,
+                &s,
+                NodeKind::Host {
+                    f,
+                    data: data as usize,
+                },
+            )?;
+        }
+        Route::Submit => {
+            stream::submit(
+                &ctx,
+                &s,
+                Op::Host {
+                    f,
+                    data: data as usize,
+                },
+            );
+        }
+    }
     Ok(())
 }
 
@@ -150,6 +186,10 @@ fn add_callback(
     }
     let p = process()?;
     let (ctx, s) = stream::resolve(p, h, ptds)?;
+    if let Route::Capture(_) = graph::route(p, &ctx, &s)? {
+        // Stream callbacks cannot be captured (host nodes can).
+        graph::conflicts_stream(p, &s)?;
+    }
     stream::submit(
         &ctx,
         &s,
@@ -189,10 +229,10 @@ fn get_ctx(h: Handle, pctx: *mut Handle, ptds: bool) -> Res<()> {
 fn is_capturing(h: Handle, status: *mut c_int, ptds: bool) -> Res<()> {
     need(status)?;
     let p = process()?;
-    stream::resolve(p, h, ptds)?;
-    // Stream capture is not supported, so no stream is ever capturing.
+    let (ctx, s) = stream::resolve(p, h, ptds)?;
+    let (st, ..) = graph::status(p, &ctx, &s)?;
     // SAFETY: output pointer from the caller (null checked).
-    unsafe { write_out(status, 0) }
+    unsafe { write_out(status, st as c_int) }
 }
 
 cuda_fn! {
@@ -297,11 +337,13 @@ cuda_fn! {
     fn cuEventSynchronize(ev: Handle) {
         let p = process()?;
         let e = event(p, ev)?;
+        graph::conflicts_event(p, e.handle)?;
         e.synchronize();
         sticky(p, e.ctx)
     }
     fn cuEventQuery(ev: Handle) {
         let p = process()?;
+        graph::conflicts_event(p, hval(ev))?;
         match event(p, ev)?.status() {
             EventStatus::Pending(..) => Err(err::NOT_READY),
             _ => Ok(()),

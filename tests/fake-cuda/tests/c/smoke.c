@@ -1,31 +1,9 @@
 /* Smoke test of the fake libcuda.so.1 through dlopen/dlsym and cuGetProcAddress, like a real
  * application: devices, contexts, memory (data really moves), PTX modules, asynchronous launches,
  * events (timing accuracy), stream-ordered allocation, OOM. Prints one line per check. */
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#include "check.h"
 #include <sys/wait.h>
 #include <unistd.h>
-
-typedef int CUresult;
-typedef int CUdevice;
-typedef unsigned long long CUdeviceptr;
-typedef void *H;
-
-static void *lib;
-static int failures;
-#define SYM(name) ((CUresult(*)())must(#name))
-static void *must(const char *n) {
-    void *p = dlsym(lib, n);
-    if (!p) { printf("FAIL missing symbol %s\n", n); exit(2); }
-    return p;
-}
-#define CHECK(cond, ...) do { if (cond) { printf("OK   "); } else { printf("FAIL "); failures++; } printf(__VA_ARGS__); printf("\n"); } while (0)
-static double now_ms(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6; }
 
 static const char *PTX =
     ".version 8.0\n.target sm_90\n.address_size 64\n"
