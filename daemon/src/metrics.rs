@@ -83,6 +83,7 @@ impl Collector for ReportCollector {
                     .encode(&mut m.encode_family(&labels)?, (f.value)(d))?;
             }
         }
+        tenant_info_family(r, &mut enc)?;
         weight_share_family(r, &mut enc)?;
         unmanaged_family(r, &mut enc)?;
         histogram_family(r, &mut enc, SLICE_WAIT, |d| &d.waits.slice_wait)?;
@@ -319,6 +320,32 @@ fn weight_share_family(r: &StatusReport, enc: &mut DescriptorEncoder) -> fmt::Re
         let share = t.weight as f64 / total[&d.index].max(1.0);
         m.encode_family(&tenant_device(t, d))?
             .encode_gauge(&share)?;
+    }
+    Ok(())
+}
+
+/// One series per tenant, labelled with its priority class and, for Kubernetes tenants, the pod
+/// or claim it stands for (join on `tenant`).
+fn tenant_info_family(r: &StatusReport, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "gpumux_tenant",
+        "1 per tenant, labelled with its priority class and, for Kubernetes tenants, the pod or claim it stands for (join on tenant).",
+        None,
+        MetricType::Info,
+    )?;
+    for t in &r.tenants {
+        let owner = t.owner.clone().unwrap_or_default();
+        let mut labels = vec![
+            ("tenant", t.name.as_str()),
+            ("priority", t.priority.as_str()),
+        ];
+        labels.extend(
+            owner
+                .fields()
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v))),
+        );
+        m.encode_info(&labels)?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use crate::status::{
     DeviceStatus, ProcessDeviceStatus, ProcessState, ProcessStatus, UnmanagedProcess,
 };
 use crate::waits::TenantWaits;
+use gpumux_common::config::{Priority, TenantOwner};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default)]
@@ -168,6 +169,17 @@ fn report() -> StatusReport {
         processes: vec![1, 2],
         socket: "/s".into(),
         devices,
+        priority: if weight == 1 {
+            Priority::Latency
+        } else {
+            Priority::default()
+        },
+        owner: (weight == 1).then(|| TenantOwner {
+            namespace: Some("ns".into()),
+            pod: Some("train".into()),
+            container: Some("main".into()),
+            claim: None,
+        }),
         process_details: vec![ProcessStatus {
             pid: 1,
             slot: 0,
@@ -274,6 +286,7 @@ fn exposition_parses_back_with_types_and_values() {
         ("gpumux_slice_wait_seconds_total", "counter"),
         ("gpumux_device_time_share", "gauge"),
         ("gpumux_weight_share", "gauge"),
+        ("gpumux_tenant_info", "gauge"),
         ("gpumux_slice_wait_duration_seconds", "histogram"),
         ("gpumux_grant_latency_seconds", "histogram"),
     ] {
@@ -312,6 +325,19 @@ fn exposition_parses_back_with_types_and_values() {
     let g = "gpumux_device_memory_bytes";
     assert_eq!(value(f(g), g, &[("device", "1"), ("uuid", "GPU-y")]), 100.0);
     // Weight 3 against 1 on device 0; alone on device 1.
+    let g = "gpumux_tenant_info";
+    let b = [
+        ("tenant", "b"),
+        ("priority", "latency"),
+        ("namespace", "ns"),
+        ("pod", "train"),
+        ("container", "main"),
+    ];
+    assert_eq!(value(f(g), g, &b), 1.0);
+    assert_eq!(
+        value(f(g), g, &[("tenant", ODD), ("priority", "normal")]),
+        1.0
+    );
     let g = "gpumux_weight_share";
     assert_eq!(value(f(g), g, &td("0")), 0.75);
     assert_eq!(value(f(g), g, &[("tenant", "b"), ("device", "0")]), 0.25);

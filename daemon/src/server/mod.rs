@@ -419,6 +419,8 @@ impl Daemon {
                         .display()
                         .to_string(),
                     devices,
+                    priority: t.quota.priority,
+                    owner: t.quota.owner.clone(),
                     process_details: self.process_details(t, now),
                 }
             })

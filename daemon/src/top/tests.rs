@@ -76,6 +76,8 @@ fn report(uptime: f64, tenants: Vec<Tenant>) -> StatusReport {
                         slice_wait_ns: 0,
                         waits,
                     }],
+                    priority: Default::default(),
+                    owner: None,
                     process_details: t.procs,
                 }
             })
