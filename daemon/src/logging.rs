@@ -7,13 +7,15 @@
 //!   its own (the journal keeps them) and a syslog priority prefix (`<3>` error, `<4>` warning,
 //!   `<6>` info, `<7>` debug) on every line, which journald turns into the entry's priority,
 //!   so `journalctl -u gpumuxd -p warning` works.
-//! - **Repeated warnings and errors** pass at most [`WARN_BURST`] times per
-//!   [`WARN_INTERVAL`] per log site and tenant; the rest are counted and reported in one
-//!   summary line when the interval ends ([`RateLimitLayer`], on [`crate::ratelimit`]). Any
-//!   `tracing::warn!`/`error!` in the daemon is covered: give it a `tenant` field when a
-//!   tenant causes it, so one noisy tenant cannot silence the others' warnings.
+//! - **Repeated warnings and errors** pass at most [`TENANT_WARN_BURST`] time per
+//!   [`WARN_INTERVAL`] per log site and tenant (lines with a `tenant` field), or
+//!   [`WARN_BURST`] times per log site (the daemon's own trouble); the rest are counted and
+//!   reported in one summary line when the interval ends ([`RateLimitLayer`], on
+//!   [`crate::ratelimit`]). Any `tracing::warn!`/`error!` in the daemon is covered: give it a
+//!   `tenant` field when a tenant causes it, so one noisy tenant can neither flood the log nor
+//!   silence the others' warnings.
 
-use crate::ratelimit::{RateLimiter, Verdict};
+use crate::ratelimit::{RateLimiter, TENANT_WARN_BURST, Verdict, WARN_BURST, WARN_INTERVAL};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::IsTerminal;
@@ -26,11 +28,6 @@ use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, MakeWriter};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
-
-/// How long a rate-limit window lasts.
-pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
-/// Lines one warning site may log per tenant in a window.
-pub const WARN_BURST: u32 = 10;
 
 /// The shape of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +126,7 @@ pub fn init(filter: tracing_subscriber::EnvFilter) -> Output {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let output = Output::detect();
-    let limit = RateLimitLayer::new(WARN_INTERVAL, WARN_BURST);
+    let limit = RateLimitLayer::new(WARN_INTERVAL, WARN_BURST, TENANT_WARN_BURST);
     let reporter = limit.spawn_reporter();
     tracing_subscriber::registry()
         .with(filter)
@@ -159,6 +156,8 @@ struct Sample {
 #[derive(Debug)]
 struct State {
     limiter: RateLimiter<Key>,
+    /// Lines per window of a key with a tenant (the limiter's own burst is for the others).
+    tenant_burst: u32,
     samples: HashMap<Key, Sample>,
     /// Summaries due now (from an event that found its window ended).
     due: Vec<(Key, u64)>,
@@ -202,12 +201,14 @@ impl Visit for Fields {
 }
 
 impl RateLimitLayer {
-    /// At most `burst` lines per log site and tenant per `interval`.
-    pub fn new(interval: Duration, burst: u32) -> Self {
+    /// At most `burst` lines per log site per `interval`, `tenant_burst` per log site and
+    /// tenant for lines with a `tenant` field.
+    pub fn new(interval: Duration, burst: u32, tenant_burst: u32) -> Self {
         RateLimitLayer {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     limiter: RateLimiter::new(interval, burst),
+                    tenant_burst,
                     samples: HashMap::new(),
                     due: Vec::new(),
                     reporter_until: None,
@@ -247,10 +248,9 @@ impl RateLimitLayer {
             (limiter.interval().as_secs(), lines)
         };
         for (key, n, sample) in &lines {
-            let (message, location) = sample
-                .as_ref()
-                .map(|s| (s.message.as_str(), s.location.as_str()))
-                .unwrap_or(("(message not kept)", "?"));
+            let (message, location) = sample.as_ref().map_or(("(message not kept)", "?"), |s| {
+                (s.message.as_str(), s.location.as_str())
+            });
             match &key.tenant {
                 Some(tenant) => tracing::warn!(
                     tenant = %tenant,
@@ -321,7 +321,14 @@ impl<S: Subscriber> Layer<S> for RateLimitLayer {
         };
         let now = Instant::now();
         let mut st = self.lock();
-        match st.limiter.check(&key, now) {
+        let verdict = match key.tenant {
+            Some(_) => {
+                let burst = st.tenant_burst;
+                st.limiter.check_up_to(&key, burst, now)
+            }
+            None => st.limiter.check(&key, now),
+        };
+        match verdict {
             Verdict::Pass { suppressed_before } => {
                 if suppressed_before > 0 {
                     st.due.push((key.clone(), suppressed_before));
@@ -453,7 +460,7 @@ mod tests {
     #[test]
     fn repeated_warnings_are_limited_per_site_and_tenant_then_summarised() {
         let buf = Buf::default();
-        let limit = RateLimitLayer::new(Duration::from_secs(10), 3);
+        let limit = RateLimitLayer::new(Duration::from_secs(10), 5, 3);
         let sub = tracing_subscriber::registry()
             .with(limit.clone())
             .with(fmt_layer(Output::Journal, buf.clone()));
@@ -462,12 +469,16 @@ mod tests {
                 tracing::warn!(tenant = "noisy", i, "bad message from a tenant process");
             }
             tracing::warn!(tenant = "quiet", "bad message from a tenant process");
+            for _ in 0..8 {
+                tracing::warn!("the daemon's own trouble");
+            }
             for _ in 0..5 {
                 tracing::info!("info is never limited");
             }
             assert_eq!(limit.report(Instant::now()), 0, "nothing is due yet");
-            // The window ends: one summary line for the noisy tenant, none for the quiet one.
-            assert_eq!(limit.report(Instant::now() + Duration::from_secs(11)), 1);
+            // The window ends: one summary line for the noisy tenant, none for the quiet one,
+            // one for the daemon's own site.
+            assert_eq!(limit.report(Instant::now() + Duration::from_secs(11)), 2);
         });
         let text = buf.text();
         let noisy: Vec<&str> = text
@@ -489,5 +500,12 @@ mod tests {
             1
         );
         assert_eq!(text.matches("info is never limited").count(), 5);
+        // Lines no tenant caused have their own, larger allowance (5 here), then a summary.
+        let own: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("the daemon's own trouble"))
+            .collect();
+        assert_eq!(own.len(), 6, "{text}");
+        assert!(own[5].contains("3 more like this"), "{}", own[5]);
     }
 }

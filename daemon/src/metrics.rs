@@ -277,26 +277,43 @@ fn node_families(r: &StatusReport, enc: &mut DescriptorEncoder) -> fmt::Result {
 /// Per-tenant families (not per device).
 fn tenant_families(r: &StatusReport, enc: &mut DescriptorEncoder) -> fmt::Result {
     type Get = fn(&TenantStatus) -> Option<Num>;
-    let families: [(&str, &str, Get); 3] = [
+    let families: [(&str, &str, Kind, Get); 5] = [
         (
             "gpumux_tenant_processes",
             "Processes registered per tenant.",
+            Kind::Gauge,
             |t| Some(Num::Int(t.processes.len() as u64)),
         ),
-        ("gpumux_tenant_weight", "Compute weight per tenant.", |t| {
-            Some(Num::Int(t.weight as u64))
-        }),
+        (
+            "gpumux_tenant_weight",
+            "Compute weight per tenant (1 for a removed tenant).",
+            Kind::Gauge,
+            |t| Some(Num::Int(u64::from(t.weight))),
+        ),
         (
             "gpumux_tenant_compute_limit",
             "The tenant's cap on device time (compute_limit) as a fraction; capped tenants only.",
+            Kind::Gauge,
             |t| t.compute_limit_percent.map(|p| Num::Float(p / 100.0)),
         ),
+        (
+            "gpumux_tenant_removed",
+            "1 when the tenant's quota file is gone and its remaining processes run out at weight 1 with no new memory.",
+            Kind::Gauge,
+            |t| Some(Num::Int(u64::from(t.removed))),
+        ),
+        (
+            "gpumux_accounting_repairs",
+            "Times the tenant's accounting file was found damaged through a descriptor and repaired.",
+            Kind::Counter,
+            |t| Some(Num::Int(t.accounting_repairs)),
+        ),
     ];
-    for (name, help, get) in families {
-        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (name, help, kind, get) in families {
+        let mut m = enc.encode_descriptor(name, help, None, kind.metric_type())?;
         for t in &r.tenants {
             if let Some(v) = get(t) {
-                Kind::Gauge.encode(&mut m.encode_family(&[("tenant", t.name.as_str())])?, v)?;
+                kind.encode(&mut m.encode_family(&[("tenant", t.name.as_str())])?, v)?;
             }
         }
     }
@@ -406,8 +423,7 @@ fn parse_request(head: &str) -> (Option<&str>, &str) {
     let accept = lines
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
-        .map(|(_, v)| v.trim())
-        .unwrap_or("");
+        .map_or("", |(_, v)| v.trim());
     (path, accept)
 }
 

@@ -1,15 +1,34 @@
-//! Rate limiting of repeated events, per key, in fixed windows: pure logic, no I/O, no clock.
+//! gpumuxd's one rate-limiting facility: per-key limits in fixed windows, and the limits the
+//! daemon applies with it. Pure logic, no I/O, no clock (callers pass `now`).
 //!
-//! The first `burst` events of a key in a window pass; the rest are counted, not passed. When
-//! the window ends, the count is handed back once ([`RateLimiter::expired`], or with the next
-//! event of that key), so the owner can say "N more suppressed" in one line per interval.
-//!
-//! gpumuxd uses it for its log (every warning and error site, per tenant: see
-//! [`crate::logging`]); the same type serves any per-key limit (e.g. per connection).
+//! [`RateLimiter`]: the first `burst` events of a key in a window pass; the rest are counted,
+//! not passed. When the window ends, the count is handed back once ([`RateLimiter::expired`],
+//! or with the next event of that key), so the owner can say "N more suppressed" in one line
+//! per interval. Two uses:
+//! - **the log** ([`crate::logging`]): every warning and error, per log site and tenant:
+//!   [`TENANT_WARN_BURST`] line per site per tenant (a tenant's misbehaviour) or [`WARN_BURST`]
+//!   (the daemon's own trouble) per [`WARN_INTERVAL`], then one summary line;
+//! - **`Demand` messages**, per connection ([`DEMAND_BURST`] per [`DEMAND_WINDOW`]): more are
+//!   dropped (the server counts them).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
+
+/// Demands one connection may send per [`DEMAND_WINDOW`]; more are dropped. An honest shim
+/// sends one per waiting episode plus one per waiting thread every 100 ms.
+pub const DEMAND_BURST: u32 = 200;
+/// The window of the per-connection demand limit: 200 per 100 ms is 2,000 per second.
+pub const DEMAND_WINDOW: Duration = Duration::from_millis(100);
+/// Messages read from one connection per readiness event before others get their turn.
+pub const MESSAGES_PER_WAKEUP: usize = 64;
+/// How long a log rate-limit window lasts.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Lines one log site may write per window when no tenant caused them.
+pub const WARN_BURST: u32 = 10;
+/// Lines one log site may write per window about one tenant (its misbehaviour cannot flood
+/// the log, nor silence lines about other tenants).
+pub const TENANT_WARN_BURST: u32 = 1;
 
 /// What to do with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,12 +69,18 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         self.interval
     }
 
-    /// Decides about one event of `key` at `now`.
+    /// Decides about one event of `key` at `now`, at most the limiter's `burst` per window.
     pub fn check(&mut self, key: &K, now: Instant) -> Verdict {
+        self.check_up_to(key, self.burst, now)
+    }
+
+    /// Decides about one event of `key` at `now`, at most `burst` (at least 1) per window: for
+    /// keys of a class with its own allowance.
+    pub fn check_up_to(&mut self, key: &K, burst: u32, now: Instant) -> Verdict {
         if let Some(w) = self.windows.get_mut(key)
             && now.saturating_duration_since(w.start) < self.interval
         {
-            if w.passed < self.burst {
+            if w.passed < burst.max(1) {
                 w.passed += 1;
                 return Verdict::Pass {
                     suppressed_before: 0,
@@ -93,6 +118,11 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             false
         });
         out
+    }
+
+    /// Forgets `key` (e.g. its connection closed); what it held back is not reported.
+    pub fn forget(&mut self, key: &K) {
+        self.windows.remove(key);
     }
 
     /// When the earliest window that is holding events back ends (None if none is).
@@ -179,5 +209,46 @@ mod tests {
         let mut r = RateLimiter::new(Duration::from_secs(1), 0);
         assert_eq!(r.check(&(), t0), PASS);
         assert_eq!(r.check(&(), t0), Verdict::Suppress);
+        assert_eq!(r.check_up_to(&(), 0, t0), Verdict::Suppress);
+    }
+
+    #[test]
+    fn a_class_of_keys_may_have_its_own_allowance() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(Duration::from_secs(10), 10);
+        assert_eq!(r.check_up_to(&"tenant", 1, t0), PASS);
+        assert_eq!(r.check_up_to(&"tenant", 1, t0), Verdict::Suppress);
+        assert_eq!(
+            (0..20).filter(|_| r.check(&"daemon", t0) == PASS).count(),
+            10
+        );
+    }
+
+    /// The demand limit: a burst of 200, then 200 per 100 ms (2,000/s) however long a flood
+    /// lasts; a forgotten connection's key starts afresh.
+    #[test]
+    fn demands_pass_at_the_rate_and_no_faster() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(DEMAND_WINDOW, DEMAND_BURST);
+        let passed = |r: &mut RateLimiter<u64>, at: Instant, n: usize| {
+            (0..n)
+                .filter(|_| r.check(&7, at) != Verdict::Suppress)
+                .count()
+        };
+        assert_eq!(passed(&mut r, t0, 1000), 200);
+        // A second of flooding, 100 messages per millisecond.
+        let flood: usize = (1..=1000)
+            .map(|ms| passed(&mut r, t0 + Duration::from_millis(ms), 100))
+            .sum();
+        assert!(
+            (1800..=2200).contains(&flood),
+            "{flood} demands passed in 1 s"
+        );
+        // An honest process (one demand per 100 ms) loses none.
+        let mut honest = RateLimiter::new(DEMAND_WINDOW, DEMAND_BURST);
+        assert!((0..100).all(|i| honest.check(&1, t0 + DEMAND_WINDOW * i) != Verdict::Suppress));
+        r.forget(&7);
+        assert!(!r.tracks(&7));
+        assert_eq!(passed(&mut r, t0 + Duration::from_millis(1001), 1000), 200);
     }
 }

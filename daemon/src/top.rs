@@ -195,7 +195,7 @@ impl View {
                     .then(a.0.name.cmp(&b.0.name))
             }),
             SortBy::Name => {
-                rows.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.1.index.cmp(&b.1.index)))
+                rows.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.1.index.cmp(&b.1.index)));
             }
         }
         rows
@@ -276,24 +276,27 @@ fn tenant_row(view: &View, t: &TenantStatus, d: &TenantDeviceStatus) -> Row<'sta
     let p99 = figures.and_then(|(_, h)| h.quantile(0.99));
     let near_limit = use_frac.is_some_and(|u| u >= 0.95);
     Row::new(vec![
-        Cell::from(t.name.clone()).bold(),
+        // A removed tenant's processes are still shown (held at weight 1, no new memory).
+        Cell::from(if t.removed {
+            format!("{} (removed)", t.name)
+        } else {
+            t.name.clone()
+        })
+        .bold(),
         right(d.index.to_string()),
         right(t.weight.to_string()),
-        right(d.device_time_share.map(pct).unwrap_or_else(|| "-".into())),
+        right(d.device_time_share.map_or_else(|| "-".into(), pct)),
         right(pct(view.weight_share(t, d.index))),
         right(format_size(d.memory_used)),
         right(format_size(d.memory_overhead)),
         right(format_size(d.memory_limit)),
-        right(
-            use_frac
-                .map(|u| format!("{:.0}%", u * 100.0))
-                .unwrap_or_else(|| "-".into()),
-        )
-        .style(if near_limit {
-            Style::new().fg(Color::Red)
-        } else {
-            Style::new()
-        }),
+        right(use_frac.map_or_else(|| "-".into(), |u| format!("{:.0}%", u * 100.0))).style(
+            if near_limit {
+                Style::new().fg(Color::Red)
+            } else {
+                Style::new()
+            },
+        ),
         right(d.allocations_refused.to_string()).style(if d.allocations_refused > 0 {
             Style::new().fg(Color::Yellow)
         } else {
@@ -301,7 +304,7 @@ fn tenant_row(view: &View, t: &TenantStatus, d: &TenantDeviceStatus) -> Row<'sta
         }),
         right(rate(figures.map(|f| f.0))),
         right(String::new()),
-        right(p99.map(millis).unwrap_or_else(|| "-".into())),
+        right(p99.map_or_else(|| "-".into(), millis)),
     ])
 }
 
@@ -327,7 +330,7 @@ fn process_row(view: &View, t: &TenantStatus, p: &ProcessStatus, dev: u32) -> Op
             right(String::new()),
             right(String::new()),
             right(rate(rates.map(|r| r.launches_per_s))),
-            right(rates.map(|r| pct(r.waiting)).unwrap_or_else(|| "-".into())),
+            right(rates.map_or_else(|| "-".into(), |r| pct(r.waiting))),
             right(String::new()),
         ])
         .style(Style::new().add_modifier(Modifier::DIM)),
@@ -572,7 +575,7 @@ fn interactive_loop(
             }
             match status::fetch(state_dir) {
                 Ok(report) => {
-                    view = View::new(report, Some(&view.report), opts.sort, opts.interval)
+                    view = View::new(report, Some(&view.report), opts.sort, opts.interval);
                 }
                 Err(e) => view.error = Some(e.to_string()),
             }

@@ -61,7 +61,7 @@ pub fn created(ctx: u64, device: usize) {
                 ctx,
                 device,
                 green: None,
-            })
+            });
         });
     }
 }

@@ -104,14 +104,14 @@ pub(crate) fn create_context(
     }
     let rc = create();
     if rc != CUDA_SUCCESS {
-        let _ = accounting::unreserve(&reg.accounting, reg.slot, device, estimate);
+        // Best effort: an unusable lock was reported when reserving.
+        accounting::unreserve(&reg.accounting, reg.slot, device, estimate).ok();
         return rc;
     }
     match announce(reg, device, estimate, true) {
         // The daemon is away: keep the estimate as the context's size until it measures.
         (false, _) => {
-            let _ =
-                accounting::reservation_to_overhead(&reg.accounting, reg.slot, device, estimate);
+            accounting::reservation_to_overhead(&reg.accounting, reg.slot, device, estimate).ok();
         }
         (true, true) if accounting::over_limit(ctl, &reg.accounting, device) => {
             destroy();
@@ -129,6 +129,6 @@ pub(crate) fn create_context(
 /// be settled; keep them as measured overhead (the new daemon's next measurement corrects it).
 pub(crate) fn keep_unsettled(reg: &Registration) {
     for device in 0..gpumux_common::shm::MAX_DEVICES {
-        let _ = accounting::reservation_to_overhead(&reg.accounting, reg.slot, device, u64::MAX);
+        accounting::reservation_to_overhead(&reg.accounting, reg.slot, device, u64::MAX).ok();
     }
 }

@@ -169,6 +169,8 @@ fn report() -> StatusReport {
         processes: vec![1, 2],
         socket: "/s".into(),
         devices,
+        removed: weight == 1,
+        accounting_repairs: if weight == 1 { 2 } else { 0 },
         priority: if weight == 1 {
             Priority::Latency
         } else {
@@ -275,6 +277,8 @@ fn exposition_parses_back_with_types_and_values() {
         ("gpumux_tenant_processes", "gauge"),
         ("gpumux_tenant_weight", "gauge"),
         ("gpumux_tenant_compute_limit", "gauge"),
+        ("gpumux_tenant_removed", "gauge"),
+        ("gpumux_accounting_repairs_total", "counter"),
         ("gpumux_memory_used_bytes", "gauge"),
         ("gpumux_tenant_memory_overhead_bytes", "gauge"),
         ("gpumux_unmanaged_process_memory_bytes", "gauge"),
@@ -322,6 +326,23 @@ fn exposition_parses_back_with_types_and_values() {
     let g = "gpumux_tenant_compute_limit";
     assert_eq!(value(f(g), g, &[("tenant", "b")]), 0.5);
     assert_eq!(f(g).samples.len(), 1, "only capped tenants have a cap");
+    let g = "gpumux_tenant_weight";
+    assert_eq!(value(f(g), g, &[("tenant", ODD)]), 3.0);
+    let g = "gpumux_tenant_removed";
+    assert_eq!(value(f(g), g, &[("tenant", "b")]), 1.0);
+    assert_eq!(value(f(g), g, &[("tenant", ODD)]), 0.0);
+    let c = "gpumux_accounting_repairs_total";
+    assert_eq!(value(f(c), c, &[("tenant", "b")]), 2.0);
+    assert_eq!(value(f(c), c, &[("tenant", ODD)]), 0.0);
+    let g = "gpumux_memory_limit_bytes";
+    assert_eq!(value(f(g), g, &td("0")), 20.0);
+    let g = "gpumux_memory_peak_bytes";
+    assert_eq!(value(f(g), g, &td("0")), 15.0);
+    let c = "gpumux_kernel_launches_total";
+    assert_eq!(value(f(c), c, &td("0")), 7.0);
+    let g = "gpumux_device_time_share";
+    assert_eq!(value(f(g), g, &td("0")), 0.7);
+    assert_eq!(value(f(g), g, &td("1")), 0.0, "not time-sliced there");
     let g = "gpumux_device_memory_bytes";
     assert_eq!(value(f(g), g, &[("device", "1"), ("uuid", "GPU-y")]), 100.0);
     // Weight 3 against 1 on device 0; alone on device 1.
@@ -390,6 +411,18 @@ fn histograms_are_cumulative_and_agree_with_their_count_and_sum() {
     assert_eq!(at(0.05), 6.0);
     assert_eq!(at(5.0), 6.0);
     assert_eq!(at(10.0), 7.0);
+    let g = &fams["gpumux_grant_latency_seconds"];
+    let name = "gpumux_grant_latency_seconds";
+    assert_eq!(value(g, &format!("{name}_count"), &labels), 3.0);
+    assert!((value(g, &format!("{name}_sum"), &labels) - 0.25).abs() < 1e-9);
+    assert_eq!(
+        value(
+            g,
+            &format!("{name}_bucket"),
+            &[labels[0], labels[1], ("le", "0.1")]
+        ),
+        3.0
+    );
     // Every tenant and device has both histograms, empty ones included.
     for fam in [
         "gpumux_slice_wait_duration_seconds",

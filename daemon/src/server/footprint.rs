@@ -13,10 +13,21 @@
 //!
 //! An idle daemon (no registered process) measures nothing unless asked for its status.
 
-use super::*;
+use super::{Conn, Daemon, K_FOOTPRINT, watched_timer};
 use crate::footprint::{self as fp, Key, OverheadTracker, Registered};
+use crate::procfs;
 use crate::status::UnmanagedProcess;
+use anyhow::Result;
+use gpumux_common::accounting;
 use gpumux_common::nvml::Nvml;
+use gpumux_common::protocol::ServerMsg;
+use gpumux_common::sock;
+use nix::sys::epoll::Epoll;
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{Expiration, TimerFd, TimerSetTimeFlags};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 /// How often every device is re-measured while tenants have processes.
 pub(super) const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
@@ -77,11 +88,12 @@ impl Daemon {
         };
         let answer_now = |conn: &Conn| {
             if seq != 0 {
-                let _ = sock::send(
+                sock::send(
                     conn.fd.as_fd(),
                     &ServerMsg::Measured { device, seq }.encode(),
                     &[],
-                );
+                )
+                .ok();
             }
         };
         let dev = device as usize;
@@ -226,7 +238,7 @@ impl Daemon {
                     device: dev as u32,
                     seq: r.seq,
                 };
-                let _ = sock::send(c.fd.as_fd(), &msg.encode(), &[]);
+                sock::send(c.fd.as_fd(), &msg.encode(), &[]).ok();
             }
         }
     }
@@ -283,7 +295,7 @@ impl Daemon {
                 continue;
             }
             let value = new.unwrap_or(current);
-            match accounting::set_overhead(acct, r.slot, dev, value, settle, RECLAIM_LOCK_TIMEOUT) {
+            match accounting::set_overhead(acct, r.slot, dev, value, settle) {
                 Ok(old) => {
                     if created && value > old {
                         learned = Some(value - old);
@@ -292,8 +304,13 @@ impl Daemon {
                         tracing::debug!(tenant = %r.tenant, pid = r.pid, device = self.devices[dev].index, overhead = value, "process footprint beyond its allocations");
                     }
                 }
+                // A tenant process holds its lock: the next measurement records it (the
+                // daemon never waits on a lock a tenant can hold).
+                Err(accounting::ChargeError::Lock(gpumux_common::shm_mutex::LockError::Busy)) => {
+                    tracing::debug!(tenant = %r.tenant, pid = r.pid, "overhead not recorded now: the tenant holds its lock");
+                }
                 Err(e) => {
-                    tracing::warn!(tenant = %r.tenant, pid = r.pid, "cannot record the process's overhead now: {e}")
+                    tracing::warn!(tenant = %r.tenant, pid = r.pid, "cannot record the process's overhead now: {e}");
                 }
             }
         }

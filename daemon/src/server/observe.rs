@@ -1,5 +1,6 @@
 //! What the status report says about a tenant's processes and waits (read-only views of the
-//! daemon's state for `gpumuxctl status`/`top` and the metrics).
+//! daemon's state for `gpumuxctl status`/`top` and the metrics). Figures read from a tenant's
+//! accounting segment are tenant-written: added saturating.
 
 use super::{Daemon, Tenant};
 use crate::status::{ProcessDeviceStatus, ProcessState, ProcessStatus};
@@ -20,36 +21,36 @@ impl Daemon {
             .collect();
         let control = &t.segments.control;
         let acct = &t.segments.accounting;
-        let registered = t.processes.iter().map(|(&slot, &pid)| {
+        let registered = t.processes.iter().map(|(&slot, p)| {
             let state = if t.stalled.contains(&slot) {
                 ProcessState::Stalled
             } else {
                 ProcessState::Running
             };
-            (slot, pid, state)
+            (slot, p.pid, state)
         });
-        let orphaned = t.orphans.keys().map(|&slot| {
-            (
-                slot,
-                acct.processes[slot].pid.load(Relaxed),
-                ProcessState::Orphaned,
-            )
-        });
+        let orphaned = t
+            .orphans
+            .iter()
+            .map(|(&slot, (p, _))| (slot, p.pid, ProcessState::Orphaned));
         registered
             .chain(orphaned)
             .map(|(slot, pid, state)| {
                 let p = &acct.processes[slot];
                 let devices = (0..self.devices.len())
-                    .filter(|&i| control.devices[i].allowed.load(Relaxed) != 0)
+                    .filter(|&i| control.devices[i].allowed.load(Relaxed) != 0 || t.removed)
                     .map(|i| {
                         let (waited, waiting) = conns
                             .get(&slot)
                             .map(|&id| self.waits.process(id, i, now))
                             .unwrap_or_default();
-                        let overhead = p.overhead[i].load(Relaxed) + p.reserved[i].load(Relaxed);
+                        // Tenant-written figures: added saturating.
+                        let overhead = p.overhead[i]
+                            .load(Relaxed)
+                            .saturating_add(p.reserved[i].load(Relaxed));
                         ProcessDeviceStatus {
                             index: self.devices[i].index,
-                            memory_used: p.used[i].load(Relaxed) + overhead,
+                            memory_used: p.used[i].load(Relaxed).saturating_add(overhead),
                             memory_overhead: overhead,
                             launches: p.launches[i].load(Relaxed),
                             slice_wait_ns: waited.as_nanos() as u64,

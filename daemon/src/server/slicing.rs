@@ -1,7 +1,30 @@
 //! Glue between the per-device schedulers ([`crate::scheduler`]) and the tenants: which devices
 //! are time-sliced, what the schedulers observe, and carrying out grants and revocations.
+//!
+//! A removed tenant whose processes still run stays scheduled at weight 1, without a cap:
+//! its processes are never un-gated.
 
-use super::*;
+use super::{Daemon, Drain, Tenant, arm};
+use crate::scheduler::{Action, Activity, Scheduler};
+use gpumux_common::futex;
+use gpumux_common::protocol::ServerMsg;
+use gpumux_common::shm::SLICE_GRANTED;
+use gpumux_common::sock;
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+/// Whether a tenant takes part in time-slicing, and with which weight and cap.
+fn slicing_terms(t: &Tenant) -> Option<(u32, Option<u32>)> {
+    if !t.removed {
+        Some((t.quota.weight, t.quota.compute_limit_permille))
+    } else if !t.processes.is_empty() || !t.orphans.is_empty() {
+        Some((1, None))
+    } else {
+        None
+    }
+}
 
 impl Daemon {
     /// Brings every device's scheduler in line with the tenants: who may use the device, with
@@ -11,20 +34,19 @@ impl Daemon {
         let now = Instant::now();
         for dev in 0..self.devices.len() {
             let d = &self.devices[dev];
-            let users: Vec<&Tenant> = self
+            let users: Vec<(&Tenant, u32, Option<u32>)> = self
                 .tenants
                 .values()
-                .filter(|t| !t.removed && t.quota.allows(d.index, &d.uuid))
+                .filter(|t| t.quota.allows(d.index, &d.uuid))
+                .filter_map(|t| slicing_terms(t).map(|(w, c)| (t, w, c)))
                 .collect();
-            let scheduled = users.len() >= 2
-                || users
-                    .iter()
-                    .any(|t| t.quota.compute_limit_permille.is_some_and(|c| c < 1000));
+            let scheduled =
+                users.len() >= 2 || users.iter().any(|(_, _, c)| c.is_some_and(|c| c < 1000));
             for t in self.tenants.values() {
-                let on = scheduled && users.iter().any(|u| u.quota.name == t.quota.name);
+                let on = scheduled && users.iter().any(|(u, _, _)| u.quota.name == t.quota.name);
                 t.segments.control.devices[dev]
                     .scheduled
-                    .store(on as u32, SeqCst);
+                    .store(u32::from(on), SeqCst);
                 if !on {
                     // Its waiting threads pass now: their waits end without a grant.
                     self.waits.cancel(&t.quota.name, dev);
@@ -32,13 +54,7 @@ impl Daemon {
             }
             let names: Vec<(String, u32, Option<u32>)> = users
                 .iter()
-                .map(|t| {
-                    (
-                        t.quota.name.clone(),
-                        t.quota.weight,
-                        t.quota.compute_limit_permille,
-                    )
-                })
+                .map(|(t, w, c)| (t.quota.name.clone(), *w, *c))
                 .collect();
             let mut actions = Vec::new();
             let tenants = &self.tenants;
@@ -65,6 +81,7 @@ impl Daemon {
             return Activity::default();
         };
         let a = &t.segments.accounting;
+        // Tenant-written counters: read as untrusted (wrapping sums, no overflow).
         let responsive = t.processes.keys().any(|s| !t.stalled.contains(s));
         Activity {
             waiting: if responsive {
@@ -110,7 +127,12 @@ impl Daemon {
                         tracing::trace!(tenant, dev, epoch, "slice granted");
                     }
                     // A grant while a drain is pending means the drain timed out.
-                    if let Some((late_tenant, _, pending)) = self.scheds[dev].draining.take() {
+                    if let Some(Drain {
+                        tenant: late_tenant,
+                        pending,
+                        ..
+                    }) = self.scheds[dev].draining.take()
+                    {
                         for id in pending {
                             if let Some(slot) = self.conns.get(&id).and_then(|c| c.slot) {
                                 let pid = self.conns[&id].pid;
@@ -131,13 +153,13 @@ impl Daemon {
                         let msg = ServerMsg::Revoke {
                             device: dev as u32,
                             epoch,
-                        }
-                        .encode();
+                        };
                         for (id, c) in &self.conns {
                             let responsive = c.slot.is_some_and(|s| !t.stalled.contains(&s));
+                            // In the protocol version the process speaks.
                             if c.tenant == tenant
                                 && responsive
-                                && sock::send(c.fd.as_fd(), &msg, &[]).is_ok()
+                                && sock::send(c.fd.as_fd(), &msg.encode_for(c.version), &[]).is_ok()
                             {
                                 pending.insert(*id);
                             }
@@ -151,26 +173,59 @@ impl Daemon {
                         "slice revoked"
                     );
                     if pending.is_empty() {
-                        self.sched_event(dev, |s, now, act| s.drained(&tenant, epoch, now, act));
+                        self.sched_event(dev, |s, now, act| {
+                            s.drained(&tenant, epoch, None, now, act)
+                        });
                     } else {
-                        self.scheds[dev].draining = Some((tenant, epoch, pending));
+                        self.scheds[dev].draining = Some(Drain {
+                            tenant,
+                            epoch,
+                            pending,
+                            busy_ns: Some(0),
+                        });
                     }
                 }
             }
         }
     }
 
-    /// A connection acknowledged (or can no longer acknowledge) a revocation on `dev`.
-    pub(super) fn acknowledge(&mut self, dev: usize, conn: u64, epoch: Option<u32>) {
-        let Some((tenant, e, pending)) = &mut self.scheds[dev].draining else {
+    /// A connection acknowledged (or can no longer acknowledge: `epoch` None) a revocation on
+    /// `dev`, with the device time its process measured (`busy_ns`). When the last one did, the
+    /// slice ends, charged with their sum (or its wall time when one could not say). Device
+    /// time is measured per process: the sum over a tenant's processes whose kernels ran
+    /// interleaved counts the overlap more than once, so the scheduler never charges more than
+    /// the slice's wall time.
+    pub(super) fn acknowledge(
+        &mut self,
+        dev: usize,
+        conn: u64,
+        epoch: Option<u32>,
+        busy_ns: Option<u64>,
+    ) {
+        let Some(d) = &mut self.scheds[dev].draining else {
             return;
         };
-        if epoch.is_some_and(|x| x != *e) || !pending.remove(&conn) || !pending.is_empty() {
+        if epoch.is_some_and(|x| x != d.epoch) || !d.pending.remove(&conn) {
             return;
         }
-        let (tenant, epoch) = (tenant.clone(), *e);
-        self.scheds[dev].draining = None;
-        self.sched_event(dev, |s, now, act| s.drained(&tenant, epoch, now, act));
+        d.busy_ns = d.busy_ns.zip(busy_ns).map(|(a, b)| a.saturating_add(b));
+        if !d.pending.is_empty() {
+            return;
+        }
+        let Some(Drain {
+            tenant,
+            epoch,
+            busy_ns,
+            ..
+        }) = self.scheds[dev].draining.take()
+        else {
+            return;
+        };
+        tracing::trace!(tenant, dev, epoch, ?busy_ns, "slice drained");
+        let device_time = busy_ns.map(Duration::from_nanos);
+        self.sched_event(dev, |s, now, act| {
+            s.drained(&tenant, epoch, device_time, now, act)
+        });
     }
 
     pub(super) fn rearm_sched_timer(&mut self) {
@@ -181,16 +236,17 @@ impl Daemon {
             .min();
         match next {
             Some(at) => {
-                let wait = at
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(50));
-                let _ = self.sched_timer.set(
-                    Expiration::OneShot(TimeSpec::from_duration(wait)),
-                    TimerSetTimeFlags::empty(),
+                let wait = at.saturating_duration_since(Instant::now());
+                arm(
+                    &self.lp.sched_timer,
+                    wait.max(Duration::from_micros(50)),
+                    "scheduling",
                 );
             }
             None => {
-                let _ = self.sched_timer.unset();
+                if let Err(e) = self.lp.sched_timer.unset() {
+                    tracing::error!("cannot disarm the scheduling timer: {e}");
+                }
             }
         }
     }

@@ -76,6 +76,8 @@ fn report(uptime: f64, tenants: Vec<Tenant>) -> StatusReport {
                         slice_wait_ns: 0,
                         waits,
                     }],
+                    removed: false,
+                    accounting_repairs: 0,
                     priority: Default::default(),
                     owner: None,
                     process_details: t.procs,
@@ -164,12 +166,14 @@ fn render(view: &View, width: u16, height: u16) -> Vec<String> {
 }
 
 fn line_of<'a>(lines: &'a [String], starts: &str) -> (usize, &'a str) {
-    lines
+    let found = lines
         .iter()
         .enumerate()
-        .find(|(_, l)| l.trim_start_matches('│').trim_start().starts_with(starts))
-        .map(|(i, l)| (i, l.as_str()))
-        .unwrap_or_else(|| panic!("no line starting with {starts:?}:\n{}", lines.join("\n")))
+        .find(|(_, l)| l.trim_start_matches('│').trim_start().starts_with(starts));
+    let Some((i, l)) = found else {
+        panic!("no line starting with {starts:?}:\n{}", lines.join("\n"))
+    };
+    (i, l.as_str())
 }
 
 #[test]
@@ -246,6 +250,19 @@ fn shows_tenants_with_their_processes_sorted_by_share() {
     let (u, _) = line_of(&lines, "(unmanaged");
     let (_, stray) = line_of(&lines, "7921 unknown");
     assert!(u > p3 && stray.contains("1 GiB"), "{screen}");
+}
+
+#[test]
+fn a_removed_tenant_says_so() {
+    let (before, mut after) = two_reports();
+    after.tenants[1].removed = true;
+    after.tenants[1].weight = 1;
+    let view = View::new(after, Some(&before), SortBy::Share, Duration::from_secs(2));
+    let lines = render(&view, 140, 24);
+    let (_, bob) = line_of(&lines, "bob (removed)");
+    assert!(bob.contains("1.93 GiB"), "its processes still count: {bob}");
+    let (_, alice) = line_of(&lines, "alice");
+    assert!(!alice.contains("removed"), "{alice}");
 }
 
 #[test]

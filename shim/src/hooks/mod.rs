@@ -31,6 +31,7 @@ mod procaddress;
 mod sync;
 pub(crate) mod table;
 
+pub(crate) use context::current_context;
 pub(crate) use gpumux_common::cuda_abi::base_name;
 pub(crate) use table::{ENTRY_POINTS, lookup, variants_of};
 
