@@ -15,12 +15,15 @@
 //! **Idle within a period** (the application's thread late between two launches with no
 //! synchronize between them, e.g. descheduled on a busy host) is excluded too, once it is seen
 //! to happen. A launch that comes more than [`LATE`] after the previous one on the device is
-//! *late*: it turns on *precise* mode for [`PRECISE_HOLD`] (renewed by every late launch), in
+//! *late*: it turns on *precise* mode for [`PRECISE_HOLD`] (renewed by every late launch, and
+//! by a period's end recorded more than [`LATE`] after its last launch), in
 //! which an event is (re-)recorded after every launch, where the device will finish the work
 //! queued so far. A late launch in precise mode first records a *gap* event: the device's time
 //! from the previous launch's after-event to it is what it spent idle waiting for this launch
 //! (zero if the queue had not run dry), and it is subtracted when the period closes. The gap
 //! of the late launch that turned precise mode on is not measured (it is charged, as before).
+//! So is the tail: the device idle from the last launch's work to the period's end event (a
+//! drain recorded by a watcher thread that woke late, a synchronize after host work).
 //! Device work between launches that is not a launch (an async copy) falls in a measured gap
 //! and is not charged: it is not compute.
 //!
@@ -44,8 +47,8 @@ const UNMEASURED: u64 = u64::MAX;
 static OPEN: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
 /// A launch this long (host time) after the previous one on its device is late.
 const LATE: u64 = 200_000;
-/// How long precise mode lasts after a late launch, host ns.
-const PRECISE_HOLD: u64 = 1_000_000_000;
+/// How long precise mode lasts after a late launch or end, host ns.
+const PRECISE_HOLD: u64 = 10_000_000_000;
 /// Gaps kept unresolved in a period before completed ones are folded into its idle time (and
 /// most kept: a gap beyond it is not measured).
 const MAX_GAPS: usize = 64;
@@ -149,6 +152,16 @@ pub(crate) fn launch(device: usize, stream: CUstream, ptsz: bool) -> Option<Prec
         return precise_launch(device, now, late);
     }
     None
+}
+
+/// A period's end is recorded (`before_sync`, `drain_begin`): if it comes late after the last
+/// launch, the device may have idled in the period's tail, which only precise mode can tell
+/// (from the next period on).
+fn note_end(device: usize) {
+    let now = host_ns();
+    if now.saturating_sub(LAST_LAUNCH[device].load(Relaxed)) > LATE {
+        PRECISE_UNTIL[device].store(now + PRECISE_HOLD, Relaxed);
+    }
 }
 
 /// Precise mode, before a launch into the open period: a late launch renews precise mode and,
@@ -331,6 +344,7 @@ pub(crate) fn before_sync(device: usize, scope: Scope) -> Option<(usize, u64)> {
     if ctx != t.ctx {
         return None;
     }
+    note_end(device);
     let end = take_event(&mut t)?;
     if record(end, t.stream) {
         Some((device, end))
@@ -357,8 +371,15 @@ fn close(device: usize, t: &mut Tracker, end: u64) -> bool {
         t.spare.push(end);
         return false;
     };
-    // The end completed, so every gap recorded before it has too.
+    // The end completed, so every gap recorded before it has too; and in precise mode, the
+    // device idle from the last launch's work to the end (a drain or synchronize recorded late)
+    // is a gap as well.
     fold_gaps(t);
+    let after = std::mem::replace(&mut t.after, 0);
+    if after != 0 {
+        t.idle_ns += elapsed(after, end).map_or(0, |ms| (ms * 1e6) as u64);
+        t.spare.push(after);
+    }
     t.busy_ns += ((ms * 1e6) as u64).saturating_sub(t.idle_ns);
     reset_gaps(t);
     let start = std::mem::replace(&mut t.open, 0);
@@ -376,6 +397,7 @@ pub(crate) fn drain_begin(device: usize) -> Option<u64> {
     if t.open == 0 || t.unmeasured {
         return None;
     }
+    note_end(device);
     let push = real!(cuCtxPushCurrent_v2, None);
     let pop = real!(cuCtxPopCurrent_v2, None);
     // SAFETY: the tracked context is alive (its destruction resets the tracker under this
