@@ -48,7 +48,7 @@ static OPEN: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICE
 /// A launch this long (host time) after the previous one on its device is late.
 const LATE: u64 = 200_000;
 /// How long precise mode lasts after a late launch or end, host ns.
-const PRECISE_HOLD: u64 = 10_000_000_000;
+const PRECISE_HOLD: u64 = 2_000_000_000;
 /// Gaps kept unresolved in a period before completed ones are folded into its idle time (and
 /// most kept: a gap beyond it is not measured).
 const MAX_GAPS: usize = 64;
@@ -147,11 +147,16 @@ pub(crate) fn launch(device: usize, stream: CUstream, ptsz: bool) -> Option<Prec
     }
     let now = host_ns();
     let last = LAST_LAUNCH[device].swap(now, Relaxed);
-    let late = now.saturating_sub(last) > LATE;
-    if late || now < PRECISE_UNTIL[device].load(Relaxed) {
-        return precise_launch(device, now, late);
+    if now.saturating_sub(last) > LATE {
+        return late_launch(device, now);
     }
-    None
+    (now < PRECISE_UNTIL[device].load(Relaxed)).then_some(Precise(device))
+}
+
+/// Whether the calling thread may record on the tracked stream: a legacy or per-thread stream
+/// is the current context's.
+fn in_context(t: &Tracker) -> bool {
+    !(t.key == 1 || t.thread_bound) || crate::hooks::current_context() == t.ctx
 }
 
 /// A period's end is recorded (`before_sync`, `drain_begin`): if it comes late after the last
@@ -164,18 +169,16 @@ fn note_end(device: usize) {
     }
 }
 
-/// Precise mode, before a launch into the open period: a late launch renews precise mode and,
-/// if the previous launch's after-event exists, records the gap's end.
+/// A late launch into the open period: renews precise mode and, if the previous launch's
+/// after-event exists, records the gap's end.
 #[cold]
-fn precise_launch(device: usize, now: u64, late: bool) -> Option<Precise> {
-    if late {
-        PRECISE_UNTIL[device].store(now + PRECISE_HOLD, Relaxed);
-    }
+fn late_launch(device: usize, now: u64) -> Option<Precise> {
+    PRECISE_UNTIL[device].store(now + PRECISE_HOLD, Relaxed);
     let mut t = TRACKERS[device].lock();
-    if t.open == 0 || t.unmeasured || crate::hooks::current_context() != t.ctx {
+    if t.open == 0 || t.unmeasured || !in_context(&t) {
         return None;
     }
-    if late && t.after != 0 {
+    if t.after != 0 {
         if t.gaps.len() >= MAX_GAPS {
             fold_gaps(&mut t);
         }
@@ -197,7 +200,7 @@ fn precise_launch(device: usize, now: u64, late: bool) -> Option<Precise> {
 #[cold]
 pub(crate) fn launched(p: Precise) {
     let mut t = TRACKERS[p.0].lock();
-    if t.open == 0 || t.unmeasured {
+    if t.open == 0 || t.unmeasured || !in_context(&t) {
         return;
     }
     let ev = match t.after {
