@@ -757,10 +757,9 @@ fn charged_ns(g: &Gpumux, tenant: &str) -> Result<u64> {
         .as_array()
         .and_then(|ts| ts.iter().find(|t| t["name"] == tenant))
         .with_context(|| format!("tenant {tenant} missing from the status"))?;
-    Ok(t["devices"]
-        .as_array()
-        .map(|ds| ds.iter().filter_map(|d| d["device_time_ns"].as_u64()).sum())
-        .unwrap_or(0))
+    Ok(t["devices"].as_array().map_or(0, |ds| {
+        ds.iter().filter_map(|d| d["device_time_ns"].as_u64()).sum()
+    }))
 }
 
 fn interactive(ctx: &Ctx) -> Result<Vec<Row>> {
