@@ -71,6 +71,7 @@ impl Daemon {
                 preemptions: self.scheds[i].sched.preemptions(&t.quota.name),
                 queue_budget_us: c.devices[i].queue_budget_us.load(Relaxed),
                 hint_yields: self.scheds[i].sched.hint_yields(&t.quota.name),
+                waits: self.tenant_waits(&t.quota.name, i),
             })
             .collect();
         TenantStatus {
@@ -95,6 +96,7 @@ impl Daemon {
             accounting_repairs: t.repairs,
             priority: t.quota.priority,
             owner: t.quota.owner.clone(),
+            process_details: self.process_details(t, now),
         }
     }
 }

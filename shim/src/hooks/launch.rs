@@ -23,13 +23,17 @@ fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUr
         Ok(t) => t,
         Err(rc) => return rc,
     };
-    if let Some(device) = ticket.device()
-        && !(crate::captures::any() && capturing())
-    {
-        crate::busy::launch(device, stream, ptsz);
-    }
+    let precise = match ticket.device() {
+        Some(device) if !(crate::captures::any() && capturing()) => {
+            crate::busy::launch(device, stream, ptsz)
+        }
+        _ => None,
+    };
     let rc = launch();
     if rc == CUDA_SUCCESS {
+        if let Some(p) = precise {
+            crate::busy::launched(p);
+        }
         ticket.launched();
     }
     drop(ticket);
