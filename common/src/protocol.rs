@@ -32,7 +32,8 @@ use thiserror::Error;
 ///
 /// 2: `Footprint` and `Measured` (with shared-segment layout 2).
 /// 3: `Drained.busy_ns` (the device time the process measured in the slice).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: `Idle` (a latency-class holder's work is done: `shm::ControlDevice::yield_hint`).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest shim protocol a daemon of this build still serves. Raised only when an older
 /// shim cannot work with this daemon at all: a change of `shm::LAYOUT_VERSION` (version 2
 /// came with layout 2, which a version-1 shim cannot map).
@@ -262,6 +263,12 @@ wire_messages! {
         /// measurement). `seq != 0` (only after creating a context): answer `Measured` with it
         /// once the measurement is recorded; the growth it measures is what a context takes.
         Footprint = FOOTPRINT: 5 since 2 { device: u32, reserved: u64, seq: u32 },
+        /// The process holds the slice on `device` as a latency-class tenant that others wait
+        /// for (`ControlDevice::yield_hint`), a synchronize of its just returned and it has
+        /// nothing more in flight: if its launch count on the device is still `launches`, the
+        /// tenant may have no work left and the daemon can pass the device on now. Sent only
+        /// when the hint is set (a daemon that sets it knows this message).
+        Idle = IDLE: 6 since 4 { device: u32, launches: u64 },
     }
 }
 
@@ -363,6 +370,10 @@ mod tests {
                 reserved: 300 << 20,
                 seq: 7,
             },
+            ClientMsg::Idle {
+                device: 1,
+                launches: u64::MAX,
+            },
         ] {
             assert_eq!(ClientMsg::decode(&m.encode()), Ok(m));
         }
@@ -393,6 +404,7 @@ mod tests {
             ClientMsg::DRAINED,
             ClientMsg::REATTACH,
             ClientMsg::FOOTPRINT,
+            ClientMsg::IDLE,
             ServerMsg::WELCOME,
             ServerMsg::REFUSED,
             ServerMsg::REVOKE,
@@ -470,6 +482,20 @@ mod tests {
             Err(ProtocolError::Trailing(1))
         );
         assert_eq!(ClientMsg::decode(&v2), Err(ProtocolError::Truncated));
+    }
+
+    #[test]
+    fn idle_is_unknown_to_a_version_3_connection() {
+        let idle = ClientMsg::Idle {
+            device: 0,
+            launches: 7,
+        };
+        assert_eq!(idle.since(), 4);
+        assert_eq!(
+            ClientMsg::decode_for(&idle.encode(), 3),
+            Err(ProtocolError::UnknownTag(ClientMsg::IDLE))
+        );
+        assert_eq!(ClientMsg::decode_for(&idle.encode(), 4), Ok(idle));
     }
 
     #[test]
@@ -597,6 +623,8 @@ mod tests {
             (any::<u32>(), any::<u32>())
                 .prop_map(|(protocol, pid)| ClientMsg::Hello { protocol, pid }),
             any::<u32>().prop_map(|device| ClientMsg::Demand { device }),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(device, launches)| ClientMsg::Idle { device, launches }),
             (any::<u32>(), any::<u32>(), any::<Option<u64>>()).prop_map(
                 |(device, epoch, busy_ns)| ClientMsg::Drained {
                     device,

@@ -235,6 +235,14 @@ impl Daemon {
                 reserved,
                 seq,
             } => self.footprint_request(id, device, reserved, seq),
+            ClientMsg::Idle { device, launches } => {
+                let (tenant, dev) = (conn.tenant.clone(), device as usize);
+                if let Some(slot) = conn.slot
+                    && dev < self.scheds.len()
+                {
+                    self.idle_hint(dev, &tenant, slot, launches);
+                }
+            }
         }
     }
 
@@ -311,6 +319,7 @@ impl Daemon {
         conn.version = protocol;
         if self.welcome(id) {
             tracing::debug!(pid, tenant, slot, "process registered");
+            self.update_bounds();
         }
     }
 
@@ -464,6 +473,7 @@ impl Daemon {
                     "process gone; memory returned"
                 );
                 self.forget_tenant_if_unused(tenant);
+                self.update_bounds();
             }
             Err(ChargeError::Lock(LockError::Busy)) => {
                 tracing::debug!(
