@@ -28,6 +28,8 @@ mod memory;
 mod modules;
 mod nvml_procs;
 mod procaddress;
+#[cfg(test)]
+mod signatures;
 mod sync;
 pub(crate) mod table;
 
@@ -97,6 +99,35 @@ pub(crate) struct EntryPoint {
     /// The base name, as `cuGetProcAddress` is asked for it.
     pub(crate) name: &'static str,
     pub(crate) class: Class,
+}
+
+/// Size and alignment of a parameter or return type: what decides how a C function's argument
+/// is passed (every parameter of the driver API is an integer, an enum or a pointer).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) size: usize,
+    pub(crate) align: usize,
+}
+
+#[cfg(test)]
+impl Layout {
+    pub(crate) const fn of<T>() -> Layout {
+        Layout {
+            size: std::mem::size_of::<T>(),
+            align: std::mem::align_of::<T>(),
+        }
+    }
+}
+
+/// A declared symbol's C type, as the table gives it.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Signature {
+    pub(crate) lib: &'static str,
+    pub(crate) symbol: &'static str,
+    pub(crate) params: &'static [Layout],
+    pub(crate) ret: Layout,
 }
 
 /// The class of a base name in `lib` (`"cuda"`/`"nvml"`), `None` when the table does not
@@ -199,6 +230,20 @@ macro_rules! entry_points {
                 _ => &[],
             }
         }
+
+        /// Every declared symbol's C type as layouts (for the test that compares the table
+        /// with `cuda.h`, [`signatures`]).
+        #[cfg(test)]
+        pub(crate) const SIGNATURES: &[$crate::hooks::Signature] = &[
+            $($($($($(
+                $crate::hooks::Signature {
+                    lib: stringify!($lib),
+                    symbol: stringify!($sym),
+                    params: &[$($crate::hooks::Layout::of::<$ty>()),*],
+                    ret: $crate::hooks::Layout::of::<$ret>(),
+                },
+            )*)?)*)*)*
+        ];
 
         /// Every entry point, classified.
         pub(crate) const ENTRY_POINTS: &[$crate::hooks::EntryPoint] = &[

@@ -138,12 +138,12 @@ super::entry_points! {
             cuLaunchCooperativeKernel {
                 cuLaunchCooperativeKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
                     bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
-                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel::<false>;
+                    params: *mut *mut c_void) -> CUresult
+                    => launch::launch_cooperative_kernel::<false>;
                 cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
                     bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
-                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel::<true>;
+                    params: *mut *mut c_void) -> CUresult
+                    => launch::launch_cooperative_kernel::<true>;
             },
             cuLaunchKernelEx {
                 cuLaunchKernelEx(config: *const c_void, f: CUfunction, params: *mut *mut c_void,
