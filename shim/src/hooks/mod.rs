@@ -364,9 +364,10 @@ mod tests {
         assert_eq!(class_of("cuda", "cuNoSuchFunction"), None);
     }
 
-    /// Every function NVIDIA's drivers export is classified by the table, and every exported
-    /// variant of an entry point the shim hooks is wrapped (a variant left out would be a way
-    /// around the quota or the gate). A row of docs/CONFORMANCE.md per driver.
+    /// Every function NVIDIA's drivers and NVML libraries export is classified by the table,
+    /// and every exported variant of an entry point the shim hooks is wrapped (a variant left
+    /// out would be a way around the quota, the gate or the process-list filter). A row of
+    /// docs/CONFORMANCE.md per driver.
     #[test]
     fn table_knows_every_export_of_nvidias_drivers() {
         use gpumux_conformance::{exports::exported_functions, oracle, report::Comparison};
@@ -375,12 +376,22 @@ mod tests {
             let Some(driver) = oracle::require(branch) else {
                 return;
             };
-            let exports = exported_functions(&driver.libcuda()).expect("read the driver's exports");
-            let exports: Vec<&String> = exports.iter().filter(|n| n.starts_with("cu")).collect();
+            let cuda = exported_functions(&driver.libcuda()).expect("read the driver's exports");
+            let nvml = exported_functions(&driver.libnvml()).expect("read NVML's exports");
+            let exports: Vec<(&str, &String)> = cuda
+                .iter()
+                .filter(|n| n.starts_with("cu"))
+                .map(|n| ("cuda", n))
+                .chain(
+                    nvml.iter()
+                        .filter(|n| gpumux_conformance::exports::is_nvml_api(n))
+                        .map(|n| ("nvml", n)),
+                )
+                .collect();
             let mut differences = Vec::new();
-            for export in &exports {
+            for &(lib, export) in &exports {
                 let base = base_name(export);
-                let Some(class) = class_of("cuda", base) else {
+                let Some(class) = class_of(lib, base) else {
                     differences.push(format!("{export}: {base} is not in the entry-point table"));
                     continue;
                 };
@@ -399,11 +410,13 @@ mod tests {
                 section: "The shim's entry-point table".into(),
                 driver: driver.version(),
                 subject: "shim/src/hooks/table.rs".into(),
-                method: "Every `cu*` function the driver exports (its ELF dynamic symbol table) \
-                    must have its base name in the shim's table, which says what the shim does \
-                    with it (charged allocation, free, gated launch, synchronize, memory report, \
-                    context lifecycle, import, graph memory, pass-through); every exported \
-                    variant of an entry point the shim hooks must have the shim's wrapper."
+                method: "Every `cu*` function the driver exports and every `nvml*` function its \
+                    libnvidia-ml exports (their ELF dynamic symbol tables) must have its base name \
+                    in the shim's table, which says what the shim does with it (charged \
+                    allocation, free, gated launch, synchronize, memory report, context \
+                    lifecycle, footprint, process list filtered to the tenant's own, import, \
+                    graph memory, capture, pass-through); every exported variant of an entry \
+                    point the shim hooks must have the shim's wrapper."
                     .into(),
                 compared: exports.len(),
                 unit: "exports".into(),
