@@ -3,6 +3,10 @@
 //! Parsing is strict: an unknown key, a malformed size, a weight out of range is an error that
 //! names the file, the line and the reason, so `gpumuxctl check` and the daemon's log can say
 //! exactly what to fix. Device selectors are resolved against real devices by the daemon.
+//!
+//! Two quota-file keys are descriptive only: `priority` (a class, validated and reported; its
+//! scheduling comes later) and the `[owner]` table (the Kubernetes pod or claim a tenant was
+//! created for, shown in status and metrics).
 
 use crate::names::{tenant_of_quota_file, validate_tenant_name};
 use crate::size::{parse_percent_permille, parse_size};
@@ -172,6 +176,146 @@ pub struct TenantQuota {
     pub weight: u32,
     /// Hard cap on device time in per-mille (1..=1000), if any.
     pub compute_limit_permille: Option<u32>,
+    /// Priority class (`priority` key; default [`Priority::Normal`]). Parsed, validated and
+    /// reported; the scheduler does not act on it yet.
+    pub priority: Priority,
+    /// Who the tenant stands for (`[owner]` table), when an orchestrator created it.
+    pub owner: Option<TenantOwner>,
+}
+
+/// A tenant's priority class (SPEC: `priority = "latency" | "normal" | "batch"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Interactive work that should preempt lower classes.
+    Latency,
+    /// The default.
+    #[default]
+    Normal,
+    /// Throughput work that yields to the others.
+    Batch,
+}
+
+impl Priority {
+    /// Every class, in order of precedence.
+    pub const ALL: [Priority; 3] = [Priority::Latency, Priority::Normal, Priority::Batch];
+
+    /// The name used in quota files, status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Latency => "latency",
+            Priority::Normal => "normal",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    /// Parses a class name; the error says which names exist.
+    fn from_str(s: &str) -> Result<Priority, String> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!("priority = \"{s}\" is not one of \"latency\", \"normal\", \"batch\"")
+            })
+    }
+}
+
+/// The Kubernetes object a tenant was created for (`[owner]` in its quota file): written by
+/// the device plugin (namespace, pod, container) and the DRA driver (namespace, pod, claim),
+/// shown in status and metrics so an operator sees pods, not generated tenant names. Each
+/// value is a Kubernetes object name: 1 to 253 characters of `a-z`, `0-9`, `-`, `.`, starting
+/// and ending with a letter or digit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantOwner {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+}
+
+impl TenantOwner {
+    /// The keys and their values, in the order they are written and shown.
+    pub fn fields(&self) -> [(&'static str, Option<&str>); 4] {
+        [
+            ("namespace", self.namespace.as_deref()),
+            ("pod", self.pod.as_deref()),
+            ("container", self.container.as_deref()),
+            ("claim", self.claim.as_deref()),
+        ]
+    }
+
+    /// No key set.
+    pub fn is_empty(&self) -> bool {
+        self.fields().iter().all(|(_, v)| v.is_none())
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in self.fields() {
+            if let Some(v) = value {
+                validate_object_name(v).map_err(|why| format!("owner.{key} = \"{v}\" {why}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[owner]` table as quota-file text (empty when no key is set).
+    pub fn to_toml(&self) -> String {
+        let mut s = String::new();
+        if self.is_empty() {
+            return s;
+        }
+        s.push_str("[owner]\n");
+        for (key, value) in self.fields() {
+            if let Some(v) = value {
+                s.push_str(&format!("{key} = {}\n", toml::Value::String(v.to_string())));
+            }
+        }
+        s
+    }
+
+    /// `namespace/pod[/container]`, or `namespace/claim:<claim>` without a pod; `-` if empty.
+    pub fn display(&self) -> String {
+        let ns = self.namespace.as_deref().unwrap_or("-");
+        match (&self.pod, &self.container, &self.claim) {
+            (Some(p), Some(c), _) => format!("{ns}/{p}/{c}"),
+            (Some(p), None, _) => format!("{ns}/{p}"),
+            (None, _, Some(c)) => format!("{ns}/claim:{c}"),
+            (None, Some(c), None) => format!("{ns}/-/{c}"),
+            (None, None, None) if self.namespace.is_some() => ns.to_string(),
+            (None, None, None) => "-".to_string(),
+        }
+    }
+}
+
+/// A Kubernetes object name (DNS subdomain): what `[owner]` values must be.
+fn validate_object_name(v: &str) -> Result<(), &'static str> {
+    let b = v.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if b.is_empty() || b.len() > 253 {
+        return Err("must be 1 to 253 characters long");
+    }
+    if !b.iter().all(|c| alnum(c) || matches!(c, b'-' | b'.')) {
+        return Err("may only contain a-z, 0-9, `-` and `.`");
+    }
+    if !alnum(&b[0]) || !alnum(&b[b.len() - 1]) {
+        return Err("must start and end with a letter or digit");
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -195,6 +339,8 @@ struct RawTenant {
     memory_limit: Spanned<RawSize>,
     weight: Option<Spanned<i64>>,
     compute_limit: Option<Spanned<String>>,
+    priority: Option<Spanned<String>>,
+    owner: Option<Spanned<TenantOwner>>,
 }
 
 /// Largest accepted weight.
@@ -316,12 +462,32 @@ impl TenantQuota {
             ),
         };
 
+        let priority = match raw.priority {
+            None => Priority::default(),
+            Some(p) => p
+                .get_ref()
+                .parse()
+                .map_err(|reason| err(Some(p.span()), reason))?,
+        };
+
+        let owner = match raw.owner {
+            None => None,
+            Some(o) => {
+                let span = o.span();
+                let owner = o.into_inner();
+                owner.validate().map_err(|reason| err(Some(span), reason))?;
+                (!owner.is_empty()).then_some(owner)
+            }
+        };
+
         Ok(TenantQuota {
             name: name.to_string(),
             devices,
             memory_limit,
             weight,
             compute_limit_permille,
+            priority,
+            owner,
         })
     }
 
@@ -408,6 +574,61 @@ mod tests {
         ] {
             assert!(tenant(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn priority_and_owner() {
+        let q = tenant("memory_limit = \"1GiB\"\n").unwrap();
+        assert_eq!((q.priority, q.owner), (Priority::Normal, None));
+        for p in Priority::ALL {
+            let q = tenant(&format!("memory_limit = 1\npriority = \"{p}\"\n")).unwrap();
+            assert_eq!(q.priority, p);
+        }
+        let e = tenant("memory_limit = 1\n\npriority = \"urgent\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(
+            e.reason.contains("\"latency\", \"normal\", \"batch\""),
+            "{e}"
+        );
+
+        let owner = TenantOwner {
+            namespace: Some("team-a".into()),
+            pod: Some("train-0".into()),
+            container: Some("main".into()),
+            claim: None,
+        };
+        let text = format!("memory_limit = 1\n{}", owner.to_toml());
+        assert_eq!(
+            text,
+            "memory_limit = 1\n[owner]\nnamespace = \"team-a\"\npod = \"train-0\"\ncontainer = \"main\"\n"
+        );
+        let q = tenant(&text).unwrap();
+        assert_eq!(q.owner.as_ref(), Some(&owner));
+        assert_eq!(owner.display(), "team-a/train-0/main");
+        let claim = TenantOwner {
+            namespace: Some("ns".into()),
+            claim: Some("gpu".into()),
+            ..TenantOwner::default()
+        };
+        assert_eq!(claim.display(), "ns/claim:gpu");
+        assert_eq!(TenantOwner::default().to_toml(), "");
+        // An empty table is no owner.
+        assert_eq!(tenant("memory_limit = 1\n[owner]\n").unwrap().owner, None);
+
+        for (bad, what) in [
+            ("[owner]\npod = \"Train\"\n", "owner.pod"),
+            ("[owner]\nnamespace = \"\"\n", "owner.namespace"),
+            ("[owner]\nclaim = \"-x\"\n", "owner.claim"),
+            ("[owner]\nnode = \"n1\"\n", "unknown field `node`"),
+            ("[owner]\npod = 3\n", "invalid type"),
+        ] {
+            let e = tenant(&format!("memory_limit = 1\n{bad}")).unwrap_err();
+            assert!(e.reason.contains(what), "{bad}: {e}");
+            // The table's header, or the key itself.
+            assert!(matches!(e.line, Some(2 | 3)), "{bad}: {e}");
+        }
+        let long = "a".repeat(254);
+        assert!(tenant(&format!("memory_limit = 1\n[owner]\npod = \"{long}\"\n")).is_err());
     }
 
     #[test]

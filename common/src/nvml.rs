@@ -8,7 +8,7 @@
 //! would say. [`Nvml::running_processes`] lists the processes holding a context on a GPU with
 //! the device memory NVML attributes to each (the daemon's footprint measurement).
 
-use std::ffi::{CStr, c_char, c_uint, c_void};
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::sync::OnceLock;
 use thiserror::Error;
 
@@ -121,6 +121,10 @@ pub struct GpuInfo {
     pub total_memory: u64,
     /// NVML answered every query about this GPU.
     pub healthy: bool,
+    /// CUDA compute capability `(major, minor)`, when NVML reports it.
+    pub compute_capability: Option<(u32, u32)>,
+    /// The NVIDIA driver's version (`nvmlSystemGetDriverVersion`, e.g. `550.54.15`), when known.
+    pub driver_version: Option<String>,
 }
 
 /// Where the GPUs come from: NVML in production, a script in tests.
@@ -149,6 +153,10 @@ struct Api {
     name: unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32,
     /// Optional: absent from some NVML builds (and from the test fake).
     minor: Option<unsafe extern "C" fn(Handle, *mut c_uint) -> u32>,
+    /// Optional, like `minor`.
+    compute_capability: Option<unsafe extern "C" fn(Handle, *mut c_int, *mut c_int) -> u32>,
+    /// Optional, like `minor`.
+    driver_version: Option<unsafe extern "C" fn(*mut c_char, c_uint) -> u32>,
     /// `nvmlDeviceGetComputeRunningProcesses_v3`, else `_v2` (same struct); absent from old
     /// drivers.
     processes: Option<unsafe extern "C" fn(Handle, *mut c_uint, *mut ProcessInfo) -> u32>,
@@ -228,6 +236,26 @@ fn load() -> Result<Api, NvmlError> {
             )
         })
     };
+    let cc_ptr = lookup(c"nvmlDeviceGetCudaComputeCapability");
+    let compute_capability = (!cc_ptr.is_null()).then(|| {
+        // SAFETY: `nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t, int *major,
+        // int *minor)`.
+        unsafe {
+            std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(Handle, *mut c_int, *mut c_int) -> u32,
+            >(cc_ptr)
+        }
+    });
+    let version_ptr = lookup(c"nvmlSystemGetDriverVersion");
+    let driver_version = (!version_ptr.is_null()).then(|| {
+        // SAFETY: `nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length)`.
+        unsafe {
+            std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_char, c_uint) -> u32>(
+                version_ptr,
+            )
+        }
+    });
     let processes = [
         c"nvmlDeviceGetComputeRunningProcesses_v3",
         c"nvmlDeviceGetComputeRunningProcesses_v2",
@@ -254,6 +282,8 @@ fn load() -> Result<Api, NvmlError> {
         memory: sym!("nvmlDeviceGetMemoryInfo": unsafe extern "C" fn(Handle, *mut MemoryInfo) -> u32),
         name: sym!("nvmlDeviceGetName": unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> u32),
         minor,
+        compute_capability,
+        driver_version,
         processes,
     })
 }
@@ -352,6 +382,11 @@ fn probe_devices(api: &Api) -> Result<Vec<GpuInfo>, NvmlError> {
     let mut n: c_uint = 0;
     // SAFETY: valid out-pointer; NVML is initialised.
     check("nvmlDeviceGetCount_v2", unsafe { (api.count)(&mut n) })?;
+    let driver_version = api.driver_version.and_then(|f| {
+        let mut buf = [0 as c_char; 96];
+        // SAFETY: buffer and its length; NVML is initialised.
+        (unsafe { f(buf.as_mut_ptr(), buf.len() as c_uint) } == 0).then(|| c_string(&buf))
+    });
     let mut out = Vec::with_capacity(n as usize);
     for index in 0..n {
         let mut h: Handle = std::ptr::null_mut();
@@ -378,6 +413,12 @@ fn probe_devices(api: &Api) -> Result<Vec<GpuInfo>, NvmlError> {
             // SAFETY: handle from NVML, valid out-pointer.
             (unsafe { f(h, &mut m) } == 0).then_some(m)
         });
+        let compute_capability = api.compute_capability.and_then(|f| {
+            let (mut major, mut minor): (c_int, c_int) = (0, 0);
+            // SAFETY: handle from NVML, valid out-pointers.
+            let ok = unsafe { f(h, &mut major, &mut minor) } == 0;
+            (ok && major > 0 && minor >= 0).then_some((major as u32, minor as u32))
+        });
         out.push(GpuInfo {
             index,
             uuid: c_string(&uuid),
@@ -385,6 +426,8 @@ fn probe_devices(api: &Api) -> Result<Vec<GpuInfo>, NvmlError> {
             minor,
             total_memory: if mem_ok { mem.total } else { 0 },
             healthy: mem_ok,
+            compute_capability,
+            driver_version: driver_version.clone(),
         });
     }
     Ok(out)

@@ -9,8 +9,10 @@
 //! spec atomically where runtimes read it (`/etc/cdi` or `/run/cdi`).
 
 use gpumux_common::ENV_SOCKET;
+use gpumux_common::config::TenantOwner;
 use gpumux_common::names::{tenant_dir, tenant_of_quota_file, tenant_socket, validate_tenant_name};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -19,6 +21,8 @@ use thiserror::Error;
 pub const CDI_VERSION: &str = "0.6.0";
 /// The CDI kind (`vendor/class`) of gpumux tenants: devices are `gpumux.dev/tenant=<tenant>`.
 pub const CDI_KIND: &str = "gpumux.dev/tenant";
+/// The vendor part of [`CDI_KIND`], also the prefix of the devices' annotations.
+pub const CDI_VENDOR: &str = "gpumux.dev";
 /// Where the packaged `gpumux-cdi.service` writes the spec (CDI's dynamic spec directory).
 pub const DEFAULT_DYNAMIC_SPEC_PATH: &str = "/run/cdi/gpumux.json";
 
@@ -80,7 +84,24 @@ pub struct Spec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Device {
     pub name: String,
+    /// Who the tenant stands for ([`owner_annotations`]); runtimes pass device annotations on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     pub container_edits: ContainerEdits,
+}
+
+/// The annotations a tenant's CDI device carries: `gpumux.dev/tenant` and, for a tenant
+/// created for Kubernetes, `gpumux.dev/<key>` for each `[owner]` key.
+pub fn owner_annotations(tenant: &str, owner: Option<&TenantOwner>) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::from([(format!("{CDI_VENDOR}/tenant"), tenant.to_string())]);
+    if let Some(o) = owner {
+        for (key, value) in o.fields() {
+            if let Some(v) = value {
+                a.insert(format!("{CDI_VENDOR}/{key}"), v.to_string());
+            }
+        }
+    }
+    a
 }
 
 /// Changes a runtime makes to a container's OCI spec.
@@ -280,6 +301,7 @@ pub fn spec(tenants: &[String], inj: &Injection, tenants_dir: &Path) -> Result<S
         .map(|t| {
             Ok(Device {
                 name: t.clone(),
+                annotations: BTreeMap::new(),
                 container_edits: tenant_edits(t, inj)?,
             })
         })
@@ -428,6 +450,33 @@ mod tests {
         // JSON round-trips and uses CDI's field names.
         let json = to_json(&s);
         assert!(json.contains("\"cdiVersion\": \"0.6.0\"") && json.contains("\"containerPath\""));
+        assert_eq!(serde_json::from_str::<Spec>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn owner_annotations_name_the_pod() {
+        let owner = TenantOwner {
+            namespace: Some("ns".into()),
+            pod: Some("train".into()),
+            claim: Some("gpu".into()),
+            ..TenantOwner::default()
+        };
+        let a = owner_annotations("t", Some(&owner));
+        let want: BTreeMap<String, String> = [
+            ("gpumux.dev/tenant", "t"),
+            ("gpumux.dev/namespace", "ns"),
+            ("gpumux.dev/pod", "train"),
+            ("gpumux.dev/claim", "gpu"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(a, want);
+        assert_eq!(owner_annotations("t", None).len(), 1);
+        let mut s = spec(&["t".into()], &injection(Vec::new()), Path::new("/t")).unwrap();
+        s.devices[0].annotations = a;
+        let json = to_json(&s);
+        assert!(json.contains("\"annotations\""), "{json}");
         assert_eq!(serde_json::from_str::<Spec>(&json).unwrap(), s);
     }
 

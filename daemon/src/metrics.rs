@@ -85,6 +85,25 @@ pub fn render(r: &StatusReport) -> String {
             t.weight as f64,
         );
     }
+    f.header(
+        "gpumux_tenant_info",
+        "gauge",
+        "1 per tenant, labelled with its priority class and, for Kubernetes tenants, the pod or claim it stands for (join on tenant).",
+    );
+    for t in &r.tenants {
+        let owner = t.owner.clone().unwrap_or_default();
+        let mut labels = vec![
+            ("tenant", t.name.as_str()),
+            ("priority", t.priority.as_str()),
+        ];
+        labels.extend(
+            owner
+                .fields()
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v))),
+        );
+        f.sample("gpumux_tenant_info", &labels, 1.0);
+    }
     type Get = fn(&status::TenantDeviceStatus) -> f64;
     let per_device: [(&str, &str, &str, Get); 9] = [
         (
@@ -249,6 +268,13 @@ mod tests {
                     device_time_ns: 2_000_000_000,
                     slice_wait_ns: 0,
                 }],
+                priority: gpumux_common::config::Priority::Latency,
+                owner: Some(gpumux_common::config::TenantOwner {
+                    namespace: Some("ns".into()),
+                    pod: Some("train".into()),
+                    container: Some("main".into()),
+                    claim: None,
+                }),
             }],
             config_errors: vec![],
             unmanaged: vec![UnmanagedProcess {
@@ -280,5 +306,9 @@ mod tests {
         );
         assert!(text.contains("gpumux_tenant_processes{tenant=\"te\\\"am\"} 2\n"));
         assert!(text.contains("# TYPE gpumux_allocations_refused_total counter\n"));
+        assert!(
+            text.contains("gpumux_tenant_info{tenant=\"te\\\"am\",priority=\"latency\",namespace=\"ns\",pod=\"train\",container=\"main\"} 1\n"),
+            "{text}"
+        );
     }
 }

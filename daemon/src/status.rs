@@ -1,6 +1,7 @@
 //! The status report `gpumuxctl status` shows, and the control-socket request that asks for it.
 //! Both sides (daemon and CLI) use these types, so the JSON is one schema.
 
+use gpumux_common::config::{Priority, TenantOwner};
 use serde::{Deserialize, Serialize};
 
 /// A request on the control socket (one JSON line).
@@ -62,6 +63,12 @@ pub struct TenantStatus {
     pub processes: Vec<u32>,
     pub socket: String,
     pub devices: Vec<TenantDeviceStatus>,
+    /// Priority class from the quota file (reported; not scheduled on yet).
+    #[serde(default)]
+    pub priority: Priority,
+    /// The Kubernetes pod or claim the tenant was created for (`[owner]` in its quota file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<TenantOwner>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

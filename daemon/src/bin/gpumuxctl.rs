@@ -163,7 +163,7 @@ fn cdi_spec(config: &Path, output: Option<&Path>, tenants: Vec<String>) -> Resul
         shim_path: PathBuf::from(SHIM_INSTALL_PATH),
         device_nodes: cdi::nvidia_device_nodes(Path::new("/dev")),
     };
-    let spec = match cdi::spec(&tenants, &injection, &cfg.tenants_dir) {
+    let mut spec = match cdi::spec(&tenants, &injection, &cfg.tenants_dir) {
         Ok(s) => s,
         Err(e @ cdi::CdiError::NoTenants(_)) => {
             // CDI rejects a spec without devices: a stale file would offer deleted tenants.
@@ -179,6 +179,16 @@ fn cdi_spec(config: &Path, output: Option<&Path>, tenants: Vec<String>) -> Resul
         }
         Err(e) => return Err(usage(e)),
     };
+    // Tenants created for Kubernetes say which pod (or claim) they stand for.
+    for d in &mut spec.devices {
+        let path = cfg.tenants_dir.join(format!("{}.toml", d.name));
+        if let Ok(TenantQuota {
+            owner: Some(owner), ..
+        }) = TenantQuota::load(&path)
+        {
+            d.annotations = cdi::owner_annotations(&d.name, Some(&owner));
+        }
+    }
     if injection.device_nodes.is_empty() {
         eprintln!("gpumuxctl: note: no /dev/nvidia* device nodes on this host; the spec adds none");
     }
@@ -217,6 +227,10 @@ fn check(config: &Path, only: Option<&Path>) -> Result<(), Failure> {
                 q.compute_limit_permille
                     .map(|c| format!(" compute_limit={}%", c as f64 / 10.0))
                     .unwrap_or_default()
+                    + &format!(" priority={}", q.priority)
+                    + &q.owner
+                        .map(|o| format!(" owner={}", o.display()))
+                        .unwrap_or_default()
             ),
             Err(e) => errors.push(e.to_string()),
         }
@@ -306,7 +320,7 @@ fn render_status(r: &StatusReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10}",
+        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10} {:>8}  OWNER",
         "TENANT",
         "GPU",
         "WEIGHT",
@@ -316,13 +330,14 @@ fn render_status(r: &StatusReport) -> String {
         "MEM LIMIT",
         "REFUSED",
         "SHARE",
-        "CAP"
+        "CAP",
+        "PRIORITY"
     );
     for t in &r.tenants {
         for d in &t.devices {
             let _ = writeln!(
                 s,
-                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10}",
+                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10} {:>8}  {}",
                 t.name,
                 d.index,
                 t.weight,
@@ -336,6 +351,11 @@ fn render_status(r: &StatusReport) -> String {
                     .unwrap_or_else(|| "-".into()),
                 t.compute_limit_percent
                     .map(|c| format!("{c}%"))
+                    .unwrap_or_else(|| "-".into()),
+                t.priority,
+                t.owner
+                    .as_ref()
+                    .map(|o| o.display())
                     .unwrap_or_else(|| "-".into()),
             );
         }

@@ -413,6 +413,8 @@ impl Daemon {
                         .display()
                         .to_string(),
                     devices,
+                    priority: t.quota.priority,
+                    owner: t.quota.owner.clone(),
                 }
             })
             .collect();

@@ -100,18 +100,7 @@ fn valid_resource_name(s: &str) -> bool {
     let Some((domain, name)) = s.split_once('/') else {
         return false;
     };
-    let domain_ok = !domain.is_empty()
-        && domain.len() <= 253
-        && !domain.ends_with("kubernetes.io")
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
+    let domain_ok = dns_subdomain(domain, 253) && !domain.ends_with("kubernetes.io");
     let name_ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -120,6 +109,39 @@ fn valid_resource_name(s: &str) -> bool {
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     domain_ok && name_ok
+}
+
+/// gpumuxd's config at `path` (for `state_dir` and `tenants_dir`); a missing file at the
+/// default path means gpumuxd's defaults.
+pub fn gpumux_config(
+    path: &std::path::Path,
+) -> Result<gpumux_common::config::DaemonConfig, gpumux_common::config::ConfigError> {
+    use gpumux_common::config::{DEFAULT_CONFIG_PATH, DaemonConfig};
+    if !path.exists() && path.as_os_str() == DEFAULT_CONFIG_PATH {
+        return Ok(DaemonConfig::default());
+    }
+    DaemonConfig::load(path)
+}
+
+/// [`parse_duration`] for clap's `value_parser`.
+pub fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A lower-case DNS subdomain of at most `max` characters (labels of `a-z`, `0-9`, `-`, at
+/// most 63 each, not starting or ending with `-`).
+pub fn dns_subdomain(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).

@@ -6,7 +6,8 @@ use crate::api::v1::pod_resources_lister_client::PodResourcesListerClient;
 use crate::api::v1beta1::registration_client::RegistrationClient;
 use crate::api::v1beta1::{self, RegisterRequest};
 use crate::config::PluginConfig;
-use std::collections::HashSet;
+use gpumux_common::config::TenantOwner;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
@@ -82,6 +83,15 @@ pub async fn held_device_ids(
     socket: &Path,
     resource_name: &str,
 ) -> Result<HashSet<String>, KubeletError> {
+    Ok(holders(socket, resource_name).await?.into_keys().collect())
+}
+
+/// The device IDs of `resource_name` that containers hold now, each with the container that
+/// holds it (namespace, pod, container), by the pod resources API (`List`).
+pub async fn holders(
+    socket: &Path,
+    resource_name: &str,
+) -> Result<HashMap<String, TenantOwner>, KubeletError> {
     let mut client = PodResourcesListerClient::new(connect(socket).await?)
         .max_decoding_message_size(MAX_POD_RESOURCES_MESSAGE);
     let list = client
@@ -93,14 +103,43 @@ pub async fn held_device_ids(
             status: Box::new(status),
         })?
         .into_inner();
-    Ok(list
-        .pod_resources
-        .into_iter()
-        .flat_map(|pod| pod.containers)
-        .flat_map(|container| container.devices)
-        .filter(|d| d.resource_name == resource_name)
-        .flat_map(|d| d.device_ids)
-        .collect())
+    let mut out = HashMap::new();
+    for pod in list.pod_resources {
+        for container in pod.containers {
+            // Names the kubelet gives are valid object names; anything else is left unnamed
+            // rather than written into a quota file the daemon would reject.
+            let owner = TenantOwner {
+                namespace: Some(pod.namespace.clone()),
+                pod: Some(pod.name.clone()),
+                container: Some(container.name.clone()),
+                claim: None,
+            };
+            let owner = owner.validate().map(|()| owner).unwrap_or_default();
+            for d in container.devices {
+                if d.resource_name == resource_name {
+                    for id in d.device_ids {
+                        out.insert(id, owner.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Waits up to `timeout` for gpumuxd to open a new tenant's socket at `socket` (it does so
+/// once it has read the tenant's quota file); whether it appeared.
+pub async fn wait_for_socket(socket: &Path, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if socket.exists() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Serves `service` on `listener` until `stop` turns true (then waits for connections to end:

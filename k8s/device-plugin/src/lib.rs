@@ -14,6 +14,7 @@
 //! - [`plugin`]: the `DevicePlugin` service (`ListAndWatch`, `Allocate`, ...).
 //! - [`kubelet`]: registration, pod resources queries, serving on a Unix socket.
 //! - [`run`]: the plugin's life: health polling, tenant collection, (re-)registration.
+//! - [`process`]: logging and the signal-driven runtime (shared with the DRA driver).
 //!
 //! The node's GPUs and their health come from gpumux-common's NVML reader
 //! ([`gpumux_common::nvml`]), shared with the daemon.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod config;
 pub mod kubelet;
 pub mod plugin;
+pub mod process;
 pub mod run;
 pub mod shares;
 pub mod tenants;

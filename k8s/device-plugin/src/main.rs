@@ -3,12 +3,13 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use gpumux_common::config::{DEFAULT_CONFIG_PATH, DaemonConfig};
+use gpumux_common::config::DEFAULT_CONFIG_PATH;
 use gpumux_common::nvml::Nvml;
 use gpumux_k8s::config::{
-    CONTAINER_SHIM_PATH, DEFAULT_ENDPOINT, DEFAULT_RESOURCE_NAME, PluginConfig, parse_duration,
+    CONTAINER_SHIM_PATH, DEFAULT_ENDPOINT, DEFAULT_RESOURCE_NAME, PluginConfig, duration_arg,
+    gpumux_config,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,42 +48,25 @@ struct Args {
     #[arg(long, default_value = "/dev")]
     dev_root: PathBuf,
     /// How often released tenants are looked for.
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
     gc_interval: Duration,
     /// How long after Allocate a tenant is kept though no container lists it yet.
-    #[arg(long, default_value = "5m", value_parser = duration)]
+    #[arg(long, default_value = "5m", value_parser = duration_arg)]
     gc_grace: Duration,
     /// How often NVML is asked about GPU health.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, default_value = "5s", value_parser = duration_arg)]
     health_interval: Duration,
     /// How often the kubelet's socket is checked (re-registration after a kubelet restart).
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = duration_arg)]
     watch_interval: Duration,
     /// How long Allocate waits for gpumuxd to open the new tenant's socket.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, default_value = "5s", value_parser = duration_arg)]
     socket_wait: Duration,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
-
-fn load_gpumux_config(path: &Path) -> Result<DaemonConfig> {
-    if !path.exists() && path.as_os_str() == DEFAULT_CONFIG_PATH {
-        return Ok(DaemonConfig::default());
-    }
-    DaemonConfig::load(path).context("reading gpumuxd's config")
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GPUMUX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    gpumux_k8s::process::init_logging();
     let cfg = match build_config(args) {
         Ok(c) => c,
         Err(e) => {
@@ -100,7 +84,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn build_config(args: Args) -> Result<PluginConfig> {
-    let gpumux = load_gpumux_config(&args.gpumux_config)?;
+    let gpumux = gpumux_config(&args.gpumux_config).context("reading gpumuxd's config")?;
     let cfg = PluginConfig {
         resource_name: args.resource_name,
         shares_per_gpu: args.shares_per_gpu,
@@ -123,22 +107,7 @@ fn build_config(args: Args) -> Result<PluginConfig> {
 }
 
 fn run(cfg: PluginConfig) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            }
-            let _ = tx.send(true);
-        });
-        gpumux_k8s::run::run(cfg, Arc::new(Nvml), rx).await?;
-        Ok(())
-    })
+    gpumux_k8s::process::run_until_signal(|rx| gpumux_k8s::run::run(cfg, Arc::new(Nvml), rx))
+        .context("starting the async runtime")??;
+    Ok(())
 }

@@ -15,7 +15,6 @@ use crate::tenants::TenantStore;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -119,16 +118,7 @@ impl SharePlugin {
     /// started without it gets a clear refusal from the shim, never unlimited GPU use.
     async fn wait_for_socket(&self, tenant: &str) -> bool {
         let socket = self.store.tenant_socket(tenant);
-        let deadline = Instant::now() + self.cfg.socket_wait;
-        loop {
-            if socket.exists() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::kubelet::wait_for_socket(&socket, self.cfg.socket_wait).await
     }
 }
 

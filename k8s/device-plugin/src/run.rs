@@ -4,8 +4,9 @@
 //! - **health**: asks NVML every `--health-interval` and publishes the inventory (a
 //!   `watch` channel) that `ListAndWatch` streams follow;
 //! - **collector**: every `--gc-interval`, asks the pod resources API which containers hold
-//!   shares and releases the tenants none of whose shares is held ([`TenantStore::collect`]);
-//!   when the kubelet cannot be asked, nothing is removed;
+//!   shares, writes each tenant's pod into its quota file ([`TenantStore::identify`]) and
+//!   releases the tenants none of whose shares is held ([`TenantStore::collect`]); when the
+//!   kubelet cannot be asked, nothing is removed;
 //! - **registration**: serves the plugin socket, registers with the kubelet, then watches
 //!   both sockets (inotify on the kubelet's directory, and polling every `--watch-interval`).
 //!   A restarting kubelet removes the plugin's socket and recreates its own; either change
@@ -20,8 +21,10 @@ use crate::kubelet;
 use crate::plugin::{SharePlugin, unix_now};
 use crate::shares::Inventory;
 use crate::tenants::{StorePaths, TenantError, TenantStore};
+use gpumux_common::config::TenantOwner;
 use gpumux_common::nvml::{DeviceSource, NvmlError};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -90,7 +93,8 @@ pub async fn run(
     result
 }
 
-async fn probe(
+/// Asks `source` for the GPUs on a blocking thread (NVML calls may take a while).
+pub async fn probe(
     source: &Arc<dyn DeviceSource>,
 ) -> Result<Vec<gpumux_common::nvml::GpuInfo>, NvmlError> {
     let s = source.clone();
@@ -130,15 +134,29 @@ async fn collect_loop(cfg: Arc<PluginConfig>, store: Arc<TenantStore>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let held = match kubelet::held_device_ids(&cfg.pod_resources_socket, &cfg.resource_name)
-            .await
-        {
+        let holders = match kubelet::holders(&cfg.pod_resources_socket, &cfg.resource_name).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("not collecting released tenants: pod resources unavailable: {e}");
                 continue;
             }
         };
+        // Owners without a name (the kubelet said something odd) are not written.
+        let named: HashMap<String, TenantOwner> = holders
+            .iter()
+            .filter(|(_, o)| !o.is_empty())
+            .map(|(id, o)| (id.clone(), o.clone()))
+            .collect();
+        match store.identify(&named) {
+            Ok(changed) => {
+                for t in changed {
+                    let owner = store.records().get(&t).and_then(|r| r.owner.clone());
+                    tracing::info!(tenant = %t, owner = %owner.map(|o| o.display()).unwrap_or_default(), "tenant's pod identified");
+                }
+            }
+            Err(e) => tracing::error!("recording which pods hold the tenants: {e}"),
+        }
+        let held: HashSet<String> = holders.into_keys().collect();
         match store.collect(&held, unix_now(), cfg.gc_grace.as_secs()) {
             Ok(c) => {
                 for t in &c.released {
@@ -155,9 +173,10 @@ async fn collect_loop(cfg: Arc<PluginConfig>, store: Arc<TenantStore>) {
 
 /// Identity of a file: device, inode and change time, to notice it being replaced (a new file
 /// may reuse the inode number of a removed one).
-type FileId = (u64, u64, i64, i64);
+pub type FileId = (u64, u64, i64, i64);
 
-fn identity(path: &Path) -> Option<FileId> {
+/// The [`FileId`] of `path` (not following a symlink), `None` if it does not exist.
+pub fn identity(path: &Path) -> Option<FileId> {
     std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
@@ -370,7 +389,7 @@ async fn register_and_watch(
 }
 
 /// Sleeps `d`; true when shutdown was asked for instead.
-async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     if *shutdown.borrow() {
         return true;
     }

@@ -310,6 +310,8 @@ mod tests {
             minor: Some(index),
             total_memory: total,
             healthy,
+            compute_capability: Some((9, 0)),
+            driver_version: None,
         }
     }
 

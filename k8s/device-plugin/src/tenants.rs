@@ -15,10 +15,10 @@
 //! go too.
 
 use crate::shares::ShareQuota;
-use gpumux_common::config::TenantQuota;
+use gpumux_common::config::{TenantOwner, TenantQuota};
 use gpumux_common::names::{tenant_dir, tenant_socket};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -70,6 +70,10 @@ pub struct TenantRecord {
     /// directory is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_unix: Option<u64>,
+    /// The container that holds its shares, once the pod resources API has named it
+    /// ([`TenantStore::identify`]); written to the quota file's `[owner]` table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<TenantOwner>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -168,7 +172,8 @@ impl TenantStore {
     /// directory present (so the container's bind mount has a source before the daemon reacts).
     /// Idempotent.
     pub fn ensure(&self, q: &ShareQuota, now_unix: u64) -> Result<(), TenantError> {
-        let text = self.quota_text(q);
+        let owner = self.lock().get(&q.tenant).and_then(|r| r.owner.clone());
+        let text = self.quota_text(q, owner.as_ref());
         let quota_path = self.quota_path(&q.tenant);
         // The daemon parses this file: check it as the daemon will, before anything changes.
         TenantQuota::parse(&quota_path, &q.tenant, &text).map_err(|e| TenantError::Invalid {
@@ -201,6 +206,7 @@ impl TenantStore {
                 device_ids: q.device_ids.clone(),
                 allocated_unix: now_unix,
                 released_unix: None,
+                owner: state.get(&q.tenant).and_then(|r| r.owner.clone()),
             },
         );
         self.persist(&next)?;
@@ -277,9 +283,65 @@ impl TenantStore {
         Ok(done)
     }
 
-    fn quota_text(&self, q: &ShareQuota) -> String {
+    /// Records which container holds each tenant's shares (`holders`: device ID → the
+    /// container holding it, from the pod resources API) and writes it into the tenant's quota
+    /// file as its `[owner]` table, so status and metrics name the pod. Returns the tenants
+    /// whose owner changed. Released tenants and tenants whose shares nobody holds are left
+    /// as they are.
+    pub fn identify(
+        &self,
+        holders: &HashMap<String, TenantOwner>,
+    ) -> Result<Vec<String>, TenantError> {
+        let mut state = self.lock();
+        let mut updates = Vec::new();
+        for (name, rec) in state.iter() {
+            if rec.released_unix.is_some() {
+                continue;
+            }
+            let Some(owner) = rec.device_ids.iter().find_map(|id| holders.get(id)) else {
+                continue;
+            };
+            let path = self.quota_path(name);
+            let current = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                // Repaired by the next Allocate; the owner is written then.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path)(e)),
+            };
+            let text = with_owner(&current, Some(owner));
+            if rec.owner.as_ref() == Some(owner) && text == current {
+                continue;
+            }
+            TenantQuota::parse(&path, name, &text).map_err(|e| TenantError::Invalid {
+                tenant: name.clone(),
+                reason: e.to_string(),
+            })?;
+            updates.push((name.clone(), owner.clone(), path, text));
+        }
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut next = state.clone();
+        for (name, owner, _, _) in &updates {
+            if let Some(rec) = next.get_mut(name) {
+                rec.owner = Some(owner.clone());
+            }
+        }
+        // Recorded first: a crash before a file is written leaves a record whose owner the
+        // file lacks, which the next call (or Allocate) writes.
+        self.persist(&next)?;
+        *state = next;
+        let mut changed = Vec::new();
+        for (name, _, path, text) in updates {
+            write_atomic(&path, text.as_bytes(), 0o644)?;
+            changed.push(name);
+        }
+        Ok(changed)
+    }
+
+    fn quota_text(&self, q: &ShareQuota, owner: Option<&TenantOwner>) -> String {
         let devices: Vec<String> = q.gpus.iter().map(|g| format!("\"{}\"", g.uuid)).collect();
-        format!(
+        let text = format!(
             "# Managed by gpumux-device-plugin ({resource}); removed when the container's shares are\n\
              # released. Do not edit. Shares: {ids}\n\
              devices = [{devices}]\n\
@@ -290,7 +352,8 @@ impl TenantStore {
             devices = devices.join(", "),
             limit = q.memory_limit,
             weight = q.weight,
-        )
+        );
+        with_owner(&text, owner)
     }
 
     fn persist(&self, tenants: &BTreeMap<String, TenantRecord>) -> Result<(), TenantError> {
@@ -304,9 +367,22 @@ impl TenantStore {
     }
 }
 
+/// A quota file written by this plugin with its `[owner]` table (always the last part of the
+/// file) replaced by `owner`'s, or removed.
+fn with_owner(text: &str, owner: Option<&TenantOwner>) -> String {
+    let base = match text.find("\n[owner]\n") {
+        Some(i) => &text[..=i],
+        None => text,
+    };
+    format!(
+        "{base}{}",
+        owner.map(TenantOwner::to_toml).unwrap_or_default()
+    )
+}
+
 /// Writes `path` through a dot-prefixed temporary file in the same directory and a rename, so
 /// readers (the daemon's watcher, a restarted plugin) see the old or the new file, never part.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TenantError> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TenantError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -362,6 +438,8 @@ mod tests {
             minor: Some(0),
             total_memory: 16 << 30,
             healthy: true,
+            compute_capability: None,
+            driver_version: None,
         }]));
         let ids: Vec<String> = shares.iter().map(|i| format!("{A}::{i}")).collect();
         quota_for(&ids, &inv, 4).unwrap()
@@ -505,6 +583,44 @@ mod tests {
         std::fs::remove_file(s.quota_path(&q.tenant)).unwrap();
         s.ensure(&q, 6).unwrap();
         assert!(s.quota_path(&q.tenant).exists());
+    }
+
+    #[test]
+    fn the_holding_container_becomes_the_owner() {
+        let f = fixture();
+        let s = open(&f);
+        let (a, b) = (quota(&[0]), quota(&[1, 2]));
+        s.ensure(&a, 0).unwrap();
+        s.ensure(&b, 0).unwrap();
+        let owner = |pod: &str| TenantOwner {
+            namespace: Some("team-a".into()),
+            pod: Some(pod.into()),
+            container: Some("main".into()),
+            claim: None,
+        };
+        let holders = HashMap::from([(b.device_ids[1].clone(), owner("train"))]);
+        assert_eq!(s.identify(&holders).unwrap(), vec![b.tenant.clone()]);
+        let q = TenantQuota::load(&s.quota_path(&b.tenant)).unwrap();
+        assert_eq!(q.owner, Some(owner("train")));
+        assert_eq!((q.memory_limit, q.weight), (8 << 30, 2), "limits kept");
+        assert_eq!(
+            TenantQuota::load(&s.quota_path(&a.tenant)).unwrap().owner,
+            None
+        );
+        // Nothing changed: nothing written.
+        assert!(s.identify(&holders).unwrap().is_empty());
+        // A restarted plugin keeps the owner, also when Allocate repeats.
+        let s = open(&f);
+        s.ensure(&b, 10).unwrap();
+        assert_eq!(s.records()[&b.tenant].owner, Some(owner("train")));
+        let q = TenantQuota::load(&s.quota_path(&b.tenant)).unwrap();
+        assert_eq!(q.owner, Some(owner("train")));
+        // Another pod got the shares (the first is gone): the owner follows.
+        let holders = HashMap::from([(b.device_ids[0].clone(), owner("serve"))]);
+        assert_eq!(s.identify(&holders).unwrap(), vec![b.tenant.clone()]);
+        let text = std::fs::read_to_string(s.quota_path(&b.tenant)).unwrap();
+        assert_eq!(text.matches("[owner]").count(), 1, "{text}");
+        assert!(text.contains("pod = \"serve\""), "{text}");
     }
 
     #[test]

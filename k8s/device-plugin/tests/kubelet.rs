@@ -503,6 +503,26 @@ fn shares_become_tenants_held_to_their_quota() {
         "7 GiB fits"
     );
 
+    // The collector learns from the pod resources API which container holds the shares: the
+    // tenant's quota file, status and metrics name the pod.
+    wait_until(
+        T,
+        || {
+            g.tenant_status(&tenant)["owner"]
+                == serde_json::json!({"namespace": "default", "pod": "train", "container": "main"})
+        },
+        || {
+            format!(
+                "owner not in status: {}; log:\n{}",
+                g.tenant_status(&tenant),
+                plog(&plugin)
+            )
+        },
+    );
+    assert_eq!(g.tenant_status(&tenant)["priority"], "normal");
+    let q = TenantQuota::load(&quota_path).expect("quota file with owner");
+    assert_eq!((q.memory_limit, q.weight), (8 * GIB, 2), "limits unchanged");
+
     // Kubelet restart: sockets wiped, kubelet.sock recreated → the plugin registers again and
     // serves a fresh socket.
     drop(stream);
@@ -580,6 +600,8 @@ fn gpu(index: u32) -> GpuInfo {
         minor: Some(index),
         total_memory: 8 * GIB,
         healthy: true,
+        compute_capability: Some((9, 0)),
+        driver_version: Some("575.51.03".into()),
     }
 }
 

@@ -668,7 +668,8 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     })
 }
 
-/// `nvmlDeviceGetCudaComputeCapability`: 9.0, as the fake CUDA driver reports.
+/// `nvmlDeviceGetCudaComputeCapability`: [`fakegpu::COMPUTE_CAPABILITY`] (9.0), as the fake
+/// CUDA driver reports.
 ///
 /// # Safety
 /// `major`/`minor` must be null or valid for writes.
@@ -685,8 +686,8 @@ pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
             }
             // SAFETY: both non-null and valid for writes per the caller contract.
             unsafe {
-                major.write(9);
-                minor.write(0);
+                major.write(fakegpu::COMPUTE_CAPABILITY.0);
+                minor.write(fakegpu::COMPUTE_CAPABILITY.1);
             }
             NVML_SUCCESS
         })

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 pub const DEFAULT_DEVICE_BYTES: u64 = 16 << 30;
 /// Name of every simulated device.
 pub const DEVICE_NAME: &str = "gpumux Fake GPU";
+/// CUDA compute capability `(major, minor)` of every simulated device (an H100's), as both the
+/// fake driver and the fake NVML report it.
+pub const COMPUTE_CAPABILITY: (i32, i32) = (9, 0);
 /// Most devices a state file can hold.
 pub const MAX_DEVICES: usize = 16;
 /// Device memory a context occupies when `FAKEGPU_CONTEXT_BYTES` is unset: 300 MiB, about what

@@ -23,9 +23,9 @@ pub mod testenv;
 pub mod trace;
 
 pub use config::{
-    DEFAULT_CONTEXT_BYTES, DEFAULT_DEVICE_BYTES, DEFAULT_MODULE_BYTES_PER_KIB, DEVICE_NAME,
-    DeviceConfig, MAX_DEVICES, default_state_path, device_pci_bus, device_pci_bus_id, device_uuid,
-    device_uuid_string, module_bytes, parse_size, parse_sizes,
+    COMPUTE_CAPABILITY, DEFAULT_CONTEXT_BYTES, DEFAULT_DEVICE_BYTES, DEFAULT_MODULE_BYTES_PER_KIB,
+    DEVICE_NAME, DeviceConfig, MAX_DEVICES, default_state_path, device_pci_bus, device_pci_bus_id,
+    device_uuid, device_uuid_string, module_bytes, parse_size, parse_sizes,
 };
 pub use lock::DeviceLockGuard;
 pub use snapshot::{

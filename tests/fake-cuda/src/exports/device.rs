@@ -74,8 +74,8 @@ pub fn attribute(attr: c_int, dev: u32) -> Option<i32> {
         71 => 65000,
         72 => 2_097_120,
         73 | 74 => 32768,
-        75 => 9,
-        76 => 0,
+        75 => fakegpu::COMPUTE_CAPABILITY.0,
+        76 => fakegpu::COMPUTE_CAPABILITY.1,
         77 => 32768,
         78..=80 => 1,
         81 => 233_472,
@@ -213,8 +213,8 @@ cuda_fn! {
         p.device(dev)?;
         // SAFETY: output pointers from the caller (null checked).
         unsafe {
-            write_out(major, 9)?;
-            write_out(minor, 0)
+            write_out(major, fakegpu::COMPUTE_CAPABILITY.0)?;
+            write_out(minor, fakegpu::COMPUTE_CAPABILITY.1)
         }
     }
 
