@@ -10,8 +10,8 @@
 //! no allocation call returns (contexts, modules). Per process and device the slot records
 //! three amounts, all counted against the limit: `used` (allocations, charged by the shim),
 //! `overhead` (what the daemon last measured beyond the allocations, [`set_overhead`]) and
-//! `reserved` (the shim's estimate for a context it is about to create, [`reserve`], until a
-//! measurement settles it).
+//! `reserved` (the shim's estimate for a context it is about to create or code it is about to
+//! load, [`reserve`], until a measurement settles it).
 
 use crate::shm::{AccountingSegment, ControlSegment, MAX_DEVICES, MAX_PROCESSES};
 use crate::shm_mutex::{LockError, ShmMutexGuard};

@@ -7,7 +7,9 @@
 use thiserror::Error;
 
 /// Bumped on any incompatible change to these messages or to `shm::LAYOUT_VERSION`.
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// 3: `Footprint` says whether the change is a context creation (`context`).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// No message is larger than this.
 pub const MAX_MESSAGE: usize = 1024;
 
@@ -25,14 +27,17 @@ pub enum ClientMsg {
     /// accounting `slot` back. Answered like `Hello`.
     Reattach { protocol: u32, pid: u32, slot: u32 },
     /// The process's footprint on `device` changed beyond its allocations (a context created
-    /// or destroyed, a module loaded or unloaded): measure it. `reserved` bytes of the slot's
-    /// reservation were for a context that now exists (settle them with the measurement).
-    /// `seq != 0` (only after creating a context): answer `Measured` with it once the
-    /// measurement is recorded; the growth it measures is what a context takes.
+    /// or destroyed, a module or library loaded or unloaded): measure it. `reserved` bytes of
+    /// the slot's reservation were for what now exists (a context, a loaded image): the next
+    /// measurement that starts after this message settles them, whenever that is. `seq != 0`:
+    /// answer `Measured` with it once such a measurement is recorded. `context` is 1 when the
+    /// change is a context the process just created (the growth measured then is what a
+    /// context of this tenant takes), else 0.
     Footprint {
         device: u32,
         reserved: u64,
         seq: u32,
+        context: u32,
     },
 }
 
@@ -50,7 +55,8 @@ pub enum ServerMsg {
     /// The tenant's slice on `device` ends: stop issuing work, drain, answer `Drained`.
     Revoke { device: u32, epoch: u32 },
     /// The footprint asked for by `Footprint { seq, .. }` was measured and recorded in the
-    /// accounting segment (or could not be measured: the reservation then stands).
+    /// accounting segment (or could not be measured now: the reservation then stands until a
+    /// later measurement settles it).
     Measured { device: u32, seq: u32 },
 }
 
@@ -143,10 +149,12 @@ impl ClientMsg {
                 device,
                 reserved,
                 seq,
+                context,
             } => Writer::new(5)
                 .u32(*device)
                 .u64(*reserved)
                 .u32(*seq)
+                .u32(*context)
                 .0
                 .clone(),
         }
@@ -173,6 +181,7 @@ impl ClientMsg {
                 device: r.u32()?,
                 reserved: r.u64()?,
                 seq: r.u32()?,
+                context: r.u32()?,
             },
             t => return Err(ProtocolError::UnknownTag(t)),
         };
@@ -254,6 +263,7 @@ mod tests {
                 device: 2,
                 reserved: 300 << 20,
                 seq: 7,
+                context: 1,
             },
         ] {
             assert_eq!(ClientMsg::decode(&m.encode()), Ok(m));

@@ -62,6 +62,7 @@ const K_RETRY: u64 = 6 << 56;
 const K_SCHED: u64 = 7 << 56;
 const K_PIDFD: u64 = 8 << 56;
 const K_FOOTPRINT: u64 = 9 << 56;
+const K_MEASURED: u64 = 10 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 /// A tenant the daemon serves.
@@ -79,8 +80,9 @@ struct Tenant {
     /// not waited for again, and not counted as wanting the device, until they speak again.
     stalled: BTreeSet<usize>,
     /// After a daemon restart: slots of live processes registered with the previous daemon,
-    /// awaiting their reattachment (slot → pidfd watch id).
-    orphans: BTreeMap<usize, u64>,
+    /// awaiting their reattachment (slot → their pid, validated with its start time, and the
+    /// pidfd watch id).
+    orphans: BTreeMap<usize, (u32, u64)>,
 }
 
 /// A process connected to a tenant socket.
@@ -302,6 +304,7 @@ impl Daemon {
                     K_FOOTPRINT => {
                         let _ = self.fp.timer.wait();
                     }
+                    K_MEASURED => self.readings_in(),
                     _ => tracing::warn!(token, "unknown epoll token"),
                 }
             }
@@ -347,9 +350,10 @@ impl Daemon {
             line.extend_from_slice(&buf[..n]);
         }
         let reply = match serde_json::from_slice::<ControlRequest>(line.trim_ascii()) {
+            // From fresh footprint readings (taken by the measuring thread, not here).
             Ok(ControlRequest::Status) => {
-                self.measure_all();
-                serde_json::to_vec(&self.status())?
+                self.status_when_fresh(stream);
+                return Ok(());
             }
             Err(e) => {
                 serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?
@@ -358,6 +362,19 @@ impl Daemon {
         stream.write_all(&reply)?;
         stream.write_all(b"\n")?;
         Ok(())
+    }
+
+    /// Writes the status report to a control connection.
+    fn answer_status(&self, mut stream: UnixStream) {
+        let result = serde_json::to_vec(&self.status())
+            .map_err(std::io::Error::from)
+            .and_then(|reply| {
+                stream.write_all(&reply)?;
+                stream.write_all(b"\n")
+            });
+        if let Err(e) = result {
+            tracing::debug!("control request failed: {e:#}");
+        }
     }
 
     /// The report `gpumuxctl status` prints.
@@ -403,11 +420,7 @@ impl Daemon {
                         .processes
                         .values()
                         .copied()
-                        .chain(
-                            t.orphans
-                                .keys()
-                                .map(|&s| t.segments.accounting.processes[s].pid.load(Relaxed)),
-                        )
+                        .chain(t.orphans.values().map(|&(pid, _)| pid))
                         .collect(),
                     socket: tenant_socket(&self.cfg.state_dir, &t.quota.name)
                         .display()

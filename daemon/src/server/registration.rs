@@ -136,6 +136,8 @@ impl Daemon {
                 acct.processes[slot].pid.store(pid, Relaxed);
                 t.processes.insert(slot, pid);
                 conn.slot = Some(slot);
+                let tenant = conn.tenant.clone();
+                self.fp.registered(&tenant, slot, pid);
                 if self.welcome(id) {
                     tracing::debug!(pid, tenant = %self.conns[&id].tenant, slot, "process registered");
                 }
@@ -165,7 +167,7 @@ impl Daemon {
                 if owner != Some(conn.pid) || t.processes.contains_key(&slot) {
                     return refused(conn, format!("slot {slot} is not this process's"));
                 }
-                if let Some(watch) = t.orphans.remove(&slot)
+                if let Some((_, watch)) = t.orphans.remove(&slot)
                     && let Some((_, _, pidfd)) = self.pidfds.remove(&watch)
                 {
                     let _ = self.epoll.delete(&pidfd);
@@ -200,7 +202,8 @@ impl Daemon {
                 device,
                 reserved,
                 seq,
-            } => self.footprint_request(id, device, reserved, seq),
+                context,
+            } => self.footprint_request(id, device, reserved, seq, context != 0),
         }
     }
 

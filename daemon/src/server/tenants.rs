@@ -213,7 +213,7 @@ impl Daemon {
                     {
                         self.pidfds.insert(id, (tenant.to_string(), slot, pidfd));
                         if let Some(t) = self.tenants.get_mut(tenant) {
-                            t.orphans.insert(slot, id);
+                            t.orphans.insert(slot, (pid, id));
                         }
                         alive += 1;
                         continue;

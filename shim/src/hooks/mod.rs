@@ -60,8 +60,9 @@ pub(crate) enum Class {
     /// Creates or destroys a context: tracked for draining; created under the tenant's limit
     /// (its own memory reserved, then measured); a teardown returns the memory it frees.
     Context,
-    /// Loads or unloads code into device memory (modules, libraries): the daemon measures the
-    /// process's footprint after it.
+    /// Loads or unloads code into device memory (modules, libraries): a load is held to the
+    /// tenant's limit (the image's size reserved, then measured by the daemon); an unload is
+    /// measured after it.
     Footprint,
     /// Lists the device's processes (NVML): filtered to the tenant's own.
     ProcessList,

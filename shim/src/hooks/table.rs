@@ -230,11 +230,11 @@ super::entry_points! {
         Footprint: [
             cuModuleLoad {
                 cuModuleLoad(module: *mut *mut c_void, fname: *const c_char) -> CUresult
-                    => modules::module_load;
+                    => modules::module_load_file;
             },
             cuModuleLoadData {
                 cuModuleLoadData(module: *mut *mut c_void, image: *const c_void) -> CUresult
-                    => modules::module_load;
+                    => modules::module_load_image;
             },
             cuModuleLoadDataEx {
                 cuModuleLoadDataEx(module: *mut *mut c_void, image: *const c_void,
@@ -243,7 +243,7 @@ super::entry_points! {
             },
             cuModuleLoadFatBinary {
                 cuModuleLoadFatBinary(module: *mut *mut c_void, fat_cubin: *const c_void)
-                    -> CUresult => modules::module_load;
+                    -> CUresult => modules::module_load_image;
             },
             cuModuleUnload {
                 cuModuleUnload(module: *mut c_void) -> CUresult => modules::module_unload;
@@ -252,13 +252,13 @@ super::entry_points! {
                 cuLibraryLoadData(library: *mut *mut c_void, image: *const c_void,
                     jit_options: *mut c_int_option, jit_values: *mut *mut c_void, num_jit: c_uint,
                     library_options: *mut c_int_option, library_values: *mut *mut c_void,
-                    num_library: c_uint) -> CUresult => modules::library_load;
+                    num_library: c_uint) -> CUresult => modules::library_load_data;
             },
             cuLibraryLoadFromFile {
                 cuLibraryLoadFromFile(library: *mut *mut c_void, fname: *const c_char,
                     jit_options: *mut c_int_option, jit_values: *mut *mut c_void, num_jit: c_uint,
                     library_options: *mut c_int_option, library_values: *mut *mut c_void,
-                    num_library: c_uint) -> CUresult => modules::library_load;
+                    num_library: c_uint) -> CUresult => modules::library_load_file;
             },
             cuLibraryUnload {
                 cuLibraryUnload(library: *mut c_void) -> CUresult => modules::library_unload;

@@ -579,6 +579,26 @@ fn v2_info(pid: u32, used: u64) -> ProcessInfoV2 {
     }
 }
 
+/// A fault a test injected into the process lists ([`fakegpu::fault`]): the error to return,
+/// after hanging (without holding the library's lock) as long as the fault says so.
+fn injected_fault() -> Option<nvmlReturn_t> {
+    let mut state = None;
+    with_gpu(|gpu| {
+        state = Some(gpu.path().to_path_buf());
+        NVML_SUCCESS
+    });
+    let state = state?;
+    loop {
+        match fakegpu::fault::nvml_fault(&state) {
+            None => return None,
+            Some(fakegpu::fault::NvmlFault::Error) => return Some(NVML_ERROR_UNKNOWN),
+            Some(fakegpu::fault::NvmlFault::Hang) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 /// `nvmlDeviceGetComputeRunningProcesses_v3` (`nvmlProcessInfo_t`): processes holding a
 /// context on the device, with the memory charged to each.
 ///
@@ -591,6 +611,9 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     infos: *mut ProcessInfoV2,
 ) -> nvmlReturn_t {
     guard(|| {
+        if let Some(rc) = injected_fault() {
+            return rc;
+        }
         with_device(device, |_, d| {
             // SAFETY: forwarded caller contract.
             unsafe { write_processes(d, info_count, infos, v2_info) }
@@ -609,6 +632,9 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
     infos: *mut ProcessInfoV2,
 ) -> nvmlReturn_t {
     guard(|| {
+        if let Some(rc) = injected_fault() {
+            return rc;
+        }
         with_device(device, |_, d| {
             // SAFETY: forwarded caller contract.
             unsafe { write_processes(d, info_count, infos, v2_info) }
@@ -627,6 +653,9 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses(
     infos: *mut ProcessInfoV1,
 ) -> nvmlReturn_t {
     guard(|| {
+        if let Some(rc) = injected_fault() {
+            return rc;
+        }
         with_device(device, |_, d| {
             // SAFETY: forwarded caller contract.
             unsafe {
