@@ -47,6 +47,11 @@ if (($# == 0)); then
     cargo run -q -p gpumux-conformance --bin conformance-report
 fi
 ((test_status == 0)) || exit "$test_status"
+echo "==> time-slicing scenarios on a busy host (2 CPU-bound processes per core)"
+# Shares, waits and caps must hold when the host's CPUs are busy (figures are reported; the
+# run fails only when a scenario cannot run).
+target/debug/gpumux-scenarios --cpu-hogs $((2 * $(nproc))) \
+    weights-3-1 weights-1-2-3-4 lone-tenant compute-limit-30
 echo "==> Debian package (packaging/build-deb.sh) and its contents"
 deb=$(packaging/build-deb.sh)
 GPUMUX_TEST_DEB=1 GPUMUX_DEB="$deb" cargo test -p gpumux-daemon --test packaging deb_package_contents

@@ -22,7 +22,14 @@ pub enum ClientMsg {
     /// A thread wants to launch on `device` but the tenant does not hold the slice.
     Demand { device: u32 },
     /// The process stopped issuing work on `device` for slice `epoch` and its work drained.
-    Drained { device: u32, epoch: u32 },
+    /// `busy_ns`: the device time its work used in the slice, as the process measured it with
+    /// events (absent from older shims, or when it could not measure: the daemon then charges
+    /// the slice's wall time). An optional trailing field: both forms decode.
+    Drained {
+        device: u32,
+        epoch: u32,
+        busy_ns: Option<u64>,
+    },
     /// After a daemon restart: a process registered with the previous daemon takes its
     /// accounting `slot` back. Answered like `Hello`.
     Reattach { protocol: u32, pid: u32, slot: u32 },
@@ -137,8 +144,17 @@ impl ClientMsg {
         match self {
             ClientMsg::Hello { protocol, pid } => Writer::new(1).u32(*protocol).u32(*pid).0.clone(),
             ClientMsg::Demand { device } => Writer::new(2).u32(*device).0.clone(),
-            ClientMsg::Drained { device, epoch } => {
-                Writer::new(3).u32(*device).u32(*epoch).0.clone()
+            ClientMsg::Drained {
+                device,
+                epoch,
+                busy_ns,
+            } => {
+                let mut w = Writer::new(3);
+                w.u32(*device).u32(*epoch);
+                if let Some(ns) = busy_ns {
+                    w.u64(*ns);
+                }
+                w.0
             }
             ClientMsg::Reattach {
                 protocol,
@@ -171,6 +187,7 @@ impl ClientMsg {
             3 => ClientMsg::Drained {
                 device: r.u32()?,
                 epoch: r.u32()?,
+                busy_ns: if r.0.is_empty() { None } else { Some(r.u64()?) },
             },
             4 => ClientMsg::Reattach {
                 protocol: r.u32()?,
@@ -258,6 +275,12 @@ mod tests {
             ClientMsg::Drained {
                 device: 1,
                 epoch: 9,
+                busy_ns: None,
+            },
+            ClientMsg::Drained {
+                device: 1,
+                epoch: 9,
+                busy_ns: Some(41_000_000),
             },
             ClientMsg::Footprint {
                 device: 2,
@@ -301,6 +324,16 @@ mod tests {
             ServerMsg::decode(&[102, 0, 0, 0, 255, 0, 0, 0]),
             Err(ProtocolError::Truncated)
         );
+        // Drained: without busy_ns (older shims) or with all 8 bytes of it, nothing between.
+        let mut m = ClientMsg::Drained {
+            device: 0,
+            epoch: 1,
+            busy_ns: Some(5),
+        }
+        .encode();
+        assert_eq!(m.len(), 4 + 4 + 4 + 8);
+        m.truncate(12 + 3);
+        assert_eq!(ClientMsg::decode(&m), Err(ProtocolError::Truncated));
     }
 
     proptest! {

@@ -1,17 +1,33 @@
 //! Weighted, work-conserving time-slicing of one device among tenants: pure logic, no I/O.
 //!
-//! The server feeds it what happened (a tenant wants the device, the holder's work drained,
-//! time passed) and carries out what it answers (grant a slice, revoke one). Policy:
+//! The server feeds it what happened (a tenant wants the device, the holder's work drained and
+//! how much device time it used, time passed) and carries out what it answers (grant a slice,
+//! revoke one). Policy:
 //! - **Virtual time** (stride scheduling): a tenant's virtual time advances by the device time
-//!   it was charged divided by its weight; the waiting tenant with the least virtual time goes
-//!   next, so shares converge to the weights. A tenant waking from idle starts at the least
-//!   virtual time among the busy ones: idleness earns no credit to monopolise later.
+//!   it was charged divided by its weight; the wanting tenant with the least virtual time goes
+//!   next, so shares converge to the weights. A tenant waking from a pause of a quantum or more
+//!   starts at the least virtual time among the busy ones: idleness earns no credit.
+//! - **Slices in proportion to weight**: while others wait, a holder's turn lasts
+//!   `quantum × weight / heaviest wanting weight` (at least a quarter quantum), so tenants
+//!   alternate and a light tenant waits about one quantum beside a heavy one, not several; a
+//!   holder whose virtual time, its running turn counted, is still the least keeps the device
+//!   for another turn without a switch.
+//! - **A revoked holder keeps its place**: a holder revoked while busy counts as wanting for
+//!   [`Scheduler::return_window`] after its drain, while its threads come back from the
+//!   synchronize the drain completed. It may be granted before any of them is at the gate (they
+//!   pass it when they arrive), so fairness does not depend on how fast a busy host runs them.
+//! - **Honest charging**: the holder pays the device time its work used in the slice, as its
+//!   processes measured it (reported with their drain), never more than the slice's wall time;
+//!   the switch cost (device idle between slices, the drain's round trips) is overhead, charged
+//!   to no one. Without a measurement (an older shim, a drain that timed out) it pays the
+//!   slice's wall time, overrun included.
 //! - **Work-conserving**: a lone tenant keeps the device with no timer at all; a holder that
-//!   stops launching while others wait gives the device up after `idle_grace`, not a quantum.
-//! - **Honest charging**: the holder pays from grant until its work drained (or the drain timed
-//!   out), overrun included.
-//! - **compute_limit**: a token bucket refilled at the cap's rate; a capped tenant runs only
-//!   with budget, even on an otherwise idle device.
+//!   stops launching while others wait gives the device up after `idle_grace`, not a quantum
+//!   (longer on a busy host: by four times how late the server's ticks come, so that a holder
+//!   whose threads the host runs late is not taken for idle).
+//! - **compute_limit**: a token bucket of device time refilled at the cap's rate (burst: one
+//!   quantum); a capped tenant is granted when its bucket is full and runs until it is spent,
+//!   even on an otherwise idle device.
 //! - **No wedging**: a holder that does not drain within `drain_timeout` (stopped, stuck in a
 //!   very long kernel, dead) is charged and passed over.
 
@@ -38,6 +54,12 @@ pub struct Activity {
     pub syncing: u32,
 }
 
+/// Shortest turn, as a fraction of the quantum, however light a tenant is beside the heaviest.
+const MIN_TURN_FRACTION: f64 = 0.25;
+/// A normal turn of the heaviest tenant, as a fraction of the quantum; a turn that works off a
+/// lag may be longer by up to its inverse, so no turn exceeds the quantum while others wait.
+const NORMAL_TURN_FRACTION: f64 = 0.9;
+
 #[derive(Debug, Clone)]
 struct Tenant {
     weight: u32,
@@ -48,33 +70,65 @@ struct Tenant {
     /// compute_limit token bucket, in ns of device time.
     budget: f64,
     budget_at: Instant,
-    /// Asked for the device and not served since.
+    /// Wants the device (threads at the gate, or returning) and does not hold it.
     wants: bool,
     charged_ns: u64,
     /// Since when the tenant has not wanted the device (None while it wants or holds it).
     idle_since: Option<Instant>,
+    /// Revoked while busy: until then it counts as wanting (its threads are coming back).
+    returning_until: Option<Instant>,
+    /// Device time charged ÷ wall time of its recent slices (moving average, 0.25..=1): how
+    /// much of a turn its work keeps the device busy.
+    efficiency: f64,
+}
+
+/// A granted slice.
+#[derive(Debug, Clone, PartialEq)]
+struct Slice {
+    tenant: String,
+    epoch: u32,
+    /// When it was granted (what the wall-time charge counts from).
+    since: Instant,
+    /// When the current turn began (the turn deadline counts from it; a kept turn restarts it).
+    turn_since: Instant,
+    /// How long the current turn lasts while others want the device.
+    turn: Duration,
+    /// When the turn ends if others want the device, or the cap's budget runs out.
+    deadline: Option<Instant>,
+    /// Next idle check: when, and the launches seen at the previous one.
+    idle_check: Option<(Instant, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum State {
     Idle,
-    Granted {
-        tenant: String,
-        epoch: u32,
-        since: Instant,
-        deadline: Option<Instant>,
-        idle_check: Option<(Instant, u64)>,
-    },
+    Granted(Slice),
     Draining {
-        tenant: String,
-        epoch: u32,
-        since: Instant,
+        slice: Slice,
         timeout_at: Instant,
+        /// Revoked while it still had work (turn over or cap), not for being idle.
+        busy: bool,
     },
     /// Nobody eligible now; a capped tenant becomes eligible at `until`.
     Throttled {
         until: Instant,
     },
+    /// Kept free for a returning tenant, next by virtual time, whose threads are not back at
+    /// the gate yet: granted when they are (its turn starts with its work), passed over at
+    /// `until`.
+    Reserved {
+        tenant: String,
+        until: Instant,
+    },
+}
+
+/// A completed slice, for recent-share reporting.
+#[derive(Debug, Clone)]
+struct Past {
+    tenant: String,
+    start: Instant,
+    end: Instant,
+    charged_ns: u64,
 }
 
 /// Time-slicing state of one device.
@@ -83,11 +137,23 @@ pub struct Scheduler {
     quantum: Duration,
     drain_timeout: Duration,
     idle_grace: Duration,
+    return_window: Duration,
+    /// Shortest turn as a fraction of the quantum ([`MIN_TURN_FRACTION`]).
+    min_turn: f64,
+    /// Whether a holder still owed device time keeps the device for another turn.
+    keep_turns: bool,
     tenants: BTreeMap<String, Tenant>,
     state: State,
     epoch: u32,
-    /// Completed slices (tenant, start, end) for recent-share reporting.
-    history: VecDeque<(String, Instant, Instant)>,
+    history: VecDeque<Past>,
+    /// Who held the last completed slice.
+    last_holder: Option<String>,
+    /// Slice wall time charged to no tenant (switch cost), ns.
+    overhead_ns: u64,
+    /// How late the server's ticks come (moving average): the host's scheduling latency as
+    /// the daemon sees it. A busy host runs tenants' threads as late, so the idle check waits
+    /// that much longer before calling a holder idle.
+    host_latency: Duration,
     created: Instant,
 }
 
@@ -100,10 +166,16 @@ impl Scheduler {
             quantum,
             drain_timeout: (quantum * 4).max(Duration::from_millis(200)),
             idle_grace: (quantum / 10).clamp(Duration::from_millis(1), Duration::from_millis(10)),
+            return_window: (quantum / 2).clamp(Duration::from_millis(2), Duration::from_millis(50)),
+            min_turn: MIN_TURN_FRACTION,
+            keep_turns: true,
             tenants: BTreeMap::new(),
             state: State::Idle,
             epoch: 0,
             history: VecDeque::new(),
+            last_holder: None,
+            overhead_ns: 0,
+            host_latency: Duration::ZERO,
             created: Instant::now(),
         }
     }
@@ -114,6 +186,11 @@ impl Scheduler {
 
     pub fn drain_timeout(&self) -> Duration {
         self.drain_timeout
+    }
+
+    /// How long a holder revoked while busy keeps its place after its drain.
+    pub fn return_window(&self) -> Duration {
+        self.return_window
     }
 
     /// Adds or updates a tenant (weight 1..=1000, cap in per-mille or none).
@@ -134,6 +211,8 @@ impl Scheduler {
                 wants: false,
                 charged_ns: 0,
                 idle_since: Some(now),
+                returning_until: None,
+                efficiency: 1.0,
             });
         t.weight = weight.max(1);
         t.cap = cap;
@@ -147,18 +226,20 @@ impl Scheduler {
         activity: &dyn Fn(&str) -> Activity,
     ) -> Vec<Action> {
         self.tenants.remove(name);
-        match &self.state {
-            State::Granted { tenant, .. } | State::Draining { tenant, .. } if tenant == name => {
-                self.state = State::Idle;
-                self.schedule(now, activity)
-            }
-            _ => Vec::new(),
+        if self.holder() == Some(name) {
+            self.state = State::Idle;
+            return self.schedule(now, activity);
         }
+        Vec::new()
     }
 
     pub fn holder(&self) -> Option<&str> {
+        self.slice().map(|s| s.tenant.as_str())
+    }
+
+    fn slice(&self) -> Option<&Slice> {
         match &self.state {
-            State::Granted { tenant, .. } | State::Draining { tenant, .. } => Some(tenant),
+            State::Granted(s) | State::Draining { slice: s, .. } => Some(s),
             _ => None,
         }
     }
@@ -167,12 +248,9 @@ impl Scheduler {
     /// with its running slice so far (it is charged only when the slice ends, and a long
     /// uncontended slice must not look like credit to a newcomer).
     fn min_vtime(&self, now: Instant) -> Option<f64> {
-        let running = match &self.state {
-            State::Granted { tenant, since, .. } | State::Draining { tenant, since, .. } => {
-                Some((tenant.as_str(), now.saturating_duration_since(*since)))
-            }
-            _ => None,
-        };
+        let running = self
+            .slice()
+            .map(|s| (s.tenant.as_str(), now.saturating_duration_since(s.since)));
         self.tenants
             .iter()
             .filter_map(|(n, t)| match running {
@@ -197,21 +275,20 @@ impl Scheduler {
         self.schedule(now, activity)
     }
 
-    /// The holder's work for slice `epoch` drained (every process acknowledged).
+    /// The holder's work for slice `epoch` drained (every process acknowledged); `device_time`
+    /// is what its processes measured their work used on the device in the slice (None: not
+    /// measured, the slice's wall time is charged).
     pub fn drained(
         &mut self,
         tenant: &str,
         epoch: u32,
+        device_time: Option<Duration>,
         now: Instant,
         activity: &dyn Fn(&str) -> Activity,
     ) -> Vec<Action> {
         match &self.state {
-            State::Draining {
-                tenant: t,
-                epoch: e,
-                ..
-            } if t == tenant && *e == epoch => {
-                self.finish_slice(now);
+            State::Draining { slice, .. } if slice.tenant == tenant && slice.epoch == epoch => {
+                self.finish_slice(now, device_time);
                 self.schedule(now, activity)
             }
             _ => Vec::new(),
@@ -220,25 +297,31 @@ impl Scheduler {
 
     /// Time passed: deadlines, idle checks, drain timeouts, throttling.
     pub fn tick(&mut self, now: Instant, activity: &dyn Fn(&str) -> Activity) -> Vec<Action> {
+        if let Some(due) = self.next_deadline()
+            && now >= due
+        {
+            let late = (now - due).min(self.quantum);
+            self.host_latency = (self.host_latency * 7 + late) / 8;
+        }
         self.schedule(now, activity)
+    }
+
+    /// How long a holder may go without launching before it counts as idle: the idle grace
+    /// plus four times the host's scheduling latency (at most half a quantum).
+    fn grace(&self) -> Duration {
+        (self.idle_grace + self.host_latency * 4).min(self.quantum / 2)
     }
 
     /// When the server must call `tick` next.
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Idle => None,
-            State::Granted {
-                deadline,
-                idle_check,
-                ..
-            } => match (deadline, idle_check) {
-                (Some(d), Some((i, _))) => Some((*d).min(*i)),
-                (Some(d), None) => Some(*d),
-                (None, Some((i, _))) => Some(*i),
-                (None, None) => None,
-            },
+            State::Granted(s) => [s.deadline, s.idle_check.map(|(at, _)| at)]
+                .into_iter()
+                .flatten()
+                .min(),
             State::Draining { timeout_at, .. } => Some(*timeout_at),
-            State::Throttled { until } => Some(*until),
+            State::Throttled { until } | State::Reserved { until, .. } => Some(*until),
         }
     }
 
@@ -250,71 +333,113 @@ impl Scheduler {
         t.budget_at = now;
     }
 
-    fn finish_slice(&mut self, now: Instant) {
-        let State::Draining { tenant, since, .. } = std::mem::replace(&mut self.state, State::Idle)
+    /// Ends the slice being drained: charges its device time (or, unmeasured, its wall time).
+    fn finish_slice(&mut self, now: Instant, device_time: Option<Duration>) {
+        let State::Draining { slice, busy, .. } = std::mem::replace(&mut self.state, State::Idle)
         else {
             return;
         };
-        let used = now.saturating_duration_since(since);
-        let quantum = self.quantum;
-        if let Some(t) = self.tenants.get_mut(&tenant) {
-            Self::refill(t, now, quantum);
-            let ns = used.as_nanos() as f64;
+        let wall = now.saturating_duration_since(slice.since);
+        let charge = device_time.map_or(wall, |d| d.min(wall));
+        self.overhead_ns += (wall - charge).as_nanos() as u64;
+        let (quantum, return_window) = (self.quantum, self.return_window);
+        if let Some(t) = self.tenants.get_mut(&slice.tenant) {
+            let ns = charge.as_nanos() as f64;
             t.vtime += ns / t.weight as f64;
-            if t.cap.is_some() {
-                t.budget -= ns;
+            if let Some(cap) = t.cap {
+                // What refilled while it ran counts in full (the burst limit bounds what an
+                // idle tenant banks, not a running one's refill).
+                let ran = now.saturating_duration_since(t.budget_at).as_nanos() as f64;
+                t.budget = (t.budget + ran * cap - ns).min(quantum.as_nanos() as f64);
             }
-            t.charged_ns += used.as_nanos() as u64;
+            t.budget_at = now;
+            t.charged_ns += charge.as_nanos() as u64;
+            t.returning_until = busy.then_some(now + return_window);
+            // Not coming back at once (idle, stopped, stuck): its pause starts now, however
+            // long nothing else happens on the device (no credit for it either).
+            if !busy {
+                t.idle_since = Some(now);
+            }
+            if !wall.is_zero() {
+                let sample = charge.as_secs_f64() / wall.as_secs_f64();
+                t.efficiency = (0.8 * t.efficiency + 0.2 * sample).clamp(0.25, 1.0);
+            }
         }
-        self.history.push_back((tenant, since, now));
+        self.last_holder = Some(slice.tenant.clone());
+        self.history.push_back(Past {
+            tenant: slice.tenant,
+            start: slice.since,
+            end: now,
+            charged_ns: charge.as_nanos() as u64,
+        });
         while self
             .history
             .front()
-            .is_some_and(|(_, _, end)| now.saturating_duration_since(*end) > SHARE_WINDOW)
+            .is_some_and(|p| now.saturating_duration_since(p.end) > SHARE_WINDOW)
         {
             self.history.pop_front();
         }
     }
 
-    fn revoke(&mut self, now: Instant) -> Vec<Action> {
-        let State::Granted {
-            tenant,
-            epoch,
-            since,
-            ..
-        } = std::mem::replace(&mut self.state, State::Idle)
-        else {
+    /// Revokes the holder's slice; `busy`: it still had work (it will come back for more).
+    fn revoke(&mut self, now: Instant, busy: bool) -> Vec<Action> {
+        let State::Granted(slice) = std::mem::replace(&mut self.state, State::Idle) else {
             return Vec::new();
         };
-        self.state = State::Draining {
-            tenant: tenant.clone(),
-            epoch,
-            since,
-            timeout_at: now + self.drain_timeout,
+        let action = Action::Revoke {
+            tenant: slice.tenant.clone(),
+            epoch: slice.epoch,
         };
-        vec![Action::Revoke { tenant, epoch }]
+        self.state = State::Draining {
+            slice,
+            timeout_at: now + self.drain_timeout,
+            busy,
+        };
+        vec![action]
     }
 
-    /// Minimum budget a capped tenant needs before it is granted (avoids sliver slices).
+    /// Budget a capped tenant needs before it is granted: the whole burst (a quantum), so that
+    /// its slices are long and the switch cost around them small beside their device time.
     fn min_budget(&self) -> f64 {
-        (self.quantum.as_nanos() as f64 / 4.0).max(1e6)
+        self.quantum.as_nanos() as f64
     }
 
     /// The core: decide what happens now.
     fn schedule(&mut self, now: Instant, activity: &dyn Fn(&str) -> Activity) -> Vec<Action> {
-        let mut actions = Vec::new();
-        // Who wants the device is what the server can see: threads waiting at the gate (a
-        // thread counts itself before it sends `Demand`, so no demand is lost). A tenant that
-        // starts wanting again after a pause of a quantum or more (idle, stopped, stalled)
-        // starts at the busy ones' least virtual time: the pause earns no credit. A shorter
-        // gap (a holder whose threads had not yet come back to the gate when its slice was
-        // drained) keeps the tenant's place.
+        self.note_demand(now, activity);
+        match &self.state {
+            State::Granted(_) => self.check_holder(now, activity),
+            State::Draining { timeout_at, .. } if now >= *timeout_at => {
+                // Stopped or stuck: not a busy holder on its way back.
+                if let State::Draining { busy, .. } = &mut self.state {
+                    *busy = false;
+                }
+                self.finish_slice(now, None);
+                self.grant_next(now, activity)
+            }
+            State::Draining { .. } => Vec::new(),
+            State::Idle | State::Throttled { .. } | State::Reserved { .. } => {
+                self.grant_next(now, activity)
+            }
+        }
+    }
+
+    /// Who wants the device: threads waiting at the gate (a thread counts itself before it
+    /// sends `Demand`, so no demand is lost), or a busy holder's threads on their way back
+    /// (the return window). A tenant that starts wanting again after a pause of a quantum or
+    /// more (idle, stopped, stalled) starts at the busy ones' least virtual time: the pause
+    /// earns no credit. A shorter gap keeps the tenant's place.
+    fn note_demand(&mut self, now: Instant, activity: &dyn Fn(&str) -> Activity) {
         let holder = self.holder().map(str::to_string);
         let floor = self.min_vtime(now);
         let quantum = self.quantum;
         for (name, t) in self.tenants.iter_mut() {
             let is_holder = holder.as_deref() == Some(name.as_str());
-            let wants = !is_holder && activity(name).waiting > 0;
+            let waiting = !is_holder && activity(name).waiting > 0;
+            if waiting || is_holder || t.returning_until.is_some_and(|u| now >= u) {
+                t.returning_until = None;
+            }
+            let wants = waiting || t.returning_until.is_some();
             if wants && !t.wants {
                 let paused = t
                     .idle_since
@@ -330,134 +455,235 @@ impl Scheduler {
             }
             t.wants = wants;
         }
-        match self.state.clone() {
-            State::Granted {
-                tenant,
-                epoch,
-                since,
-                idle_check,
-                ..
-            } => {
-                let others_want = self.tenants.iter().any(|(n, t)| *n != tenant && t.wants);
-                let cap_deadline = self
-                    .tenants
-                    .get(&tenant)
-                    .and_then(|t| t.cap.map(|cap| (t.budget, cap)))
-                    .map(|(budget, cap)| {
-                        // Budget also refills while running: the slice can last budget / (1 - cap).
-                        let run = (budget.max(0.0) / (1.0 - cap).max(1e-3))
-                            .min(quantum.as_nanos() as f64 * 4.0);
-                        since + Duration::from_nanos(run as u64)
-                    });
-                let quantum_deadline = others_want.then(|| (since + quantum).max(now));
-                let new_deadline = match (quantum_deadline, cap_deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                let launches = activity(&tenant).launches;
-                let idle = match idle_check {
-                    Some((at, seen)) if now >= at => {
-                        // No launch since the last check and nobody waiting for queued work:
-                        // the holder has nothing for the device (a thread still counted as
-                        // waiting after the grant is one that cannot run).
-                        if seen == launches && activity(&tenant).syncing == 0 {
-                            true
-                        } else {
-                            self.state = State::Granted {
-                                tenant: tenant.clone(),
-                                epoch,
-                                since,
-                                deadline: new_deadline,
-                                idle_check: Some((now + self.idle_grace, launches)),
-                            };
-                            false
-                        }
-                    }
-                    Some(_) => false,
-                    None => {
-                        if others_want {
-                            self.state = State::Granted {
-                                tenant: tenant.clone(),
-                                epoch,
-                                since,
-                                deadline: new_deadline,
-                                idle_check: Some((now + self.idle_grace, launches)),
-                            };
-                        }
-                        false
-                    }
-                };
-                if let State::Granted { deadline, .. } = &mut self.state {
-                    *deadline = new_deadline;
-                }
-                if (others_want && idle) || new_deadline.is_some_and(|d| now >= d) {
-                    actions.extend(self.revoke(now));
-                } else if !others_want && let State::Granted { idle_check, .. } = &mut self.state {
-                    *idle_check = None;
-                }
-            }
-            State::Draining { timeout_at, .. } => {
-                if now >= timeout_at {
-                    self.finish_slice(now);
-                    actions.extend(self.schedule(now, activity));
-                }
-            }
-            State::Idle | State::Throttled { .. } => {
-                for t in self.tenants.values_mut() {
-                    Self::refill(t, now, quantum);
-                }
-                let min_budget = self.min_budget();
-                let eligible = |t: &Tenant| t.wants && t.cap.is_none_or(|_| t.budget >= min_budget);
-                let next = self
-                    .tenants
-                    .iter()
-                    .filter(|(_, t)| eligible(t))
-                    .min_by(|a, b| a.1.vtime.total_cmp(&b.1.vtime))
-                    .map(|(n, _)| n.clone());
-                match next {
-                    Some(name) => {
-                        self.epoch = self.epoch.wrapping_add(1).max(1);
-                        let t = self.tenants.get_mut(&name).expect("present");
-                        t.wants = false;
-                        self.state = State::Granted {
-                            tenant: name.clone(),
-                            epoch: self.epoch,
-                            since: now,
-                            deadline: None,
-                            idle_check: None,
-                        };
-                        actions.push(Action::Grant {
-                            tenant: name,
-                            epoch: self.epoch,
-                        });
-                        // Arm deadlines (quantum if others wait, cap budget).
-                        actions.extend(self.schedule(now, activity));
-                    }
-                    None => {
-                        // Wanted but throttled by caps: wake when the first has budget.
-                        let until = self
-                            .tenants
-                            .values()
-                            .filter(|t| t.wants)
-                            .filter_map(|t| {
-                                t.cap
-                                    .map(|cap| ((min_budget - t.budget).max(0.0) / cap) as u64)
-                            })
-                            .min()
-                            .map(|ns| now + Duration::from_nanos(ns.max(100_000)));
-                        self.state = match until {
-                            Some(until) => State::Throttled { until },
-                            None => State::Idle,
-                        };
-                    }
-                }
+    }
+
+    /// A tenant's claim on turn length: its weight per unit of device time a turn of its yields.
+    fn claim(t: &Tenant) -> f64 {
+        t.weight as f64 / t.efficiency
+    }
+
+    /// How long `tenant`'s turn lasts while others want the device: the largest claim among
+    /// those who want or hold the device gets a quantum, the others in proportion (at least
+    /// `min_turn`), so the device time of turns is proportional to weight and tenants
+    /// alternate: nobody waits much more than a quantum.
+    fn turn(&self, tenant: &str) -> Duration {
+        let Some(me) = self.tenants.get(tenant) else {
+            return self.quantum;
+        };
+        let largest = self
+            .tenants
+            .iter()
+            .filter(|(n, t)| t.wants || n.as_str() == tenant)
+            .map(|(_, t)| Self::claim(t))
+            .fold(0.0, f64::max);
+        let fraction = (Self::claim(me) / largest).clamp(self.min_turn, 1.0);
+        self.quantum.mul_f64(fraction * NORMAL_TURN_FRACTION)
+    }
+
+    /// When a capped holder's budget runs out: it is spent at the holder's efficiency (device
+    /// time per wall time) and refills at the cap's rate while it runs, so the slice can last
+    /// budget / (efficiency - cap), at most four quanta (the charge at the drain settles the
+    /// rest).
+    fn cap_deadline(&self, slice: &Slice) -> Option<Instant> {
+        let t = self.tenants.get(&slice.tenant)?;
+        let cap = t.cap?;
+        let run = (t.budget.max(0.0) / (t.efficiency - cap).max(1e-3))
+            .min(self.quantum.as_nanos() as f64 * 4.0);
+        Some(slice.since + Duration::from_nanos(run as u64))
+    }
+
+    /// The device time `tenant` is still owed before its virtual time, its running `ran`
+    /// charged at its efficiency, passes the least of the others who want the device, as a
+    /// turn of wall time (zero when it is not behind).
+    fn owed(&self, tenant: &str, ran: Duration) -> Duration {
+        let Some(me) = self.tenants.get(tenant) else {
+            return Duration::ZERO;
+        };
+        let mine = me.vtime + ran.as_nanos() as f64 * me.efficiency / me.weight as f64;
+        let next = self
+            .tenants
+            .iter()
+            .filter(|(n, t)| t.wants && n.as_str() != tenant)
+            .map(|(_, t)| t.vtime)
+            .reduce(f64::min)
+            .unwrap_or(mine);
+        let ns = (next - mine).max(0.0) * me.weight as f64 / me.efficiency;
+        Duration::from_nanos(ns.min(1e15) as u64)
+    }
+
+    /// Whether `tenant` may have two turns in a row while others wait: only when its weight is so
+    /// far above another's that their turns cannot be in proportion (the other's is held at the
+    /// minimum turn). Otherwise tenants alternate and a lag is worked off by the length of their
+    /// turns, so nobody waits for more than about one turn of each other tenant.
+    fn runs_again(&self, tenant: &str) -> bool {
+        let Some(me) = self.tenants.get(tenant) else {
+            return false;
+        };
+        // By weight, not by claim: a tenant that leaves much of its turns idle (its host runs it
+        // late) gets longer turns, up to the quantum, but never several in a row.
+        let mine = me.weight as f64;
+        self.tenants.iter().any(|(n, t)| {
+            t.wants && n.as_str() != tenant && (t.weight as f64) < mine * self.min_turn
+        })
+    }
+
+    /// Whether `tenant` (having run `ran` of its slice) is owed so much that it takes another
+    /// turn before the others: a whole turn when its weight is more than 4 times another's
+    /// (`runs_again`), else two whole turns (a lag the turn lengths cannot work off, such as a
+    /// tenant whose deep queues keep the device long after each revocation).
+    fn owes_a_run(&self, tenant: &str, ran: Duration) -> bool {
+        let turns = if self.runs_again(tenant) { 1 } else { 2 };
+        self.owed(tenant, ran) >= self.turn(tenant) * turns
+    }
+
+    /// The turn of a tenant being granted: its normal turn, corrected by how far it is behind
+    /// or ahead, within 50..=111% of normal. In a steady alternation a tenant is granted when
+    /// it is owed about half a normal turn (the others ran since it did), so that is the mark:
+    /// a lag either way (a turn's drain tail, a changing efficiency) is worked off over the next
+    /// turns without anyone waiting much longer than a quantum.
+    fn turn_at_grant(&self, tenant: &str) -> Duration {
+        let normal = self.turn(tenant);
+        (self.owed(tenant, Duration::ZERO) + normal / 2)
+            .clamp(normal / 2, normal.div_f64(NORMAL_TURN_FRACTION))
+    }
+
+    /// The holder's slice: arms its turn and cap deadlines and idle checks while others want
+    /// the device; revokes it when its turn or budget is over, or when it is idle.
+    fn check_holder(&mut self, now: Instant, activity: &dyn Fn(&str) -> Activity) -> Vec<Action> {
+        let State::Granted(slice) = &self.state else {
+            return Vec::new();
+        };
+        let others_want = self
+            .tenants
+            .iter()
+            .any(|(n, t)| *n != slice.tenant && t.wants);
+        let act = activity(&slice.tenant);
+        let cap_deadline = self.cap_deadline(slice);
+        let (mut turn_since, mut turn) = (slice.turn_since, slice.turn);
+        if others_want && now >= turn_since + turn && self.keep_turns {
+            // Still owed enough (see `owes_a_run`): another turn, no switch.
+            let ran = now.saturating_duration_since(slice.since);
+            if self.owes_a_run(&slice.tenant, ran) {
+                (turn_since, turn) = (now, self.turn(&slice.tenant));
             }
         }
+        // A turn already over when others start wanting ends now.
+        let turn_deadline = others_want.then(|| (turn_since + turn).max(now));
+        let grace = self.grace();
+        let State::Granted(slice) = &mut self.state else {
+            return Vec::new();
+        };
+        (slice.turn_since, slice.turn) = (turn_since, turn);
+        slice.deadline = [turn_deadline, cap_deadline].into_iter().flatten().min();
+        let idle = match slice.idle_check {
+            _ if !others_want => {
+                slice.idle_check = None;
+                false
+            }
+            // No launch since the last check, nobody waiting for queued work, and no thread
+            // still on its way out of the gate (woken by the grant but not yet run by a busy
+            // host): the holder has nothing for the device.
+            Some((at, seen))
+                if now >= at && seen == act.launches && act.syncing == 0 && act.waiting == 0 =>
+            {
+                true
+            }
+            Some((at, _)) if now < at => false,
+            _ => {
+                slice.idle_check = Some((now + grace, act.launches));
+                false
+            }
+        };
+        if idle {
+            self.revoke(now, false)
+        } else if slice.deadline.is_some_and(|d| now >= d) {
+            self.revoke(now, true)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The wanting tenant with the least virtual time (capped ones only with budget). The last
+    /// holder goes again only when it is owed a whole turn: a smaller lead is carried into its
+    /// next turns (see `turn_at_grant`) rather than making the others wait twice.
+    fn pick_next(&self) -> Option<String> {
+        let min_budget = self.min_budget();
+        let eligible = |t: &Tenant| t.wants && t.cap.is_none_or(|_| t.budget >= min_budget);
+        let mut order: Vec<(&String, f64)> = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| eligible(t))
+            .map(|(n, t)| (n, t.vtime))
+            .collect();
+        order.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let again = |n: &str| self.last_holder.as_deref() == Some(n);
+        let behind = |n: &str| self.owes_a_run(n, Duration::ZERO);
+        match order.as_slice() {
+            [(first, _), (second, _), ..] if again(first) && !behind(first) => {
+                Some((*second).clone())
+            }
+            [(first, _), ..] => Some((*first).clone()),
+            [] => None,
+        }
+    }
+
+    /// Nobody holds the device: grants it to the wanting tenant with the least virtual time
+    /// (capped ones only with budget), or waits for a cap's budget.
+    fn grant_next(&mut self, now: Instant, activity: &dyn Fn(&str) -> Activity) -> Vec<Action> {
+        let quantum = self.quantum;
+        for t in self.tenants.values_mut() {
+            Self::refill(t, now, quantum);
+        }
+        let Some(name) = self.pick_next() else {
+            // Wanted but throttled by caps: wake when the first has budget.
+            let min_budget = self.min_budget();
+            let until = self
+                .tenants
+                .values()
+                .filter(|t| t.wants)
+                .filter_map(|t| {
+                    t.cap
+                        .map(|cap| ((min_budget - t.budget).max(0.0) / cap) as u64)
+                })
+                .min()
+                .map(|ns| now + Duration::from_nanos(ns.max(100_000)));
+            self.state = until.map_or(State::Idle, |until| State::Throttled { until });
+            return Vec::new();
+        };
+        if activity(&name).waiting == 0
+            && let Some(until) = self.tenants.get(&name).and_then(|t| t.returning_until)
+        {
+            self.state = State::Reserved {
+                tenant: name,
+                until,
+            };
+            return Vec::new();
+        }
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        let t = self.tenants.get_mut(&name).expect("present");
+        t.wants = false;
+        t.returning_until = None;
+        let turn = self.turn_at_grant(&name);
+        self.state = State::Granted(Slice {
+            tenant: name.clone(),
+            epoch: self.epoch,
+            since: now,
+            turn_since: now,
+            turn,
+            deadline: None,
+            idle_check: None,
+        });
+        let mut actions = vec![Action::Grant {
+            tenant: name,
+            epoch: self.epoch,
+        }];
+        // Arm deadlines (turn if others wait, cap budget).
+        actions.extend(self.check_holder(now, activity));
         actions
     }
 
-    /// Each tenant's share of the device over the last [`SHARE_WINDOW`] (completed slices plus
-    /// the current one).
+    /// Each tenant's share of the device over the last [`SHARE_WINDOW`]: device time charged
+    /// for completed slices, plus the current slice so far.
     pub fn recent_shares(&self, now: Instant) -> BTreeMap<String, f64> {
         let window_start = now
             .checked_sub(SHARE_WINDOW)
@@ -469,19 +695,20 @@ impl Scheduler {
             .max(1e-9);
         let mut out: BTreeMap<String, f64> =
             self.tenants.keys().map(|k| (k.clone(), 0.0)).collect();
-        let mut add = |name: &str, start: Instant, end: Instant| {
+        let mut add = |name: &str, start: Instant, end: Instant, charged: f64| {
             let s = start.max(window_start);
-            if end > s {
-                *out.entry(name.to_string()).or_default() += (end - s).as_secs_f64() / span;
+            let len = end.saturating_duration_since(start).as_secs_f64();
+            if end > s && len > 0.0 {
+                let inside = (end - s).as_secs_f64() / len;
+                *out.entry(name.to_string()).or_default() += charged * inside / span;
             }
         };
-        for (name, start, end) in &self.history {
-            add(name, *start, *end);
+        for p in &self.history {
+            add(&p.tenant, p.start, p.end, p.charged_ns as f64 / 1e9);
         }
-        if let State::Granted { tenant, since, .. } | State::Draining { tenant, since, .. } =
-            &self.state
-        {
-            add(tenant, *since, now);
+        if let Some(s) = self.slice() {
+            let ran = now.saturating_duration_since(s.since).as_secs_f64();
+            add(&s.tenant, s.since, now, ran);
         }
         out
     }
@@ -489,6 +716,11 @@ impl Scheduler {
     /// Total device time charged to a tenant, ns.
     pub fn charged_ns(&self, tenant: &str) -> u64 {
         self.tenants.get(tenant).map_or(0, |t| t.charged_ns)
+    }
+
+    /// Slice time charged to no tenant (device idle between slices, drain round trips), ns.
+    pub fn overhead_ns(&self) -> u64 {
+        self.overhead_ns
     }
 }
 
@@ -540,7 +772,7 @@ mod tests {
                         if let Some((h, since)) = holder.take() {
                             *held.entry(h).or_default() += (now - since).as_secs_f64();
                         }
-                        pending.extend(s.drained(&tenant, epoch, now, &act));
+                        pending.extend(s.drained(&tenant, epoch, None, now, &act));
                     }
                 }
             }
@@ -662,13 +894,51 @@ mod tests {
                 epoch: 1
             }]
         );
-        let actions = s.drained("a", 1, check, &idle_a);
+        let actions = s.drained("a", 1, Some(Duration::ZERO), check, &idle_a);
         assert_eq!(
             actions,
             vec![Action::Grant {
                 tenant: "b".into(),
                 epoch: 2
             }]
+        );
+    }
+
+    #[test]
+    fn late_ticks_lengthen_the_idle_grace() {
+        let mut s = Scheduler::new(Duration::from_millis(200));
+        let t0 = Instant::now();
+        s.set_tenant("a", 1, None, t0);
+        s.set_tenant("b", 1, None, t0);
+        let launches = std::cell::Cell::new(0u64);
+        // a holds and keeps launching, b waits.
+        let act = |n: &str| Activity {
+            waiting: (n == "b") as u32,
+            launches: if n == "a" { launches.get() } else { 0 },
+            ..Default::default()
+        };
+        s.demand("a", t0, &|n| Activity {
+            waiting: (n == "a") as u32,
+            ..Default::default()
+        });
+        s.demand("b", t0, &act);
+        let base = s.grace();
+        // The server's ticks come 5 ms late, again and again (idle checks, inside one turn).
+        for _ in 0..4 {
+            launches.set(launches.get() + 1);
+            let due = s.next_deadline().expect("an idle check is armed");
+            assert!(s.tick(due + Duration::from_millis(5), &act).is_empty());
+        }
+        assert_eq!(base, Duration::from_millis(10));
+        assert!(
+            s.grace() >= Duration::from_millis(15),
+            "grace {:?}",
+            s.grace()
+        );
+        assert!(
+            s.grace() <= Duration::from_millis(30),
+            "grace {:?}",
+            s.grace()
         );
     }
 
@@ -706,6 +976,64 @@ mod tests {
         );
     }
 
+    /// A holder passed over after the drain timeout (stopped) banks no credit while the other
+    /// runs alone (with no scheduling event at all meanwhile): when it comes back it gets its
+    /// share, not the other's whole solo run.
+    #[test]
+    fn a_stalled_holder_banks_no_credit() {
+        let q = Duration::from_millis(50);
+        let mut s = Scheduler::new(q);
+        let t0 = Instant::now();
+        s.set_tenant("a", 1, None, t0);
+        s.set_tenant("b", 1, None, t0);
+        let both = |_: &str| Activity {
+            waiting: 1,
+            ..Default::default()
+        };
+        s.demand("a", t0, &both);
+        s.demand("b", t0, &both);
+        // a's turn ends, it is revoked and never drains (stopped): passed over.
+        for _ in 0..100 {
+            let at = s.next_deadline().unwrap();
+            if matches!(s.tick(at, &both)[..], [Action::Revoke { .. }]) {
+                break;
+            }
+        }
+        let only_b = |n: &str| Activity {
+            waiting: (n == "b") as u32,
+            ..Default::default()
+        };
+        let timeout = s.next_deadline().unwrap();
+        let granted = s.tick(timeout, &only_b);
+        assert!(matches!(&granted[..], [Action::Grant { tenant, .. }] if tenant == "b"));
+        assert_eq!(s.next_deadline(), None, "b alone: no timer, no events");
+        // Three seconds later a speaks again: b's turn ends, a gets the device for about a
+        // turn, then b again.
+        let back = timeout + Duration::from_secs(3);
+        let revoked = s.demand("a", back, &both);
+        assert!(matches!(&revoked[..], [Action::Revoke { tenant, .. }] if tenant == "b"));
+        let (b_epoch, drained_at) = (s.epoch, back + Duration::from_millis(1));
+        let granted = s.drained(
+            "b",
+            b_epoch,
+            Some(Duration::from_secs(3)),
+            drained_at,
+            &both,
+        );
+        assert!(matches!(&granted[..], [Action::Grant { tenant, .. }] if tenant == "a"));
+        let mut revoked_at = None;
+        for _ in 0..100 {
+            let at = s.next_deadline().unwrap();
+            if let [Action::Revoke { tenant, .. }] = &s.tick(at, &both)[..] {
+                assert_eq!(tenant, "a");
+                revoked_at = Some(at);
+                break;
+            }
+        }
+        let turn = revoked_at.expect("a's turn ends") - drained_at;
+        assert!(turn <= q, "a's turn lasted {turn:?}");
+    }
+
     #[test]
     fn compute_limit_caps_a_lone_tenant() {
         let shares = simulate(&[("a", 1, Some(300))], &["a"], 10.0);
@@ -733,5 +1061,339 @@ mod tests {
                 epoch: 2
             }]
         );
+    }
+
+    /// Adversarial timings: a discrete-event model of tenants' threads, the drain and the
+    /// device around a [`Scheduler`], driven on a fake clock.
+    mod adversarial {
+        use super::*;
+        use std::cell::RefCell;
+
+        /// A saturating tenant and how slowly a busy host runs it.
+        #[derive(Clone)]
+        struct Spec {
+            name: &'static str,
+            weight: u32,
+            cap: Option<u32>,
+            /// After the drain completed its work, its threads come back to the gate after a
+            /// delay drawn from this range (ms): a busy host runs them late.
+            back_ms: (f64, f64),
+            /// Fraction of its working time the device spends on its kernels (the rest is its
+            /// own host latency between batches).
+            busy: f64,
+            /// How long its queued kernels keep the device after a revocation (ms range).
+            tail_ms: (f64, f64),
+        }
+
+        fn spec(name: &'static str, weight: u32, back_ms: (f64, f64), busy: f64) -> Spec {
+            Spec {
+                name,
+                weight,
+                cap: None,
+                back_ms,
+                busy,
+                tail_ms: (0.1, 5.0),
+            }
+        }
+
+        #[derive(Default)]
+        struct Threads {
+            /// When its threads are (or will be) at the gate; None while they hold the device.
+            back_at: Option<Instant>,
+            /// When the holder's threads started working in the current slice.
+            work_from: Option<Instant>,
+            device_ns: f64,
+            waits_ms: Vec<f64>,
+        }
+
+        /// What came out of a run.
+        struct Outcome {
+            /// Device time each tenant's kernels used (ground truth), ns.
+            device_ns: Vec<f64>,
+            /// Each tenant's waits at the gate for a grant, ms.
+            waits_ms: Vec<Vec<f64>>,
+            seconds: f64,
+        }
+
+        struct Rng(u64);
+        impl Rng {
+            fn unit(&mut self) -> f64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                (self.0 >> 11) as f64 / (1u64 << 53) as f64
+            }
+            fn ms(&mut self, (lo, hi): (f64, f64)) -> Duration {
+                Duration::from_secs_f64((lo + (hi - lo) * self.unit()) / 1e3)
+            }
+        }
+
+        /// Runs the tenants of `specs`, all saturating, for `seconds` of simulated time. A
+        /// revoked holder's queued kernels run 0.1-5 ms more on the device (the drain waits for
+        /// them), its acknowledgement reaches the scheduler 0-3 ms after that, and it reports
+        /// the device time its kernels used; its threads come back to the gate after their
+        /// `back_ms` delay. The others' threads wait at the gate.
+        fn simulate(specs: &[Spec], seconds: f64, seed: u64) -> Outcome {
+            simulate_with(specs, seconds, seed, |_| {})
+        }
+
+        fn simulate_with(
+            specs: &[Spec],
+            seconds: f64,
+            seed: u64,
+            configure: fn(&mut Scheduler),
+        ) -> Outcome {
+            let quantum = Duration::from_millis(50);
+            let t0 = Instant::now();
+            let mut s = Scheduler::new(quantum);
+            configure(&mut s);
+            for sp in specs {
+                s.set_tenant(sp.name, sp.weight, sp.cap, t0);
+            }
+            let mut rng = Rng(seed | 1);
+            let th: RefCell<Vec<Threads>> = RefCell::new(
+                specs
+                    .iter()
+                    .map(|_| Threads {
+                        back_at: Some(t0),
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
+            let launches = std::cell::Cell::new(0u64);
+            let now_cell = std::cell::Cell::new(t0);
+            let idx = |n: &str| specs.iter().position(|sp| sp.name == n).expect("known");
+            let act = |n: &str| {
+                let t = &th.borrow()[idx(n)];
+                let now = now_cell.get();
+                let at_gate = t.back_at.is_some_and(|b| b <= now);
+                let working = t.work_from.is_some_and(|w| w <= now);
+                Activity {
+                    waiting: at_gate as u32,
+                    launches: if working { launches.get() } else { 0 },
+                    syncing: working as u32,
+                }
+            };
+            // (tenant index, epoch, ack at, device ns)
+            let mut ack: Option<(usize, u32, Instant, f64)> = None;
+            let mut holder: Option<(usize, u32)> = None;
+            let mut now = t0;
+            let end = t0 + Duration::from_secs_f64(seconds);
+            let mut pending: Vec<Action> = Vec::new();
+            for sp in specs {
+                pending.extend(s.demand(sp.name, now, &act));
+            }
+            while now < end {
+                while !pending.is_empty() {
+                    match pending.remove(0) {
+                        Action::Grant { tenant, epoch } => {
+                            let i = idx(&tenant);
+                            let mut tt = th.borrow_mut();
+                            let t = &mut tt[i];
+                            let back = t.back_at.take().expect("a holder's threads were away");
+                            if back <= now {
+                                t.waits_ms.push((now - back).as_secs_f64() * 1e3);
+                            }
+                            // Threads not back yet pass the gate when they come.
+                            t.work_from = Some(back.max(now));
+                            holder = Some((i, epoch));
+                        }
+                        Action::Revoke { tenant, epoch } => {
+                            let i = idx(&tenant);
+                            assert_eq!(holder, Some((i, epoch)), "revoked the holder");
+                            let tail = rng.ms(specs[i].tail_ms);
+                            let mut tt = th.borrow_mut();
+                            let t = &mut tt[i];
+                            let from = t.work_from.take().unwrap_or(now).min(now + tail);
+                            let used = (now + tail - from).as_nanos() as f64 * specs[i].busy;
+                            t.device_ns += used;
+                            t.back_at = Some(now + tail + rng.ms(specs[i].back_ms));
+                            ack = Some((i, epoch, now + tail + rng.ms((0.0, 3.0)), used));
+                            holder = None;
+                        }
+                    }
+                }
+                // Next event: a deadline, the acknowledgement, a return, or a launch (1 ms).
+                let returns = th
+                    .borrow()
+                    .iter()
+                    .filter_map(|t| t.back_at)
+                    .filter(|b| *b > now)
+                    .min();
+                let next = [
+                    s.next_deadline(),
+                    ack.map(|a| a.2),
+                    returns,
+                    Some(now + Duration::from_millis(1)),
+                ]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > now)
+                .min()
+                .expect("the launch step");
+                now = next;
+                now_cell.set(now);
+                launches.set(launches.get() + 1);
+                if let Some((i, epoch, at, used)) = ack
+                    && at <= now
+                {
+                    ack = None;
+                    let measured = Some(Duration::from_nanos(used as u64));
+                    pending.extend(s.drained(specs[i].name, epoch, measured, now, &act));
+                }
+                for (i, sp) in specs.iter().enumerate() {
+                    if th.borrow()[i].back_at == Some(now) {
+                        pending.extend(s.demand(sp.name, now, &act));
+                    }
+                }
+                pending.extend(s.tick(now, &act));
+            }
+            let th = th.into_inner();
+            Outcome {
+                device_ns: th.iter().map(|t| t.device_ns).collect(),
+                waits_ms: th.into_iter().map(|t| t.waits_ms).collect(),
+                seconds,
+            }
+        }
+
+        fn fractions(o: &Outcome) -> Vec<f64> {
+            let total: f64 = o.device_ns.iter().sum();
+            o.device_ns.iter().map(|d| d / total).collect()
+        }
+
+        fn p99(xs: &[f64]) -> f64 {
+            let mut v = xs.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+        }
+
+        /// The weight-3 tenant's threads come back 2-20 ms after each drain (a busy host), the
+        /// weight-1 tenant's wait at the gate, and the two use different fractions of their
+        /// slices: device time still splits 75/25, and the weight-1 tenant waits about a
+        /// quantum, not three.
+        #[test]
+        fn a_slowly_returning_heavy_tenant_keeps_its_share() {
+            for seed in 1..=5 {
+                let o = simulate(
+                    &[
+                        spec("a", 3, (2.0, 20.0), 0.8),
+                        spec("b", 1, (0.0, 0.0), 0.95),
+                    ],
+                    30.0,
+                    seed,
+                );
+                let f = fractions(&o);
+                let wait = p99(&o.waits_ms[1]);
+                eprintln!("seed {seed}: a {:.4}, b waits p99 {wait:.1} ms", f[0]);
+                assert!(
+                    (f[0] - 0.75).abs() <= 0.01,
+                    "seed {seed}: a got {:.4}",
+                    f[0]
+                );
+                assert!(
+                    wait <= 75.0,
+                    "seed {seed}: b's p99 wait {wait:.1} ms > 1.5 quanta"
+                );
+            }
+        }
+
+        /// Both tenants return slowly, with jitter, and the light one slower still.
+        #[test]
+        fn jittered_returns_on_both_sides_keep_the_weights() {
+            for seed in 1..=5 {
+                let o = simulate(
+                    &[
+                        spec("a", 3, (0.0, 15.0), 0.9),
+                        spec("b", 1, (5.0, 30.0), 0.7),
+                    ],
+                    30.0,
+                    seed,
+                );
+                let f = fractions(&o);
+                assert!(
+                    (f[0] - 0.75).abs() <= 0.01,
+                    "seed {seed}: a got {:.4}",
+                    f[0]
+                );
+            }
+        }
+
+        #[test]
+        fn four_weights_with_slow_returns_stay_fair() {
+            for seed in 1..=3 {
+                let specs: Vec<Spec> = [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+                    .into_iter()
+                    .map(|(n, w)| spec(n, w, (0.0, 25.0), 0.6 + 0.1 * w as f64))
+                    .collect();
+                let o = simulate(&specs, 30.0, seed);
+                let f = fractions(&o);
+                let norm: Vec<f64> = f
+                    .iter()
+                    .zip([1.0, 2.0, 3.0, 4.0])
+                    .map(|(x, w)| x / w)
+                    .collect();
+                let sum: f64 = norm.iter().sum();
+                let jain = sum * sum / (4.0 * norm.iter().map(|x| x * x).sum::<f64>());
+                assert!(jain >= 0.999, "seed {seed}: Jain {jain:.5}, shares {f:?}");
+            }
+        }
+
+        /// A tenant with deep queues (8 processes' kernels keep the device 50-70 ms after each
+        /// revocation) beside one whose drain is short, equal weights: still 50/50 (the other
+        /// gets an extra turn when it falls two turns behind).
+        #[test]
+        fn deep_queues_do_not_take_more_than_their_share() {
+            let mut deep = spec("deep", 1, (0.0, 2.0), 1.0);
+            deep.tail_ms = (50.0, 70.0);
+            let o = simulate(&[deep, spec("one", 1, (0.0, 2.0), 1.0)], 30.0, 7);
+            let f = fractions(&o);
+            assert!((f[0] - 0.5).abs() <= 0.01, "deep got {:.4}", f[0]);
+        }
+
+        /// A capped tenant that leaves 30% of its slices idle (its own host latency) still gets
+        /// its cap of device time: it is charged what its kernels used, not its slices' length.
+        #[test]
+        fn a_cap_is_device_time() {
+            for seed in 1..=3 {
+                let mut capped = spec("c", 1, (1.0, 15.0), 0.7);
+                capped.cap = Some(300);
+                let o = simulate(&[capped], 30.0, seed);
+                let share = o.device_ns[0] / (o.seconds * 1e9);
+                assert!(
+                    (share - 0.30).abs() <= 0.01,
+                    "seed {seed}: capped got {share:.4}"
+                );
+            }
+        }
+
+        /// The model discriminates: with the old policy (no return window, every turn a full
+        /// quantum) the same timings hand the light tenant turns it has not earned.
+        #[test]
+        fn the_old_policy_fails_these_timings() {
+            let specs = [
+                spec("a", 3, (2.0, 20.0), 1.0),
+                spec("b", 1, (0.0, 0.0), 1.0),
+            ];
+            let o = simulate_with(&specs, 30.0, 1, |s| {
+                s.return_window = Duration::ZERO;
+                s.min_turn = 1.0;
+                s.keep_turns = false;
+            });
+            let f = fractions(&o);
+            let wait = p99(&o.waits_ms[1]);
+            assert!(f[0] < 0.70, "a got {:.4} without the return window", f[0]);
+            // With the return window but equal turns, the light tenant waits three quanta.
+            let o = simulate_with(&specs, 30.0, 1, |s| {
+                s.min_turn = 1.0;
+                s.keep_turns = false;
+            });
+            let f2 = fractions(&o);
+            let wait2 = p99(&o.waits_ms[1]);
+            eprintln!(
+                "old: a {:.4}, b p99 wait {wait:.1} ms; equal turns: a {:.4}, b p99 {wait2:.1} ms",
+                f[0], f2[0]
+            );
+            assert!(wait2 > 100.0, "b's p99 wait {wait2:.1} ms with equal turns");
+        }
     }
 }

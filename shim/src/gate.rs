@@ -31,6 +31,14 @@ const REANNOUNCE: Duration = Duration::from_millis(100);
 /// Proof that a launch passed the gate; leaves the in-flight count on drop.
 pub struct Ticket(Option<usize>);
 
+impl Ticket {
+    /// The time-sliced device the launch goes to while holding its slice (None: not gated).
+    #[inline]
+    pub fn device(&self) -> Option<usize> {
+        self.0
+    }
+}
+
 impl Drop for Ticket {
     #[inline]
     fn drop(&mut self) {

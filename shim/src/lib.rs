@@ -5,6 +5,7 @@
 //! - [`real`]: finding real functions without ever mistaking the shim's own for them.
 //! - [`registration`]: this process's registration with gpumuxd and its mapped segments.
 //! - [`allocations`]: what this process has charged, by handle.
+//! - [`busy`]: the device time its work used in the current slice, measured with events.
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
 //! - [`graph_memory`]: CUDA graph memory as charged (executable graphs, graph memory pools).
 //! - [`captures`]: stream captures in progress (the drain waits for them to end).
@@ -22,6 +23,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod allocations;
+mod busy;
 mod captures;
 mod contexts;
 mod cuda_types;

@@ -1,10 +1,10 @@
 //! The watcher thread: started at registration (never at load time), it listens to the daemon.
 //! On `Revoke` it drains this process's work on the device — waits out launch calls in flight
 //! and stream captures in progress, then synchronizes the device's primary contexts — and
-//! answers `Drained`. `Measured` answers wake the thread waiting for a footprint measurement
-//! ([`crate::footprint`]). When the daemon
-//! connection ends it lets launches pass (see [`crate::gate::DAEMON_GONE`]) and reattaches to
-//! the restarted daemon, retrying with backoff.
+//! answers `Drained` with the device time the work used in the slice ([`crate::busy`]).
+//! `Measured` answers wake the thread waiting for a footprint measurement
+//! ([`crate::footprint`]). When the daemon connection ends it lets launches pass (see
+//! [`crate::gate::DAEMON_GONE`]) and reattaches to the restarted daemon, retrying with backoff.
 
 use crate::cuda_types::*;
 use crate::hooks::real;
@@ -61,8 +61,12 @@ fn serve(reg: &'static Registration) {
             Ok((0, _)) => return,
             Ok((n, _)) => match ServerMsg::decode(&buf[..n]) {
                 Ok(ServerMsg::Revoke { device, epoch }) => {
-                    drain(reg, device as usize);
-                    reg.send(&ClientMsg::Drained { device, epoch });
+                    let busy_ns = drain(reg, device as usize);
+                    reg.send(&ClientMsg::Drained {
+                        device,
+                        epoch,
+                        busy_ns,
+                    });
                 }
                 Ok(ServerMsg::Measured { seq, .. }) => crate::footprint::answered(seq),
                 _ => {}
@@ -81,22 +85,28 @@ fn serve(reg: &'static Registration) {
 /// How long a drain waits for stream captures in progress to end.
 const CAPTURE_WAIT_LIMIT: Duration = Duration::from_secs(10);
 
-/// Waits until this process's work on `device` is done.
-fn drain(reg: &Registration, device: usize) {
+/// Waits until this process's work on `device` is done; returns the device time it used in the
+/// slice (see `crate::busy`; None when not measured).
+fn drain(reg: &Registration, device: usize) -> Option<u64> {
     if device >= gpumux_common::shm::MAX_DEVICES {
-        return;
+        return None;
     }
     crate::gate::wait_no_launch_in_flight(device);
     // Synchronizing a context while one of its streams captures would invalidate the capture:
     // wait for captures to end first (captured launches do not wait for a slice, so they end).
     // A capture longer than this is broken rather than the device left undrained forever.
-    if crate::captures::any() {
-        crate::captures::wait_until_none(CAPTURE_WAIT_LIMIT);
-    }
+    let captured = crate::captures::any() && !crate::captures::wait_until_none(CAPTURE_WAIT_LIMIT);
+    // The end of the busy period, recorded before the synchronize (not into a capture).
+    let end = if captured {
+        None
+    } else {
+        crate::busy::drain_begin(device)
+    };
     for ordinal in reg.ordinals_of(device) {
         sync_primary_context(ordinal);
     }
     crate::contexts::for_each_on(device, |ctx| sync_context(ctx as CUcontext));
+    crate::busy::drain_finish(device, end)
 }
 
 /// Synchronizes an application-created context (the registry is held: it cannot be destroyed

@@ -96,8 +96,18 @@ struct Conn {
 /// Time-slicing of one device: the policy plus the acknowledgements a revocation waits for.
 struct DeviceSched {
     sched: Scheduler,
-    /// The slice being drained and the connections that have not acknowledged it yet.
-    draining: Option<(String, u32, HashSet<u64>)>,
+    /// The slice being drained and the acknowledgements it waits for.
+    draining: Option<Drain>,
+}
+
+/// A revocation in progress on one device.
+struct Drain {
+    tenant: String,
+    epoch: u32,
+    /// Connections that have not acknowledged it yet.
+    pending: HashSet<u64>,
+    /// Device time the acknowledging processes measured, summed; None once one could not say.
+    busy_ns: Option<u64>,
 }
 
 /// The daemon.

@@ -190,12 +190,17 @@ impl Daemon {
                 let tenant = conn.tenant.clone();
                 let dev = device as usize;
                 if conn.slot.is_some() && dev < self.scheds.len() {
+                    tracing::trace!(tenant, dev, "demand");
                     self.sched_event(dev, |s, now, act| s.demand(&tenant, now, act));
                 }
             }
-            ClientMsg::Drained { device, epoch } => {
+            ClientMsg::Drained {
+                device,
+                epoch,
+                busy_ns,
+            } => {
                 if (device as usize) < self.scheds.len() {
-                    self.acknowledge(device as usize, id, Some(epoch));
+                    self.acknowledge(device as usize, id, Some(epoch), busy_ns);
                 }
             }
             ClientMsg::Footprint {
@@ -238,6 +243,10 @@ impl Daemon {
             return;
         };
         let _ = self.epoll.delete(&conn.fd);
+        // A drain need not wait for a process that is gone (nor can it say what it used).
+        for dev in 0..self.scheds.len() {
+            self.acknowledge(dev, id, None, None);
+        }
         if let Some(slot) = conn.slot {
             self.reclaim(&conn.tenant, slot, conn.pid);
         }

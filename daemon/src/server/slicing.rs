@@ -105,7 +105,12 @@ impl Daemon {
                         tracing::trace!(tenant, dev, epoch, "slice granted");
                     }
                     // A grant while a drain is pending means the drain timed out.
-                    if let Some((late_tenant, _, pending)) = self.scheds[dev].draining.take() {
+                    if let Some(Drain {
+                        tenant: late_tenant,
+                        pending,
+                        ..
+                    }) = self.scheds[dev].draining.take()
+                    {
                         for id in pending {
                             if let Some(slot) = self.conns.get(&id).and_then(|c| c.slot) {
                                 let pid = self.conns[&id].pid;
@@ -146,26 +151,59 @@ impl Daemon {
                         "slice revoked"
                     );
                     if pending.is_empty() {
-                        self.sched_event(dev, |s, now, act| s.drained(&tenant, epoch, now, act));
+                        self.sched_event(dev, |s, now, act| {
+                            s.drained(&tenant, epoch, None, now, act)
+                        });
                     } else {
-                        self.scheds[dev].draining = Some((tenant, epoch, pending));
+                        self.scheds[dev].draining = Some(Drain {
+                            tenant,
+                            epoch,
+                            pending,
+                            busy_ns: Some(0),
+                        });
                     }
                 }
             }
         }
     }
 
-    /// A connection acknowledged (or can no longer acknowledge) a revocation on `dev`.
-    pub(super) fn acknowledge(&mut self, dev: usize, conn: u64, epoch: Option<u32>) {
-        let Some((tenant, e, pending)) = &mut self.scheds[dev].draining else {
+    /// A connection acknowledged (or can no longer acknowledge: `epoch` None) a revocation on
+    /// `dev`, with the device time its process measured (`busy_ns`). When the last one did, the
+    /// slice ends, charged with their sum (or its wall time when one could not say). Device
+    /// time is measured per process: the sum over a tenant's processes whose kernels ran
+    /// interleaved counts the overlap more than once, so the scheduler never charges more than
+    /// the slice's wall time.
+    pub(super) fn acknowledge(
+        &mut self,
+        dev: usize,
+        conn: u64,
+        epoch: Option<u32>,
+        busy_ns: Option<u64>,
+    ) {
+        let Some(d) = &mut self.scheds[dev].draining else {
             return;
         };
-        if epoch.is_some_and(|x| x != *e) || !pending.remove(&conn) || !pending.is_empty() {
+        if epoch.is_some_and(|x| x != d.epoch) || !d.pending.remove(&conn) {
             return;
         }
-        let (tenant, epoch) = (tenant.clone(), *e);
-        self.scheds[dev].draining = None;
-        self.sched_event(dev, |s, now, act| s.drained(&tenant, epoch, now, act));
+        d.busy_ns = d.busy_ns.zip(busy_ns).map(|(a, b)| a.saturating_add(b));
+        if !d.pending.is_empty() {
+            return;
+        }
+        let Some(Drain {
+            tenant,
+            epoch,
+            busy_ns,
+            ..
+        }) = self.scheds[dev].draining.take()
+        else {
+            return;
+        };
+        tracing::trace!(tenant, dev, epoch, ?busy_ns, "slice drained");
+        let device_time = busy_ns.map(Duration::from_nanos);
+        self.sched_event(dev, |s, now, act| {
+            s.drained(&tenant, epoch, device_time, now, act)
+        });
     }
 
     pub(super) fn rearm_sched_timer(&mut self) {

@@ -18,7 +18,7 @@ use std::ffi::{c_int, c_uint, c_void};
 
 /// The context whose memory an allocation made now belongs to: the calling thread's current
 /// context (the primary context when that is a green context's), 0 if none.
-pub(super) fn current_context() -> u64 {
+pub(crate) fn current_context() -> u64 {
     let get = real!(cuCtxGetCurrent, 0);
     let mut ctx: CUcontext = std::ptr::null_mut();
     // SAFETY: valid out-pointer.
@@ -32,6 +32,7 @@ pub(super) fn current_context() -> u64 {
 /// Gives back what the allocations of a destroyed context charged, and has the daemon measure
 /// the device (`device`: the context's, when known).
 fn context_gone(ctx: u64, device: Option<usize>) {
+    crate::busy::forget_context(ctx);
     let Some(reg) = registration::current() else {
         return;
     };

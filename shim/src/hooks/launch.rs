@@ -11,13 +11,23 @@ use super::table::sig;
 use crate::cuda_types::*;
 use std::ffi::{c_int, c_uint, c_void};
 
-/// Runs `launch` on `stream` holding a gate ticket (or returns the gate's error).
+/// Runs `launch` on `stream` holding a gate ticket (or returns the gate's error). A launch that
+/// puts work on a time-sliced device opens a busy period on its stream (`crate::busy`); one
+/// into a capturing stream puts nothing on the device.
 fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
-    let _ticket = match crate::gate::enter(|| crate::captures::is_capturing(stream as u64, ptsz)) {
+    let capturing = || crate::captures::is_capturing(stream as u64, ptsz);
+    let ticket = match crate::gate::enter(capturing) {
         Ok(t) => t,
         Err(rc) => return rc,
     };
-    launch()
+    if let Some(device) = ticket.device()
+        && !(crate::captures::any() && capturing())
+    {
+        crate::busy::launch(device, stream, ptsz);
+    }
+    let rc = launch();
+    drop(ticket);
+    rc
 }
 
 /// `cuLaunchKernel`; `PTSZ`: `cuLaunchKernel_ptsz`.

@@ -33,6 +33,7 @@ mod signatures;
 mod sync;
 pub(crate) mod table;
 
+pub(crate) use context::current_context;
 pub(crate) use gpumux_common::cuda_abi::base_name;
 pub(crate) use table::{ENTRY_POINTS, lookup, variants_of};
 

@@ -184,11 +184,13 @@ super::entry_points! {
                 cuCtxSynchronize() -> CUresult => sync::ctx_synchronize;
             },
             cuStreamSynchronize {
-                cuStreamSynchronize(stream: CUstream) -> CUresult => sync::synchronize_on;
-                cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult => sync::synchronize_on;
+                cuStreamSynchronize(stream: CUstream) -> CUresult
+                    => sync::stream_synchronize::<false>;
+                cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult
+                    => sync::stream_synchronize::<true>;
             },
             cuEventSynchronize {
-                cuEventSynchronize(event: CUevent) -> CUresult => sync::synchronize_on;
+                cuEventSynchronize(event: CUevent) -> CUresult => sync::event_synchronize;
             },
         ],
         Context: [
@@ -401,8 +403,8 @@ super::entry_points! {
             cuDeviceGetNvSciSyncAttributes, cuDeviceGetP2PAttribute, cuDeviceGetPCIBusId,
             cuDeviceGetProperties, cuDeviceGetTexture1DLinearMaxWidth, cuDevicePrimaryCtxSetFlags,
             cuDeviceRegisterAsyncNotification, cuDeviceSetMemPool,
-            cuDeviceUnregisterAsyncNotification, cuDriverGetVersion, cuEGLApiInit, cuEventCreate,
-            cuEventDestroy, cuEventElapsedTime, cuEventQuery, cuEventRecord, cuEventRecordWithFlags,
+            cuDeviceUnregisterAsyncNotification, cuDriverGetVersion, cuEGLApiInit,
+            cuEventDestroy, cuEventRecordWithFlags,
             cuFlushGPUDirectRDMAWrites, cuFuncGetAttribute, cuFuncGetModule, cuFuncGetName,
             cuFuncGetParamInfo, cuFuncIsLoaded, cuFuncLoad, cuFuncSetAttribute, cuFuncSetBlockShape,
             cuFuncSetCacheConfig, cuFuncSetSharedMemConfig, cuFuncSetSharedSize, cuGLCtxCreate,
@@ -517,6 +519,19 @@ super::entry_points! {
             cuDevicePrimaryCtxGetState {
                 cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int)
                     -> CUresult;
+            },
+            // Busy-period events (`crate::busy`).
+            cuEventCreate {
+                cuEventCreate(event: *mut CUevent, flags: c_uint) -> CUresult;
+            },
+            cuEventElapsedTime {
+                cuEventElapsedTime(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult;
+            },
+            cuEventQuery {
+                cuEventQuery(event: CUevent) -> CUresult;
+            },
+            cuEventRecord {
+                cuEventRecord(event: CUevent, stream: CUstream) -> CUresult;
             },
         ],
     }

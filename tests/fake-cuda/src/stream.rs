@@ -1,5 +1,12 @@
 //! Streams and events. Each stream has a worker thread that executes its operations in order;
-//! kernels take the shared device lock and occupy the device for their duration. Legacy NULL-stream
+//! kernels take the shared device lock and occupy the device for their duration.
+//!
+//! Time is the device's, not the worker's: every operation is stamped when it is submitted, and
+//! each stream keeps its device clock (when its last operation completed on the device). An
+//! operation is ready at the later of the two; a kernel starts at the later of that and the end
+//! of the device's previous kernel, and an event's timestamp is the moment its record was ready.
+//! So a worker thread that wakes late on a busy host neither delays the device nor skews events.
+//! Legacy NULL-stream
 //! semantics are implemented by dependencies computed at submission: work on the NULL stream waits
 //! for all prior work of the context's blocking streams, and work on a blocking stream waits for
 //! prior NULL-stream work (`CU_STREAM_NON_BLOCKING` streams are exempt). The per-thread default
@@ -112,11 +119,25 @@ pub enum Op {
 }
 
 struct Queue {
-    ops: VecDeque<(u64, Op)>,
+    /// (sequence number, submission time, operation).
+    ops: VecDeque<(u64, u64, Op)>,
     enqueued: u64,
     completed: u64,
+    /// Device time at which the recently completed operations completed: (sequence, ns), the
+    /// newest last, at most [`DONE_KEPT`] (what a `Wait` on this stream reads).
+    done: VecDeque<(u64, u64)>,
     shutdown: bool,
 }
+
+/// Kernels a stream keeps queued on the device ahead of the one running. The device's queue is
+/// FIFO across processes, so this is also how many kernels of one process may run in a row
+/// while another saturates the device: more would survive longer host stalls of a stream's
+/// thread, but in longer runs.
+const LOOKAHEAD: usize = 2;
+
+/// Completion times a stream keeps for other streams' `Wait`s (an older operation completed
+/// before all of these).
+const DONE_KEPT: usize = 256;
 
 /// A stream.
 pub struct Stream {
@@ -157,6 +178,7 @@ impl Stream {
                 ops: VecDeque::new(),
                 enqueued: 0,
                 completed: 0,
+                done: VecDeque::new(),
                 shutdown: false,
             }),
             cv: Condvar::new(),
@@ -175,8 +197,12 @@ impl Stream {
     }
 
     fn worker(self: Arc<Self>) {
+        // When this stream's last operation completed, on the device's clock.
+        let mut clock = 0u64;
+        // The next kernel, queued for the device while the current one runs: (sequence, it).
+        let mut next: VecDeque<(u64, fakegpu::QueuedKernel)> = VecDeque::new();
         loop {
-            let (seq, op) = {
+            let (seq, submitted, op) = {
                 let mut q = self.q.lock();
                 loop {
                     if let Some(front) = q.ops.pop_front() {
@@ -188,34 +214,129 @@ impl Stream {
                     self.cv.wait(&mut q);
                 }
             };
-            let result = match process() {
-                Ok(p) => execute(p, &self, op),
-                Err(_) => return,
+            let ready = clock.max(submitted);
+            let Ok(p) = process() else { return };
+            let result = match op {
+                Op::Kernel { ns } => {
+                    let queued = match next.front() {
+                        Some((s, _)) if *s == seq => Ok(next.pop_front().expect("front").1),
+                        _ => p.gpu.queue_kernel(self.device, ns, ready),
+                    };
+                    queued
+                        .and_then(|k| {
+                            p.gpu
+                                .run_queued(k, |end| self.queue_next(p, end, &mut next))
+                        })
+                        .map(|run| run.end_ns)
+                        .map_err(|_| err::LAUNCH_FAILED)
+                }
+                op => execute(p, &self, op, ready),
             };
-            if let Err(e) = result
-                && let Ok(p) = process()
-                && let Ok(c) = context::lookup(p, self.ctx)
-            {
-                let _ = c
-                    .sticky
-                    .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed);
+            match result {
+                Ok(end) => clock = end,
+                Err(e) => {
+                    clock = ready;
+                    if let Ok(p) = process()
+                        && let Ok(c) = context::lookup(p, self.ctx)
+                    {
+                        let _ =
+                            c.sticky
+                                .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed);
+                    }
+                }
             }
             let mut q = self.q.lock();
             q.completed = seq;
+            if q.done.len() == DONE_KEPT {
+                q.done.pop_front();
+            }
+            q.done.push_back((seq, clock));
             self.cv.notify_all();
         }
     }
 
+    /// While a kernel runs (it ends at `end`), does what the device would do next without
+    /// waiting for this thread: event records right behind it get their timestamps (visible
+    /// when the device reaches them), and the next [`LOOKAHEAD`] kernels (with only records
+    /// between) are queued for the device, so that it starts them on time even if this thread
+    /// wakes late. The first is ready when this one ends (or when submitted); later ones follow
+    /// it in the device's FIFO, hence in stream order.
+    fn queue_next(&self, p: &Process, end: u64, next: &mut VecDeque<(u64, fakegpu::QueuedKernel)>) {
+        let mut ready = end;
+        let mut records = Vec::new();
+        let mut kernels = Vec::new();
+        {
+            let q = self.q.lock();
+            for (seq, submitted, op) in q.ops.iter() {
+                ready = ready.max(*submitted);
+                match op {
+                    Op::Record { event, generation } if kernels.is_empty() => {
+                        records.push((event.clone(), *generation, ready));
+                    }
+                    Op::Record { .. } => {}
+                    Op::Kernel { ns } => {
+                        let at = if kernels.is_empty() {
+                            ready
+                        } else {
+                            *submitted
+                        };
+                        kernels.push((*seq, *ns, at));
+                        if kernels.len() == LOOKAHEAD {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        // Outside the queue lock (recording takes the event's lock, then the queue's).
+        for (event, generation, at) in records {
+            event.complete(generation, at);
+        }
+        for (seq, ns, at) in kernels {
+            if next.iter().any(|(s, _)| *s == seq) {
+                continue;
+            }
+            match p.gpu.queue_kernel(self.device, ns, at) {
+                Ok(k) => next.push_back((seq, k)),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// When op `seq` (completed) completed on the device; 0 when it is too old to be known (it
+    /// completed before every op this stream remembers, long ago).
+    fn completed_at(&self, seq: u64) -> u64 {
+        let q = self.q.lock();
+        q.done
+            .iter()
+            .rev()
+            .find(|(s, _)| *s <= seq)
+            .filter(|(s, _)| *s == seq)
+            .map_or(0, |(_, t)| *t)
+    }
+
     /// Appends operations; returns the sequence number of the last one.
     fn push(&self, ops: Vec<Op>) -> u64 {
+        let submitted = fakegpu::procid::monotonic_ns();
         let mut q = self.q.lock();
         for op in ops {
             q.enqueued += 1;
             let seq = q.enqueued;
-            q.ops.push_back((seq, op));
+            q.ops.push_back((seq, submitted, op));
         }
         self.cv.notify_all();
         q.enqueued
+    }
+
+    /// If nothing is queued or running on the stream: its last op's sequence number, and the
+    /// device time now (its clock, or the present if later).
+    fn idle_at(&self) -> Option<(u64, u64)> {
+        let q = self.q.lock();
+        (q.ops.is_empty() && q.completed == q.enqueued).then(|| {
+            let clock = q.done.back().map_or(0, |d| d.1);
+            (q.completed, clock.max(fakegpu::procid::monotonic_ns()))
+        })
     }
 
     /// The sequence number of the last submitted op if it has not completed yet.
@@ -257,33 +378,58 @@ impl Stream {
     }
 }
 
-fn execute(p: &Process, s: &Stream, op: Op) -> Res<()> {
-    match op {
+/// Executes `op`, ready at `ready` on the device's clock; returns when it completed there.
+fn execute(p: &Process, s: &Stream, op: Op, ready: u64) -> Res<u64> {
+    let now = fakegpu::procid::monotonic_ns;
+    Ok(match op {
         Op::Kernel { ns } => {
             p.gpu
-                .run_kernel(s.device, ns)
-                .map_err(|_| err::LAUNCH_FAILED)?;
+                .run_kernel_at(s.device, ns, ready)
+                .map_err(|_| err::LAUNCH_FAILED)?
+                .end_ns
         }
-        Op::Copy { dst, src, n } => p.mem.copy(dst, src, n)?,
-        Op::Staged { dst, data } => p.mem.copy(dst, data.as_ptr() as u64, data.len())?,
+        Op::Copy { dst, src, n } => {
+            p.mem.copy(dst, src, n)?;
+            ready
+        }
+        Op::Staged { dst, data } => {
+            p.mem.copy(dst, data.as_ptr() as u64, data.len())?;
+            ready
+        }
         Op::Memset {
             dst,
             value,
             elem,
             count,
-        } => p.mem.memset(dst, value, elem, count)?,
-        // SAFETY: the application passed this host function and its data for this purpose.
-        Op::Host { f, data } => unsafe { f(data as *mut c_void) },
-        // SAFETY: the application passed this callback and its data for this purpose.
-        Op::Callback { f, stream, data } => unsafe {
-            f(crate::types::hptr(stream), 0, data as *mut c_void)
-        },
-        Op::Record { event, generation } => event.complete(generation),
-        Op::Wait { stream, seq } => stream.wait_for(seq),
-        Op::Free { ptr } => p.mem.free_now(p, ptr)?,
-        Op::Nop => {}
-    }
-    Ok(())
+        } => {
+            p.mem.memset(dst, value, elem, count)?;
+            ready
+        }
+        // Host work runs on a host thread: the stream waits for it, in host time.
+        Op::Host { f, data } => {
+            // SAFETY: the application passed this host function and its data for this purpose.
+            unsafe { f(data as *mut c_void) };
+            ready.max(now())
+        }
+        Op::Callback { f, stream, data } => {
+            // SAFETY: the application passed this callback and its data for this purpose.
+            unsafe { f(crate::types::hptr(stream), 0, data as *mut c_void) };
+            ready.max(now())
+        }
+        Op::Record { event, generation } => {
+            event.complete(generation, ready);
+            ready
+        }
+        Op::Wait { stream, seq } => {
+            stream.wait_for(seq);
+            ready.max(stream.completed_at(seq))
+        }
+        Op::Free { ptr } => {
+            p.mem.free_now(p, ptr)?;
+            ready
+        }
+        Op::Nop => ready,
+    })
 }
 
 /// Submits `op` to `s` in context `ctx` with legacy-stream dependencies; returns its sequence.
@@ -296,6 +442,13 @@ pub fn submit(ctx: &Context, s: &Arc<Stream>, op: Op) -> u64 {
 /// consecutive sequence numbers).
 pub fn submit_all(ctx: &Context, s: &Arc<Stream>, batch: Vec<Op>) -> u64 {
     let _g = ctx.submit.lock();
+    let mut ops = dependencies(ctx, s);
+    ops.extend(batch);
+    s.push(ops)
+}
+
+/// The `Wait`s legacy-stream semantics put before new work on `s`. Caller holds `ctx.submit`.
+fn dependencies(ctx: &Context, s: &Arc<Stream>) -> Vec<Op> {
     let mut ops = Vec::new();
     if s.kind == StreamKind::Legacy {
         for o in ctx.streams.lock().iter() {
@@ -317,8 +470,7 @@ pub fn submit_all(ctx: &Context, s: &Arc<Stream>, batch: Vec<Op>) -> u64 {
             seq,
         });
     }
-    ops.extend(batch);
-    s.push(ops)
+    ops
 }
 
 /// Submits `op` and waits for it (synchronous API calls).
@@ -439,7 +591,7 @@ pub enum EventStatus {
     NotRecorded,
     /// Recorded, not reached yet.
     Pending(Arc<Stream>, u64),
-    /// Reached at this CLOCK_MONOTONIC time.
+    /// Reached at this CLOCK_MONOTONIC time (on the device's clock).
     Done(u64),
 }
 
@@ -461,14 +613,22 @@ impl Event {
         st.generation += 1;
         st.time_ns = None;
         let generation = st.generation;
-        let seq = submit(
-            ctx,
-            s,
-            Op::Record {
-                event: self.clone(),
-                generation,
-            },
-        );
+        let _g = ctx.submit.lock();
+        let mut ops = dependencies(ctx, s);
+        // On an idle stream the device reaches the record at once: no need to wake its thread
+        // (which would cost a host wake-up before the work that follows).
+        if ops.is_empty()
+            && let Some((seq, at)) = s.idle_at()
+        {
+            st.time_ns = Some(at);
+            st.recorded = Some((s.clone(), seq));
+            return;
+        }
+        ops.push(Op::Record {
+            event: self.clone(),
+            generation,
+        });
+        let seq = s.push(ops);
         st.recorded = Some((s.clone(), seq));
     }
 
@@ -497,31 +657,44 @@ impl Event {
         }
     }
 
-    fn complete(&self, generation: u64) {
-        let now = fakegpu::procid::monotonic_ns();
+    /// The record of `generation` was reached at `device_ns` (the device's clock).
+    fn complete(&self, generation: u64, device_ns: u64) {
         let mut st = self.st.lock();
         if st.generation == generation {
-            st.time_ns = Some(now);
+            st.time_ns = Some(device_ns);
         }
     }
 
-    /// Current status.
+    /// Current status: reached once the device's clock passed its timestamp (which the stream
+    /// may know before its thread gets there).
     pub fn status(&self) -> EventStatus {
         let st = self.st.lock();
+        let now = fakegpu::procid::monotonic_ns();
         match &st.recorded {
             None => EventStatus::NotRecorded,
             Some((s, seq)) => match st.time_ns {
-                Some(t) => EventStatus::Done(t),
+                Some(t) if t <= now => EventStatus::Done(t),
                 None if s.is_done(*seq) => EventStatus::Done(0),
-                None => EventStatus::Pending(s.clone(), *seq),
+                _ => EventStatus::Pending(s.clone(), *seq),
             },
         }
     }
 
-    /// Waits for the last record to be reached.
+    /// Waits for the last record to be reached: until its timestamp on the device when that is
+    /// known, else until its stream gets there.
     pub fn synchronize(&self) {
-        if let EventStatus::Pending(s, seq) = self.status() {
-            s.wait_for(seq);
+        let known = self.st.lock().time_ns;
+        match known {
+            Some(t) => fakegpu::procid::sleep_until(t),
+            None => {
+                if let EventStatus::Pending(s, seq) = self.status() {
+                    s.wait_for(seq);
+                }
+                // Its timestamp may have been set (in the future) meanwhile.
+                if let Some(t) = self.st.lock().time_ns {
+                    fakegpu::procid::sleep_until(t);
+                }
+            }
         }
     }
 
@@ -529,9 +702,10 @@ impl Event {
     /// `Ok(None)` if not reached yet.
     pub fn time_ns(&self) -> Res<Option<u64>> {
         let st = self.st.lock();
+        let now = fakegpu::procid::monotonic_ns();
         match (&st.recorded, st.time_ns) {
             (None, _) => Err(err::INVALID_HANDLE),
-            (Some(_), t) => Ok(t),
+            (Some(_), t) => Ok(t.filter(|&t| t <= now)),
         }
     }
 

@@ -106,6 +106,10 @@ pub struct LockQueue {
     pub head: AtomicU64,
     /// Next ticket to hand out.
     pub tail: AtomicU64,
+    /// The device timeline: CLOCK_MONOTONIC ns at which the last kernel started on the device
+    /// ends (under `mutex`). The next kernel starts at the later of this and the moment it was
+    /// ready, whenever a host thread gets to it.
+    pub last_end_ns: AtomicU64,
     /// Queue entries, ticket `t` at `t % QUEUE_CAP`.
     pub entries: [QueueEntry; QUEUE_CAP],
 }
@@ -125,6 +129,10 @@ pub struct QueueEntry {
     /// The device does not wait for the host: past this (plus a grace), waiters take over even
     /// if the holder's process is stopped or descheduled.
     pub end_ns: AtomicU64,
+    /// The kernel's duration on the device.
+    pub duration_ns: AtomicU64,
+    /// When it was ready to run (submitted, its stream's earlier work done).
+    pub ready_ns: AtomicU64,
 }
 
 /// One kernel trace record; `seq == n + 1` when record `n` is complete.
@@ -138,6 +146,8 @@ pub struct TraceSlot {
     pub start_ns: AtomicU64,
     /// CLOCK_MONOTONIC ns.
     pub end_ns: AtomicU64,
+    /// CLOCK_MONOTONIC ns at which the kernel was ready to run.
+    pub ready_ns: AtomicU64,
 }
 
 /// Size of a state file with `devices` devices.

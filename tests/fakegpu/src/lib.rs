@@ -33,7 +33,7 @@ pub use lock::DeviceLockGuard;
 pub use snapshot::{
     DeviceSnapshot, KernelRecord, ProcessSnapshot, Snapshot, kernel_trace, snapshot,
 };
-pub use state::{GpuState, KernelRun};
+pub use state::{GpuState, KernelRun, QueuedKernel};
 
 use std::path::PathBuf;
 

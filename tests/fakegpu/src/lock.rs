@@ -1,21 +1,27 @@
-//! The device execution lock: one kernel at a time per device across all processes, granted in
-//! FIFO order of arrival.
+//! The device execution queue: one kernel at a time per device across all processes, in FIFO
+//! order of arrival, on the device's own timeline.
 //!
-//! A ticket queue lives in the state file. Its short critical sections (enqueue, release, skipping
-//! dead entries) are guarded by a process-shared *robust* pthread mutex, so a process killed inside
-//! one cannot wedge the device. Waiters sleep on a shared (non-private) futex bumped on every
-//! release, with a timeout: when the head of the queue has not moved for [`RECOVERY_CHECK_NS`],
-//! a waiter checks the liveness (pid + start time) of the entries ahead of it and skips the dead
-//! ones, so a holder or waiter that dies is recovered within about two check periods.
+//! A ticket queue lives in the state file. Its short critical sections (enqueue, start, release,
+//! skipping dead entries) are guarded by a process-shared *robust* pthread mutex, so a process
+//! killed inside one cannot wedge the device. Waiters sleep on a shared (non-private) futex bumped
+//! on every change, with a timeout: when the head of the queue has not moved for
+//! [`RECOVERY_CHECK_NS`], a waiter checks the liveness (pid + start time) of the entries ahead of
+//! it and skips the dead ones, so a holder or waiter that dies is recovered within about two check
+//! periods; a dead holder's kernel is aborted there (the device is free from then on).
 //! A releasing process that wants the device again queues behind the current waiters, which is
 //! what makes two saturating processes split the device evenly.
 //!
-//! Like a real GPU, the device does not wait for the host: a holder publishes when its kernel
-//! ends ([`DeviceLockGuard::start_kernel`]); once that time has passed by [`OVERRUN_GRACE_NS`]
-//! and the holder has not released (its process is stopped, or descheduled), waiters take the
-//! device over, and the late holder's release is a no-op.
+//! Like a real GPU, the device does not wait for the host. Each entry carries its kernel's
+//! duration and the moment it was ready; a kernel starts at the later of that and the end of the
+//! previous one (`last_end_ns`), not when its host thread got the lock. A stream queues its next
+//! kernel while the current one runs ([`enqueue`] early), and a head entry that its owner has
+//! not started [`START_GRACE_NS`] after it became the head is started by the next waiter on the
+//! owner's behalf; once a started kernel has ended (plus [`OVERRUN_GRACE_NS`]) and its holder has
+//! not released (stopped, or descheduled), waiters take the device over. So queued kernels run
+//! back to back whatever the host's threads do, and a late owner finds its kernel already run
+//! ([`Turn::Passed`]).
 
-use crate::layout::{LockQueue, QUEUE_CAP};
+use crate::layout::{LockQueue, QUEUE_CAP, QueueEntry};
 use crate::procid;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -25,6 +31,10 @@ pub const RECOVERY_CHECK_NS: u64 = 20_000_000;
 
 /// How long past its kernel's end a holder may keep the device before waiters take over.
 pub const OVERRUN_GRACE_NS: u64 = 2_000_000;
+
+/// How long a head entry may stay unstarted (its owner's thread late) before a waiter starts its
+/// kernel on the device on the owner's behalf.
+pub const START_GRACE_NS: u64 = 1_000_000;
 
 /// Initialises the queue's robust, process-shared mutex (creator only, under the file lock).
 pub fn init(q: &LockQueue) -> std::io::Result<()> {
@@ -98,9 +108,11 @@ impl DeviceLockGuard<'_> {
         self.entry().running.store(1, Ordering::Release);
     }
 
-    /// Publishes when this holder's kernel ends on the device.
-    pub fn start_kernel(&self, end_ns: u64) {
-        self.entry().end_ns.store(end_ns, Ordering::Release);
+    /// Starts this holder's kernel on the device timeline (unless a waiter already did on its
+    /// behalf); returns its `(start, end)` there.
+    pub fn start_kernel(&self) -> (u64, u64) {
+        let _m = QueueMutex::lock(self.q);
+        start_entry(self.q, self.entry())
     }
 
     /// Undoes [`Self::mark_running`], decrementing `running` unless a waiter that took the
@@ -191,6 +203,14 @@ fn recover(q: &LockQueue, running: &AtomicU32, limit: u64) {
             if e.running.swap(0, Ordering::AcqRel) == 1 {
                 saturating_dec(running);
             }
+            // A dead process's kernel is aborted: the device is free from now on.
+            let now = procid::monotonic_ns();
+            if e.end_ns.load(Ordering::Acquire) > now
+                && q.last_end_ns.load(Ordering::Acquire) == e.end_ns.load(Ordering::Acquire)
+            {
+                q.last_end_ns.store(now, Ordering::Release);
+                e.end_ns.store(now, Ordering::Release);
+            }
             q.head.store(head + 1, Ordering::Release);
             changed = true;
         }
@@ -204,14 +224,54 @@ fn recover(q: &LockQueue, running: &AtomicU32, limit: u64) {
     }
 }
 
-/// Queues for the device and waits until this caller is at the head of the queue.
-pub fn acquire<'a>(
-    q: &'a LockQueue,
-    running: &'a AtomicU32,
+/// Starts `e` (the head) on the device timeline if it has not started; returns `(start, end)`.
+/// Caller holds the queue mutex.
+fn start_entry(q: &LockQueue, e: &QueueEntry) -> (u64, u64) {
+    let duration = e.duration_ns.load(Ordering::Acquire);
+    let end = e.end_ns.load(Ordering::Acquire);
+    if end != 0 {
+        return (end.saturating_sub(duration), end);
+    }
+    let start = q
+        .last_end_ns
+        .load(Ordering::Acquire)
+        .max(e.ready_ns.load(Ordering::Acquire));
+    let end = start + duration;
+    q.last_end_ns.store(end, Ordering::Release);
+    e.end_ns.store(end, Ordering::Release);
+    (start, end)
+}
+
+/// Starts the head entry `head` on its late owner's behalf. Returns whether it did.
+fn start_for_owner(q: &LockQueue, head: u64) -> bool {
+    let started = {
+        let _m = QueueMutex::lock(q);
+        let e = &q.entries[(head % QUEUE_CAP as u64) as usize];
+        if q.head.load(Ordering::Acquire) != head || e.end_ns.load(Ordering::Acquire) != 0 {
+            false
+        } else {
+            start_entry(q, e);
+            q.seq.fetch_add(1, Ordering::AcqRel);
+            true
+        }
+    };
+    if started {
+        futex_wake_all(&q.seq);
+    }
+    started
+}
+
+/// Queues a kernel of `duration_ns`, ready at `ready_ns`, for the device; returns its ticket
+/// (pass it to [`wait`]). A stream may queue its next kernel while the current one runs.
+pub fn enqueue(
+    q: &LockQueue,
+    running: &AtomicU32,
     pid: u32,
     start_time: u64,
-) -> DeviceLockGuard<'a> {
-    let ticket = loop {
+    duration_ns: u64,
+    ready_ns: u64,
+) -> u64 {
+    loop {
         let seq = q.seq.load(Ordering::Acquire);
         {
             let _m = QueueMutex::lock(q);
@@ -223,22 +283,48 @@ pub fn acquire<'a>(
                 e.start_time.store(start_time, Ordering::Release);
                 e.running.store(0, Ordering::Release);
                 e.end_ns.store(0, Ordering::Release);
+                e.duration_ns.store(duration_ns, Ordering::Release);
+                e.ready_ns.store(ready_ns, Ordering::Release);
                 e.ticket.store(tail, Ordering::Release);
                 q.tail.store(tail + 1, Ordering::Release);
-                break tail;
+                return tail;
             }
         }
         // Queue full: wait for progress, skipping dead entries.
         futex_wait(&q.seq, seq, RECOVERY_CHECK_NS);
         recover(q, running, u64::MAX);
-    };
+    }
+}
+
+/// What waiting for a ticket came to.
+pub enum Turn<'a> {
+    /// The caller holds the device; its kernel is started with [`DeviceLockGuard::start_kernel`].
+    Hold(DeviceLockGuard<'a>),
+    /// The caller's thread came late: the device ran its kernel meanwhile, `(start, end)`, and
+    /// moved on (or it was skipped as dead: `None`).
+    Passed(Option<(u64, u64)>),
+}
+
+/// Waits until `ticket` is at the head of the queue (or the device ran it without its owner).
+pub fn wait<'a>(q: &'a LockQueue, running: &'a AtomicU32, ticket: u64) -> Turn<'a> {
     let mut last_head = u64::MAX;
     let mut since = procid::monotonic_ns();
     loop {
         let seq = q.seq.load(Ordering::Acquire);
         let head = q.head.load(Ordering::Acquire);
         if head == ticket {
-            return DeviceLockGuard { q, ticket };
+            return Turn::Hold(DeviceLockGuard { q, ticket });
+        }
+        if head > ticket {
+            let e = &q.entries[(ticket % QUEUE_CAP as u64) as usize];
+            let end = e.end_ns.load(Ordering::Acquire);
+            let ran = (e.ticket.load(Ordering::Acquire) == ticket && end != 0).then(|| {
+                (
+                    end.saturating_sub(e.duration_ns.load(Ordering::Acquire)),
+                    end,
+                )
+            });
+            return Turn::Passed(ran);
         }
         let now = procid::monotonic_ns();
         if head != last_head {
@@ -249,12 +335,19 @@ pub fn acquire<'a>(
             since = now;
             continue;
         }
-        // The holder's kernel is over on the device; if it has not released, take over.
-        let end_ns = q.entries[(head % QUEUE_CAP as u64) as usize]
-            .end_ns
-            .load(Ordering::Acquire);
+        let e = &q.entries[(head % QUEUE_CAP as u64) as usize];
+        let end_ns = e.end_ns.load(Ordering::Acquire);
         let mut wait = (since + RECOVERY_CHECK_NS).saturating_sub(now);
-        if end_ns != 0 {
+        if end_ns == 0 {
+            // The head's owner has not started its kernel: the device does it after a grace.
+            let at = since + START_GRACE_NS;
+            if now >= at {
+                start_for_owner(q, head);
+                continue;
+            }
+            wait = wait.min(at - now);
+        } else {
+            // The holder's kernel is over on the device; if it has not released, take over.
             let deadline = end_ns + OVERRUN_GRACE_NS;
             if now >= deadline {
                 expire_late_holder(q, running, head, end_ns);

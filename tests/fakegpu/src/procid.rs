@@ -115,10 +115,15 @@ mod tests {
     }
 
     #[test]
-    fn sleep_until_is_accurate() {
-        let t0 = monotonic_ns();
-        sleep_until(t0 + 2_000_000);
-        let d = monotonic_ns() - t0;
-        assert!((2_000_000..2_500_000).contains(&d), "{d}");
+    fn sleep_until_never_returns_early() {
+        // Never early; how late is the host's scheduling (the device timeline does not depend
+        // on it: kernels are placed on it from when they were ready, not from when a thread
+        // woke), so only a gross bound is checked.
+        for _ in 0..20 {
+            let t0 = monotonic_ns();
+            sleep_until(t0 + 2_000_000);
+            let d = monotonic_ns() - t0;
+            assert!((2_000_000..200_000_000).contains(&d), "{d}");
+        }
     }
 }

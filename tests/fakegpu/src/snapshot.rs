@@ -66,6 +66,10 @@ pub struct KernelRecord {
     pub start_ns: u64,
     /// End.
     pub end_ns: u64,
+    /// When it was ready to run (submitted, its stream's earlier work done): the device was
+    /// never idle between this and `start_ns` (0 in records of an older fake).
+    #[serde(default)]
+    pub ready_ns: u64,
 }
 
 /// Snapshot of the state file at `state_path` (which must exist), after reclaiming dead processes.

@@ -6,7 +6,7 @@
 use crate::FakeGpuError;
 use crate::config::DeviceConfig;
 use crate::layout::{self, DeviceBlock, Header, MAGIC, MAX_PROCS, PID_RECLAIMING, ProcSlot};
-use crate::lock::{self, DeviceLockGuard};
+use crate::lock;
 use crate::procid;
 use memmap2::MmapRaw;
 use std::fs::{File, OpenOptions};
@@ -29,7 +29,7 @@ pub struct GpuState {
 /// Timing of a simulated kernel (CLOCK_MONOTONIC ns, on the device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelRun {
-    /// When the kernel started running (lock acquired).
+    /// When the kernel started running on the device.
     pub start_ns: u64,
     /// When it finished.
     pub end_ns: u64,
@@ -407,46 +407,114 @@ impl GpuState {
         n
     }
 
-    /// Waits for the device execution lock of `dev` (FIFO across all processes and threads).
-    pub fn lock_device(&self, dev: u32) -> Result<DeviceLockGuard<'_>, FakeGpuError> {
+    /// Queues a kernel of `duration_ns` on `dev`, ready to run at `ready_ns` (submitted, and its
+    /// stream's earlier work done, on the device's clock). Run it with [`Self::run_queued`]; a
+    /// stream queues its next kernel while the current one runs, so the device can start it on
+    /// time even when the stream's thread is late.
+    pub fn queue_kernel(
+        &self,
+        dev: u32,
+        duration_ns: u64,
+        ready_ns: u64,
+    ) -> Result<QueuedKernel, FakeGpuError> {
         let d = self.check_dev(dev)?;
-        let s = self.my_slot()?;
-        let p = self.slot(s);
-        Ok(lock::acquire(
+        let p = self.slot(self.my_slot()?);
+        let ticket = lock::enqueue(
             &d.lock,
             &d.running,
             p.pid.load(Ordering::Relaxed),
             p.start_time.load(Ordering::Relaxed),
-        ))
+            duration_ns,
+            ready_ns,
+        );
+        Ok(QueuedKernel {
+            dev,
+            ticket,
+            duration_ns,
+            ready_ns,
+        })
     }
 
-    /// Runs a kernel of `duration_ns` on `dev`: waits for the device lock, occupies the device for
-    /// the duration, and accounts busy time (process and device), the kernel count and a trace
-    /// record.
+    /// Runs a kernel of `duration_ns` on `dev` that is ready now (see [`Self::run_queued`]).
     pub fn run_kernel(&self, dev: u32, duration_ns: u64) -> Result<KernelRun, FakeGpuError> {
-        let d = self.check_dev(dev)?;
+        self.run_kernel_at(dev, duration_ns, procid::monotonic_ns())
+    }
+
+    /// Runs a kernel of `duration_ns` on `dev` that was ready at `ready_ns`.
+    pub fn run_kernel_at(
+        &self,
+        dev: u32,
+        duration_ns: u64,
+        ready_ns: u64,
+    ) -> Result<KernelRun, FakeGpuError> {
+        let k = self.queue_kernel(dev, duration_ns, ready_ns)?;
+        self.run_queued(k, |_| {})
+    }
+
+    /// Runs a queued kernel: waits for its turn on the device, which starts it at the later of
+    /// the previous kernel's end and when it was ready (not when this thread got there: a busy
+    /// host does not leave the device idle), calls `started` with its end, waits until it ends,
+    /// and accounts busy time (process and device), the kernel count and a trace record. If this
+    /// thread came so late that the device already ran the kernel, only the accounting is left.
+    pub fn run_queued(
+        &self,
+        k: QueuedKernel,
+        started: impl FnOnce(u64),
+    ) -> Result<KernelRun, FakeGpuError> {
+        let d = self.check_dev(k.dev)?;
         let s = self.my_slot()?;
-        let guard = self.lock_device(dev)?;
-        guard.mark_running();
-        let prev = d.running.fetch_add(1, Ordering::AcqRel);
-        d.max_concurrent.fetch_max(prev + 1, Ordering::AcqRel);
-        let start_ns = procid::monotonic_ns();
-        // The device time is the kernel's duration, whatever happens to this host thread (a
-        // stopped process's kernel still ends on time and the device moves on).
-        let end_ns = start_ns + duration_ns;
-        guard.start_kernel(end_ns);
-        procid::sleep_until(end_ns);
-        guard.finish_running(&d.running);
-        let busy = duration_ns;
-        let pd = &self.slot(s).dev[dev as usize];
+        let (start_ns, end_ns) = match lock::wait(&d.lock, &d.running, k.ticket) {
+            lock::Turn::Hold(guard) => {
+                guard.mark_running();
+                let prev = d.running.fetch_add(1, Ordering::AcqRel);
+                d.max_concurrent.fetch_max(prev + 1, Ordering::AcqRel);
+                // The device time is the kernel's duration, whatever happens to this host
+                // thread (a stopped process's kernel still ends on time and the device moves on).
+                let (start, end) = guard.start_kernel();
+                started(end);
+                procid::sleep_until(end);
+                guard.finish_running(&d.running);
+                (start, end)
+            }
+            lock::Turn::Passed(Some((start, end))) => {
+                started(end);
+                procid::sleep_until(end);
+                (start, end)
+            }
+            // Skipped (its entry was taken for dead): nothing ran.
+            lock::Turn::Passed(None) => {
+                let now = procid::monotonic_ns();
+                return Ok(KernelRun {
+                    start_ns: now,
+                    end_ns: now,
+                });
+            }
+        };
+        let busy = end_ns - start_ns;
+        let pd = &self.slot(s).dev[k.dev as usize];
         pd.attached.store(1, Ordering::Relaxed);
         pd.busy_ns.fetch_add(busy, Ordering::AcqRel);
         pd.kernels.fetch_add(1, Ordering::AcqRel);
         d.busy_ns.fetch_add(busy, Ordering::AcqRel);
         d.kernels_completed.fetch_add(1, Ordering::AcqRel);
-        crate::trace::append(d, procid::current_pid(), start_ns, end_ns);
-        drop(guard);
+        crate::trace::append(d, procid::current_pid(), start_ns, end_ns, k.ready_ns);
         Ok(KernelRun { start_ns, end_ns })
+    }
+}
+
+/// A kernel queued for the device ([`GpuState::queue_kernel`]), not run yet.
+#[derive(Debug)]
+pub struct QueuedKernel {
+    dev: u32,
+    ticket: u64,
+    duration_ns: u64,
+    ready_ns: u64,
+}
+
+impl QueuedKernel {
+    /// Its duration on the device.
+    pub fn duration_ns(&self) -> u64 {
+        self.duration_ns
     }
 }
 

@@ -378,9 +378,12 @@ impl Gpumux {
 
 /// One test at a time in this test binary among those that hold it: shares are measured over
 /// wall-clock windows, so such tests must not compete for the machine's CPUs with each other.
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+/// With `GPUMUX_TEST_CPU_HOGS=N` the caller also runs beside N CPU-bound processes (what is
+/// measured must hold on a busy host too; [`crate::hogs`]).
+pub fn exclusive() -> (std::sync::MutexGuard<'static, ()>, crate::hogs::CpuHogs) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    (guard, crate::hogs::CpuHogs::from_env())
 }
 
 /// A quota file: 1 GiB and `weight`.

@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fakegpu::testenv::FakeGpuEnv;
+use gpumux_integration::hogs::{self, CpuHogs};
 use gpumux_integration::workloads::{
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, MIB, Running, c_workload, command,
     cudarc_workload, dlsym_logger, f, i, nvml_probe, run, spin_ptx_path, u,
@@ -22,9 +23,11 @@ const T: Duration = Duration::from_secs(30);
 /// Serialises the tests whose assertions are about time (and the CPU-heavy stress test): the
 /// simulated device runs on the host's CPUs, so on a small machine parallel CPU-bound tests
 /// would stretch the gaps between kernels that events and shares measure.
-fn timing_exclusive() -> MutexGuard<'static, ()> {
+fn timing_exclusive() -> (MutexGuard<'static, ()>, CpuHogs) {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    // With GPUMUX_TEST_CPU_HOGS=N these run beside N CPU-bound processes.
+    (guard, CpuHogs::from_env())
 }
 
 /// Runs the C workload's `ops` script to completion (exit 0 expected).
@@ -173,6 +176,111 @@ fn launches_are_asynchronous_and_streams_run_in_order() {
     assert_no_overlap(&trace);
     let snap = env.snapshot();
     assert_eq!(snap.devices[0].kernels_completed, 5);
+}
+
+/// The device does not wait for the host: a process that keeps 8 kernels queued keeps the device
+/// busy, and events measure the device's time, while 2 CPU-bound processes per core compete
+/// with the fake's worker threads (which then wake late). The kernels are 10 ms, so that the
+/// workload itself (which must wake to keep its queue full) has 70 ms of slack on a host that is
+/// busier still.
+#[test]
+fn a_busy_host_neither_idles_the_device_nor_skews_events() {
+    let _serial = timing_exclusive();
+    let env = FakeGpuEnv::new(&[GIB]);
+    let hogs = CpuHogs::per_core(2);
+    let out = run(
+        &mut command(
+            &env,
+            &c_workload(),
+            [
+                "queue",
+                "--ns",
+                "10000000",
+                "--seconds",
+                "3",
+                "--depth",
+                "8",
+            ],
+        ),
+        T,
+    )
+    .unwrap();
+    let load = hogs::loadavg();
+    drop(hogs);
+    out.assert_success();
+    let q = out.lines.one("queue");
+    assert_eq!(i(q, "result"), CUDA_SUCCESS, "{q}");
+    let kernels = u(q, "kernels");
+    let expected = kernels as f64 * 10.0;
+    let ev = f(q, "event_ms");
+    let trace = fakegpu::kernel_trace(env.state_path(), 0).unwrap();
+    assert_eq!(trace.len() as u64, kernels, "every kernel in the trace");
+    assert_no_overlap(&trace);
+    let span = (trace.last().unwrap().end_ns - trace[0].start_ns) as f64 / 1e6;
+    let busy: f64 = trace
+        .iter()
+        .map(|k| (k.end_ns - k.start_ns) as f64 / 1e6)
+        .sum();
+    let wall = f(q, "end_ms") - f(q, "start_ms");
+    let err = (ev - expected).abs() / expected;
+    eprintln!(
+        "{kernels} x 10 ms kernels, 8 queued, beside {} CPU hogs (load {load:?}): device busy \
+         {:.2}% of its span ({span:.1} ms; wall {wall:.1} ms), events {ev:.3} ms vs {expected:.0} \
+         ms of kernels (error {:.3}%)",
+        2 * hogs::cores(),
+        busy / span * 100.0,
+        err * 100.0
+    );
+    assert!(kernels >= 100, "only {kernels} kernels in 3 s");
+    // The device's part, whatever the host: it never idles while a kernel is ready, and runs
+    // each for exactly its duration.
+    for w in trace.windows(2) {
+        assert_eq!(
+            w[1].start_ns,
+            w[0].end_ns.max(w[1].ready_ns),
+            "the device idled with a kernel ready: {w:?}"
+        );
+        assert_eq!(w[1].end_ns - w[1].start_ns, 10_000_000, "{w:?}");
+    }
+    // The workload's part: it keeps 8 queued (70 ms of slack) unless the host runs it later
+    // still; the gaps it left are when it had nothing queued.
+    let late: Vec<f64> = trace
+        .windows(2)
+        .filter(|w| w[1].ready_ns > w[0].end_ns)
+        .map(|w| (w[1].ready_ns - w[0].end_ns) as f64 / 1e6)
+        .collect();
+    eprintln!(
+        "the workload let its queue run dry {} times: {late:?} ms",
+        late.len()
+    );
+    // Events are the device's clock: exact against the device's own timeline.
+    let device_span = span;
+    assert!(
+        (ev - device_span).abs() / device_span < 0.001,
+        "events {ev} ms vs the device's {device_span} ms"
+    );
+    let idle_by_host: f64 = late.iter().sum();
+    let kept_busy = busy / (span - idle_by_host);
+    assert!(
+        kept_busy >= 0.98,
+        "device busy {:.2}% of the time it had kernels queued",
+        kept_busy * 100.0
+    );
+    if late.is_empty() {
+        assert!(
+            busy / span >= 0.98,
+            "device busy {:.2}% of its span",
+            busy / span * 100.0
+        );
+        assert!(
+            err < 0.01,
+            "events measured {ev} ms for {expected} ms of back-to-back kernels"
+        );
+    }
+    assert!(
+        span >= wall * 0.9,
+        "the device timeline ({span} ms) fell behind the host's ({wall} ms)"
+    );
 }
 
 #[test]

@@ -10,6 +10,8 @@
 //! Run it from the target directory it was built into, after building the workspace:
 //! `cargo build --release --workspace && target/release/gpumux-scenarios [--quick] [NAME...]`.
 //! `--real` uses the machine's own `libcuda.so.1` and NVML (a GPU machine) instead of the fake.
+//! `--cpu-hogs N` runs each scenario beside N CPU-bound processes (a busy host); `--check` makes
+//! a missed target fail the run.
 
 mod measure;
 mod proc;
@@ -45,6 +47,12 @@ struct Args {
     /// Keep every scenario's daemon log in this directory.
     #[arg(long, value_name = "DIR")]
     keep_logs: Option<std::path::PathBuf>,
+    /// Run every scenario beside N CPU-bound processes (a busy host), e.g. 2 per core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    cpu_hogs: usize,
+    /// Exit non-zero when a scenario misses its target (not only when it cannot run).
+    #[arg(long)]
+    check: bool,
     /// Scenarios to run (default: all).
     scenarios: Vec<String>,
 }
@@ -104,8 +112,22 @@ fn main() -> Result<()> {
     for s in &selected {
         eprintln!("scenario {} ...", s.name);
         let t = Instant::now();
+        let hogs = gpumux_integration::hogs::CpuHogs::start(args.cpu_hogs);
         let result = std::panic::catch_unwind(|| (s.run)(&ctx))
             .unwrap_or_else(|_| Err(anyhow!("the scenario panicked (see the message above)")));
+        let load = gpumux_integration::hogs::loadavg();
+        drop(hogs);
+        let result = result.map(|mut r| {
+            if args.cpu_hogs > 0
+                && let (Some(first), Some(l)) = (r.first_mut(), load)
+            {
+                *first = first.clone().note(format!(
+                    "beside {} CPU hogs, load average {:.1}",
+                    args.cpu_hogs, l[0]
+                ));
+            }
+            r
+        });
         let daemon_notes =
             std::mem::take(&mut *ctx.daemon_notes.lock().unwrap_or_else(|p| p.into_inner()));
         let result = result.map(|mut r| {
@@ -159,6 +181,9 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&log_dir);
     if report.rows.iter().any(|r| r.verdict == Verdict::Error) {
         bail!("some scenarios could not run (see the table)");
+    }
+    if args.check && report.rows.iter().any(|r| r.verdict == Verdict::Fail) {
+        bail!("some scenarios missed their targets (see the table)");
     }
     Ok(())
 }

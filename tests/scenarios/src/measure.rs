@@ -293,6 +293,7 @@ mod tests {
             pid,
             start_ns,
             end_ns,
+            ready_ns: start_ns,
         };
         let t = [
             k(1, 0, 10),

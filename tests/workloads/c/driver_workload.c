@@ -49,6 +49,12 @@
  *   driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]
  *       launches K spin(N) kernels, synchronizing only after every B; reports the time spent
  *       inside the launch calls, ns per launch (overall, median and fastest batch)
+ *   driver_workload queue --ns N --seconds S [--depth D]
+ *       keeps D spin(N) kernels queued on its stream for S seconds (an event after each
+ *       kernel; before launching another it waits for the event D kernels back), then reports
+ *       the kernels run, the event-measured time from before the first to after the last
+ *       (event_ms: equal to kernels x N when the device ran them back to back), its
+ *       CLOCK_MONOTONIC start and end (start_ms, end_ms)
  *
  * Exit codes: 0 the command ran (driver errors are reported as data), 2 usage error,
  * 3 the driver could not be loaded or cuInit failed.
@@ -351,7 +357,8 @@ static void die_usage(const char *msg) {
             "       driver_workload graph --ns N --kernels K --seconds S [--batch B] [--pause-ms P]\n"
             "                             [--mem M] [--report-ms R] [--linger-s L]\n"
             "                             [--capture-pause-ms C]\n"
-            "       driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]\n");
+            "       driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]\n"
+            "       driver_workload queue --ns N --seconds S [--depth D]\n");
     exit(2);
 }
 
@@ -1319,6 +1326,64 @@ static int cmd_fork(int argc, char **argv) {
     return 0;
 }
 
+/* ---- queue: a deep, steady queue of kernels, paced by events ---- */
+static int cmd_queue(int argc, char **argv) {
+    static const char *const flags[] = {"--ns", "--seconds", "--depth", "--device", NULL};
+    const char *v[4] = {NULL, NULL, "8", "0"};
+    parse_flags(argc, argv, flags, v);
+    unsigned long long ns = need_u64(v[0], "--ns");
+    unsigned long long seconds = need_u64(v[1], "--seconds");
+    unsigned long long depth = need_u64(v[2], "--depth");
+    unsigned long long dev = need_u64(v[3], "--device");
+    if (depth == 0 || depth > 1024) die_usage("--depth must be 1..1024");
+    load_driver();
+    CUfunction fn = NULL;
+    CUstream stream = NULL;
+    CUresult r = use_device((int)dev);
+    if (r == CUDA_SUCCESS) r = get_spin(&fn);
+    if (r == CUDA_SUCCESS) r = get_stream(&stream);
+    CUevent first = NULL, *ev = calloc(depth, sizeof *ev);
+    if (ev == NULL) {
+        perror("calloc");
+        return 2;
+    }
+    if (r == CUDA_SUCCESS) r = CU(cuEventCreate, &first, CU_EVENT_DEFAULT);
+    for (unsigned long long i = 0; i < depth && r == CUDA_SUCCESS; i++)
+        r = CU(cuEventCreate, &ev[i], CU_EVENT_DEFAULT);
+    if (r != CUDA_SUCCESS) {
+        emit("\"op\":\"queue\",\"step\":\"setup\",\"result\":%d,\"error\":\"%s\"", r, err_name(r));
+        return 0;
+    }
+    unsigned long long param = ns;
+    void *params[1] = {&param};
+    double start = now_ms();
+    unsigned long long kernels = 0;
+    r = CU(cuEventRecord, first, stream);
+    while (r == CUDA_SUCCESS && now_ms() - start < (double)seconds * 1000.0) {
+        CUevent slot = ev[kernels % depth];
+        /* the event D kernels back: after it, D - 1 kernels are still queued */
+        if (kernels >= depth) r = CU(cuEventSynchronize, slot);
+        if (r == CUDA_SUCCESS) r = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+        if (r == CUDA_SUCCESS) r = CU(cuEventRecord, slot, stream);
+        if (r == CUDA_SUCCESS) kernels++;
+    }
+    CUresult r_sync = CU(cuStreamSynchronize, stream);
+    double end = now_ms();
+    float ev_ms = -1.0f;
+    CUresult r_el = kernels ? CU(cuEventElapsedTime, &ev_ms, first, ev[(kernels - 1) % depth])
+                            : CUDA_SUCCESS;
+    CU(cuEventDestroy, first);
+    for (unsigned long long i = 0; i < depth; i++) CU(cuEventDestroy, ev[i]);
+    free(ev);
+    if (r == CUDA_SUCCESS) r = r_sync;
+    if (r == CUDA_SUCCESS) r = r_el;
+    emit("\"op\":\"queue\",\"pid\":%d,\"ns\":%llu,\"depth\":%llu,\"kernels\":%llu,"
+         "\"event_ms\":%.3f,\"start_ms\":%.3f,\"end_ms\":%.3f,\"result\":%d,\"error\":\"%s\"",
+         (int)getpid(), ns, depth, kernels, (double)ev_ms, start, end, r, r ? err_name(r) : "");
+    release_all_devices();
+    return 0;
+}
+
 /* ---- load: saturating (pause 0) or interactive (pause > 0) device use ---- */
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -1774,6 +1839,8 @@ int main(int argc, char **argv) {
         rc = cmd_graph(argc - 2, argv + 2);
     } else if (strcmp(cmd, "launch-rate") == 0) {
         rc = cmd_launch_rate(argc - 2, argv + 2);
+    } else if (strcmp(cmd, "queue") == 0) {
+        rc = cmd_queue(argc - 2, argv + 2);
     } else {
         die_usage("unknown subcommand");
         rc = 2;
