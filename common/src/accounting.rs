@@ -89,12 +89,12 @@ fn charge_into(
             dev.used.store(new, Relaxed);
             let p = if reservation {
                 dev.overhead
-                    .store(dev.overhead.load(Relaxed) + bytes, Relaxed);
+                    .store(dev.overhead.load(Relaxed).saturating_add(bytes), Relaxed);
                 &acct.processes[slot].reserved[device]
             } else {
                 &acct.processes[slot].used[device]
             };
-            p.store(p.load(Relaxed) + bytes, Relaxed);
+            p.store(p.load(Relaxed).saturating_add(bytes), Relaxed);
             if new > dev.peak.load(Relaxed) {
                 dev.peak.store(new, Relaxed);
             }
@@ -164,7 +164,10 @@ fn settle(
     let take = bytes.min(p.reserved[device].load(Relaxed));
     p.reserved[device].store(p.reserved[device].load(Relaxed) - take, Relaxed);
     if keep_as_overhead {
-        p.overhead[device].store(p.overhead[device].load(Relaxed) + take, Relaxed);
+        p.overhead[device].store(
+            p.overhead[device].load(Relaxed).saturating_add(take),
+            Relaxed,
+        );
     } else {
         let dev = &acct.devices[device];
         dev.used
@@ -196,7 +199,7 @@ pub fn set_overhead(
     let dev = &acct.devices[device];
     let adjust = |a: &std::sync::atomic::AtomicU64| {
         a.store(
-            (a.load(Relaxed) + measured).saturating_sub(old + take),
+            (a.load(Relaxed).saturating_add(measured)).saturating_sub(old.saturating_add(take)),
             Relaxed,
         )
     };
@@ -254,9 +257,10 @@ pub fn reclaim_slot(
     let mut returned = [0u64; MAX_DEVICES];
     let proc_slot = &acct.processes[slot];
     for (d, ret) in returned.iter_mut().enumerate() {
-        let beyond =
-            proc_slot.overhead[d].swap(0, Relaxed) + proc_slot.reserved[d].swap(0, Relaxed);
-        let held = proc_slot.used[d].swap(0, Relaxed) + beyond;
+        let beyond = proc_slot.overhead[d]
+            .swap(0, Relaxed)
+            .saturating_add(proc_slot.reserved[d].swap(0, Relaxed));
+        let held = proc_slot.used[d].swap(0, Relaxed).saturating_add(beyond);
         let dev = &acct.devices[d];
         dev.used
             .store(dev.used.load(Relaxed).saturating_sub(held), Relaxed);
@@ -280,9 +284,16 @@ fn repair_locked(acct: &AccountingSegment) {
 
 /// `(footprint, overhead)` of `device` summed over the process slots.
 fn sums(acct: &AccountingSegment, d: usize) -> (u64, u64) {
-    acct.processes.iter().fold((0, 0), |(u, o), p| {
-        let beyond = p.overhead[d].load(Relaxed) + p.reserved[d].load(Relaxed);
-        (u + p.used[d].load(Relaxed) + beyond, o + beyond)
+    // The slots are tenant-written: sums saturate, whatever is in them.
+    acct.processes.iter().fold((0u64, 0u64), |(u, o), p| {
+        let beyond = p.overhead[d]
+            .load(Relaxed)
+            .saturating_add(p.reserved[d].load(Relaxed));
+        (
+            u.saturating_add(p.used[d].load(Relaxed))
+                .saturating_add(beyond),
+            o.saturating_add(beyond),
+        )
     })
 }
 
@@ -419,6 +430,29 @@ mod tests {
         acct.devices[0].overhead.store(5, Relaxed);
         assert!(audit(&acct, t).unwrap());
         assert_eq!(acct.devices[0].overhead.load(Relaxed), 0);
+    }
+
+    /// What a tenant process writes into its own slot cannot make the daemon's side overflow
+    /// (a panic in debug builds, wrong totals in release).
+    #[test]
+    fn tenant_written_values_never_overflow_the_daemons_side() {
+        let t = Duration::from_secs(1);
+        let (ctl, acct) = segments(u64::MAX);
+        acct.processes[0].overhead[0].store(u64::MAX, Relaxed);
+        acct.processes[0].reserved[0].store(1, Relaxed);
+        assert_eq!(reclaim_slot(&acct, 0, t).unwrap()[0], u64::MAX);
+        for p in acct.processes.iter().take(3) {
+            p.used[0].store(u64::MAX - 1, Relaxed);
+            p.overhead[0].store(u64::MAX - 1, Relaxed);
+            p.reserved[0].store(u64::MAX - 1, Relaxed);
+        }
+        assert!(audit(&acct, t).unwrap(), "drift repaired");
+        assert_eq!(acct.devices[0].used.load(Relaxed), u64::MAX);
+        set_overhead(&acct, 0, 0, u64::MAX, u64::MAX, t).unwrap();
+        reservation_to_overhead(&acct, 1, 0, u64::MAX).unwrap();
+        acct.devices[0].used.store(0, Relaxed);
+        reserve(&ctl, &acct, 2, 0, 10).unwrap();
+        assert_eq!(acct.processes[2].reserved[0].load(Relaxed), u64::MAX);
     }
 
     #[test]
