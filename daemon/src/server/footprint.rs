@@ -151,6 +151,18 @@ impl Footprints {
         n
     }
 
+    /// A process's registration ended: what it announced is nobody's to settle (its slot may
+    /// be taken by another process before the next reading).
+    pub(super) fn unregistered(&mut self, tenant: &str, slot: usize) {
+        for d in &mut self.devices {
+            d.announced.retain(|(t, s), _| !(t == tenant && *s == slot));
+        }
+        self.unsettled
+            .retain(|k, _| !(k.tenant == tenant && k.slot == slot));
+        self.baseline
+            .retain(|k, _| !(k.tenant == tenant && k.slot == slot));
+    }
+
     /// A process registered: it has no context yet (it registers on its first driver call), so
     /// its first context's growth is measured from 0.
     pub(super) fn registered(&mut self, tenant: &str, slot: usize, pid: u32) {

@@ -260,6 +260,7 @@ impl Daemon {
             Ok(returned) => {
                 t.processes.remove(&slot);
                 t.stalled.remove(&slot);
+                self.fp.unregistered(tenant, slot);
                 let total: u64 = returned.iter().sum();
                 tracing::debug!(
                     pid,
