@@ -12,11 +12,15 @@
 //! `overhead` (what the daemon last measured beyond the allocations, [`set_overhead`]) and
 //! `reserved` (the shim's estimate for a context it is about to create or code it is about to
 //! load, [`reserve`], until a measurement settles it).
+//!
+//! The segment is writable by every process of the tenant, so whatever is read from it is
+//! untrusted: sums saturate, nothing here can overflow or index out of bounds whatever the
+//! tenant wrote, and the daemon's side never waits for the lock ([`reclaim_slot`], [`audit`],
+//! [`set_overhead`] only try it: a tenant process can hold it as long as it likes).
 
 use crate::shm::{AccountingSegment, ControlSegment, MAX_DEVICES, MAX_PROCESSES};
 use crate::shm_mutex::{LockError, ShmMutexGuard};
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
-use std::time::Duration;
 use thiserror::Error;
 
 /// Why a charge was refused.
@@ -119,7 +123,7 @@ pub fn uncharge(
     device: usize,
     bytes: u64,
 ) -> Result<(), ChargeError> {
-    let _guard = lock_for(acct, slot, device, None)?;
+    let _guard = lock_for(acct, slot, device, Waiting::Yes)?;
     let p = &acct.processes[slot].used[device];
     let give = bytes.min(p.load(Relaxed));
     p.store(p.load(Relaxed) - give, Relaxed);
@@ -159,7 +163,7 @@ fn settle(
     bytes: u64,
     keep_as_overhead: bool,
 ) -> Result<(), ChargeError> {
-    let _guard = lock_for(acct, slot, device, None)?;
+    let _guard = lock_for(acct, slot, device, Waiting::Yes)?;
     let p = &acct.processes[slot];
     let take = bytes.min(p.reserved[device].load(Relaxed));
     p.reserved[device].store(p.reserved[device].load(Relaxed) - take, Relaxed);
@@ -189,9 +193,8 @@ pub fn set_overhead(
     device: usize,
     measured: u64,
     settle: u64,
-    timeout: Duration,
 ) -> Result<u64, ChargeError> {
-    let _guard = lock_for(acct, slot, device, Some(timeout))?;
+    let _guard = lock_for(acct, slot, device, Waiting::No)?;
     let p = &acct.processes[slot];
     let old = p.overhead[device].swap(measured, Relaxed);
     let take = settle.min(p.reserved[device].load(Relaxed));
@@ -201,7 +204,7 @@ pub fn set_overhead(
         a.store(
             (a.load(Relaxed).saturating_add(measured)).saturating_sub(old.saturating_add(take)),
             Relaxed,
-        )
+        );
     };
     adjust(&dev.used);
     adjust(&dev.overhead);
@@ -212,20 +215,28 @@ pub fn set_overhead(
     Ok(old)
 }
 
-/// Checks `slot` and `device`, then takes the segment's lock (waiting at most `timeout` when
-/// given), repairing the totals if its last owner died holding it.
+/// Whether taking the lock may wait: tenant processes wait, the daemon never does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Yes,
+    No,
+}
+
+/// Checks `slot` and `device`, then takes the segment's lock (or only tries, `Waiting::No`:
+/// `Lock(Busy)` when a tenant process holds it), repairing the totals if its last owner died
+/// holding it.
 fn lock_for(
     acct: &AccountingSegment,
     slot: usize,
     device: usize,
-    timeout: Option<Duration>,
+    waiting: Waiting,
 ) -> Result<ShmMutexGuard<'_>, ChargeError> {
     if device >= MAX_DEVICES || slot >= MAX_PROCESSES {
         return Err(ChargeError::OutOfRange { device, slot });
     }
-    let guard = match timeout {
-        Some(t) => acct.lock.lock_timeout(t)?,
-        None => acct.lock.lock()?,
+    let guard = match waiting {
+        Waiting::No => acct.lock.try_lock()?,
+        Waiting::Yes => acct.lock.lock()?,
     };
     if guard.owner_died {
         repair_locked(acct);
@@ -241,16 +252,16 @@ pub fn over_limit(ctl: &ControlSegment, acct: &AccountingSegment, device: usize)
 
 /// Returns everything the process in `slot` holds and frees the slot (daemon side, when a
 /// process's registration ends). Returns the bytes given back per device (allocations,
-/// overhead and reservations).
+/// overhead and reservations), or `Lock(Busy)` without waiting when a tenant process holds
+/// the lock (try again later).
 pub fn reclaim_slot(
     acct: &AccountingSegment,
     slot: usize,
-    timeout: Duration,
 ) -> Result<[u64; MAX_DEVICES], ChargeError> {
     if slot >= MAX_PROCESSES {
         return Err(ChargeError::OutOfRange { device: 0, slot });
     }
-    let guard = acct.lock.lock_timeout(timeout)?;
+    let guard = acct.lock.try_lock()?;
     if guard.owner_died {
         repair_locked(acct);
     }
@@ -284,7 +295,7 @@ fn repair_locked(acct: &AccountingSegment) {
 
 /// `(footprint, overhead)` of `device` summed over the process slots.
 fn sums(acct: &AccountingSegment, d: usize) -> (u64, u64) {
-    // The slots are tenant-written: sums saturate, whatever is in them.
+    // Tenant-written: saturating, whatever is in the slots.
     acct.processes.iter().fold((0u64, 0u64), |(u, o), p| {
         let beyond = p.overhead[d]
             .load(Relaxed)
@@ -298,9 +309,10 @@ fn sums(acct: &AccountingSegment, d: usize) -> (u64, u64) {
 }
 
 /// Verifies and, if needed, repairs the totals (daemon side, e.g. after adopting a segment).
-/// Returns true when the totals had drifted from the slots.
-pub fn audit(acct: &AccountingSegment, timeout: Duration) -> Result<bool, ChargeError> {
-    let _guard = acct.lock.lock_timeout(timeout)?;
+/// Returns true when the totals had drifted from the slots, or `Lock(Busy)` without waiting
+/// when a tenant process holds the lock.
+pub fn audit(acct: &AccountingSegment) -> Result<bool, ChargeError> {
+    let _guard = acct.lock.try_lock()?;
     let drift = (0..MAX_DEVICES).any(|d| {
         sums(acct, d)
             != (
@@ -376,18 +388,17 @@ mod tests {
         charge(&ctl, &acct, 4, 0, 50).unwrap();
         uncharge(&acct, 3, 0, 1_000_000).unwrap();
         assert_eq!(acct.devices[0].used.load(Relaxed), 50);
-        let back = reclaim_slot(&acct, 4, Duration::from_secs(1)).unwrap();
+        let back = reclaim_slot(&acct, 4).unwrap();
         assert_eq!(back[0], 50);
         assert_eq!(acct.devices[0].used.load(Relaxed), 0);
-        assert!(!audit(&acct, Duration::from_secs(1)).unwrap());
+        assert!(!audit(&acct).unwrap());
         acct.devices[0].used.store(77, Relaxed);
-        assert!(audit(&acct, Duration::from_secs(1)).unwrap());
+        assert!(audit(&acct).unwrap());
         assert_eq!(acct.devices[0].used.load(Relaxed), 0);
     }
 
     #[test]
     fn overhead_counts_against_the_limit() {
-        let t = Duration::from_secs(1);
         let (ctl, acct) = segments(1000);
         charge(&ctl, &acct, 0, 0, 100).unwrap();
         // A reservation is limit-checked like an allocation.
@@ -398,7 +409,7 @@ mod tests {
         ));
         assert_eq!(acct.devices[0].overhead.load(Relaxed), 300);
         // The measurement replaces the estimate: 250 measured, the 300 reserved settled.
-        assert_eq!(set_overhead(&acct, 0, 0, 250, 300, t).unwrap(), 0);
+        assert_eq!(set_overhead(&acct, 0, 0, 250, 300).unwrap(), 0);
         assert_eq!(acct.devices[0].used.load(Relaxed), 350);
         assert_eq!(acct.devices[0].overhead.load(Relaxed), 250);
         assert_eq!(acct.processes[0].reserved[0].load(Relaxed), 0);
@@ -407,12 +418,12 @@ mod tests {
         assert!(charge(&ctl, &acct, 1, 0, 1).is_err());
         assert!(!over_limit(&ctl, &acct, 0));
         // A measurement may push the tenant over (the memory is held already).
-        set_overhead(&acct, 0, 0, 400, 0, t).unwrap();
+        set_overhead(&acct, 0, 0, 400, 0).unwrap();
         assert!(over_limit(&ctl, &acct, 0));
         assert_eq!(acct.devices[0].peak.load(Relaxed), 1150);
-        assert!(!audit(&acct, t).unwrap());
+        assert!(!audit(&acct).unwrap());
         // A reservation given back, or kept as overhead.
-        set_overhead(&acct, 0, 0, 0, 0, t).unwrap();
+        set_overhead(&acct, 0, 0, 0, 0).unwrap();
         reserve(&ctl, &acct, 2, 0, 200).unwrap();
         unreserve(&acct, 2, 0, 500).unwrap();
         assert_eq!(acct.devices[0].used.load(Relaxed), 750);
@@ -420,15 +431,15 @@ mod tests {
         reservation_to_overhead(&acct, 2, 0, u64::MAX).unwrap();
         assert_eq!(acct.processes[2].overhead[0].load(Relaxed), 200);
         assert_eq!(acct.devices[0].overhead.load(Relaxed), 200);
-        assert!(!audit(&acct, t).unwrap());
+        assert!(!audit(&acct).unwrap());
         // Reclaim returns allocations, overhead and reservations.
         reserve(&ctl, &acct, 2, 0, 10).unwrap();
-        assert_eq!(reclaim_slot(&acct, 2, t).unwrap()[0], 210);
+        assert_eq!(reclaim_slot(&acct, 2).unwrap()[0], 210);
         assert_eq!(acct.devices[0].used.load(Relaxed), 750);
         assert_eq!(acct.devices[0].overhead.load(Relaxed), 0);
         // Repair recomputes both totals from the slots.
         acct.devices[0].overhead.store(5, Relaxed);
-        assert!(audit(&acct, t).unwrap());
+        assert!(audit(&acct).unwrap());
         assert_eq!(acct.devices[0].overhead.load(Relaxed), 0);
     }
 
@@ -436,23 +447,60 @@ mod tests {
     /// (a panic in debug builds, wrong totals in release).
     #[test]
     fn tenant_written_values_never_overflow_the_daemons_side() {
-        let t = Duration::from_secs(1);
         let (ctl, acct) = segments(u64::MAX);
         acct.processes[0].overhead[0].store(u64::MAX, Relaxed);
         acct.processes[0].reserved[0].store(1, Relaxed);
-        assert_eq!(reclaim_slot(&acct, 0, t).unwrap()[0], u64::MAX);
+        assert_eq!(reclaim_slot(&acct, 0).unwrap()[0], u64::MAX);
         for p in acct.processes.iter().take(3) {
             p.used[0].store(u64::MAX - 1, Relaxed);
             p.overhead[0].store(u64::MAX - 1, Relaxed);
             p.reserved[0].store(u64::MAX - 1, Relaxed);
         }
-        assert!(audit(&acct, t).unwrap(), "drift repaired");
+        assert!(audit(&acct).unwrap(), "drift repaired");
         assert_eq!(acct.devices[0].used.load(Relaxed), u64::MAX);
-        set_overhead(&acct, 0, 0, u64::MAX, u64::MAX, t).unwrap();
+        set_overhead(&acct, 0, 0, u64::MAX, u64::MAX).unwrap();
         reservation_to_overhead(&acct, 1, 0, u64::MAX).unwrap();
         acct.devices[0].used.store(0, Relaxed);
         reserve(&ctl, &acct, 2, 0, 10).unwrap();
         assert_eq!(acct.processes[2].reserved[0].load(Relaxed), u64::MAX);
+    }
+
+    #[test]
+    fn tenant_written_garbage_never_overflows() {
+        let (ctl, acct) = segments(u64::MAX);
+        for p in acct.processes.iter().take(4) {
+            p.used[0].store(u64::MAX - 1, Relaxed);
+            p.overhead[0].store(u64::MAX - 1, Relaxed);
+            p.reserved[0].store(u64::MAX - 1, Relaxed);
+        }
+        acct.devices[0].used.store(3, Relaxed);
+        assert!(audit(&acct).unwrap(), "drift repaired");
+        assert_eq!(acct.devices[0].used.load(Relaxed), u64::MAX);
+        charge(&ctl, &acct, 0, 0, 10).unwrap_err();
+        acct.devices[0].used.store(0, Relaxed);
+        charge(&ctl, &acct, 0, 0, 10).unwrap();
+        assert_eq!(acct.processes[0].used[0].load(Relaxed), u64::MAX);
+        set_overhead(&acct, 0, 0, u64::MAX, u64::MAX).unwrap();
+        assert_eq!(reclaim_slot(&acct, 0).unwrap()[0], u64::MAX);
+    }
+
+    #[test]
+    fn the_daemon_side_never_waits_for_the_lock() {
+        let (_ctl, acct) = segments(1000);
+        let held = acct.lock.lock().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let busy = Err(ChargeError::Lock(LockError::Busy));
+                assert_eq!(reclaim_slot(&acct, 0), busy);
+                assert_eq!(audit(&acct), Err(ChargeError::Lock(LockError::Busy)));
+                assert_eq!(
+                    set_overhead(&acct, 0, 0, 1, 0),
+                    Err(ChargeError::Lock(LockError::Busy))
+                );
+            });
+        });
+        drop(held);
+        reclaim_slot(&acct, 0).unwrap();
     }
 
     #[test]

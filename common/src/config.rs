@@ -20,6 +20,11 @@ use toml::Spanned;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gpumux/gpumuxd.toml";
 /// Default quantum of device time granted to a tenant.
 pub const DEFAULT_QUANTUM_MS: u32 = 50;
+/// Largest config or quota file read; a larger one is rejected.
+pub const MAX_CONFIG_FILE: u64 = 64 * 1024;
+/// Default cap on a tenant's simultaneous connections (registered processes and connections
+/// that have not said `Hello` yet).
+pub const DEFAULT_MAX_CONNECTIONS_PER_TENANT: u32 = 1100;
 
 /// A config file is wrong: which file, where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +59,8 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<String>,
     /// tracing filter, e.g. `info` or `gpumux_daemon=debug`.
     pub log_level: String,
+    /// Most simultaneous connections one tenant may hold; more are refused.
+    pub max_connections_per_tenant: u32,
 }
 
 impl Default for DaemonConfig {
@@ -64,6 +71,7 @@ impl Default for DaemonConfig {
             quantum_ms: DEFAULT_QUANTUM_MS,
             metrics_listen: Some("127.0.0.1:9464".to_string()),
             log_level: "info".to_string(),
+            max_connections_per_tenant: DEFAULT_MAX_CONNECTIONS_PER_TENANT,
         }
     }
 }
@@ -76,17 +84,13 @@ struct RawDaemonConfig {
     quantum_ms: Option<Spanned<i64>>,
     metrics_listen: Option<Spanned<String>>,
     log_level: Option<String>,
+    max_connections_per_tenant: Option<Spanned<i64>>,
 }
 
 impl DaemonConfig {
     /// Reads and validates a daemon config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            reason: format!("cannot read: {e}"),
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_config_file(path)?)
     }
 
     /// Validates daemon config text (`path` is used in error messages).
@@ -116,22 +120,22 @@ impl DaemonConfig {
             cfg.quantum_ms = v as u32;
         }
         if let Some(m) = raw.metrics_listen {
-            let v = m.get_ref().trim();
-            if v.is_empty() {
-                cfg.metrics_listen = None;
-            } else if v.parse::<std::net::SocketAddr>().is_err() {
-                return Err(err(
-                    Some(m.span()),
-                    format!(
-                        "metrics_listen = \"{v}\" is not an address like \"127.0.0.1:9464\" (use \"\" to disable)"
-                    ),
-                ));
-            } else {
-                cfg.metrics_listen = Some(v.to_string());
-            }
+            cfg.metrics_listen = parse_metrics_listen(&m).map_err(|r| err(Some(m.span()), r))?;
         }
         if let Some(l) = raw.log_level {
             cfg.log_level = l;
+        }
+        if let Some(m) = raw.max_connections_per_tenant {
+            let v = *m.get_ref();
+            cfg.max_connections_per_tenant = u32::try_from(v)
+                .ok()
+                .filter(|v| (1..=1_000_000).contains(v))
+                .ok_or_else(|| {
+                    err(
+                        Some(m.span()),
+                        format!("max_connections_per_tenant = {v} is out of range (1 to 1000000)"),
+                    )
+                })?;
         }
         for (key, dir) in [
             ("state_dir", &cfg.state_dir),
@@ -145,6 +149,20 @@ impl DaemonConfig {
             }
         }
         Ok(cfg)
+    }
+}
+
+/// `metrics_listen`: an address, or `""` for none.
+fn parse_metrics_listen(m: &Spanned<String>) -> Result<Option<String>, String> {
+    let v = m.get_ref().trim();
+    if v.is_empty() {
+        Ok(None)
+    } else if v.parse::<std::net::SocketAddr>().is_err() {
+        Err(format!(
+            "metrics_listen = \"{v}\" is not an address like \"127.0.0.1:9464\" (use \"\" to disable)"
+        ))
+    } else {
+        Ok(Some(v.to_string()))
     }
 }
 
@@ -349,11 +367,7 @@ pub const MAX_WEIGHT: u32 = 1000;
 impl TenantQuota {
     /// Reads and validates `tenants_dir/<tenant>.toml`; the tenant is the file stem.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            reason: format!("cannot read: {e}"),
-        })?;
+        let text = read_config_file(path)?;
         let name = tenant_of_quota_file(path).ok_or_else(|| {
             let stem = path
                 .file_stem()
@@ -362,10 +376,10 @@ impl TenantQuota {
             ConfigError {
                 file: path.to_path_buf(),
                 line: None,
-                reason: validate_tenant_name(&stem)
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "a quota file must be named <tenant>.toml".to_string()),
+                reason: validate_tenant_name(&stem).err().map_or_else(
+                    || "a quota file must be named <tenant>.toml".to_string(),
+                    |e| e.to_string(),
+                ),
             }
         })?;
         Self::parse(path, &name, &text)
@@ -373,122 +387,58 @@ impl TenantQuota {
 
     /// Validates quota-file text for tenant `name` (`path` is used in error messages).
     pub fn parse(path: &Path, name: &str, text: &str) -> Result<Self, ConfigError> {
-        let err = |span: Option<Range<usize>>, reason: String| ConfigError {
-            file: path.to_path_buf(),
-            line: span.map(|s| line_of(text, s.start)),
-            reason,
-        };
-        validate_tenant_name(name).map_err(|e| err(None, e.to_string()))?;
+        let at = Located { path, text };
+        validate_tenant_name(name).map_err(|e| at.err(None, e.to_string()))?;
         let raw: RawTenant =
-            toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
-
-        let mut devices = Vec::new();
-        if let Some(list) = raw.devices {
-            if list.get_ref().is_empty() {
-                return Err(err(Some(list.span()), "devices = [] leaves the tenant no device; list indexes or UUIDs, or omit the key for all devices".into()));
-            }
-            for d in list.into_inner() {
-                let span = d.span();
-                let sel = match d.into_inner() {
-                    RawDevice::Index(i) if (0..=u32::MAX as i64).contains(&i) => {
-                        DeviceSelector::Index(i as u32)
-                    }
-                    RawDevice::Index(i) => {
-                        return Err(err(
-                            Some(span),
-                            format!("device index {i} is negative or too large"),
-                        ));
-                    }
-                    RawDevice::Uuid(u) if u.starts_with("GPU-") && u.len() > 4 => {
-                        DeviceSelector::Uuid(u)
-                    }
-                    RawDevice::Uuid(u) => {
-                        return Err(err(
-                            Some(span),
-                            format!(
-                                "device \"{u}\" is neither an index nor a GPU UUID (\"GPU-...\")"
-                            ),
-                        ));
-                    }
-                };
-                if devices.contains(&sel) {
-                    return Err(err(Some(span), format!("device {sel} is listed twice")));
-                }
-                devices.push(sel);
-            }
-        }
-
-        let limit_span = raw.memory_limit.span();
-        let memory_limit = match raw.memory_limit.into_inner() {
-            RawSize::Bytes(b) if b > 0 => b as u64,
-            RawSize::Bytes(b) => {
-                return Err(err(
-                    Some(limit_span),
-                    format!("memory_limit = {b} must be positive"),
-                ));
-            }
-            RawSize::Text(t) => {
-                let v = parse_size(&t)
-                    .map_err(|e| err(Some(limit_span.clone()), format!("memory_limit: {e}")))?;
-                if v == 0 {
-                    return Err(err(
-                        Some(limit_span),
-                        "memory_limit must be positive".into(),
-                    ));
-                }
-                v
-            }
-        };
-
-        let weight = match raw.weight {
-            None => 1,
-            Some(w) => {
-                let v = *w.get_ref();
-                if !(1..=MAX_WEIGHT as i64).contains(&v) {
-                    return Err(err(
-                        Some(w.span()),
-                        format!("weight = {v} is out of range (1 to {MAX_WEIGHT})"),
-                    ));
-                }
-                v as u32
-            }
-        };
-
-        let compute_limit_permille = match raw.compute_limit {
-            None => None,
-            Some(c) => Some(
-                parse_percent_permille(c.get_ref())
-                    .map_err(|e| err(Some(c.span()), format!("compute_limit: {e}")))?,
-            ),
-        };
-
-        let priority = match raw.priority {
-            None => Priority::default(),
-            Some(p) => p
-                .get_ref()
-                .parse()
-                .map_err(|reason| err(Some(p.span()), reason))?,
-        };
-
-        let owner = match raw.owner {
-            None => None,
-            Some(o) => {
-                let span = o.span();
-                let owner = o.into_inner();
-                owner.validate().map_err(|reason| err(Some(span), reason))?;
-                (!owner.is_empty()).then_some(owner)
-            }
-        };
-
+            toml::from_str(text).map_err(|e| at.err(e.span(), e.message().to_string()))?;
         Ok(TenantQuota {
             name: name.to_string(),
-            devices,
-            memory_limit,
-            weight,
-            compute_limit_permille,
-            priority,
-            owner,
+            devices: match raw.devices {
+                Some(list) => parse_devices(&at, list)?,
+                None => Vec::new(),
+            },
+            memory_limit: parse_memory_limit(&at, raw.memory_limit)?,
+            weight: match raw.weight {
+                Some(w) => parse_weight(&at, w)?,
+                None => 1,
+            },
+            compute_limit_permille: match raw.compute_limit {
+                Some(c) => Some(
+                    parse_percent_permille(c.get_ref())
+                        .map_err(|e| at.err(Some(c.span()), format!("compute_limit: {e}")))?,
+                ),
+                None => None,
+            },
+            priority: parse_priority(&at, raw.priority)?,
+            owner: parse_owner(&at, raw.owner)?,
         })
+    }
+
+    /// The quota as quota-file text that [`TenantQuota::parse`] reads back as the same quota.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        if !self.devices.is_empty() {
+            let list: Vec<String> = self
+                .devices
+                .iter()
+                .map(|d| match d {
+                    DeviceSelector::Index(i) => i.to_string(),
+                    DeviceSelector::Uuid(u) => toml::Value::String(u.clone()).to_string(),
+                })
+                .collect();
+            out += &format!("devices = [{}]\n", list.join(", "));
+        }
+        out += &format!("memory_limit = \"{}B\"\n", self.memory_limit);
+        out += &format!("weight = {}\n", self.weight);
+        if let Some(p) = self.compute_limit_permille {
+            out += &format!("compute_limit = \"{}.{}%\"\n", p / 10, p % 10);
+        }
+        out += &format!("priority = \"{}\"\n", self.priority);
+        // A table: after every top-level key.
+        if let Some(owner) = &self.owner {
+            out += &owner.to_toml();
+        }
+        out
     }
 
     /// Whether this tenant may use the device with this index and UUID.
@@ -499,6 +449,167 @@ impl TenantQuota {
                 DeviceSelector::Uuid(u) => u.eq_ignore_ascii_case(uuid),
             })
     }
+}
+
+/// Where a value came from: the file (for messages) and its text (for line numbers).
+struct Located<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Located<'_> {
+    fn err(&self, span: Option<Range<usize>>, reason: String) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: span.map(|s| line_of(self.text, s.start)),
+            reason,
+        }
+    }
+}
+
+/// `devices = [...]`: indexes or GPU UUIDs, at least one, none twice.
+fn parse_devices(
+    at: &Located<'_>,
+    list: Spanned<Vec<Spanned<RawDevice>>>,
+) -> Result<Vec<DeviceSelector>, ConfigError> {
+    if list.get_ref().is_empty() {
+        return Err(at.err(Some(list.span()), "devices = [] leaves the tenant no device; list indexes or UUIDs, or omit the key for all devices".into()));
+    }
+    let mut devices = Vec::new();
+    for d in list.into_inner() {
+        let span = d.span();
+        let sel = match d.into_inner() {
+            RawDevice::Index(i) if (0..=u32::MAX as i64).contains(&i) => {
+                DeviceSelector::Index(i as u32)
+            }
+            RawDevice::Index(i) => {
+                return Err(at.err(
+                    Some(span),
+                    format!("device index {i} is negative or too large"),
+                ));
+            }
+            RawDevice::Uuid(u) if u.starts_with("GPU-") && u.len() > 4 => DeviceSelector::Uuid(u),
+            RawDevice::Uuid(u) => {
+                return Err(at.err(
+                    Some(span),
+                    format!("device \"{u}\" is neither an index nor a GPU UUID (\"GPU-...\")"),
+                ));
+            }
+        };
+        if devices.contains(&sel) {
+            return Err(at.err(Some(span), format!("device {sel} is listed twice")));
+        }
+        devices.push(sel);
+    }
+    Ok(devices)
+}
+
+/// `memory_limit`: bytes, or a size with a unit; positive.
+fn parse_memory_limit(at: &Located<'_>, raw: Spanned<RawSize>) -> Result<u64, ConfigError> {
+    let span = raw.span();
+    match raw.into_inner() {
+        RawSize::Bytes(b) if b > 0 => Ok(b as u64),
+        RawSize::Bytes(b) => {
+            Err(at.err(Some(span), format!("memory_limit = {b} must be positive")))
+        }
+        RawSize::Text(t) => match parse_size(&t) {
+            Ok(0) => Err(at.err(Some(span), "memory_limit must be positive".into())),
+            Ok(v) => Ok(v),
+            Err(e) => Err(at.err(Some(span), format!("memory_limit: {e}"))),
+        },
+    }
+}
+
+/// `weight`: 1 to [`MAX_WEIGHT`].
+fn parse_weight(at: &Located<'_>, w: Spanned<i64>) -> Result<u32, ConfigError> {
+    let v = *w.get_ref();
+    if (1..=MAX_WEIGHT as i64).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(at.err(
+            Some(w.span()),
+            format!("weight = {v} is out of range (1 to {MAX_WEIGHT})"),
+        ))
+    }
+}
+
+/// `priority`: one of the class names; [`Priority::Normal`] when absent.
+fn parse_priority(at: &Located<'_>, p: Option<Spanned<String>>) -> Result<Priority, ConfigError> {
+    match p {
+        Some(p) => p
+            .get_ref()
+            .parse()
+            .map_err(|why| at.err(Some(p.span()), why)),
+        None => Ok(Priority::default()),
+    }
+}
+
+/// `[owner]`: every value a Kubernetes object name; an empty table is no owner.
+fn parse_owner(
+    at: &Located<'_>,
+    o: Option<Spanned<TenantOwner>>,
+) -> Result<Option<TenantOwner>, ConfigError> {
+    let Some(o) = o else { return Ok(None) };
+    let span = o.span();
+    let owner = o.into_inner();
+    owner.validate().map_err(|why| at.err(Some(span), why))?;
+    Ok((!owner.is_empty()).then_some(owner))
+}
+
+/// Reads a config or quota file, refusing anything but a regular file of at most
+/// [`MAX_CONFIG_FILE`] bytes: a FIFO, a device (`/dev/zero`), a directory or a huge file in
+/// a watched directory must neither block nor exhaust the reader. Symlinks are followed (to a
+/// regular file: Kubernetes ConfigMaps are symlinks).
+pub fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let fail = |reason: String| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        reason,
+    };
+    // O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(fail(format!(
+            "is {kind}: only regular files are read as config"
+        )));
+    }
+    if meta.len() > MAX_CONFIG_FILE {
+        return Err(fail(format!(
+            "is {} bytes, more than the {MAX_CONFIG_FILE} bytes a config file may have",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(fail(format!(
+            "grew past the {MAX_CONFIG_FILE} bytes a config file may have while being read"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| fail("is not UTF-8 text".into()))
 }
 
 /// 1-based line number of a byte offset.
@@ -577,6 +688,91 @@ mod tests {
     }
 
     #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("gpumux-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_config_file(&fifo).unwrap_err();
+        assert!(e.reason.contains("FIFO"), "{e}");
+        let zero = dir.join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = read_config_file(&zero).unwrap_err();
+        assert!(e.reason.contains("device"), "{e}");
+        let e = read_config_file(&dir).unwrap_err();
+        assert!(e.reason.contains("directory"), "{e}");
+        let big = dir.join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_CONFIG_FILE as usize + 1]).unwrap();
+        let e = read_config_file(&big).unwrap_err();
+        assert!(e.reason.contains("more than"), "{e}");
+        let ok = dir.join("ok.toml");
+        std::fs::write(&ok, "memory_limit = \"1GiB\"\n").unwrap();
+        let link = dir.join("link.toml");
+        std::os::unix::fs::symlink(&ok, &link).unwrap();
+        assert_eq!(TenantQuota::load(&link).unwrap().memory_limit, 1 << 30);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// Any text: a quota or an error with a line inside the file, never a panic.
+        #[test]
+        fn quota_parser_never_panics(text in "(?s).{0,300}") {
+            check_parse(&text);
+        }
+
+        /// Text made of the file's own keys and plausible values, so the validation paths run.
+        #[test]
+        fn quota_parser_validates_every_combination(
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "devices", "memory_limit", "weight", "compute_limit", "priority", "owner",
+                        "bogus", "memory_limit.x",
+                    ]),
+                    proptest::sample::select(vec![
+                        "0", "-1", "1", "1001", "9223372036854775807", "\"1GiB\"", "\"0\"", "\"16EiB\"",
+                        "\"50%\"", "\"0%\"", "\"101%\"", "\"GPU-\"", "[0, 1]", "[0, 0]", "[]", "[\"GPU-ab\", 3]",
+                        "[-5]", "[1.5]", "{ a = 1 }", "\"\"", "\"\\u0000\"", "1e400", "true",
+                        "\"batch\"", "\"latency\"", "{ namespace = \"ns\", pod = \"p-0\" }",
+                        "{ claim = \"gpu\" }", "{}", "{ pod = \"Bad\" }",
+                    ]),
+                ),
+                0..6,
+            )
+        ) {
+            let text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            check_parse(&text);
+        }
+    }
+
+    fn check_parse(text: &str) {
+        match TenantQuota::parse(Path::new("/t/a.toml"), "a", text) {
+            Ok(q) => {
+                let again = TenantQuota::parse(Path::new("/t/a.toml"), "a", &q.to_toml());
+                assert_eq!(again.as_ref(), Ok(&q), "{}", q.to_toml());
+                assert!(q.memory_limit > 0);
+                assert!((1..=MAX_WEIGHT).contains(&q.weight));
+                assert!(
+                    q.compute_limit_permille
+                        .is_none_or(|c| (1..=1000).contains(&c))
+                );
+            }
+            Err(e) => {
+                let lines = text.lines().count().max(1) + 1;
+                assert!(
+                    e.line.is_none_or(|l| (1..=lines).contains(&l)),
+                    "{e} in {text:?}"
+                );
+                assert!(!e.reason.is_empty());
+            }
+        }
+    }
+
+    #[test]
     fn priority_and_owner() {
         let q = tenant("memory_limit = \"1GiB\"\n").unwrap();
         assert_eq!((q.priority, q.owner), (Priority::Normal, None));
@@ -628,7 +824,23 @@ mod tests {
             assert!(matches!(e.line, Some(2 | 3)), "{bad}: {e}");
         }
         let long = "a".repeat(254);
-        assert!(tenant(&format!("memory_limit = 1\n[owner]\npod = \"{long}\"\n")).is_err());
+        tenant(&format!("memory_limit = 1\n[owner]\npod = \"{long}\"\n")).unwrap_err();
+    }
+
+    #[test]
+    fn kept_quota_round_trips_priority_and_owner() {
+        // What the daemon keeps as a tenant's last good quota reads back as the same quota.
+        let q = tenant(
+            "devices = [1, \"GPU-ab\"]\nmemory_limit = \"6GiB\"\nweight = 3\ncompute_limit = \"12.5%\"\n\
+             priority = \"latency\"\n[owner]\nnamespace = \"team-a\"\npod = \"train-0\"\nclaim = \"gpu\"\n",
+        )
+        .unwrap();
+        assert_eq!(q.priority, Priority::Latency);
+        assert!(q.owner.is_some());
+        assert_eq!(tenant(&q.to_toml()), Ok(q));
+        let plain = tenant("memory_limit = 1\npriority = \"batch\"\n").unwrap();
+        assert_eq!(plain.owner, None);
+        assert_eq!(tenant(&plain.to_toml()), Ok(plain));
     }
 
     #[test]
@@ -645,8 +857,12 @@ mod tests {
         let e =
             DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 10\nbogus = 1\n").unwrap_err();
         assert_eq!(e.line, Some(2));
-        assert!(DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 0").is_err());
-        assert!(DaemonConfig::parse(Path::new("/c.toml"), "metrics_listen = \"nope\"").is_err());
-        assert!(DaemonConfig::parse(Path::new("/c.toml"), "state_dir = \"rel\"").is_err());
+        DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 0").unwrap_err();
+        DaemonConfig::parse(Path::new("/c.toml"), "metrics_listen = \"nope\"").unwrap_err();
+        DaemonConfig::parse(Path::new("/c.toml"), "state_dir = \"rel\"").unwrap_err();
+        let c =
+            DaemonConfig::parse(Path::new("/c.toml"), "max_connections_per_tenant = 8").unwrap();
+        assert_eq!(c.max_connections_per_tenant, 8);
+        DaemonConfig::parse(Path::new("/c.toml"), "max_connections_per_tenant = 0").unwrap_err();
     }
 }

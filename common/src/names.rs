@@ -33,9 +33,12 @@ pub fn tenant_dir(state_dir: &Path, tenant: &str) -> PathBuf {
     state_dir.join("tenants").join(tenant)
 }
 
+/// The socket's file name inside a tenant's directory.
+pub const SOCKET_NAME: &str = "gpumux.sock";
+
 /// `state_dir/tenants/<tenant>/gpumux.sock`.
 pub fn tenant_socket(state_dir: &Path, tenant: &str) -> PathBuf {
-    tenant_dir(state_dir, tenant).join("gpumux.sock")
+    tenant_dir(state_dir, tenant).join(SOCKET_NAME)
 }
 
 /// `state_dir/gpumuxd.sock`: the operator's control socket (root only).

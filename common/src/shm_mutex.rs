@@ -14,6 +14,8 @@ use thiserror::Error;
 pub enum LockError {
     #[error("timed out waiting for the accounting lock")]
     TimedOut,
+    #[error("the accounting lock is held by another process")]
+    Busy,
     #[error("the accounting lock is unrecoverable (errno {0})")]
     Failed(i32),
 }
@@ -75,24 +77,29 @@ impl ShmMutex {
         self.finish(rc)
     }
 
-    /// Locks, giving up after `timeout` (used by the daemon, which must never hang on a
-    /// stopped tenant process).
+    /// Locks if nobody holds the mutex, without waiting (the daemon's event loop never waits
+    /// on a lock tenant processes can hold).
+    pub fn try_lock(&self) -> Result<ShmMutexGuard<'_>, LockError> {
+        // SAFETY: the mutex was initialised by the segment's creator (`init`).
+        let rc = unsafe { libc::pthread_mutex_trylock(self.inner.get()) };
+        self.finish(rc)
+    }
+
+    /// Locks, giving up after `timeout`, measured on the monotonic clock: a step of the wall
+    /// clock neither lengthens nor shortens the wait.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<ShmMutexGuard<'_>, LockError> {
         let mut now = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         // SAFETY: `now` is a valid timespec to write into.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-        let total = now.tv_nsec as u64 + timeout.subsec_nanos() as u64;
-        let deadline = libc::timespec {
-            tv_sec: now.tv_sec
-                + timeout.as_secs() as libc::time_t
-                + (total / 1_000_000_000) as libc::time_t,
-            tv_nsec: (total % 1_000_000_000) as libc::c_long,
-        };
-        // SAFETY: the mutex was initialised by the segment's creator; `deadline` is valid.
-        let rc = unsafe { libc::pthread_mutex_timedlock(self.inner.get(), &deadline) };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let deadline = deadline_after(now, timeout);
+        // SAFETY: the mutex was initialised by the segment's creator; `deadline` is a valid
+        // absolute CLOCK_MONOTONIC time (glibc >= 2.30 has pthread_mutex_clocklock, robust
+        // mutexes included).
+        let rc =
+            unsafe { pthread_mutex_clocklock(self.inner.get(), libc::CLOCK_MONOTONIC, &deadline) };
         self.finish(rc)
     }
 
@@ -107,8 +114,31 @@ impl ShmMutex {
                 owner_died: true,
             }),
             libc::ETIMEDOUT => Err(LockError::TimedOut),
+            libc::EBUSY => Err(LockError::Busy),
             other => Err(LockError::Failed(other)),
         }
+    }
+}
+
+unsafe extern "C" {
+    /// POSIX 2024 / glibc 2.30: `pthread_mutex_timedlock` on a chosen clock (not in `libc`).
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// `now + timeout` as a normalised timespec, saturating far in the future.
+fn deadline_after(now: libc::timespec, timeout: Duration) -> libc::timespec {
+    let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
+    let secs = i64::try_from(timeout.as_secs())
+        .unwrap_or(i64::MAX)
+        .saturating_add(now.tv_sec)
+        .saturating_add((nanos / 1_000_000_000) as i64);
+    libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
     }
 }
 
@@ -186,5 +216,36 @@ mod tests {
                 .unwrap()
         });
         assert_eq!(r, Err(LockError::TimedOut));
+        let r = std::thread::scope(|s| s.spawn(|| m.try_lock().map(|_| ())).join().unwrap());
+        assert_eq!(r, Err(LockError::Busy));
+    }
+
+    #[test]
+    fn try_lock_takes_a_free_mutex_and_recovers_a_dead_owner() {
+        let m = shared_mutex();
+        drop(m.try_lock().expect("free mutex"));
+        // SAFETY: as in `recovers_from_dead_owner`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            std::mem::forget(m.lock());
+            // SAFETY: terminate the child immediately.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(m.try_lock().expect("dead owner recovered").owner_died);
+    }
+
+    #[test]
+    fn deadlines_normalise_and_saturate() {
+        let now = libc::timespec {
+            tv_sec: 10,
+            tv_nsec: 999_999_999,
+        };
+        let d = deadline_after(now, Duration::from_nanos(2));
+        assert_eq!((d.tv_sec, d.tv_nsec), (11, 1));
+        let d = deadline_after(now, Duration::MAX);
+        assert_eq!(d.tv_sec, i64::MAX);
     }
 }

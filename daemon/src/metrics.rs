@@ -21,8 +21,8 @@ struct Family<'a> {
 
 impl Family<'_> {
     fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        writeln!(self.out, "# HELP {name} {help}").ok();
+        writeln!(self.out, "# TYPE {name} {kind}").ok();
     }
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         let labels: Vec<String> = labels
@@ -30,9 +30,9 @@ impl Family<'_> {
             .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
             .collect();
         if labels.is_empty() {
-            let _ = writeln!(self.out, "{name} {value}");
+            writeln!(self.out, "{name} {value}").ok();
         } else {
-            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+            writeln!(self.out, "{name}{{{}}} {value}", labels.join(",")).ok();
         }
     }
 }
@@ -268,6 +268,8 @@ mod tests {
                     device_time_ns: 2_000_000_000,
                     slice_wait_ns: 0,
                 }],
+                removed: false,
+                accounting_repairs: 0,
                 priority: gpumux_common::config::Priority::Latency,
                 owner: Some(gpumux_common::config::TenantOwner {
                     namespace: Some("ns".into()),

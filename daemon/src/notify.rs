@@ -113,11 +113,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gpumux-notify-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&path);
+        std::fs::remove_file(&path).ok();
         let server = UnixDatagram::bind(&path).unwrap();
         notify_to(path.as_os_str(), "READY=1\nSTATUS=serving").unwrap();
         assert_eq!(recv(&server), "READY=1\nSTATUS=serving");
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -63,6 +63,13 @@ pub struct TenantStatus {
     pub processes: Vec<u32>,
     pub socket: String,
     pub devices: Vec<TenantDeviceStatus>,
+    /// The tenant's quota file is gone: its remaining processes are held to weight 1 and no
+    /// new memory until they exit.
+    #[serde(default)]
+    pub removed: bool,
+    /// Times the tenant's accounting file was found damaged through a descriptor and repaired.
+    #[serde(default)]
+    pub accounting_repairs: u64,
     /// Priority class from the quota file (reported; not scheduled on yet).
     #[serde(default)]
     pub priority: Priority,

@@ -22,7 +22,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> TempDir {
         let d = std::env::temp_dir().join(format!("gpumux-pkg-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        std::fs::remove_dir_all(&d).ok();
         std::fs::create_dir_all(&d).expect("temp dir");
         TempDir(d)
     }
@@ -30,7 +30,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        std::fs::remove_dir_all(&self.0).ok();
     }
 }
 
@@ -472,11 +472,11 @@ fn the_schema_check_rejects_invalid_specs() {
     bad(&|v| v["devices"][0]["containerEdits"]["env"] = serde_json::json!(["NOVALUE"]));
     bad(&|v| v["devices"][0]["containerEdits"]["mounts"] = serde_json::json!([{"hostPath": "/x"}]));
     bad(&|v| {
-        v["devices"][0]["containerEdits"]["deviceNodes"] = serde_json::json!([{"hostPath": "/x"}])
+        v["devices"][0]["containerEdits"]["deviceNodes"] = serde_json::json!([{"hostPath": "/x"}]);
     });
     bad(&|v| {
         v["devices"][0]["containerEdits"]["deviceNodes"] =
-            serde_json::json!([{"path": "/dev/x", "permissions": "rx"}])
+            serde_json::json!([{"path": "/dev/x", "permissions": "rx"}]);
     });
     bad(&|v| v["devices"][0]["bogus"] = 1.into());
     bad(&|v| v["bogus"] = 1.into());
@@ -655,6 +655,7 @@ fn packaged_config_documents_every_default() {
         keys,
         [
             "log_level",
+            "max_connections_per_tenant",
             "metrics_listen",
             "quantum_ms",
             "state_dir",
@@ -732,8 +733,10 @@ fn deb_package_contents() {
         entries
             .iter()
             .find(|(_, path)| path.trim_end_matches('/') == p)
-            .map(|(m, _)| m.as_str())
-            .unwrap_or_else(|| panic!("{p} is not in the package:\n{listing}"))
+            .map_or_else(
+                || panic!("{p} is not in the package:\n{listing}"),
+                |(m, _)| m.as_str(),
+            )
     };
     assert_eq!(mode_of("/usr/bin/gpumuxd"), "-rwxr-xr-x");
     assert_eq!(mode_of("/usr/bin/gpumuxctl"), "-rwxr-xr-x");

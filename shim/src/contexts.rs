@@ -88,7 +88,7 @@ pub fn created(ctx: u64, device: usize) {
                 ctx,
                 device,
                 green: None,
-            })
+            });
         });
     }
 }
@@ -263,8 +263,9 @@ mod tests {
         let (release_tx, release_rx) = release;
         let drain = std::thread::spawn(move || {
             for_each_on(0, |_| {
-                let _ = inside_tx.send(());
-                let _ = release_rx.recv();
+                inside_tx.send(()).expect("the test waits for the drain");
+                // Released by a message or by the test dropping the sender: either ends it.
+                release_rx.recv().ok();
             });
         });
         inside_rx.recv().expect("the drain runs");

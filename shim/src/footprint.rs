@@ -74,7 +74,7 @@ fn send(reg: &Registration, device: usize, reserved: u64, change: Change) -> Opt
         device: device as u32,
         reserved,
         seq,
-        context: u32::from(change == Change::ContextCreated),
+        context: Some(u32::from(change == Change::ContextCreated)),
     };
     reg.send(&msg).then_some(seq)
 }
@@ -99,7 +99,8 @@ fn wait_answered(seqs: &[u32]) -> Vec<bool> {
 /// Tells the daemon the process's footprint on `device` changed (a context destroyed, a module
 /// or library unloaded, a load undone); it measures soon, nobody waits.
 pub(crate) fn changed(reg: &Registration, device: usize) {
-    let _ = send(reg, device, 0, Change::Other);
+    // Nobody waits: sent or not (the daemon away), nothing more to do.
+    send(reg, device, 0, Change::Other);
 }
 
 /// Creates a context on `device` under the tenant's limit (see the module docs): `create` is
@@ -173,16 +174,18 @@ fn under_limit(
     }
     for (i, &device) in reserve.iter().enumerate() {
         if accounting::reserve(ctl, &reg.accounting, reg.slot, device, estimate).is_err() {
+            // Best effort: an unusable lock was reported when reserving.
             for &d in &reserve[..i] {
-                let _ = accounting::unreserve(&reg.accounting, reg.slot, d, estimate);
+                accounting::unreserve(&reg.accounting, reg.slot, d, estimate).ok();
             }
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
     }
     let rc = make();
     if rc != CUDA_SUCCESS {
+        // Best effort: an unusable lock was reported when reserving.
         for &d in reserve {
-            let _ = accounting::unreserve(&reg.accounting, reg.slot, d, estimate);
+            accounting::unreserve(&reg.accounting, reg.slot, d, estimate).ok();
         }
         return rc;
     }
@@ -201,12 +204,8 @@ fn under_limit(
             }
             // The daemon is away: keep the estimate as what was made until it measures.
             None => {
-                let _ = accounting::reservation_to_overhead(
-                    &reg.accounting,
-                    reg.slot,
-                    device,
-                    reserved,
-                );
+                accounting::reservation_to_overhead(&reg.accounting, reg.slot, device, reserved)
+                    .ok();
             }
         }
     }
@@ -231,6 +230,7 @@ fn under_limit(
 /// be settled; keep them as measured overhead (the new daemon's next measurement corrects it).
 pub(crate) fn keep_unsettled(reg: &Registration) {
     for device in 0..gpumux_common::shm::MAX_DEVICES {
-        let _ = accounting::reservation_to_overhead(&reg.accounting, reg.slot, device, u64::MAX);
+        // Best effort: an unusable lock leaves the reservation (still counted) in place.
+        accounting::reservation_to_overhead(&reg.accounting, reg.slot, device, u64::MAX).ok();
     }
 }

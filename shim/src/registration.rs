@@ -155,8 +155,10 @@ impl Registration {
     }
 
     /// Reattaches to a (restarted) daemon: presents this process's slot, receives the new
-    /// control segment. On success the old connection is closed and replaced.
-    pub fn reattach(&self) -> Result<(), String> {
+    /// control segment. On success the old connection is closed and replaced. A daemon that
+    /// answers with a refusal tells the process to stop using the GPU
+    /// ([`HandshakeError::Refused`]).
+    pub fn reattach(&self) -> Result<(), HandshakeError> {
         let msg = ClientMsg::Reattach {
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),
@@ -164,10 +166,10 @@ impl Registration {
         };
         let (fd, (control, slot), _) = handshake(&self.path, &msg)?;
         if slot != self.slot {
-            return Err(format!(
+            return Err(HandshakeError::Refused(format!(
                 "the daemon moved this process from slot {} to {slot}",
                 self.slot
-            ));
+            )));
         }
         let control: &'static SegmentView<ControlSegment> = Box::leak(Box::new(control));
         self.control.store(
@@ -190,6 +192,36 @@ impl Registration {
         }
         Ok(())
     }
+}
+
+/// Why a registration or reattachment did not happen.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The daemon could not be reached or answered nonsense (it may come back).
+    Failed(String),
+    /// The daemon answered with a refusal.
+    Refused(String),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Failed(e) => f.write_str(e),
+            HandshakeError::Refused(e) => write!(f, "refused: {e}"),
+        }
+    }
+}
+
+/// The daemon refused this registered process's reattachment: from now on GPU use is
+/// refused, as if the daemon had been unreachable at registration (never unlimited).
+pub fn stop(reason: &str) {
+    crate::diag::stderr(
+        format!(
+            "gpumux: gpumuxd refused to take this process back after a restart ({reason}); GPU access is stopped for this process: restart it\n"
+        )
+        .as_bytes(),
+    );
+    MODE.store(REFUSED, Ordering::Release);
 }
 
 /// The current access mode, registering first if this process has not tried yet.
@@ -239,7 +271,7 @@ fn register() -> Access {
     };
     let result = handshake(&path, &hello).and_then(|(fd, control, fds)| {
         let accounting = SegmentView::<AccountingSegment>::open(fds.as_fd(), true)
-            .map_err(|e| format!("accounting segment: {e}"))?;
+            .map_err(|e| HandshakeError::Failed(format!("accounting segment: {e}")))?;
         Ok((fd, control, accounting))
     });
     match result {
@@ -301,36 +333,47 @@ fn set_recv_timeout(fd: BorrowedFd<'_>, seconds: libc::time_t) {
 fn handshake(
     path: &Path,
     msg: &ClientMsg,
-) -> Result<(OwnedFd, (SegmentView<ControlSegment>, usize), OwnedFd), String> {
-    let fd = sock::connect(path).map_err(|e| format!("connect: {e}"))?;
+) -> Result<(OwnedFd, (SegmentView<ControlSegment>, usize), OwnedFd), HandshakeError> {
+    use HandshakeError::Failed;
+    let fd = sock::connect(path).map_err(|e| Failed(format!("connect: {e}")))?;
     set_recv_timeout(fd.as_fd(), 10);
-    sock::send(fd.as_fd(), &msg.encode(), &[]).map_err(|e| format!("send: {e}"))?;
     let mut buf = [0u8; MAX_MESSAGE];
-    let (n, mut fds) =
-        sock::recv(fd.as_fd(), &mut buf, 0).map_err(|e| format!("no answer: {e}"))?;
-    if n == 0 {
-        return Err("the daemon closed the connection".into());
+    if let Err(e) = sock::send(fd.as_fd(), &msg.encode(), &[]) {
+        // The daemon may have refused the connection before reading anything (a tenant over
+        // its connection limit): its reason is waiting.
+        return match sock::recv(fd.as_fd(), &mut buf, libc::MSG_DONTWAIT) {
+            Ok((n, _)) if n > 0 => match ServerMsg::decode(&buf[..n]) {
+                Ok(ServerMsg::Refused { reason }) => Err(HandshakeError::Refused(reason)),
+                _ => Err(Failed(format!("send: {e}"))),
+            },
+            _ => Err(Failed(format!("send: {e}"))),
+        };
     }
-    match ServerMsg::decode(&buf[..n]).map_err(|e| format!("bad answer: {e}"))? {
+    let (n, mut fds) =
+        sock::recv(fd.as_fd(), &mut buf, 0).map_err(|e| Failed(format!("no answer: {e}")))?;
+    if n == 0 {
+        return Err(Failed("the daemon closed the connection".into()));
+    }
+    match ServerMsg::decode(&buf[..n]).map_err(|e| Failed(format!("bad answer: {e}")))? {
         ServerMsg::Welcome { protocol, slot, .. } => {
             if protocol != PROTOCOL_VERSION {
-                return Err(format!(
+                return Err(Failed(format!(
                     "daemon speaks protocol {protocol}, shim {PROTOCOL_VERSION}"
-                ));
+                )));
             }
             if fds.len() != 2 {
-                return Err("the daemon sent no segments".into());
+                return Err(Failed("the daemon sent no segments".into()));
             }
             // From now on the socket is the watcher's to block on.
             set_recv_timeout(fd.as_fd(), 0);
             let accounting_fd = fds.pop().expect("two fds");
             let control_fd = fds.pop().expect("two fds");
             let control = SegmentView::<ControlSegment>::open(control_fd.as_fd(), false)
-                .map_err(|e| format!("control segment: {e}"))?;
+                .map_err(|e| Failed(format!("control segment: {e}")))?;
             Ok((fd, (control, slot as usize), accounting_fd))
         }
-        ServerMsg::Refused { reason } => Err(format!("refused: {reason}")),
-        other => Err(format!("unexpected answer {other:?}")),
+        ServerMsg::Refused { reason } => Err(HandshakeError::Refused(reason)),
+        other => Err(Failed(format!("unexpected answer {other:?}"))),
     }
 }
 

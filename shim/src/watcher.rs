@@ -5,6 +5,8 @@
 //! `Measured` answers wake the thread waiting for a footprint measurement
 //! ([`crate::footprint`]). When the daemon connection ends it lets launches pass (see
 //! [`crate::gate::DAEMON_GONE`]) and reattaches to the restarted daemon, retrying with backoff.
+//! A daemon that refuses the reattachment tells the process to stop using the GPU
+//! ([`crate::registration::stop`]).
 
 use crate::cuda_types::*;
 use crate::hooks::real;
@@ -43,7 +45,12 @@ fn run(reg: &'static Registration) {
                     crate::diag::stderr(b"gpumux: reattached to gpumuxd\n");
                     break;
                 }
-                Err(_) => delay = (delay * 2).min(Duration::from_secs(1)),
+                Err(crate::registration::HandshakeError::Refused(reason)) => {
+                    return crate::registration::stop(&reason);
+                }
+                Err(crate::registration::HandshakeError::Failed(_)) => {
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
             }
         }
     }

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
+            e.print().ok();
             return ExitCode::from(code);
         }
     };
@@ -117,7 +117,7 @@ fn run(args: Args) -> Result<(), Failure> {
             let dir = tenant_dir(&cfg.state_dir, &tenant);
             if docker {
                 println!(
-                    "-e LD_PRELOAD={SHIM_INSTALL_PATH} -e {ENV_SOCKET}={} -v {SHIM_INSTALL_PATH}:{SHIM_INSTALL_PATH}:ro -v {}:{}",
+                    "-e LD_PRELOAD={SHIM_INSTALL_PATH} -e {ENV_SOCKET}={} -v {SHIM_INSTALL_PATH}:{SHIM_INSTALL_PATH}:ro -v {}:{}:ro",
                     socket.display(),
                     dir.display(),
                     dir.display()
@@ -126,7 +126,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 println!("LD_PRELOAD={SHIM_INSTALL_PATH}");
                 println!("{ENV_SOCKET}={}", socket.display());
                 println!(
-                    "# mounts: {SHIM_INSTALL_PATH} (read-only) and {} (the tenant's socket directory)",
+                    "# mounts: {SHIM_INSTALL_PATH} (read-only) and {} (the tenant's socket directory, read-only)",
                     dir.display()
                 );
             }
@@ -303,22 +303,24 @@ fn looks_like_daemon_config(p: &Path) -> bool {
 fn render_status(r: &StatusReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(
+    writeln!(
         s,
         "gpumuxd {} (pid {}), up {:.0}s, quantum {} ms",
         r.version, r.pid, r.uptime_s, r.quantum_ms
-    );
+    )
+    .ok();
     for d in &r.devices {
-        let _ = writeln!(
+        writeln!(
             s,
             "GPU {}  {}  {}  {}",
             d.index,
             d.name,
             d.uuid,
             format_size(d.total_bytes)
-        );
+        )
+        .ok();
     }
-    let _ = writeln!(
+    writeln!(
         s,
         "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10} {:>8}  OWNER",
         "TENANT",
@@ -332,13 +334,20 @@ fn render_status(r: &StatusReport) -> String {
         "SHARE",
         "CAP",
         "PRIORITY"
-    );
+    )
+    .ok();
     for t in &r.tenants {
+        // A removed tenant's processes are still shown (held at weight 1, no new memory).
+        let name = if t.removed {
+            format!("{} (removed)", t.name)
+        } else {
+            t.name.clone()
+        };
         for d in &t.devices {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10} {:>8}  {}",
-                t.name,
+                name,
                 d.index,
                 t.weight,
                 t.processes.len(),
@@ -347,41 +356,39 @@ fn render_status(r: &StatusReport) -> String {
                 format_size(d.memory_limit),
                 d.allocations_refused,
                 d.device_time_share
-                    .map(|x| format!("{:.1}%", x * 100.0))
-                    .unwrap_or_else(|| "-".into()),
+                    .map_or_else(|| "-".into(), |x| format!("{:.1}%", x * 100.0)),
                 t.compute_limit_percent
-                    .map(|c| format!("{c}%"))
-                    .unwrap_or_else(|| "-".into()),
+                    .map_or_else(|| "-".into(), |c| format!("{c}%")),
                 t.priority,
-                t.owner
-                    .as_ref()
-                    .map(|o| o.display())
-                    .unwrap_or_else(|| "-".into()),
-            );
+                t.owner.as_ref().map_or_else(|| "-".into(), |o| o.display()),
+            )
+            .ok();
         }
     }
     if r.tenants.is_empty() {
-        let _ = writeln!(s, "(no tenants: add quota files to the tenants directory)");
+        writeln!(s, "(no tenants: add quota files to the tenants directory)").ok();
     }
     if !r.unmanaged.is_empty() {
-        let _ = writeln!(
+        writeln!(
             s,
             "\nUNMANAGED (on the GPU without gpumux)\n{:>8} {:>4} {:>12} {:<20}",
             "PID", "GPU", "MEMORY", "TENANT"
-        );
+        )
+        .ok();
         for u in &r.unmanaged {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "{:>8} {:>4} {:>12} {:<20}",
                 u.pid,
                 u.device,
                 format_size(u.memory),
                 u.tenant.as_deref().unwrap_or("unknown")
-            );
+            )
+            .ok();
         }
     }
     for e in &r.config_errors {
-        let _ = writeln!(s, "config error: {e}");
+        writeln!(s, "config error: {e}").ok();
     }
     s
 }

@@ -29,11 +29,25 @@
 //! time), never by what a tenant can write. An idle daemon (no registered process) measures
 //! nothing unless asked for its status.
 
-use super::*;
+use super::{Conn, Daemon, K_FOOTPRINT, K_MEASURED, watched_timer};
 use crate::footprint::{self as fp, ContextSizes, Key, OverheadTracker, Registered};
 use crate::measurer::{Job, Measurer, Outcome};
+use crate::procfs;
 use crate::status::UnmanagedProcess;
+use anyhow::{Context, Result};
+use gpumux_common::accounting::{self, ChargeError};
 use gpumux_common::nvml::{Nvml, ProcessMemory};
+use gpumux_common::protocol::ServerMsg;
+use gpumux_common::shm_mutex::LockError;
+use gpumux_common::sock;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{Expiration, TimerFd, TimerSetTimeFlags};
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 /// How often every device is re-measured while tenants have processes.
 pub(super) const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
@@ -193,11 +207,7 @@ impl Daemon {
         };
         let answer_now = |conn: &Conn| {
             if seq != 0 {
-                let _ = sock::send(
-                    conn.fd.as_fd(),
-                    &ServerMsg::Measured { device, seq }.encode(),
-                    &[],
-                );
+                send_measured(conn, device, seq);
             }
         };
         let dev = device as usize;
@@ -274,15 +284,16 @@ impl Daemon {
             .any(|t| !t.processes.is_empty() || !t.orphans.is_empty())
     }
 
-    /// Registered processes and their trusted pids: `(tenant, slot, pid)`.
+    /// Registered processes and their trusted pids: `(tenant, slot, pid)` (the daemon's own
+    /// record, never the pid a tenant can write into its slot).
     fn registered_pids(&self) -> Vec<(String, usize, u32)> {
         let mut out = Vec::new();
         for (name, t) in &self.tenants {
-            for (&slot, &pid) in &t.processes {
-                out.push((name.clone(), slot, pid));
+            for (&slot, p) in &t.processes {
+                out.push((name.clone(), slot, p.pid));
             }
-            for (&slot, &(pid, _)) in &t.orphans {
-                out.push((name.clone(), slot, pid));
+            for (&slot, (p, _)) in &t.orphans {
+                out.push((name.clone(), slot, p.pid));
             }
         }
         out.retain(|r| r.2 != 0);
@@ -375,11 +386,7 @@ impl Daemon {
         }
         for w in &flight.waiters {
             if let Some(c) = self.conns.get(&w.conn) {
-                let msg = ServerMsg::Measured {
-                    device: dev as u32,
-                    seq: w.seq,
-                };
-                let _ = sock::send(c.fd.as_fd(), &msg.encode(), &[]);
+                send_measured(c, dev as u32, w.seq);
             }
         }
     }
@@ -445,15 +452,20 @@ impl Daemon {
                 continue;
             }
             let value = new.unwrap_or(current);
-            match accounting::set_overhead(acct, r.slot, dev, value, settle, RECLAIM_LOCK_TIMEOUT) {
+            match accounting::set_overhead(acct, r.slot, dev, value, settle) {
                 Ok(old) => {
                     self.fp.unsettled.remove(&key);
                     if value != old {
                         tracing::debug!(tenant = %r.tenant, pid = r.pid, device = self.devices[dev].index, overhead = value, "process footprint beyond its allocations");
                     }
                 }
+                // A tenant process holds its lock: the next reading records it and settles the
+                // reservation (the daemon never waits on a lock a tenant can hold).
+                Err(ChargeError::Lock(LockError::Busy)) => {
+                    tracing::debug!(tenant = %r.tenant, pid = r.pid, "overhead not recorded now: the tenant holds its lock");
+                }
                 Err(e) => {
-                    tracing::warn!(tenant = %r.tenant, pid = r.pid, "cannot record the process's overhead now (the next reading will): {e}")
+                    tracing::warn!(tenant = %r.tenant, pid = r.pid, "cannot record the process's overhead now (the next reading will): {e}");
                 }
             }
         }
@@ -644,5 +656,13 @@ impl Daemon {
         if let Err(e) = result {
             tracing::warn!("cannot arm the footprint timer: {e}");
         }
+    }
+}
+
+/// Answers `Footprint { seq }` (best effort: a connection that cannot take it is closing).
+fn send_measured(conn: &Conn, device: u32, seq: u32) {
+    let msg = ServerMsg::Measured { device, seq }.encode_for(conn.version);
+    if let Err(e) = sock::send(conn.fd.as_fd(), &msg, &[]) {
+        tracing::debug!(pid = conn.pid, "cannot answer Measured: {e}");
     }
 }

@@ -6,51 +6,55 @@
 //! is killed, or execs (the socket is close-on-exec), the kernel closes the connection, epoll
 //! reports it, and the daemon returns everything the process held to its tenant.
 //!
+//! Nothing a tenant's process does can stall or crash the loop: it never waits on a lock a
+//! tenant can hold (reclaims are tried and deferred), reads only what it bounds (messages per
+//! wakeup, demands per second, connections per tenant), logs tenant misbehaviour at most once
+//! per interval, backs off when descriptors run out (the control socket keeps answering), and
+//! survives what a tenant does to the files it was handed ([`crate::sigbus`], tamper watch).
+//!
 //! This module owns the loop and the daemon's state; the handlers live beside it:
-//! [`tenants`] (quota files → tenants, restart recovery), [`registration`] (tenant
+//! [`tenants`] (quota files → tenants, restart recovery, removal), [`registration`] (tenant
 //! connections, process lifetimes, reclaim), [`slicing`] (glue between the per-device
-//! schedulers and the tenants' segments and processes), [`footprint`] (processes' memory beyond
-//! their allocations, unmanaged processes).
+//! schedulers and the tenants' segments and processes), [`endpoint`] (tenant sockets and
+//! directories, created without path races), [`watch`] (inotify on `tenants_dir`, re-watched
+//! when replaced, and on the accounting files), [`report`] (the status report), [`footprint`]
+//! (processes' memory beyond their allocations, unmanaged processes).
 
 use crate::devices::Device;
-use crate::procfs;
-use crate::scheduler::{Action, Activity, Scheduler};
+use crate::ratelimit::{LogLimiter, TokenBucket, WARN_INTERVAL};
+use crate::scheduler::Scheduler;
 use crate::segments::TenantSegments;
-use crate::status::{ControlRequest, DeviceStatus, StatusReport, TenantDeviceStatus, TenantStatus};
+use crate::status::ControlRequest;
 use anyhow::{Context, Result};
-use gpumux_common::accounting;
 use gpumux_common::config::{ConfigError, DaemonConfig, TenantQuota};
-use gpumux_common::futex;
-use gpumux_common::names::{control_socket, tenant_dir, tenant_of_quota_file, tenant_socket};
-use gpumux_common::protocol::{ClientMsg, MAX_MESSAGE, PROTOCOL_VERSION, ServerMsg};
-use gpumux_common::shm::{MAX_PROCESSES, SLICE_GRANTED};
-use gpumux_common::sock;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, listen, socket,
-};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod endpoint;
 mod footprint;
 mod registration;
+mod report;
 mod slicing;
 mod tenants;
+mod watch;
 
-/// How long the daemon waits for a tenant's accounting lock before retrying later.
-const RECLAIM_LOCK_TIMEOUT: Duration = Duration::from_millis(100);
-const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+use endpoint::Endpoint;
+use watch::Watches;
+
+/// How often deferred work (reclaims, audits behind a tenant-held lock) is retried.
+const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// First and longest pause of accepting tenant connections when descriptors run out.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 // epoll token kinds (high byte) — the low bits carry an id.
 const K_SIGNAL: u64 = 1 << 56;
@@ -61,28 +65,46 @@ const K_INOTIFY: u64 = 5 << 56;
 const K_RETRY: u64 = 6 << 56;
 const K_SCHED: u64 = 7 << 56;
 const K_PIDFD: u64 = 8 << 56;
-const K_FOOTPRINT: u64 = 9 << 56;
-const K_MEASURED: u64 = 10 << 56;
+const K_TAMPER: u64 = 9 << 56;
+const K_BACKOFF: u64 = 10 << 56;
+const K_FOOTPRINT: u64 = 11 << 56;
+const K_MEASURED: u64 = 12 << 56;
 const KIND_MASK: u64 = 0xff << 56;
+
+/// A registered process of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: u32,
+    /// Start time (clock ticks since boot), to tell it from a later process with its pid.
+    start: u64,
+}
 
 /// A tenant the daemon serves.
 struct Tenant {
     quota: TenantQuota,
     segments: TenantSegments,
-    listener: OwnedFd,
-    listener_id: u64,
-    /// slot → pid of registered processes.
-    processes: BTreeMap<usize, u32>,
-    /// The quota file is gone: no new processes, no new allocations; the tenant lingers
-    /// until its last process ends.
+    endpoint: Endpoint,
+    /// slot → registered process.
+    processes: BTreeMap<usize, Proc>,
+    /// The quota file is gone: no new processes, no new allocations, weight 1; the tenant
+    /// lingers (gated) until its last process ends.
     removed: bool,
     /// Slots of processes that did not acknowledge a revocation in time (stopped, stuck):
     /// not waited for again, and not counted as wanting the device, until they speak again.
     stalled: BTreeSet<usize>,
     /// After a daemon restart: slots of live processes registered with the previous daemon,
-    /// awaiting their reattachment (slot → their pid, validated with its start time, and the
-    /// pidfd watch id).
-    orphans: BTreeMap<usize, (u32, u64)>,
+    /// awaiting their reattachment (slot → pidfd watch id).
+    orphans: BTreeMap<usize, (Proc, u64)>,
+    /// Times the tenant's accounting file was found tampered with and repaired.
+    repairs: u64,
+}
+
+/// A tenant whose accounting could not be set up (e.g. the file system is full): its socket
+/// answers registrations with the reason, and setup is retried at each one.
+struct Pending {
+    quota: TenantQuota,
+    endpoint: Endpoint,
+    error: String,
 }
 
 /// A process connected to a tenant socket.
@@ -91,6 +113,10 @@ struct Conn {
     tenant: String,
     slot: Option<usize>,
     pid: u32,
+    /// The protocol agreed at registration (0 before).
+    version: u32,
+    demands: TokenBucket,
+    dropped_demands: u64,
 }
 
 /// Time-slicing of one device: the policy plus the acknowledgements a revocation waits for.
@@ -110,55 +136,55 @@ struct Drain {
     busy_ns: Option<u64>,
 }
 
+/// What the loop waits on besides tenant sockets.
+struct Loop {
+    epoll: Epoll,
+    signals: SignalFd,
+    retry_timer: TimerFd,
+    sched_timer: TimerFd,
+    backoff_timer: TimerFd,
+    control: UnixListener,
+    watches: Watches,
+}
+
 /// The daemon.
 pub struct Daemon {
     cfg: DaemonConfig,
     devices: Vec<Device>,
     generation: u64,
     started: Instant,
-    epoll: Epoll,
-    signals: SignalFd,
-    inotify: Inotify,
-    retry_timer: TimerFd,
-    control: UnixListener,
+    lp: Loop,
     tenants: BTreeMap<String, Tenant>,
+    pending: BTreeMap<String, Pending>,
     listeners: HashMap<u64, String>,
     conns: HashMap<u64, Conn>,
+    /// Open connections per tenant (capped by `max_connections_per_tenant`).
+    conn_counts: HashMap<String, usize>,
     next_id: u64,
-    /// Slots whose reclaim timed out on a held lock: retried by the timer.
+    /// Slots whose reclaim found the tenant's lock held: retried by the timer.
     pending_reclaims: Vec<(String, usize)>,
+    /// Tenants whose recovered accounting could not be audited yet (lock held).
+    pending_audits: BTreeSet<String>,
     /// Rejected quota files, by path.
     config_errors: BTreeMap<PathBuf, ConfigError>,
     /// One scheduler per device (same order as `devices`).
     scheds: Vec<DeviceSched>,
-    sched_timer: TimerFd,
     /// Exit watches on orphaned processes (id → tenant, slot, pidfd).
     pidfds: HashMap<u64, (String, usize, OwnedFd)>,
+    /// Tenant misbehaviour is logged at most once per interval per tenant and kind.
+    warnings: LogLimiter,
+    /// Accepting tenant connections is paused (descriptors ran out) until the backoff timer.
+    accept_paused: Option<Duration>,
+    /// A descriptor kept spare so the control socket can answer when descriptors run out.
+    spare_fd: Option<OwnedFd>,
     /// Where the metrics thread listens (reported in status).
     pub metrics_address: Option<String>,
     /// Footprint measurement (overhead beyond allocations, unmanaged processes).
     fp: footprint::Footprints,
 }
 
-fn seqpacket_listener(path: &Path) -> Result<OwnedFd> {
-    let _ = std::fs::remove_file(path);
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .context("creating a tenant socket")?;
-    let addr = UnixAddr::new(path).with_context(|| format!("socket path {}", path.display()))?;
-    bind(fd.as_raw_fd(), &addr).with_context(|| format!("binding {}", path.display()))?;
-    // Containers may run as any uid: access is controlled by which directory is mounted.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN)).context("listen")?;
-    Ok(fd)
-}
-
 /// A monotonic timerfd registered in `epoll` under `token`.
-fn watched_timer(epoll: &Epoll, token: u64) -> Result<TimerFd> {
+pub(super) fn watched_timer(epoll: &Epoll, token: u64) -> Result<TimerFd> {
     let t = TimerFd::new(
         ClockId::CLOCK_MONOTONIC,
         TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
@@ -167,22 +193,52 @@ fn watched_timer(epoll: &Epoll, token: u64) -> Result<TimerFd> {
     Ok(t)
 }
 
-impl Daemon {
-    /// Sets up sockets and watches; serves no one until [`Daemon::run`].
-    pub fn new(cfg: DaemonConfig, devices: Vec<Device>) -> Result<Self> {
-        let generation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        std::fs::create_dir_all(cfg.state_dir.join("tenants"))
-            .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-        let segments_dir = cfg.state_dir.join("segments");
-        std::fs::create_dir_all(&segments_dir)
-            .with_context(|| format!("creating {}", segments_dir.display()))?;
-        // Accounting files are the daemon's own: never readable by tenants.
-        std::fs::set_permissions(&segments_dir, std::fs::Permissions::from_mode(0o700))?;
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+/// Arms a one-shot timer, logging (never ignoring) a failure: a timer that silently does not
+/// fire would leave deadlines unenforced.
+fn arm(timer: &TimerFd, after: Duration, what: &str) {
+    if let Err(e) = timer.set(
+        Expiration::OneShot(TimeSpec::from_duration(
+            after.max(Duration::from_micros(50)),
+        )),
+        TimerSetTimeFlags::empty(),
+    ) {
+        tracing::error!("cannot arm the {what} timer: {e}");
+    }
+}
 
+/// Raises the soft limit on open descriptors to the hard limit: each tenant process holds a
+/// connection, each tenant a listener, a directory and a file.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    let ok = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            soft == lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if ok {
+        tracing::info!(limit = lim.rlim_cur, "open descriptor limit");
+    } else {
+        tracing::warn!(
+            "cannot raise the open descriptor limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The spare descriptor (see [`Daemon::spare_fd`]).
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
+impl Loop {
+    fn new(cfg: &DaemonConfig) -> Result<Loop> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let mut mask = SigSet::empty();
         for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
             mask.add(s);
@@ -190,29 +246,30 @@ impl Daemon {
         mask.thread_block().context("blocking signals")?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, K_SIGNAL))?;
+        let watches = Watches::new(cfg, &epoll, K_INOTIFY, K_TAMPER)?;
+        let control = endpoint::control_listener(&cfg.state_dir)?;
+        epoll.add(&control, EpollEvent::new(EpollFlags::EPOLLIN, K_CONTROL))?;
+        Ok(Loop {
+            retry_timer: watched_timer(&epoll, K_RETRY)?,
+            sched_timer: watched_timer(&epoll, K_SCHED)?,
+            backoff_timer: watched_timer(&epoll, K_BACKOFF)?,
+            epoll,
+            signals,
+            control,
+            watches,
+        })
+    }
+}
 
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
-        std::fs::create_dir_all(&cfg.tenants_dir)
-            .with_context(|| format!("creating {}", cfg.tenants_dir.display()))?;
-        inotify
-            .add_watch(
-                &cfg.tenants_dir,
-                AddWatchFlags::IN_CLOSE_WRITE
-                    | AddWatchFlags::IN_MOVED_TO
-                    | AddWatchFlags::IN_MOVED_FROM
-                    | AddWatchFlags::IN_DELETE
-                    | AddWatchFlags::IN_CREATE,
-            )
-            .with_context(|| format!("watching {}", cfg.tenants_dir.display()))?;
-        epoll.add(
-            inotify.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, K_INOTIFY),
-        )?;
-
-        let retry_timer = watched_timer(&epoll, K_RETRY)?;
-        let sched_timer = watched_timer(&epoll, K_SCHED)?;
-        let fp = footprint::Footprints::new(&epoll, devices.len())?;
-        let quantum = Duration::from_millis(cfg.quantum_ms as u64);
+impl Daemon {
+    /// Sets up sockets and watches; serves no one until [`Daemon::run`].
+    pub fn new(cfg: DaemonConfig, devices: Vec<Device>) -> Result<Self> {
+        endpoint::prepare_state_dirs(&cfg)?;
+        raise_fd_limit();
+        crate::sigbus::install().context("installing the SIGBUS guard")?;
+        let lp = Loop::new(&cfg)?;
+        let fp = footprint::Footprints::new(&lp.epoll, devices.len())?;
+        let quantum = Duration::from_millis(u64::from(cfg.quantum_ms));
         let scheds = devices
             .iter()
             .map(|_| DeviceSched {
@@ -220,39 +277,31 @@ impl Daemon {
                 draining: None,
             })
             .collect();
-
-        let control_path = control_socket(&cfg.state_dir);
-        let _ = std::fs::remove_file(&control_path);
-        let control = UnixListener::bind(&control_path)
-            .with_context(|| format!("binding {}", control_path.display()))?;
-        std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
-        control.set_nonblocking(true)?;
-        epoll.add(&control, EpollEvent::new(EpollFlags::EPOLLIN, K_CONTROL))?;
-
         let mut d = Daemon {
             cfg,
             devices,
-            generation,
+            generation: generation(),
             started: Instant::now(),
-            epoll,
-            signals,
-            inotify,
-            retry_timer,
-            control,
+            lp,
             tenants: BTreeMap::new(),
+            pending: BTreeMap::new(),
             listeners: HashMap::new(),
             conns: HashMap::new(),
+            conn_counts: HashMap::new(),
             next_id: 1,
             pending_reclaims: Vec::new(),
+            pending_audits: BTreeSet::new(),
             config_errors: BTreeMap::new(),
             scheds,
-            sched_timer,
             pidfds: HashMap::new(),
+            warnings: LogLimiter::new(WARN_INTERVAL),
+            accept_paused: None,
+            spare_fd: open_spare(),
             metrics_address: None,
             fp,
         };
         d.reload_tenants();
-        d.remove_stale_segments();
+        d.adopt_leftover_segments();
         Ok(d)
     }
 
@@ -265,58 +314,19 @@ impl Daemon {
     pub fn run(&mut self) -> Result<()> {
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            let n = match self.lp.epoll.wait(&mut events, EpollTimeout::NONE) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e).context("epoll_wait"),
             };
             for ev in &events[..n] {
-                let token = ev.data();
-                let id = token & !KIND_MASK;
-                match token & KIND_MASK {
-                    K_SIGNAL => {
-                        if self.handle_signals()? {
-                            tracing::info!("shutting down");
-                            return Ok(());
-                        }
-                    }
-                    K_CONTROL => self.accept_control(),
-                    K_LISTENER => self.accept_tenant(id),
-                    K_CONN => self.handle_conn(id, ev.events()),
-                    K_INOTIFY => {
-                        let _ = self.inotify.read_events();
-                        self.reload_tenants();
-                    }
-                    K_RETRY => {
-                        let _ = self.retry_timer.wait();
-                        self.retry_reclaims();
-                    }
-                    K_PIDFD => {
-                        if let Some((tenant, slot, pidfd)) = self.pidfds.remove(&id) {
-                            let _ = self.epoll.delete(&pidfd);
-                            if let Some(t) = self.tenants.get_mut(&tenant) {
-                                t.orphans.remove(&slot);
-                            }
-                            tracing::info!(
-                                tenant,
-                                slot,
-                                "orphaned process exited; returning its memory"
-                            );
-                            self.reclaim(&tenant, slot, 0);
-                        }
-                    }
-                    K_SCHED => {
-                        let _ = self.sched_timer.wait();
-                        for dev in 0..self.scheds.len() {
-                            self.sched_event(dev, |s, now, act| s.tick(now, act));
-                        }
-                    }
-                    K_FOOTPRINT => {
-                        let _ = self.fp.timer.wait();
-                    }
-                    K_MEASURED => self.readings_in(),
-                    _ => tracing::warn!(token, "unknown epoll token"),
+                if self.dispatch(ev.data(), ev.events())? {
+                    tracing::info!("shutting down");
+                    return Ok(());
                 }
+            }
+            if crate::sigbus::Guard::any_damage() {
+                self.repair_all();
             }
             self.measure_due();
             self.rearm_footprint_timer();
@@ -324,11 +334,52 @@ impl Daemon {
         }
     }
 
+    /// Handles one epoll event; true when the daemon should stop.
+    fn dispatch(&mut self, token: u64, events: EpollFlags) -> Result<bool> {
+        let id = token & !KIND_MASK;
+        match token & KIND_MASK {
+            K_SIGNAL => return self.handle_signals(),
+            K_CONTROL => self.accept_control(),
+            K_LISTENER => self.accept_tenant(id),
+            K_CONN => self.handle_conn(id, events),
+            K_INOTIFY => {
+                if self.lp.watches.tenants_dir_changed() {
+                    self.reload_tenants();
+                }
+            }
+            K_TAMPER => {
+                for tenant in self.lp.watches.tampered_files() {
+                    self.repair_tenant(&tenant);
+                }
+            }
+            K_RETRY => {
+                drain_timer(&self.lp.retry_timer);
+                self.retry_deferred();
+            }
+            K_BACKOFF => {
+                drain_timer(&self.lp.backoff_timer);
+                self.resume_accepting();
+            }
+            K_PIDFD => self.orphan_exited(id),
+            K_FOOTPRINT => drain_timer(&self.fp.timer),
+            K_MEASURED => self.readings_in(),
+            K_SCHED => {
+                drain_timer(&self.lp.sched_timer);
+                for dev in 0..self.scheds.len() {
+                    self.sched_event(dev, |s, now, act| s.tick(now, act));
+                }
+            }
+            _ => tracing::warn!(token, "unknown epoll token"),
+        }
+        Ok(false)
+    }
+
     fn handle_signals(&mut self) -> Result<bool> {
-        while let Some(info) = self.signals.read_signal()? {
+        while let Some(info) = self.lp.signals.read_signal()? {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGHUP) => {
                     tracing::info!("SIGHUP: rescanning tenants");
+                    self.lp.watches.rewatch_tenants_dir();
                     self.reload_tenants();
                 }
                 Ok(_) => return Ok(true),
@@ -339,9 +390,37 @@ impl Daemon {
     }
 
     fn accept_control(&mut self) {
-        while let Ok((stream, _)) = self.control.accept() {
-            if let Err(e) = self.serve_control(stream) {
-                tracing::debug!("control request failed: {e:#}");
+        loop {
+            match self.lp.control.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = self.serve_control(stream) {
+                        tracing::debug!("control request failed: {e:#}");
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) && self.spare_fd.is_some() => {
+                    // Out of descriptors: give up the spare one to answer the operator.
+                    self.spare_fd = None;
+                    let served = self.lp.control.accept();
+                    let pending = served.is_ok();
+                    if let Ok((stream, _)) = served
+                        && let Err(e) = self.serve_control(stream)
+                    {
+                        tracing::debug!("control request failed: {e:#}");
+                    }
+                    // (None while a status request waits for readings with the descriptor:
+                    // reopened once it is answered.)
+                    self.spare_fd = open_spare();
+                    // Nothing was pending (the table is still full, so accepting again would
+                    // fail the same way forever): done until the listener is readable again.
+                    if !pending {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("control socket: accept failed: {e}");
+                    return;
+                }
             }
         }
     }
@@ -375,7 +454,7 @@ impl Daemon {
     }
 
     /// Writes the status report to a control connection.
-    fn answer_status(&self, mut stream: UnixStream) {
+    fn answer_status(&mut self, mut stream: UnixStream) {
         let result = serde_json::to_vec(&self.status())
             .map_err(std::io::Error::from)
             .and_then(|reply| {
@@ -385,82 +464,38 @@ impl Daemon {
         if let Err(e) = result {
             tracing::debug!("control request failed: {e:#}");
         }
-    }
-
-    /// The report `gpumuxctl status` prints.
-    pub fn status(&self) -> StatusReport {
-        let now = Instant::now();
-        let tenants = self
-            .tenants
-            .values()
-            .map(|t| {
-                let c = &t.segments.control;
-                let a = &t.segments.accounting;
-                let devices = self
-                    .devices
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| c.devices[*i].allowed.load(Relaxed) != 0)
-                    .map(|(i, d)| TenantDeviceStatus {
-                        index: d.index,
-                        memory_used: a.devices[i].used.load(Relaxed),
-                        memory_overhead: a.devices[i].overhead.load(Relaxed),
-                        memory_limit: c.devices[i].memory_limit.load(Relaxed),
-                        memory_peak: a.devices[i].peak.load(Relaxed),
-                        allocations_refused: a.devices[i].refused.load(Relaxed),
-                        launches: a
-                            .processes
-                            .iter()
-                            .map(|p| p.launches[i].load(Relaxed))
-                            .sum(),
-                        device_time_share: self.scheds[i]
-                            .sched
-                            .recent_shares(now)
-                            .get(&t.quota.name)
-                            .copied(),
-                        device_time_ns: self.scheds[i].sched.charged_ns(&t.quota.name),
-                        slice_wait_ns: a.devices[i].wait_ns.load(Relaxed),
-                    })
-                    .collect();
-                TenantStatus {
-                    name: t.quota.name.clone(),
-                    weight: t.quota.weight,
-                    compute_limit_percent: t.quota.compute_limit_permille.map(|p| p as f64 / 10.0),
-                    processes: t
-                        .processes
-                        .values()
-                        .copied()
-                        .chain(t.orphans.values().map(|&(pid, _)| pid))
-                        .collect(),
-                    socket: tenant_socket(&self.cfg.state_dir, &t.quota.name)
-                        .display()
-                        .to_string(),
-                    devices,
-                    priority: t.quota.priority,
-                    owner: t.quota.owner.clone(),
-                }
-            })
-            .collect();
-        StatusReport {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            pid: std::process::id(),
-            generation: self.generation,
-            uptime_s: self.started.elapsed().as_secs_f64(),
-            quantum_ms: self.cfg.quantum_ms,
-            metrics_address: self.metrics_address.clone(),
-            devices: self
-                .devices
-                .iter()
-                .map(|d| DeviceStatus {
-                    index: d.index,
-                    uuid: d.uuid.clone(),
-                    name: d.name.clone(),
-                    total_bytes: d.total_bytes,
-                })
-                .collect(),
-            tenants,
-            config_errors: self.config_errors.values().map(|e| e.to_string()).collect(),
-            unmanaged: self.fp.unmanaged.clone(),
+        if self.spare_fd.is_none() {
+            drop(stream);
+            self.spare_fd = open_spare();
         }
     }
+
+    /// Retries what a tenant-held lock deferred.
+    fn retry_deferred(&mut self) {
+        self.retry_reclaims();
+        for tenant in std::mem::take(&mut self.pending_audits) {
+            self.audit_recovered(&tenant);
+        }
+        self.warnings.forget_quiet(Instant::now());
+    }
+
+    /// Schedules a retry of deferred work.
+    fn defer_retry(&self) {
+        arm(&self.lp.retry_timer, RETRY_INTERVAL, "retry");
+    }
+}
+
+/// Reads a timerfd's expiration count so it stops being readable.
+fn drain_timer(timer: &TimerFd) {
+    match timer.wait() {
+        Ok(()) | Err(nix::errno::Errno::EAGAIN) => {}
+        Err(e) => tracing::warn!("reading a timer: {e}"),
+    }
+}
+
+/// Identifies this daemon instance (segments it created carry it).
+fn generation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
 }

@@ -1,7 +1,30 @@
 //! Glue between the per-device schedulers ([`crate::scheduler`]) and the tenants: which devices
 //! are time-sliced, what the schedulers observe, and carrying out grants and revocations.
+//!
+//! A removed tenant whose processes still run stays scheduled at weight 1, without a cap:
+//! its processes are never un-gated.
 
-use super::*;
+use super::{Daemon, Drain, Tenant, arm};
+use crate::scheduler::{Action, Activity, Scheduler};
+use gpumux_common::futex;
+use gpumux_common::protocol::ServerMsg;
+use gpumux_common::shm::SLICE_GRANTED;
+use gpumux_common::sock;
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+/// Whether a tenant takes part in time-slicing, and with which weight and cap.
+fn slicing_terms(t: &Tenant) -> Option<(u32, Option<u32>)> {
+    if !t.removed {
+        Some((t.quota.weight, t.quota.compute_limit_permille))
+    } else if !t.processes.is_empty() || !t.orphans.is_empty() {
+        Some((1, None))
+    } else {
+        None
+    }
+}
 
 impl Daemon {
     /// Brings every device's scheduler in line with the tenants: who may use the device, with
@@ -11,30 +34,23 @@ impl Daemon {
         let now = Instant::now();
         for dev in 0..self.devices.len() {
             let d = &self.devices[dev];
-            let users: Vec<&Tenant> = self
+            let users: Vec<(&Tenant, u32, Option<u32>)> = self
                 .tenants
                 .values()
-                .filter(|t| !t.removed && t.quota.allows(d.index, &d.uuid))
+                .filter(|t| t.quota.allows(d.index, &d.uuid))
+                .filter_map(|t| slicing_terms(t).map(|(w, c)| (t, w, c)))
                 .collect();
-            let scheduled = users.len() >= 2
-                || users
-                    .iter()
-                    .any(|t| t.quota.compute_limit_permille.is_some_and(|c| c < 1000));
+            let scheduled =
+                users.len() >= 2 || users.iter().any(|(_, _, c)| c.is_some_and(|c| c < 1000));
             for t in self.tenants.values() {
-                let on = scheduled && users.iter().any(|u| u.quota.name == t.quota.name);
+                let on = scheduled && users.iter().any(|(u, _, _)| u.quota.name == t.quota.name);
                 t.segments.control.devices[dev]
                     .scheduled
-                    .store(on as u32, SeqCst);
+                    .store(u32::from(on), SeqCst);
             }
             let names: Vec<(String, u32, Option<u32>)> = users
                 .iter()
-                .map(|t| {
-                    (
-                        t.quota.name.clone(),
-                        t.quota.weight,
-                        t.quota.compute_limit_permille,
-                    )
-                })
+                .map(|(t, w, c)| (t.quota.name.clone(), *w, *c))
                 .collect();
             let mut actions = Vec::new();
             let tenants = &self.tenants;
@@ -61,6 +77,7 @@ impl Daemon {
             return Activity::default();
         };
         let a = &t.segments.accounting;
+        // Tenant-written counters: read as untrusted (wrapping sums, no overflow).
         let responsive = t.processes.keys().any(|s| !t.stalled.contains(s));
         Activity {
             waiting: if responsive {
@@ -131,13 +148,13 @@ impl Daemon {
                         let msg = ServerMsg::Revoke {
                             device: dev as u32,
                             epoch,
-                        }
-                        .encode();
+                        };
                         for (id, c) in &self.conns {
                             let responsive = c.slot.is_some_and(|s| !t.stalled.contains(&s));
+                            // In the protocol version the process speaks.
                             if c.tenant == tenant
                                 && responsive
-                                && sock::send(c.fd.as_fd(), &msg, &[]).is_ok()
+                                && sock::send(c.fd.as_fd(), &msg.encode_for(c.version), &[]).is_ok()
                             {
                                 pending.insert(*id);
                             }
@@ -214,16 +231,17 @@ impl Daemon {
             .min();
         match next {
             Some(at) => {
-                let wait = at
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(50));
-                let _ = self.sched_timer.set(
-                    Expiration::OneShot(TimeSpec::from_duration(wait)),
-                    TimerSetTimeFlags::empty(),
+                let wait = at.saturating_duration_since(Instant::now());
+                arm(
+                    &self.lp.sched_timer,
+                    wait.max(Duration::from_micros(50)),
+                    "scheduling",
                 );
             }
             None => {
-                let _ = self.sched_timer.unset();
+                if let Err(e) = self.lp.sched_timer.unset() {
+                    tracing::error!("cannot disarm the scheduling timer: {e}");
+                }
             }
         }
     }

@@ -161,7 +161,7 @@ where
 {
     tonic::transport::Server::builder()
         .serve_with_incoming_shutdown(service, UnixListenerStream::new(listener), async move {
-            let _ = stop.wait_for(|s| *s).await;
+            stop.wait_for(|s| *s).await.ok();
         })
         .await
 }

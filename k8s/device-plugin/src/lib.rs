@@ -18,7 +18,6 @@
 //!
 //! The node's GPUs and their health come from gpumux-common's NVML reader
 //! ([`gpumux_common::nvml`]), shared with the daemon.
-#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
 pub mod config;

@@ -31,7 +31,8 @@ pub fn run_until_signal<T, F: Future<Output = T>>(
                 _ = term.recv() => tracing::info!("SIGTERM: stopping"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
             }
-            let _ = tx.send(true);
+            // Fails only when the work already ended (its receiver dropped): nothing to stop.
+            tx.send(true).ok();
         });
         Ok(work(rx).await)
     })

@@ -197,7 +197,7 @@ struct Serving {
 
 impl Serving {
     async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.send(true).ok();
         let mut task = self.task;
         if tokio::time::timeout(Duration::from_secs(5), &mut task)
             .await
@@ -265,7 +265,7 @@ async fn registration_loop(
         serving.stop().await;
         match ended {
             Ended::Shutdown => {
-                let _ = std::fs::remove_file(cfg.plugin_socket());
+                std::fs::remove_file(cfg.plugin_socket()).ok();
                 tracing::info!("stopped");
                 return Ok(());
             }
@@ -395,6 +395,6 @@ pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>
     }
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
-        r = shutdown.wait_for(|s| *s) => { let _ = r; true }
+        r = shutdown.wait_for(|s| *s) => { r.ok(); true }
     }
 }

@@ -268,7 +268,7 @@ impl TenantStore {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(dir = %dir.display(), "cannot remove tenant directory: {e}")
+                    tracing::warn!(dir = %dir.display(), "cannot remove tenant directory: {e}");
                 }
             }
             done.forgotten.push(name.clone());
@@ -396,12 +396,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TenantEr
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+            d.sync_all().ok();
         }
         Ok(())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        std::fs::remove_file(&tmp).ok();
     }
     result.map_err(io(path))
 }

@@ -72,7 +72,7 @@ impl Registration for Registrar {
         if r.endpoint.is_empty() || r.endpoint.contains('/') {
             return Err(Status::invalid_argument("bad endpoint"));
         }
-        let _ = self.0.send(r);
+        self.0.send(r).ok();
         Ok(Response::new(Empty {}))
     }
 }
@@ -161,7 +161,7 @@ impl FakeKubelet {
     /// is removed (unless `keep_plugin_sockets`), and a new `kubelet.sock` appears.
     fn restart(&mut self, rt: &Runtime, keep_plugin_sockets: bool) {
         if let Some(stop) = self.reg_stop.take() {
-            let _ = stop.send(true);
+            stop.send(true).ok();
         }
         let kubelet_sock = self.dir.join(v1beta1::KUBELET_SOCKET);
         for e in std::fs::read_dir(&self.dir).unwrap() {
@@ -316,8 +316,8 @@ impl PluginProcess {
 
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill().ok();
+            c.wait().ok();
         }
     }
 
@@ -332,7 +332,7 @@ impl PluginProcess {
                 return st;
             }
             if std::time::Instant::now() > deadline {
-                let _ = c.kill();
+                c.kill().ok();
                 panic!("plugin ignored SIGTERM; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -610,10 +610,11 @@ fn gpu(index: u32) -> GpuInfo {
 /// The plugin also waits for a kubelet that is not up yet.
 #[test]
 fn list_and_watch_follows_gpu_health() {
-    let _ = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
         .with_env_filter("debug,h2=info,hyper=info,tower=info")
         .with_test_writer()
-        .try_init();
+        .try_init()
+        .ok();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -697,7 +698,7 @@ fn list_and_watch_follows_gpu_health() {
     assert_eq!(health(&next_list(&rt, &mut stream, &no_log)), expect(h, h));
 
     // Shutdown ends the stream and the plugin, and removes its socket.
-    let _ = stop.send(true);
+    stop.send(true).ok();
     let ended = rt.block_on(async { tokio::time::timeout(T, stream.message()).await });
     assert!(
         matches!(ended, Ok(Ok(None)) | Ok(Err(_))),

@@ -26,8 +26,7 @@ use tonic::{Request, Response, Status};
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The `DRAPlugin` service (both versions). Cheap to clone.

@@ -109,8 +109,7 @@ pub fn format_binary(n: u64) -> String {
         .iter()
         .rev()
         .find(|(_, e)| n != 0 && n.is_multiple_of(1u64 << e))
-        .map(|(s, e)| format!("{}{s}", n >> e))
-        .unwrap_or_else(|| n.to_string())
+        .map_or_else(|| n.to_string(), |(s, e)| format!("{}{s}", n >> e))
 }
 
 #[cfg(test)]

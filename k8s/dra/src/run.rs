@@ -140,7 +140,7 @@ async fn publish_loop(
                     backoff = Duration::from_millis(200);
                     match r {
                         Reconciled::Unchanged { .. } => {
-                            tracing::debug!(?r, "ResourceSlice up to date")
+                            tracing::debug!(?r, "ResourceSlice up to date");
                         }
                         _ => tracing::info!(?r, devices = devices.len(), "ResourceSlice published"),
                     }
@@ -179,7 +179,8 @@ struct Served {
 
 impl Served {
     async fn stop(self) {
-        let _ = self.stop.send(true);
+        // Fails only when every server already stopped (their receivers dropped).
+        self.stop.send(true).ok();
         for mut task in self.tasks {
             if tokio::time::timeout(Duration::from_secs(5), &mut task)
                 .await
@@ -276,7 +277,13 @@ async fn serve_loop(
             None => {
                 // Registration socket first: the kubelet stops calling a driver it cannot find.
                 for p in paths.iter().rev() {
-                    let _ = std::fs::remove_file(p);
+                    match std::fs::remove_file(p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(path = %p.display(), "cannot remove a socket: {e}");
+                        }
+                    }
                 }
                 tracing::info!("stopped");
                 return Ok(());

@@ -180,11 +180,7 @@ pub fn slice(driver: &str, node: &str, devices: Vec<Device>, generation: i64) ->
 /// rewrites quantities canonically) compares equal to what the driver would write.
 pub fn normalized(devices: &[Device]) -> Vec<Device> {
     let q = |q: &Quantity| {
-        Quantity(
-            quantity::parse(&q.0)
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| q.0.clone()),
-        )
+        Quantity(quantity::parse(&q.0).map_or_else(|_| q.0.clone(), |n| n.to_string()))
     };
     let mut out: Vec<Device> = devices
         .iter()

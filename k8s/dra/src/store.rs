@@ -302,7 +302,7 @@ impl ClaimStore {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(dir = %dir.display(), "cannot remove tenant directory: {e}")
+                    tracing::warn!(dir = %dir.display(), "cannot remove tenant directory: {e}");
                 }
             }
             next.remove(uid);

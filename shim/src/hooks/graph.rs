@@ -101,7 +101,7 @@ fn charge_parts(reg: &Registration, parts: &[Part]) -> bool {
 
 fn uncharge_parts(reg: &Registration, parts: &[Part]) {
     for p in parts {
-        let _ = accounting::uncharge(&reg.accounting, reg.slot, p.device, p.bytes);
+        super::memory::give_back_bytes(reg, p.device, p.bytes);
     }
 }
 
@@ -196,7 +196,7 @@ fn reconcile(reg: &Registration, table: &mut Table, ordinal: CUdevice, device: u
     }
     let (give, take) = table.reconcile(device, reserved);
     if give > 0 {
-        let _ = accounting::uncharge(&reg.accounting, reg.slot, device, give);
+        super::memory::give_back_bytes(reg, device, give);
     }
     if take > 0
         && accounting::charge(reg.control(), &reg.accounting, reg.slot, device, take).is_err()

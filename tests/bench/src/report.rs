@@ -179,31 +179,35 @@ impl Report {
     pub fn table(&self) -> String {
         let p = &self.params;
         let mut s = String::new();
-        let _ = writeln!(
+        writeln!(
             s,
             "gpumux-bench: the shim's added cost per driver call, against the bare fake driver"
-        );
-        let _ = writeln!(
+        )
+        .ok();
+        writeln!(
             s,
             "machine: {} CPUs, {}; build: {}",
             self.machine.nproc, self.machine.cpu, self.machine.profile
-        );
-        let _ = writeln!(
+        )
+        .ok();
+        writeln!(
             s,
             "per benchmark: {} timed iterations (+{} warm-up) in {} chunks; allocations of {} bytes; \
              {} run(s) per configuration, order alternating",
             p.iters, p.warmup, p.chunks, p.bytes, self.repeats
-        );
-        let _ = writeln!(
+        ).ok();
+        writeln!(
             s,
             "ns/op = median over runs of each run's median chunk; min..max over runs\n"
-        );
-        let _ = writeln!(
+        )
+        .ok();
+        writeln!(
             s,
             "{:<38} {:<18} {:>10} {:>21} {:>10} {:>7}",
             "benchmark", "configuration", "ns/op", "min..max", "added ns", "ratio"
-        );
-        let _ = writeln!(s, "{}", "-".repeat(38 + 18 + 10 + 21 + 10 + 7 + 5));
+        )
+        .ok();
+        writeln!(s, "{}", "-".repeat(38 + 18 + 10 + 21 + 10 + 7 + 5)).ok();
         for (bench, label) in BENCHES {
             for (i, r) in self.rows.iter().filter(|r| r.bench == bench).enumerate() {
                 let spread = format!("{:.1}..{:.1}", r.min_ns, r.max_ns);
@@ -214,7 +218,7 @@ impl Report {
                 } else {
                     "n/a".to_string()
                 };
-                let _ = writeln!(
+                writeln!(
                     s,
                     "{:<38} {:<18} {:>10.1} {:>21} {:>10} {:>7}",
                     if i == 0 { label } else { "" },
@@ -227,12 +231,13 @@ impl Report {
                     } else {
                         "n/a".to_string()
                     }
-                );
+                )
+                .ok();
             }
         }
-        let _ = writeln!(s, "\ntargets (added ns per call against the bare fake):");
+        writeln!(s, "\ntargets (added ns per call against the bare fake):").ok();
         if self.targets.is_empty() {
-            let _ = writeln!(s, "  n/a: the bare fake was not measured");
+            writeln!(s, "  n/a: the bare fake was not measured").ok();
         }
         for v in &self.targets {
             let what = match v.bench.as_str() {
@@ -240,29 +245,32 @@ impl Report {
                 "passthrough" => "unhooked call",
                 _ => "hooked call",
             };
-            let _ = writeln!(
+            writeln!(
                 s,
                 "  {what:<18} {:<18} {:>+9.1} ns  (target < {:.0} ns)  {}",
                 v.config.label(),
                 v.added_ns,
                 v.limit_ns,
                 if v.met { "MET" } else { "MISSED" }
-            );
+            )
+            .ok();
         }
-        let _ = writeln!(
+        writeln!(
             s,
             "\n* launch: time for cuLaunchKernel to return, in batches of {} launches with the \
              stream synchronised\n  between batches outside the timer. The fake's stream worker \
              thread runs the kernels meanwhile\n  and competes for the queue lock and the CPUs: \
              this row measures the fake as much as the shim.",
             p.launch_batch
-        );
+        )
+        .ok();
         if self.machine.profile != "release" {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "note: {} build; only a release build gives representative figures",
                 self.machine.profile
-            );
+            )
+            .ok();
         }
         s
     }

@@ -22,10 +22,10 @@ pub fn cache_dir() -> PathBuf {
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
+        .map_or_else(
+            || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),
+            PathBuf::from,
+        );
     cache.join("gpumux/nvidia")
 }
 
@@ -55,8 +55,7 @@ impl RealDriver {
         text.lines()
             .find_map(|l| l.strip_prefix("libcuda1_"))
             .and_then(|rest| rest.split(['-', '_']).next())
-            .map(str::to_owned)
-            .unwrap_or_else(|| self.branch.clone())
+            .map_or_else(|| self.branch.clone(), str::to_owned)
     }
 }
 

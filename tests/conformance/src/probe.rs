@@ -181,8 +181,7 @@ impl Library {
             a => self
                 .names_by_addr
                 .get(&a)
-                .map(|n| n.join("|"))
-                .unwrap_or_else(|| "unexported".into()),
+                .map_or_else(|| "unexported".into(), |n| n.join("|")),
         }
     }
 

@@ -177,22 +177,23 @@ pub fn render(results: &[Comparison], sources: &[String]) -> String {
          without a GPU, fetched by `scripts/fetch-nvidia-libs.sh`:\n\n",
     );
     for s in sources {
-        let _ = writeln!(md, "- {s}");
+        writeln!(md, "- {s}").ok();
     }
     md.push('\n');
     let total: usize = results.iter().map(|c| c.differences.len()).sum();
-    let _ = writeln!(
+    writeln!(
         md,
         "{} comparisons, {} differences in all.\n",
         results.len(),
         thousands(total)
-    );
+    )
+    .ok();
     for (section, rows) in sections {
-        let _ = writeln!(md, "## {section}\n");
+        writeln!(md, "## {section}\n").ok();
         md.push_str("| driver | compared with the driver | compared | differences |\n");
         md.push_str("|---|---|---:|---:|\n");
         for c in &rows {
-            let _ = writeln!(
+            writeln!(
                 md,
                 "| {} | {} | {} {} | {} |",
                 c.driver,
@@ -200,7 +201,8 @@ pub fn render(results: &[Comparison], sources: &[String]) -> String {
                 thousands(c.compared),
                 c.unit,
                 thousands(c.differences.len())
-            );
+            )
+            .ok();
         }
         md.push('\n');
         let mut methods: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -208,30 +210,32 @@ pub fn render(results: &[Comparison], sources: &[String]) -> String {
             methods.entry(&c.method).or_default().push(&c.subject);
         }
         for (method, _) in methods.into_iter().filter(|(m, _)| !m.is_empty()) {
-            let _ = writeln!(md, "{method}\n");
+            writeln!(md, "{method}\n").ok();
         }
         for c in rows.iter().filter(|c| !c.differences.is_empty()) {
-            let _ = writeln!(
+            writeln!(
                 md,
                 "### {} vs {}: {} differences\n",
                 c.subject,
                 c.driver,
                 thousands(c.differences.len())
-            );
+            )
+            .ok();
             if let Some(note) = &c.note {
-                let _ = writeln!(md, "{note}\n");
+                writeln!(md, "{note}\n").ok();
             }
             md.push_str("```text\n");
             for d in c.differences.iter().take(MAX_LISTED) {
-                let _ = writeln!(md, "{d}");
+                writeln!(md, "{d}").ok();
             }
             if c.differences.len() > MAX_LISTED {
-                let _ = writeln!(
+                writeln!(
                     md,
                     "... {} more in target/conformance/{}.json",
                     c.differences.len() - MAX_LISTED,
                     c.id
-                );
+                )
+                .ok();
             }
             md.push_str("```\n\n");
         }
@@ -260,7 +264,7 @@ mod tests {
     #[test]
     fn renders_sections_rows_and_differences() {
         let dir = std::env::temp_dir().join(format!("conformance-report-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok();
         c("b", "NVML", &[]).write_to(&dir).unwrap();
         c("a", "cuGetProcAddress", &["x differs"])
             .write_to(&dir)

@@ -294,7 +294,7 @@ pub fn primary_reset(p: &Process, device: u32) -> Res<()> {
 /// memory and its own device memory. The calling thread pops it if it is current.
 pub fn destroy(p: &Process, h: u64) -> Res<()> {
     let ctx = p.contexts.lock().remove(&h).ok_or(err::INVALID_CONTEXT)?;
-    let _ = ctx.synchronize();
+    ctx.synchronize().ok();
     crate::graph::drop_context(p, &ctx);
     for s in ctx.all_streams() {
         s.shutdown();

@@ -1526,7 +1526,7 @@ pub fn end(p: &Process, s: &Arc<Stream>) -> Res<u64> {
     if c.invalid || unjoined {
         if c.own_graph {
             drop(st);
-            let _ = destroy(p, c.graph);
+            destroy(p, c.graph).ok();
         }
         return Err(if c.invalid {
             err::STREAM_CAPTURE_INVALIDATED
@@ -1759,7 +1759,7 @@ pub fn forget_stream(p: &Process, s: &Arc<Stream>) {
                 && c.own_graph
             {
                 drop(st);
-                let _ = destroy(p, c.graph);
+                destroy(p, c.graph).ok();
             }
             return;
         }

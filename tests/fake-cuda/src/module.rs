@@ -287,7 +287,7 @@ impl Modules {
             .map(|m| m.handle)
             .collect();
         for h in gone {
-            let _ = self.unload(p, h, false);
+            self.unload(p, h, false).ok();
         }
         for m in self.modules.lock().values().filter(|m| m.library) {
             let mut loaded = m.loaded_in.lock();

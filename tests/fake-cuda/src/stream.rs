@@ -239,9 +239,10 @@ impl Stream {
                     if let Ok(p) = process()
                         && let Ok(c) = context::lookup(p, self.ctx)
                     {
-                        let _ =
-                            c.sticky
-                                .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed);
+                        // The first error sticks; a later one leaves it as it is.
+                        c.sticky
+                            .compare_exchange(0, e, Ordering::AcqRel, Ordering::Relaxed)
+                            .ok();
                     }
                 }
             }
@@ -529,11 +530,13 @@ pub fn per_thread(p: &Process, ctx: &Context) -> Arc<Stream> {
 
 /// Forgets the calling thread's per-thread stream of a destroyed context.
 pub fn forget_per_thread(ctx: u64) {
-    let _ = PER_THREAD.try_with(|t| {
-        if let Ok(mut t) = t.try_borrow_mut() {
-            t.streams.remove(&ctx);
-        }
-    });
+    PER_THREAD
+        .try_with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.streams.remove(&ctx);
+            }
+        })
+        .ok();
 }
 
 /// Resolves a `CUstream` argument: NULL is the legacy stream (or the per-thread stream for

@@ -95,10 +95,11 @@ pub fn guard_named(name: &'static str, f: impl FnOnce() -> Res<()>) -> CUresult 
         Ok(Ok(())) => err::SUCCESS,
         Ok(Err(e)) => e,
         Err(_) => {
-            let _ = std::io::Write::write_fmt(
+            std::io::Write::write_fmt(
                 &mut std::io::stderr(),
                 format_args!("fake libcuda: {name} panicked; returning CUDA_ERROR_UNKNOWN\n"),
-            );
+            )
+            .ok();
             err::UNKNOWN
         }
     }

@@ -142,10 +142,11 @@ fn guard(f: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
 /// distinct functions (merged into one address, a pointer could not tell which export it is).
 fn guard_named(name: &'static str, f: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        let _ = std::io::Write::write_fmt(
+        std::io::Write::write_fmt(
             &mut std::io::stderr(),
             format_args!("fake libnvidia-ml: {name} panicked; returning NVML_ERROR_UNKNOWN\n"),
-        );
+        )
+        .ok();
         NVML_ERROR_UNKNOWN
     })
 }

@@ -19,10 +19,11 @@ use std::io::Write;
 #[inline(never)]
 fn not_simulated(name: &str) -> nvmlReturn_t {
     if std::env::var_os("FAKEGPU_LOG_UNSUPPORTED").is_some_and(|v| v != "0") {
-        let _ = writeln!(
+        writeln!(
             std::io::stderr(),
             "fake libnvidia-ml: {name} is not simulated (NVML_ERROR_NOT_SUPPORTED)"
-        );
+        )
+        .ok();
     }
     if crate::lock().refcount == 0 {
         NVML_ERROR_UNINITIALIZED

@@ -227,10 +227,10 @@ mod tests {
 
     #[test]
     fn config_rejects_bad() {
-        assert!(DeviceConfig::new(&[]).is_err());
-        assert!(DeviceConfig::new(&[0]).is_err());
-        assert!(DeviceConfig::new(&[1; MAX_DEVICES + 1]).is_err());
-        assert!(DeviceConfig::new(&[1; MAX_DEVICES]).is_ok());
+        DeviceConfig::new(&[]).unwrap_err();
+        DeviceConfig::new(&[0]).unwrap_err();
+        DeviceConfig::new(&[1; MAX_DEVICES + 1]).unwrap_err();
+        DeviceConfig::new(&[1; MAX_DEVICES]).unwrap();
     }
 
     #[test]

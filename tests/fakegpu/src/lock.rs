@@ -92,7 +92,8 @@ fn futex_wake_all(word: &AtomicU32) {
 
 /// Decrements without going below zero.
 pub fn saturating_dec(a: &AtomicU32) {
-    let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+    a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+        .ok();
 }
 
 /// Holding the device. Dropping it releases the device to the next waiter.

@@ -57,8 +57,7 @@ impl FakeGpuEnv {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+            .map_or(0, |d| d.subsec_nanos());
         let dir = std::env::temp_dir().join(format!(
             "fakegpu-{}-{}-{:08x}",
             std::process::id(),
@@ -158,6 +157,6 @@ impl FakeGpuEnv {
 
 impl Drop for FakeGpuEnv {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::remove_dir_all(&self.dir).ok();
     }
 }

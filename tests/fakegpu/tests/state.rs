@@ -13,7 +13,7 @@ struct TempDir(PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        std::fs::remove_dir_all(&self.0).ok();
     }
 }
 
@@ -21,7 +21,7 @@ fn create(tag: &str, devices: &[u64]) -> (TempDir, PathBuf, GpuState) {
     let dir = std::env::temp_dir().join(format!("fakegpu-test-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("state");
-    let _ = std::fs::remove_file(&p);
+    std::fs::remove_file(&p).ok();
     let s = GpuState::open_or_create(&p, &DeviceConfig::new(devices).unwrap()).unwrap();
     (TempDir(dir), p, s)
 }
@@ -216,8 +216,7 @@ fn lock_is_fair_between_processes() {
             d.processes
                 .iter()
                 .find(|p| p.pid == *c as u32)
-                .map(|p| p.busy_ns)
-                .unwrap_or(0)
+                .map_or(0, |p| p.busy_ns)
         })
         .collect();
     let share = busy[0] as f64 / (busy[0] + busy[1]) as f64;
@@ -233,7 +232,7 @@ fn dead_holder_is_recovered_quickly() {
         let s = GpuState::open_existing(&p).unwrap();
         std::thread::spawn(move || {
             // Holds the device "forever".
-            let _ = s.run_kernel(0, 3_600_000_000_000);
+            s.run_kernel(0, 3_600_000_000_000).ok();
         });
         std::thread::sleep(Duration::from_millis(50));
     });
@@ -269,7 +268,7 @@ fn dead_waiter_is_skipped() {
     let child = fork_child(|| {
         let s = GpuState::open_existing(&p).unwrap();
         std::thread::spawn(move || {
-            let _ = s.run_kernel(0, 1_000_000);
+            s.run_kernel(0, 1_000_000).ok();
         });
         std::thread::sleep(Duration::from_millis(20));
     });

@@ -36,13 +36,26 @@ pub struct Gpumux {
     pub state_dir: PathBuf,
     pub tenants_dir: PathBuf,
     pub config_path: PathBuf,
+    /// Soft and hard `RLIMIT_NOFILE` the daemon is started with (None: inherited).
+    pub daemon_fd_limit: Option<u64>,
+    /// Extra environment of the daemon.
+    pub daemon_env: Vec<(String, String)>,
     daemon: Option<Child>,
     real: bool,
 }
 
+/// Where `GPUMUX_TEST_BINARIES` points, if set: a directory with other builds of `gpumuxd`,
+/// `gpumuxctl` and `libgpumux.so` to run the tests against (e.g. an older version, to show
+/// that a regression test fails on it).
+pub const ENV_TEST_BINARIES: &str = "GPUMUX_TEST_BINARIES";
+
 /// Path of a built workspace binary or library.
 pub fn artifact(name: &str) -> PathBuf {
-    let p = target_dir().join(name);
+    let other = std::env::var_os(ENV_TEST_BINARIES)
+        .map(PathBuf::from)
+        .map(|d| d.join(name))
+        .filter(|p| p.exists());
+    let p = other.unwrap_or_else(|| target_dir().join(name));
     assert!(
         p.exists(),
         "{} is missing: build the workspace first (cargo build --workspace)",
@@ -65,6 +78,17 @@ impl Gpumux {
 
     /// Like [`Gpumux::start_with`], on `backend`: a fresh fake GPU, or the machine's real driver.
     pub fn start_on(backend: Backend, tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
+        let mut g = Self::prepare(backend, tenants, extra_config);
+        g.start_daemon();
+        for (name, _) in tenants {
+            g.wait_for_socket(name);
+        }
+        g
+    }
+
+    /// Like [`Gpumux::start_on`], without starting the daemon: adjust, then
+    /// [`Gpumux::start_daemon`].
+    pub fn prepare(backend: Backend, tenants: &[(&str, &str)], extra_config: &str) -> Gpumux {
         let (gpu, real) = match &backend {
             Backend::Fake(devices) => (FakeGpuEnv::new(devices), false),
             Backend::FakeConfig(config) => (FakeGpuEnv::with_config(config.clone()), false),
@@ -94,21 +118,19 @@ impl Gpumux {
             ),
         )
         .expect("write config");
-        let mut g = Gpumux {
+        let g = Gpumux {
             gpu,
             dir,
             state_dir,
             tenants_dir,
             config_path,
+            daemon_fd_limit: None,
+            daemon_env: Vec::new(),
             daemon: None,
             real,
         };
         for (name, text) in tenants {
             g.write_tenant(name, text);
-        }
-        g.start_daemon();
-        for (name, _) in tenants {
-            g.wait_for_socket(name);
         }
         g
     }
@@ -122,9 +144,26 @@ impl Gpumux {
             .open(self.dir.path().join("gpumuxd.log"))
             .expect("daemon log");
         let control = self.state_dir.join("gpumuxd.sock");
-        let _ = std::fs::remove_file(&control);
-        let child = self
-            .command(artifact("gpumuxd"))
+        std::fs::remove_file(&control).ok();
+        let mut cmd = self.command(artifact("gpumuxd"));
+        cmd.envs(self.daemon_env.iter().map(|(k, v)| (k, v)));
+        if let Some(limit) = self.daemon_fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config_path)
             .stdin(Stdio::null())
@@ -143,14 +182,21 @@ impl Gpumux {
     /// SIGKILLs the daemon (no cleanup on its side).
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill().ok();
+            c.wait().ok();
         }
     }
 
     /// The daemon's pid, if running.
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the daemon process is still running (false once it died or was stopped).
+    pub fn daemon_alive(&mut self) -> bool {
+        self.daemon
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The daemon's log so far.
@@ -403,8 +449,8 @@ impl Drop for Gpumux {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill().ok();
+            c.wait().ok();
         }
     }
 }

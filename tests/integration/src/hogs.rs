@@ -69,8 +69,8 @@ impl Drop for CpuHogs {
     fn drop(&mut self) {
         for c in &mut self.children {
             // Our own children, by handle: kill and reap each.
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill().ok();
+            c.wait().ok();
         }
     }
 }

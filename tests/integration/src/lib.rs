@@ -4,8 +4,10 @@
 //!   workload, the NVML probe, the dlsym logger), running them under a
 //!   [`fakegpu::testenv::FakeGpuEnv`] and parsing their JSON-lines output.
 //! - [`gpumux`]: the real daemon and shim on the fake GPU (config, tenants, status).
+//! - [`client`]: a tenant process speaking the socket protocol itself (hostile-tenant tests).
 //! - [`hogs`]: deliberate host CPU load, for what must hold on a busy machine.
 
+pub mod client;
 pub mod gpumux;
 pub mod hogs;
 pub mod workloads;

@@ -113,6 +113,14 @@ pub fn dlsym_logger() -> PathBuf {
     .clone()
 }
 
+/// The bind-race LD_PRELOAD library for gpumuxd (`tests/workloads/c/bind_race.c`), compiled:
+/// swaps a just-bound socket for a symlink to `$BIND_RACE_VICTIM`.
+pub fn bind_race_lib() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| compile_c("bind_race.c", "libbind_race.so", &["-shared", "-fPIC"]))
+        .clone()
+}
+
 /// The `cudarc-workload` binary of this build (`cargo build --workspace` builds it).
 pub fn cudarc_workload() -> PathBuf {
     let p = target_dir().join("cudarc-workload");
@@ -212,12 +220,12 @@ pub fn run_text(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, Str
     let mut err = child.stderr.take().context("stderr")?;
     let t_out = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
+        out.read_to_string(&mut s).ok();
         s
     });
     let t_err = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
+        err.read_to_string(&mut s).ok();
         s
     });
     let deadline = Instant::now() + timeout;
@@ -226,8 +234,8 @@ pub fn run_text(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, Str
             break st;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill().ok();
+            child.wait().ok();
             let stdout = t_out.join().unwrap_or_default();
             let stderr = t_err.join().unwrap_or_default();
             bail!("{cmd:?} timed out after {timeout:?}\nstdout: {stdout}\nstderr: {stderr}");
@@ -351,8 +359,8 @@ impl Running {
 
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 
     /// Waits for the process to exit (up to `timeout`) and returns its status and every line.

@@ -354,8 +354,7 @@ fn two_saturating_processes_share_the_device_evenly_one_kernel_at_a_time() {
             .processes
             .iter()
             .find(|p| p.pid == pid)
-            .map(|p| p.busy_ns)
-            .unwrap_or(0)
+            .map_or(0, |p| p.busy_ns)
     };
     let s1 = env.snapshot();
     let t1 = Instant::now();

@@ -232,7 +232,7 @@ impl Drop for FootprintSampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join().ok();
         }
     }
 }
@@ -929,7 +929,7 @@ fn footprint_announcements_cannot_hurt_the_daemon() {
         device: 999,
         reserved: u64::MAX,
         seq: 7,
-        context: 1,
+        context: Some(1),
     };
     sock::send(fd.as_fd(), &bad.encode(), &[]).unwrap();
     let (n, _) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
@@ -944,7 +944,7 @@ fn footprint_announcements_cannot_hurt_the_daemon() {
         device: 0,
         reserved: u64::MAX,
         seq: 8,
-        context: 1,
+        context: Some(1),
     };
     sock::send(fd.as_fd(), &odd.encode(), &[]).unwrap();
     let (n, _) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
@@ -959,7 +959,7 @@ fn footprint_announcements_cannot_hurt_the_daemon() {
         device: 0,
         reserved: 0,
         seq: 9,
-        context: 0,
+        context: Some(0),
     }
     .encode();
     for _ in 0..2000 {

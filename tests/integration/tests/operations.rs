@@ -62,8 +62,7 @@ fn editing_a_tenant_file_changes_running_processes_limits() {
     assert_eq!(
         i(lines.named("alloc", "y"), "result"),
         CUDA_SUCCESS,
-        "raised to 2 GiB: {:?}",
-        lines
+        "raised to 2 GiB: {lines:?}"
     );
     assert_eq!(
         i(lines.named("alloc", "z"), "result"),
@@ -206,10 +205,21 @@ fn removing_and_adding_tenants_applies_live() {
     std::fs::remove_file(g.tenants_dir.join("a.toml")).unwrap();
     wait_until(
         Duration::from_secs(2),
-        || !g.socket("a").exists(),
-        || "socket not removed".into(),
+        || g.tenant_status("a")["removed"] == true,
+        || "tenant not removed".into(),
     );
-    // New processes cannot join a removed tenant.
+    // Its running process stays under control, shown in status at weight 1 (its socket stays
+    // for it to reattach after a daemon restart); new processes cannot join.
+    let a = g.tenant_status("a");
+    assert_eq!(a["weight"], 1, "{a}");
+    assert!(
+        a["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == holder.pid()),
+        "{a}"
+    );
     let out = run(
         g.tenant_command("a", c_workload())
             .args(["ops", "alloc:x:1MiB"]),
@@ -217,7 +227,13 @@ fn removing_and_adding_tenants_applies_live() {
     )
     .unwrap();
     assert!(out.stderr.contains("cannot register"), "{}", out.stderr);
+    assert!(out.stderr.contains("removed"), "{}", out.stderr);
     holder.kill();
+    wait_until(
+        Duration::from_secs(2),
+        || !g.socket("a").exists(),
+        || "socket not removed once the last process ended".into(),
+    );
     // A new tenant appears without a restart.
     g.write_tenant("b", "memory_limit = \"512MiB\"\n");
     g.wait_for_socket("b");
@@ -280,10 +296,7 @@ fn metrics_and_status_report_what_happens() {
             "gpumux_memory_used_bytes{{tenant=\"a\",device=\"0\"}} {}",
             300 * MIB
         ),
-        format!(
-            "gpumux_memory_limit_bytes{{tenant=\"a\",device=\"0\"}} {}",
-            GIB
-        ),
+        format!("gpumux_memory_limit_bytes{{tenant=\"a\",device=\"0\"}} {GIB}"),
         "gpumux_allocations_refused_total{tenant=\"a\",device=\"0\"} 1".to_string(),
         "gpumux_tenant_processes{tenant=\"a\"} 1".to_string(),
         "gpumux_tenant_weight{tenant=\"a\"} 4".to_string(),

@@ -235,8 +235,7 @@ fn cudart_version() -> String {
         std::fs::read_to_string(oracle::cache_dir().join("cudart/VERSION")).unwrap_or_default();
     text.split('-')
         .nth(1)
-        .map(str::to_owned)
-        .unwrap_or_else(|| "cached".into())
+        .map_or_else(|| "cached".into(), str::to_owned)
 }
 
 /// Runs `cmd` (gpumuxd or the device plugin) on NVIDIA's NVML of `real` and returns its exit

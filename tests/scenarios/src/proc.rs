@@ -151,8 +151,8 @@ impl Proc {
 
     /// SIGKILLs and reaps the process.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 
     /// Waits up to `timeout` for the process to exit; returns its status and every line.
@@ -169,7 +169,7 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(5));
         };
         // The reader ends at EOF, right after the exit.
-        let _ = self.wait_until(Duration::from_secs(5), |_| None::<()>);
+        self.wait_until(Duration::from_secs(5), |_| None::<()>).ok();
         let lines = std::mem::take(&mut lock(&self.seen.0).lines);
         Ok((status, lines))
     }

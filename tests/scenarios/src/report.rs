@@ -159,16 +159,17 @@ impl Report {
     /// The Markdown table, preceded by the machine line.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
+        writeln!(
             s,
             "Machine: {}{}\n",
             self.machine.line(),
             if self.quick { " (--quick)" } else { "" }
-        );
-        let _ = writeln!(s, "| scenario | measured | target | result | notes |");
-        let _ = writeln!(s, "|---|---|---|---|---|");
+        )
+        .ok();
+        writeln!(s, "| scenario | measured | target | result | notes |").ok();
+        writeln!(s, "|---|---|---|---|---|").ok();
         for r in &self.rows {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "| {} | {} | {} | {} | {} |",
                 r.scenario,
@@ -176,7 +177,8 @@ impl Report {
                 cell(&r.target),
                 r.verdict.label(),
                 cell(&r.notes)
-            );
+            )
+            .ok();
         }
         s
     }

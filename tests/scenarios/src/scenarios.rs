@@ -142,9 +142,9 @@ impl Drop for Daemon<'_> {
                 .push(note);
         }
         if let Some(dir) = &self.ctx.keep_logs {
-            let _ = std::fs::create_dir_all(dir);
+            std::fs::create_dir_all(dir).ok();
             let name = format!("gpumuxd-{}.log", self.g.daemon_pid().unwrap_or(0));
-            let _ = std::fs::write(dir.join(name), log);
+            std::fs::write(dir.join(name), log).ok();
         }
     }
 }
@@ -1092,7 +1092,7 @@ fn switch_cost(ctx: &Ctx) -> Result<Vec<Row>> {
             "switch-cost",
             cost,
             "ms",
-            format!("{cost:.2} ms per switch (median idle gap {sw50:.2} ms at a switch vs {:.3} ms within a slice)", wi50),
+            format!("{cost:.2} ms per switch (median idle gap {sw50:.2} ms at a switch vs {wi50:.3} ms within a slice)"),
         )
         .note(format!(
             "p99 gap: switch {sw99:.2} ms, within {wi99:.3} ms; {per_s:.1} switches/s (quantum {quantum:.0} ms) idle {} of the time at switches; busy {}; 0.1 ms kernels in batches of 8",

@@ -70,8 +70,8 @@ enum Cmd {
 fn emit(v: Value) {
     let mut out = std::io::stdout().lock();
     // A closed stdout is not worth a panic in a workload; the test will see the missing line.
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+    writeln!(out, "{v}").ok();
+    out.flush().ok();
 }
 
 /// The numeric CUresult of a driver error.
@@ -82,8 +82,7 @@ fn code(e: &DriverError) -> i32 {
 /// The driver's name of a driver error (`CUDA_ERROR_OUT_OF_MEMORY`, ...).
 fn name(e: &DriverError) -> String {
     e.error_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".into())
+        .map_or_else(|_| "unknown".into(), |s| s.to_string_lossy().into_owned())
 }
 
 fn err_fields(op: &str, step: &str, e: &DriverError) -> Value {
@@ -159,7 +158,7 @@ fn info() -> Result<()> {
                 }));
             }
             Err(e) => {
-                emit(json!({"op": "device", "index": i, "result": code(&e), "error": name(&e)}))
+                emit(json!({"op": "device", "index": i, "result": code(&e), "error": name(&e)}));
             }
         }
     }
@@ -201,7 +200,7 @@ fn alloc(ctx: &Arc<CudaContext>, mib: usize, count: usize, hold_ms: u64) -> Resu
     let free_err = ctx.check_err().err().or(sync);
     emit(json!({
         "op": "freed", "allocations": n,
-        "result": free_err.as_ref().map(code).unwrap_or(0),
+        "result": free_err.as_ref().map_or(0, code),
         "meminfo": meminfo(ctx),
     }));
     Ok(())
@@ -323,8 +322,7 @@ fn spin(ctx: &Arc<CudaContext>, ns: u64, count: u32) -> Result<()> {
     // SAFETY: no launch on this module is pending (the stream was synchronized).
     let unload = unsafe { cu::module::unload(module) }
         .err()
-        .map(|e| code(&e))
-        .unwrap_or(0);
+        .map_or(0, |e| code(&e));
     emit(json!({
         "op": "spin", "ns": ns, "count": count, "launched": launched,
         "launch_ms": ms(launch_elapsed), "wall_ms": ms(wall), "event_ms": event_ms,

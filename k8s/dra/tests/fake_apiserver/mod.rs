@@ -173,7 +173,10 @@ impl FakeApiServer {
     }
 
     fn serve(&self, conn: TcpStream) {
-        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        if let Err(e) = conn.set_read_timeout(Some(std::time::Duration::from_secs(10))) {
+            eprintln!("fake API server: cannot set a read timeout: {e}");
+            return;
+        }
         let mut reader = BufReader::new(match conn.try_clone() {
             Ok(c) => c,
             Err(_) => return,

@@ -273,7 +273,7 @@ fn instantiate_with_params(
     if let Some((ctx, s)) = stream
         && let Err(e) = graph::upload(p, h, &ctx, &s)
     {
-        let _ = graph::exec_destroy(p, h);
+        graph::exec_destroy(p, h).ok();
         return Err(e);
     }
     // SAFETY: output pointer from the caller (null checked).

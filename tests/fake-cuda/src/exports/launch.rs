@@ -215,7 +215,7 @@ fn launch_ex(
         match a.id {
             2 => {
                 cooperative =
-                    i32::from_ne_bytes([a.value[0], a.value[1], a.value[2], a.value[3]]) != 0
+                    i32::from_ne_bytes([a.value[0], a.value[1], a.value[2], a.value[3]]) != 0;
             }
             0..=20 => {}
             _ => return Err(err::INVALID_VALUE),
@@ -358,7 +358,7 @@ cuda_fn! {
         let f = p.modules.function(hval(func))?;
         match attrib {
             8 if (0..=OPTIN_MAX_SHARED).contains(&value) => {
-                f.max_dynamic_shared.store(value, Ordering::Relaxed)
+                f.max_dynamic_shared.store(value, Ordering::Relaxed);
             }
             9 if (-1..=100).contains(&value) => f.carveout.store(value, Ordering::Relaxed),
             10 | 14 | 15 => {}

@@ -28,7 +28,7 @@ fn alloc(dptr: *mut CUdeviceptr, size: usize, kind: Kind) -> Res<()> {
 fn sync_all(p: &Process) {
     let ctxs: Vec<Arc<Context>> = p.contexts.lock().values().cloned().collect();
     for c in ctxs {
-        let _ = c.synchronize();
+        c.synchronize().ok();
     }
 }
 
@@ -206,7 +206,7 @@ cuda_fn! {
         graph::unsafe_call(p)?;
         let ptr = p.mem.alloc_low(p, c.device, c.handle, u64::from(size))?;
         if ptr > u64::from(u32::MAX) {
-            let _ = p.mem.free_now(p, ptr);
+            p.mem.free_now(p, ptr).ok();
             return Err(err::OUT_OF_MEMORY);
         }
         // SAFETY: output pointer from the caller (null checked).
@@ -452,12 +452,12 @@ cuda_fn! {
         }
         pools.remove(&h);
         for (d, cur) in p.mem.current_pools.iter().enumerate() {
-            let _ = cur.compare_exchange(
+            cur.compare_exchange(
                 h,
                 p.mem.default_pools[d],
                 std::sync::atomic::Ordering::AcqRel,
                 std::sync::atomic::Ordering::Relaxed,
-            );
+            ).ok();
         }
         Ok(())
     }

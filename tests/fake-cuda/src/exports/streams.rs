@@ -43,9 +43,7 @@ fn destroy(h: Handle) -> Res<()> {
 }
 
 fn sticky(p: &Process, ctx: u64) -> Res<()> {
-    match context::lookup(p, ctx)
-        .map(|c| c.sticky.load(std::sync::atomic::Ordering::Acquire))
-        .unwrap_or(0)
+    match context::lookup(p, ctx).map_or(0, |c| c.sticky.load(std::sync::atomic::Ordering::Acquire))
     {
         0 => Ok(()),
         e => Err(e),

@@ -20,10 +20,11 @@ use std::io::Write;
 #[inline(never)]
 fn not_simulated(name: &str) -> CUresult {
     if std::env::var_os("FAKEGPU_LOG_UNSUPPORTED").is_some_and(|v| v != "0") {
-        let _ = writeln!(
+        writeln!(
             std::io::stderr(),
             "fake libcuda: {name} is not simulated (CUDA_ERROR_NOT_SUPPORTED)"
-        );
+        )
+        .ok();
     }
     err::NOT_SUPPORTED
 }
