@@ -16,7 +16,9 @@
 //!
 //! What a context takes is learned per tenant ([`ContextSizes`]): the growth of a process that
 //! announced a context creation and nothing else since its previous reading, measured against
-//! that previous reading (the daemon's own record, never the tenant-writable segment). The
+//! the overhead last applied for it (the daemon's own record, never the tenant-writable
+//! segment; growth a reading saw before the announcement arrived is not applied unconfirmed,
+//! so the announced reading still measures the whole context). The
 //! estimate a tenant's processes reserve before creating a context is the smallest of its
 //! recent ones, so a creation that happened to measure other growth too (a library loaded into
 //! the new context) does not make the tenant's next contexts look bigger than they are; and a

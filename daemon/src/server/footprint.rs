@@ -26,7 +26,7 @@
 //!
 //! Processes are matched with NVML's list by the pid the kernel gave at registration
 //! (`SO_PEERCRED`; for a process adopted after a restart, the pid validated with its start
-//! time), never by what a tenant can write. An idle daemon (no registered process) measures
+//! time and its memory map, see `tenants::watch_orphan`), never by what a tenant can write. An idle daemon (no registered process) measures
 //! nothing unless asked for its status.
 
 use super::{Conn, Daemon, K_FOOTPRINT, K_MEASURED, watched_timer};
@@ -43,7 +43,7 @@ use gpumux_common::sock;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{Expiration, TimerFd, TimerSetTimeFlags};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering::Relaxed;
@@ -119,12 +119,15 @@ pub(super) struct Footprints {
     /// Reservations a started reading may settle, per process and device (kept until a reading
     /// of the process is applied).
     unsettled: HashMap<Key, u64>,
-    /// Each registered process's overhead at its last reading (the daemon's own record).
+    /// Each registered process's overhead as last applied (the daemon's own record).
     baseline: HashMap<Key, u64>,
     /// Per tenant and device: its recent context sizes (what its processes reserve).
     contexts: HashMap<String, Vec<ContextSizes>>,
     /// Status requests waiting for fresh readings, with their deadlines.
     status_waiting: Vec<(UnixStream, Instant)>,
+    /// Processes registered without a pid from the kernel (only a claimed one): never matched
+    /// with NVML's list.
+    unverified: HashSet<(String, usize)>,
 }
 
 impl Footprints {
@@ -149,6 +152,7 @@ impl Footprints {
             baseline: HashMap::new(),
             contexts: HashMap::new(),
             status_waiting: Vec::new(),
+            unverified: HashSet::new(),
         })
     }
 
@@ -175,6 +179,13 @@ impl Footprints {
             .retain(|k, _| !(k.tenant == tenant && k.slot == slot));
         self.baseline
             .retain(|k, _| !(k.tenant == tenant && k.slot == slot));
+        self.unverified.remove(&(tenant.to_string(), slot));
+    }
+
+    /// A process registered with a pid the kernel did not give (the one it claims): it is not
+    /// measured, so a claimed pid never makes another process's memory the tenant's.
+    pub(super) fn unverified(&mut self, tenant: &str, slot: usize) {
+        self.unverified.insert((tenant.to_string(), slot));
     }
 
     /// A process registered: it has no context yet (it registers on its first driver call), so
@@ -296,7 +307,7 @@ impl Daemon {
                 out.push((name.clone(), slot, p.pid));
             }
         }
-        out.retain(|r| r.2 != 0);
+        out.retain(|r| r.2 != 0 && !self.fp.unverified.contains(&(r.0.clone(), r.1)));
         out
     }
 
@@ -437,7 +448,6 @@ impl Daemon {
             {
                 learned.push((r.tenant.clone(), measured - before));
             }
-            self.fp.baseline.insert(key.clone(), measured);
             let acct = &t.segments.accounting;
             let current = acct.processes[r.slot].overhead[dev].load(Relaxed);
             let settle = self.fp.unsettled.get(&key).copied().unwrap_or(0);
@@ -448,6 +458,12 @@ impl Daemon {
                 .fp
                 .tracker
                 .observe(key.clone(), current, measured, expected, now);
+            // The baseline follows what is applied: growth seen by a reading that started
+            // between a creation and its announcement waits for confirmation, so the announced
+            // reading still measures the whole context.
+            if let Some(v) = new {
+                self.fp.baseline.insert(key.clone(), v);
+            }
             if new.is_none() && settle == 0 {
                 continue;
             }

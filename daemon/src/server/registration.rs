@@ -309,7 +309,10 @@ impl Daemon {
         }
         let conn = &self.conns[&id];
         let tenant = conn.tenant.clone();
-        let pid = if conn.pid != 0 { conn.pid } else { claimed_pid };
+        // The kernel's pid, or (when the peer's pid is not visible in the daemon's pid namespace)
+        // the claimed one: good enough to name the slot, never trusted to measure by.
+        let kernel_pid = conn.pid != 0;
+        let pid = if kernel_pid { conn.pid } else { claimed_pid };
         let t = self.tenants.get_mut(&tenant).expect("admitted");
         if t.removed {
             return self.refuse(
@@ -335,7 +338,16 @@ impl Daemon {
         let conn = self.conns.get_mut(&id).expect("present");
         conn.slot = Some(slot);
         conn.version = protocol;
-        self.fp.registered(&tenant, slot, pid);
+        if kernel_pid {
+            self.fp.registered(&tenant, slot, pid);
+        } else {
+            self.fp.unverified(&tenant, slot);
+            tracing::warn!(
+                tenant,
+                claimed_pid,
+                "the kernel gives no pid for this process (another pid namespace?): its memory beyond its allocations is not measured"
+            );
+        }
         if self.welcome(id) {
             tracing::debug!(pid, tenant, slot, "process registered");
         }

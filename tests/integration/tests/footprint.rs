@@ -14,6 +14,7 @@ use std::time::Duration;
 use fakegpu::DeviceConfig;
 use fakegpu::fault::NvmlFault;
 use fakegpu::testenv::FakeGpuEnv;
+use gpumux_integration::client::{Client, Registered};
 use gpumux_integration::gpumux::{Backend, Gpumux, wait_until};
 use gpumux_integration::workloads::{
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, MIB, Running, c_workload, command, i, nvml_probe,
@@ -590,19 +591,54 @@ fn modules_then_a_context_charge_exactly_what_the_process_holds() {
     }
 }
 
-/// A context created while NVML fails is answered without a measurement: its reservation
-/// stands as its size, and the next reading replaces it with the measurement (the tenant never
-/// pays the estimate and the context both).
-#[test]
-fn a_reservation_answered_without_a_measurement_is_settled_by_the_next_one() {
+/// A daemon serving tenant `a` (4 GiB) that has measured one of its contexts (its processes
+/// reserve a context's size before creating one).
+fn four_gib_tenant_knowing_its_contexts() -> Gpumux {
     let g = Gpumux::start_on(
         Backend::FakeConfig(with_overhead(&[16 * GIB])),
         &[("a", "memory_limit = \"4GiB\"\n")],
         "",
     );
-    let env = g.fake().unwrap();
-    assert_eq!(new_context_result(&g, "a"), CUDA_SUCCESS);
+    // The daemon learns a context's size from a creation it measures with the creation
+    // announced and nothing else; one whose growth readings confirmed before the announcement
+    // was read (a loaded machine) teaches nothing: create another.
+    let known = || {
+        let r = Client::register(&g.socket("a")).unwrap();
+        r.control.devices[0]
+            .context_overhead
+            .load(std::sync::atomic::Ordering::Acquire)
+            == CTX
+    };
+    wait_until(
+        T,
+        || {
+            assert_eq!(new_context_result(&g, "a"), CUDA_SUCCESS);
+            known()
+        },
+        || format!("no context size learned\n{}", g.log()),
+    );
     g.wait_tenant_used("a", 0, T);
+    g
+}
+
+/// After the daemon's next reconciliation (every 2 s), tenant `a`, whose `pids` each hold one
+/// context, is charged exactly those contexts: no reservation left beside the measurements.
+fn assert_settled(g: &Gpumux, pids: &[u32]) {
+    std::thread::sleep(Duration::from_millis(3000));
+    let contexts = pids.len() as u64 * CTX;
+    assert_eq!(held(g.fake().unwrap(), pids), contexts);
+    let t = g.tenant_status("a");
+    assert_eq!(u(device0(&t), "memory_used"), contexts, "{t}\n{}", g.log());
+    assert_eq!(u(device0(&t), "memory_overhead"), contexts, "{t}");
+}
+
+/// A context created while NVML fails is answered without a measurement: its reservation
+/// stands as its size, and the next reading replaces it with the measurement (the tenant never
+/// pays the estimate and the context both).
+#[test]
+fn a_reservation_answered_without_a_measurement_is_settled_by_the_next_one() {
+    let g = four_gib_tenant_knowing_its_contexts();
+    let env = g.fake().unwrap();
     let mut first = start_ops(&g, "a", "meminfo sleep:60000");
     first.wait_for("meminfo", T).unwrap();
     g.wait_tenant_used("a", CTX, T);
@@ -615,12 +651,54 @@ fn a_reservation_answered_without_a_measurement_is_settled_by_the_next_one() {
     assert_eq!(u(device0(&t), "memory_used"), 2 * CTX, "{t}");
     env.set_nvml_fault(None);
     // The next reconciliation measures the second context and settles its reservation.
-    std::thread::sleep(Duration::from_millis(3000));
+    assert_settled(&g, &[first.pid(), second.pid()]);
+}
+
+/// A tenant past its cap of waiting announcements (1024) gets its answers at once; a context
+/// created then keeps its reservation only until the next reading, which settles it: the
+/// tenant never pays the estimate and the measured context both.
+#[test]
+fn a_reservation_answered_at_the_cap_is_settled_by_the_next_reading() {
+    use gpumux_common::protocol::{ClientMsg, ServerMsg};
+    let g = four_gib_tenant_knowing_its_contexts();
+    let env = g.fake().unwrap();
+    // NVML hangs: a reading stays in flight, announcements wait for the next one.
+    env.set_nvml_fault(Some(NvmlFault::Hang));
+    // 17 connections of the tenant, 64 waiting announcements each (their cap): past the
+    // tenant's 1024.
+    let conns: Vec<Registered> = (0..17)
+        .map(|_| {
+            let r = Client::register(&g.socket("a")).unwrap();
+            for seq in 1..=64 {
+                let m = ClientMsg::Footprint {
+                    device: 0,
+                    reserved: 0,
+                    seq,
+                    context: Some(0),
+                };
+                r.client.send(&m).unwrap();
+            }
+            r
+        })
+        .collect();
+    // The 17th connection's announcements are answered at once (the tenant's cap).
+    let (answer, _) = conns[16].client.recv(T).unwrap();
+    assert!(
+        matches!(answer, ServerMsg::Measured { device: 0, .. }),
+        "{answer:?}"
+    );
+    // A new process's context: answered at once too; its reservation (one context) stands.
+    let mut second = start_ops(&g, "a", "meminfo sleep:60000");
+    let m = second.wait_for("meminfo", T).unwrap();
+    assert_eq!(u(&m, "free"), 4 * GIB - CTX, "{m}");
+    // Until measured, the reservation stands for the context.
     let t = g.tenant_status("a");
-    let pids = [first.pid(), second.pid()];
-    assert_eq!(held(env, &pids), 2 * CTX);
-    assert_eq!(u(device0(&t), "memory_used"), 2 * CTX, "{t}\n{}", g.log());
-    assert_eq!(u(device0(&t), "memory_overhead"), 2 * CTX, "{t}");
+    assert_eq!(u(device0(&t), "memory_used"), CTX, "{t}");
+    env.set_nvml_fault(None);
+    // The hung reading comes back, and the next reconciliation measures the context and
+    // settles its reservation (a leak would show as 2 contexts charged).
+    assert_settled(&g, &[second.pid()]);
+    drop(conns);
 }
 
 /// NVML hanging (a GPU fallen off the bus, a wedged driver) delays measurements, nothing else:
@@ -694,15 +772,18 @@ fn a_hung_nvml_does_not_stall_the_daemon() {
     );
 }
 
-/// The daemon matches NVML's list with the pid the kernel gave at registration: a tenant
-/// writing another process's pid into its accounting slot does not make that process its own.
-#[test]
-fn a_pid_written_into_a_slot_hides_no_unmanaged_process() {
-    use gpumux_common::protocol::{ClientMsg, PROTOCOL_VERSION, ServerMsg};
-    use gpumux_common::shm::{AccountingSegment, SegmentView};
-    use gpumux_common::sock;
-    use std::os::fd::AsFd;
-    let g = Gpumux::start(&[8 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
+/// Whether the status lists `pid` as unmanaged.
+fn unmanaged_listed(g: &Gpumux, pid: u32) -> bool {
+    g.status().is_ok_and(|s| {
+        s["unmanaged"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["pid"] == pid))
+    })
+}
+
+/// An unmanaged process holding 3 GiB (listed as such), and a registered process of tenant `a`
+/// on a raw connection (it can write its slot).
+fn stray_and_a_raw_process(g: &Gpumux) -> (Running, Registered) {
     let mut stray = Running::spawn(g.command(c_workload()).args([
         "hold",
         "--bytes",
@@ -712,40 +793,74 @@ fn a_pid_written_into_a_slot_hides_no_unmanaged_process() {
     ]))
     .unwrap();
     stray.wait_for("hold", T).unwrap();
-    let listed = |g: &Gpumux| {
-        g.status().unwrap()["unmanaged"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|p| p["pid"] == stray.pid()))
-    };
-    // A registered process of the tenant (a raw connection: it can write its slot).
-    let fd = sock::connect(&g.socket("a")).unwrap();
-    let hello = ClientMsg::Hello {
-        protocol: PROTOCOL_VERSION,
-        pid: 1,
-    };
-    sock::send(fd.as_fd(), &hello.encode(), &[]).unwrap();
-    let mut buf = [0u8; 256];
-    let (n, mut fds) = sock::recv(fd.as_fd(), &mut buf, 0).unwrap();
-    let ServerMsg::Welcome { slot, .. } = ServerMsg::decode(&buf[..n]).unwrap() else {
-        panic!("not welcomed");
-    };
-    let acct = SegmentView::<AccountingSegment>::open(fds.pop().unwrap().as_fd(), true).unwrap();
+    let r = Client::register(&g.socket("a")).unwrap();
     wait_until(
         T,
-        || listed(&g),
+        || unmanaged_listed(g, stray.pid()),
         || "the stray is not listed as unmanaged".into(),
     );
-    acct.processes[slot as usize]
+    (stray, r)
+}
+
+/// The daemon matches NVML's list with the pid the kernel gave at registration: a tenant
+/// writing another process's pid into its accounting slot does not make that process its own.
+#[test]
+fn a_pid_written_into_a_slot_hides_no_unmanaged_process() {
+    let g = Gpumux::start(&[8 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
+    let (stray, r) = stray_and_a_raw_process(&g);
+    r.accounting.processes[r.slot]
         .pid
         .store(stray.pid(), std::sync::atomic::Ordering::Relaxed);
     // Readings after the write (a reconciliation, and the status report's own).
     std::thread::sleep(Duration::from_millis(2600));
-    assert!(listed(&g), "the stray vanished: {}", g.status().unwrap());
+    assert!(
+        unmanaged_listed(&g, stray.pid()),
+        "the stray vanished: {}",
+        g.status().unwrap()
+    );
     assert_eq!(
         g.tenant_used("a", 0),
         0,
         "its memory was not charged to the tenant"
     );
+}
+
+/// After a daemon restart the slots it adopts are checked too: a tenant that wrote another
+/// process's pid and start time into its slot does not make that process its own (the pid
+/// must map the tenant's accounting segment).
+#[test]
+fn a_pid_written_into_a_slot_is_not_adopted_after_a_restart() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut g = Gpumux::start(&[8 * GIB], &[("a", "memory_limit = \"1GiB\"\n")]);
+    let (stray, r) = stray_and_a_raw_process(&g);
+    // The stray's identity as the daemon checks it: pid and start time (/proc/PID/stat 22).
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", stray.pid())).unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let p = &r.accounting.processes[r.slot];
+    p.start_time.store(start, Relaxed);
+    p.pid.store(stray.pid(), Relaxed);
+    g.kill_daemon();
+    g.start_daemon();
+    wait_until(
+        T,
+        || unmanaged_listed(&g, stray.pid()),
+        || format!("the stray is not listed after the restart\n{}", g.log()),
+    );
+    let t = g.tenant_status("a");
+    assert_eq!(u(device0(&t), "memory_used"), 0, "charged the stray: {t}");
+    assert!(
+        !t["processes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| *p == stray.pid())),
+        "the stray was adopted: {t}"
+    );
+    assert_eq!(p.pid.load(Relaxed), 0, "the forged slot was not reclaimed");
+    drop(r);
 }
 
 #[test]
