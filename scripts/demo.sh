@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, without a GPU: gpumuxd on a simulated 16 GiB GPU (the project's fake CUDA
 # driver and NVML) with two example tenants, each running real workloads through the real
-# shim, and a live per-tenant table from `gpumuxctl status`.
+# shim, and the live view `gpumuxctl top` (on a terminal: interactive, q quits; otherwise the
+# same table printed as text every second).
 #
 #   alice: 6 GiB, weight 3 — two processes saturating the GPU (one launching kernels, one
 #          replaying a decode step captured once as a CUDA graph, with a 256 MiB workspace
@@ -14,6 +15,7 @@
 # own (FAKEGPU_CONTEXT_BYTES): it counts against the tenant's quota (the OVERHEAD column).
 #
 # DEMO_SECONDS (default 20) sets how long it runs. Ctrl-C stops it; everything is cleaned up.
+# DEMO_METRICS_LISTEN (default 127.0.0.1:0, any free port) is where gpumuxd serves /metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_RUN=${DEMO_SECONDS:-20}
@@ -43,7 +45,7 @@ cat > "$work/gpumuxd.toml" <<CONF
 state_dir = "$work/state"
 tenants_dir = "$work/tenants.d"
 quantum_ms = 50
-metrics_listen = "127.0.0.1:0"
+metrics_listen = "${DEMO_METRICS_LISTEN:-127.0.0.1:0}"
 CONF
 printf 'memory_limit = "6GiB"\nweight = 3\n' > "$work/tenants.d/alice.toml"
 printf 'memory_limit = "2GiB"\nweight = 1\n' > "$work/tenants.d/bob.toml"
@@ -71,14 +73,11 @@ echo "==> bob (two contexts of 300 MiB and 1 GiB held) asks for 1 GiB more, in a
 in_tenant bob "$W" ops "alloc:extra:1GiB meminfo" | sed 's/^/    /'
 sleep 1
 
-end=$((SECONDS + SECONDS_TO_RUN - 2))
-while [ $SECONDS -lt $end ]; do
-    clear 2>/dev/null || printf '\n\n'
-    echo "gpumux demo — simulated GPU, two tenants (alice weight 3, bob weight 1). Ctrl-C to stop."
-    echo
-    "$T/gpumuxctl" --config "$work/gpumuxd.toml" status || true
-    echo
-    echo "Device time per tenant (expect ~75% / ~25%); metrics: curl http://$("$T/gpumuxctl" --config "$work/gpumuxd.toml" status --json | sed -n 's/.*"metrics_address": "\(.*\)".*/\1/p')/metrics"
-    sleep 1
-done
+CTL=("$T/gpumuxctl" --config "$work/gpumuxd.toml")
+addr=$("${CTL[@]}" status --json | sed -n 's/.*"metrics_address": "\(.*\)".*/\1/p')
+echo "==> gpumuxctl top: device time per tenant (expect ~75% / ~25%, the BY WEIGHT column);"
+echo "    metrics: curl http://$addr/metrics"
+sleep 1
+refreshes=$((SECONDS_TO_RUN - 3))
+"${CTL[@]}" top --interval 1 --iterations $((refreshes > 1 ? refreshes : 1)) || true
 echo "==> done; daemon log was $work/gpumuxd.log (removed on exit)"

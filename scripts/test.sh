@@ -32,6 +32,13 @@ echo "==> cargo build --workspace"
 cargo build --workspace --all-targets
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "==> alert rules: promtool check rules, promtool test rules"
+# promtool from Debian's prometheus package, unpacked into a cache (scripts/fetch-prometheus.sh);
+# the integration tests also lint the metrics exposition with it (GPUMUX_PROMTOOL).
+GPUMUX_PROMTOOL="$(scripts/fetch-prometheus.sh)/promtool"
+export GPUMUX_PROMTOOL
+"$GPUMUX_PROMTOOL" check rules packaging/monitoring/gpumux-alerts.yml
+(cd packaging/monitoring && "$GPUMUX_PROMTOOL" test rules gpumux-alerts.test.yml)
 echo "==> NVIDIA's real driver libraries (the conformance oracle: scripts/fetch-nvidia-libs.sh)"
 GPUMUX_NVIDIA_LIBS=$(scripts/fetch-nvidia-libs.sh)
 echo "==> Python clients (pynvml, gpustat, cuda.core: scripts/python-clients.sh)"

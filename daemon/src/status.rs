@@ -1,6 +1,7 @@
 //! The status report `gpumuxctl status` shows, and the control-socket request that asks for it.
 //! Both sides (daemon and CLI) use these types, so the JSON is one schema.
 
+use crate::waits::TenantWaits;
 use gpumux_common::config::{Priority, TenantOwner};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,51 @@ pub struct TenantStatus {
     /// The Kubernetes pod or claim the tenant was created for (`[owner]` in its quota file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<TenantOwner>,
+    /// Each process (registered, stalled or orphaned) with what it uses, per device.
+    #[serde(default)]
+    pub process_details: Vec<ProcessStatus>,
+}
+
+/// One process of a tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessStatus {
+    pub pid: u32,
+    /// Its slot in the tenant's accounting segment.
+    pub slot: u32,
+    pub state: ProcessState,
+    /// Devices the tenant may use.
+    pub devices: Vec<ProcessDeviceStatus>,
+}
+
+/// Where a process stands with the daemon.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    /// Connected and answering.
+    Running,
+    /// Did not drain a revoked slice in time (stopped or stuck): passed over until it speaks.
+    Stalled,
+    /// Registered with a previous daemon, not reattached yet.
+    Orphaned,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessDeviceStatus {
+    pub index: u32,
+    /// This process's footprint on the device (what counts against the limit): its
+    /// allocations plus `memory_overhead`.
+    pub memory_used: u64,
+    /// The part of `memory_used` that is not allocations (contexts, modules; measured through
+    /// NVML, or reserved for a context being created).
+    #[serde(default)]
+    pub memory_overhead: u64,
+    /// Kernel and graph launches it issued there (monotonic).
+    pub launches: u64,
+    /// Total time it waited for a compute slice there, as the daemon saw it (from its first
+    /// `Demand` to its tenant's grant), the wait in progress included, ns.
+    pub slice_wait_ns: u64,
+    /// Waiting for a slice now.
+    pub waiting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,22 +144,41 @@ pub struct TenantDeviceStatus {
     pub device_time_ns: u64,
     /// Total time threads waited for a slice, ns.
     pub slice_wait_ns: u64,
+    /// Slice-wait and grant-latency histograms (see [`crate::waits`]).
+    #[serde(default)]
+    pub waits: TenantWaits,
 }
 
 /// Asking the daemon for its status failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error(
-        "cannot reach gpumuxd at {path} ({source}); is it running? (`systemctl status gpumuxd`)"
-    )]
+    #[error("cannot reach gpumuxd at {path} ({source}); {}", connect_hint(.source))]
     Connect {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("talking to gpumuxd: {0}")]
+    #[error("talking to gpumuxd: {0}; is it overloaded or stuck? (`systemctl status gpumuxd`)")]
     Io(#[from] std::io::Error),
-    #[error("gpumuxd answered something unexpected: {0}")]
+    #[error(
+        "gpumuxd answered something unexpected: {0}; are gpumuxctl and gpumuxd the same version? (`gpumuxctl --version`, `gpumuxd --version`)"
+    )]
     BadAnswer(String),
+}
+
+/// What to do when the control socket cannot be connected to.
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "the control socket is root's: run gpumuxctl as root (e.g. with sudo)"
+        }
+        std::io::ErrorKind::NotFound => {
+            "is gpumuxd running (`systemctl status gpumuxd`), with the same state_dir as this gpumuxctl's --config?"
+        }
+        std::io::ErrorKind::ConnectionRefused => {
+            "gpumuxd is not running (the socket is left from an earlier one): `systemctl status gpumuxd`"
+        }
+        _ => "is it running? (`systemctl status gpumuxd`)",
+    }
 }
 
 /// Asks the daemon for its status over its control socket in `state_dir`.

@@ -745,6 +745,8 @@ fn deb_package_contents() {
     assert!(mode_of("/etc/gpumux/tenants.d").starts_with('d'));
     mode_of("/etc/gpumux/tenants.d/example.toml.sample");
     mode_of("/usr/share/doc/gpumux/README.md");
+    mode_of("/usr/share/gpumux/monitoring/gpumux-dashboard.json");
+    mode_of("/usr/share/gpumux/monitoring/gpumux-alerts.yml");
     let unit_dir = if entries
         .iter()
         .any(|(_, p)| p == "/lib/systemd/system/gpumuxd.service")

@@ -7,15 +7,29 @@
 //! synchronizes that stream or its context, and before the watcher's drain. Their elapsed time
 //! is what the device spent from the first kernel to the end of the last one; the device idle
 //! while the application waited for its work and then launched again falls between periods
-//! and is charged to no one. Idle *within* a period (the application's thread late between two
-//! launches with no synchronize between them) is not seen: an event recorded when the late
-//! launch comes lands after the gap, so only an event after every launch could exclude it. One stream and one context per device are
-//! measured in a slice: a launch on another makes the slice unmeasured (`None`: the daemon
-//! charges its wall time, the pre-measurement behaviour). The per-stream events are also
-//! where a bound on a holder's queued work would put its checkpoints.
+//! and is charged to no one. One stream and one context per device are measured in a slice: a
+//! launch on another makes the slice unmeasured (`None`: the daemon charges its wall time, the
+//! pre-measurement behaviour). The per-stream events are also where a bound on a holder's
+//! queued work would put its checkpoints.
 //!
-//! Launches cost one relaxed atomic load here while the period is open; everything else runs
-//! at the first launch of a period, at synchronize calls and in the drain.
+//! **Idle within a period** (the application's thread late between two launches with no
+//! synchronize between them, e.g. descheduled on a busy host) is excluded too, once it is seen
+//! to happen. A launch that comes more than [`LATE`] after the previous one on the device is
+//! *late*: it turns on *precise* mode for [`PRECISE_HOLD`] (renewed by every late launch, and
+//! by a period's end recorded more than [`LATE`] after its last launch), in
+//! which an event is (re-)recorded after every launch, where the device will finish the work
+//! queued so far. A late launch in precise mode first records a *gap* event: the device's time
+//! from the previous launch's after-event to it is what it spent idle waiting for this launch
+//! (zero if the queue had not run dry), and it is subtracted when the period closes. The gap
+//! of the late launch that turned precise mode on is not measured (it is charged, as before).
+//! So is the tail: the device idle from the last launch's work to the period's end event (a
+//! drain recorded by a watcher thread that woke late, a synchronize after host work).
+//! Device work between launches that is not a launch (an async copy) falls in a measured gap
+//! and is not charged: it is not compute.
+//!
+//! Launches cost, while the period is open, one relaxed atomic load, a host clock read and one
+//! relaxed swap here; in precise mode also a lock and one `cuEventRecord` after the launch.
+//! Everything else runs at the first launch of a period, at synchronize calls and in the drain.
 
 use crate::cuda_types::*;
 use crate::hooks::real;
@@ -31,6 +45,17 @@ const UNMEASURED: u64 = u64::MAX;
 
 /// Key of the stream whose period is open on each device (0: none, [`UNMEASURED`]).
 static OPEN: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
+/// A launch this long (host time) after the previous one on its device is late.
+const LATE: u64 = 200_000;
+/// How long precise mode lasts after a late launch or end, host ns.
+const PRECISE_HOLD: u64 = 2_000_000_000;
+/// Gaps kept unresolved in a period before completed ones are folded into its idle time (and
+/// most kept: a gap beyond it is not measured).
+const MAX_GAPS: usize = 64;
+/// Host time (CLOCK_MONOTONIC ns) of the last launch into each device's open period.
+static LAST_LAUNCH: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
+/// Until when (host ns) launches on each device are measured precisely (0: not).
+static PRECISE_UNTIL: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
 
 struct Tracker {
     /// Context of the measured stream (0: nothing launched yet in this slice).
@@ -44,6 +69,13 @@ struct Tracker {
     open: u64,
     /// Closed periods' device time, ns.
     busy_ns: u64,
+    /// Precise mode: the event recorded after the last launch (0: none yet).
+    after: u64,
+    /// Precise mode: (after-event of the launch before a late one, event recorded just before
+    /// the late one): the device's idle time between them, to subtract.
+    gaps: Vec<(u64, u64)>,
+    /// Idle time of gaps already resolved in the open period, ns.
+    idle_ns: u64,
     unmeasured: bool,
     /// Spare events of `ctx`.
     spare: Vec<u64>,
@@ -58,6 +90,9 @@ impl Tracker {
             thread_bound: false,
             open: 0,
             busy_ns: 0,
+            after: 0,
+            gaps: Vec::new(),
+            idle_ns: 0,
             unmeasured: false,
             spare: Vec::new(),
         }
@@ -83,23 +118,150 @@ fn resolve(stream: CUstream, ptsz: bool) -> (u64, u64, bool) {
     }
 }
 
-/// A launch on `device` (a time-sliced one, while holding the slice) on `stream`.
+/// Host CLOCK_MONOTONIC, ns.
 #[inline]
-pub(crate) fn launch(device: usize, stream: CUstream, ptsz: bool) {
+fn host_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists (a vDSO call, no system call).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A launch measured in precise mode: pass it to [`launched`] once the launch succeeded.
+#[must_use]
+pub(crate) struct Precise(usize);
+
+/// A launch on `device` (a time-sliced one, while holding the slice) on `stream`, before the
+/// driver sees it. `Some` in precise mode: give it to [`launched`] after a successful launch.
+#[inline]
+pub(crate) fn launch(device: usize, stream: CUstream, ptsz: bool) -> Option<Precise> {
     let open = OPEN[device].load(Relaxed);
-    if open == UNMEASURED || (open != 0 && open == resolve(stream, ptsz).0) {
+    if open == UNMEASURED {
+        return None;
+    }
+    if open == 0 || open != resolve(stream, ptsz).0 {
+        return open_period(device, stream, ptsz);
+    }
+    let now = host_ns();
+    let last = LAST_LAUNCH[device].swap(now, Relaxed);
+    if now.saturating_sub(last) > LATE {
+        return late_launch(device, now);
+    }
+    (now < PRECISE_UNTIL[device].load(Relaxed)).then_some(Precise(device))
+}
+
+/// Whether the calling thread may record on the tracked stream: a legacy or per-thread stream
+/// is the current context's.
+fn in_context(t: &Tracker) -> bool {
+    !(t.key == 1 || t.thread_bound) || crate::hooks::current_context() == t.ctx
+}
+
+/// A period's end is recorded (`before_sync`, `drain_begin`): if it comes late after the last
+/// launch, the device may have idled in the period's tail, which only precise mode can tell
+/// (from the next period on).
+fn note_end(device: usize) {
+    let now = host_ns();
+    if now.saturating_sub(LAST_LAUNCH[device].load(Relaxed)) > LATE {
+        PRECISE_UNTIL[device].store(now + PRECISE_HOLD, Relaxed);
+    }
+}
+
+/// A late launch into the open period: renews precise mode and, if the previous launch's
+/// after-event exists, records the gap's end.
+#[cold]
+fn late_launch(device: usize, now: u64) -> Option<Precise> {
+    PRECISE_UNTIL[device].store(now + PRECISE_HOLD, Relaxed);
+    let mut t = TRACKERS[device].lock();
+    if t.open == 0 || t.unmeasured || !in_context(&t) {
+        return None;
+    }
+    if t.after != 0 {
+        if t.gaps.len() >= MAX_GAPS {
+            fold_gaps(&mut t);
+        }
+        if t.gaps.len() < MAX_GAPS
+            && let Some(gap_end) = take_event(&mut t)
+        {
+            if record(gap_end, t.stream) {
+                let after = std::mem::replace(&mut t.after, 0);
+                t.gaps.push((after, gap_end));
+            } else {
+                t.spare.push(gap_end);
+            }
+        }
+    }
+    Some(Precise(device))
+}
+
+/// Precise mode, after a successful launch: (re-)records the after-event behind it.
+#[cold]
+pub(crate) fn launched(p: Precise) {
+    let mut t = TRACKERS[p.0].lock();
+    if t.open == 0 || t.unmeasured || !in_context(&t) {
         return;
     }
-    open_period(device, stream, ptsz);
+    let ev = match t.after {
+        0 => match take_event(&mut t) {
+            Some(ev) => ev,
+            None => return,
+        },
+        ev => ev,
+    };
+    if record(ev, t.stream) {
+        t.after = ev;
+    } else {
+        t.after = 0;
+        t.spare.push(ev);
+    }
+}
+
+/// Resolves the gaps whose end the device has reached into `idle_ns`, recycling their events.
+fn fold_gaps(t: &mut Tracker) {
+    let gaps = std::mem::take(&mut t.gaps);
+    for (start, end) in gaps {
+        match elapsed(start, end) {
+            Some(ms) => {
+                t.idle_ns += (ms * 1e6) as u64;
+                t.spare.extend([start, end]);
+            }
+            None => t.gaps.push((start, end)),
+        }
+    }
+}
+
+/// Ends precise mode's bookkeeping of the open period (its events back to the spares).
+fn reset_gaps(t: &mut Tracker) {
+    let gaps = std::mem::take(&mut t.gaps);
+    t.spare.extend(gaps.into_iter().flat_map(|(a, b)| [a, b]));
+    let after = std::mem::replace(&mut t.after, 0);
+    if after != 0 {
+        t.spare.push(after);
+    }
+    t.idle_ns = 0;
 }
 
 #[cold]
-fn open_period(device: usize, stream: CUstream, ptsz: bool) {
+fn open_period(device: usize, stream: CUstream, ptsz: bool) -> Option<Precise> {
+    let now = host_ns();
+    LAST_LAUNCH[device].store(now, Relaxed);
+    open_period_at(device, stream, ptsz)?;
+    (now < PRECISE_UNTIL[device].load(Relaxed)).then_some(Precise(device))
+}
+
+/// Opens a period on `stream`'s key (None: not measured; the slice may have become
+/// unmeasured).
+fn open_period_at(device: usize, stream: CUstream, ptsz: bool) -> Option<()> {
     let (key, handle, thread_bound) = resolve(stream, ptsz);
     let ctx = crate::hooks::current_context();
     let mut t = TRACKERS[device].lock();
-    if t.unmeasured || (t.open != 0 && t.key == key) {
-        return;
+    if t.unmeasured {
+        return None;
+    }
+    if t.open != 0 && t.key == key {
+        return Some(());
     }
     if t.ctx == 0 || (t.open == 0 && t.key == 0) {
         if t.ctx != ctx {
@@ -108,14 +270,18 @@ fn open_period(device: usize, stream: CUstream, ptsz: bool) {
         (t.ctx, t.key, t.stream, t.thread_bound) = (ctx, key, handle, thread_bound);
     } else if t.ctx != ctx || t.key != key {
         give_up(device, &mut t);
-        return;
+        return None;
     }
     match take_event(&mut t).filter(|&ev| record(ev, handle)) {
         Some(ev) => {
             t.open = ev;
             OPEN[device].store(key, Relaxed);
+            Some(())
         }
-        None => give_up(device, &mut t),
+        None => {
+            give_up(device, &mut t);
+            None
+        }
     }
 }
 
@@ -181,6 +347,7 @@ pub(crate) fn before_sync(device: usize, scope: Scope) -> Option<(usize, u64)> {
     if ctx != t.ctx {
         return None;
     }
+    note_end(device);
     let end = take_event(&mut t)?;
     if record(end, t.stream) {
         Some((device, end))
@@ -207,7 +374,17 @@ fn close(device: usize, t: &mut Tracker, end: u64) -> bool {
         t.spare.push(end);
         return false;
     };
-    t.busy_ns += (ms * 1e6) as u64;
+    // The end completed, so every gap recorded before it has too; and in precise mode, the
+    // device idle from the last launch's work to the end (a drain or synchronize recorded late)
+    // is a gap as well.
+    fold_gaps(t);
+    let after = std::mem::replace(&mut t.after, 0);
+    if after != 0 {
+        t.idle_ns += elapsed(after, end).map_or(0, |ms| (ms * 1e6) as u64);
+        t.spare.push(after);
+    }
+    t.busy_ns += ((ms * 1e6) as u64).saturating_sub(t.idle_ns);
+    reset_gaps(t);
     let start = std::mem::replace(&mut t.open, 0);
     t.spare.extend([start, end]);
     if !t.unmeasured {
@@ -223,6 +400,7 @@ pub(crate) fn drain_begin(device: usize) -> Option<u64> {
     if t.open == 0 || t.unmeasured {
         return None;
     }
+    note_end(device);
     let push = real!(cuCtxPushCurrent_v2, None);
     let pop = real!(cuCtxPopCurrent_v2, None);
     // SAFETY: the tracked context is alive (its destruction resets the tracker under this
@@ -251,6 +429,7 @@ pub(crate) fn drain_finish(device: usize, end: Option<u64>) -> Option<u64> {
         let open = std::mem::replace(&mut t.open, 0);
         t.spare.push(open);
     }
+    reset_gaps(&mut t);
     (t.key, t.busy_ns, t.unmeasured) = (0, 0, false);
     OPEN[device].store(0, Relaxed);
     busy

@@ -298,8 +298,8 @@ fn register() -> Access {
         Err(reason) => {
             crate::diag::stderr(
                 format!(
-                    "gpumux: cannot register with the gpumux daemon at {} ({reason}); GPU access is refused for this process. \
-                     Check that gpumuxd is running (`systemctl status gpumuxd`, `gpumuxctl status`) and that the tenant's directory is mounted.\n",
+                    "gpumux: cannot register with the gpumux daemon at {} ({reason}); GPU access is refused for this process (cuInit fails). \
+                     On the host, check that gpumuxd is running (`systemctl status gpumuxd`, `gpumuxctl status`) and that the tenant's directory is mounted into the container (`gpumuxctl env <tenant>`).\n",
                     path.display()
                 )
                 .as_bytes(),
@@ -327,6 +327,23 @@ fn set_recv_timeout(fd: BorrowedFd<'_>, seconds: libc::time_t) {
     };
 }
 
+/// Why connecting to the tenant socket failed, with the likely cause.
+fn connect_failure(e: &std::io::Error) -> String {
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOENT) => {
+            "no such socket: the tenant's directory is not mounted into this container, the tenant has no quota file, or gpumuxd is not running"
+        }
+        Some(libc::ECONNREFUSED) => "nothing listens there: gpumuxd is not running",
+        Some(libc::EACCES) => "permission denied on the socket or its directory",
+        _ => "",
+    };
+    if hint.is_empty() {
+        format!("connect: {e}")
+    } else {
+        format!("connect: {e}; {hint}")
+    }
+}
+
 /// Connects, sends `msg` (Hello or Reattach), and returns the connection, the mapped control
 /// segment with the slot the daemon assigned, and the accounting segment's descriptor.
 #[allow(clippy::type_complexity)]
@@ -335,7 +352,7 @@ fn handshake(
     msg: &ClientMsg,
 ) -> Result<(OwnedFd, (SegmentView<ControlSegment>, usize), OwnedFd), HandshakeError> {
     use HandshakeError::Failed;
-    let fd = sock::connect(path).map_err(|e| Failed(format!("connect: {e}")))?;
+    let fd = sock::connect(path).map_err(|e| Failed(connect_failure(&e)))?;
     set_recv_timeout(fd.as_fd(), 10);
     let mut buf = [0u8; MAX_MESSAGE];
     if let Err(e) = sock::send(fd.as_fd(), &msg.encode(), &[]) {

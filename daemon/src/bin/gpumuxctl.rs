@@ -8,13 +8,23 @@ use gpumux_common::size::format_size;
 use gpumux_common::{ENV_SOCKET, SHIM_INSTALL_PATH};
 use gpumux_daemon::cdi;
 use gpumux_daemon::status::StatusReport;
+use gpumux_daemon::top::{self, SortBy};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.1..=3600.0).contains(&x) => Ok(x),
+        Ok(_) => Err("the interval is in seconds, from 0.1 to 3600".into()),
+        Err(e) => Err(format!("{e}")),
+    }
+}
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Operate gpumux: status, container injection (env, CDI), config checks"
+    about = "Operate gpumux: status, a live view (top), container injection (env, CDI), config checks"
 )]
 struct Args {
     /// Daemon config file (for state_dir and tenants_dir).
@@ -32,6 +42,24 @@ enum Command {
         /// Machine-readable JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// A live view: per tenant and device, share of device time (10 s window) against the
+    /// share its weight entitles it to, memory against the limit, refusals, launches/s and
+    /// slice waits, with each process under its tenant. `q` quits, `s` changes the sort.
+    /// When stdout is not a terminal, prints the table as text every interval.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, short = 'd', default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Order of the tenants.
+        #[arg(long, value_enum, default_value_t = SortBy::Share)]
+        sort: SortBy,
+        /// Stop after this many refreshes.
+        #[arg(long, short = 'n', value_name = "N")]
+        iterations: Option<u64>,
+        /// Print text frames even on a terminal (as when stdout is a pipe or file).
+        #[arg(long, short = 'b')]
+        batch: bool,
     },
     /// The environment and mounts that put a container under a tenant's quota.
     Env {
@@ -109,6 +137,21 @@ fn run(args: Args) -> Result<(), Failure> {
                 print!("{}", render_status(&report));
             }
             Ok(())
+        }
+        Command::Top {
+            interval,
+            sort,
+            iterations,
+            batch,
+        } => {
+            let cfg = daemon_config(&args.config)?;
+            let opts = top::Options {
+                interval: Duration::from_secs_f64(interval),
+                sort,
+                iterations,
+                batch,
+            };
+            top::run(&cfg.state_dir, opts).map_err(failed)
         }
         Command::Env { tenant, docker } => {
             validate_tenant_name(&tenant).map_err(usage)?;
@@ -322,7 +365,7 @@ fn render_status(r: &StatusReport) -> String {
     }
     writeln!(
         s,
-        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10} {:>8}  OWNER",
+        "\n{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>9} {:>10} {:>8}  OWNER",
         "TENANT",
         "GPU",
         "WEIGHT",
@@ -331,7 +374,7 @@ fn render_status(r: &StatusReport) -> String {
         "OVERHEAD",
         "MEM LIMIT",
         "REFUSED",
-        "SHARE",
+        "SHARE 10s",
         "CAP",
         "PRIORITY"
     )
@@ -346,7 +389,7 @@ fn render_status(r: &StatusReport) -> String {
         for d in &t.devices {
             writeln!(
                 s,
-                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>7} {:>10} {:>8}  {}",
+                "{:<20} {:>4} {:>6} {:>5} {:>12} {:>12} {:>12} {:>8} {:>9} {:>10} {:>8}  {}",
                 name,
                 d.index,
                 t.weight,

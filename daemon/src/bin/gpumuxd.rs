@@ -27,10 +27,7 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("GPUMUX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    gpumux_daemon::logging::init(filter);
     match run(cfg) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -48,9 +45,12 @@ fn load_config(path: &std::path::Path) -> Result<DaemonConfig> {
 }
 
 fn run(cfg: DaemonConfig) -> Result<()> {
-    let devices = gpumux_daemon::devices::discover().context("discovering GPUs")?;
+    let devices = gpumux_daemon::devices::discover()
+        .context("discovering GPUs through NVML (does `nvidia-smi` work on this node?)")?;
     if devices.is_empty() {
-        anyhow::bail!("NVML reports no GPUs on this node");
+        anyhow::bail!(
+            "NVML reports no usable GPUs on this node: check `nvidia-smi` and the warnings above"
+        );
     }
     for d in &devices {
         tracing::info!(index = d.index, uuid = %d.uuid, name = %d.name, total = d.total_bytes, "GPU");
@@ -58,7 +58,12 @@ fn run(cfg: DaemonConfig) -> Result<()> {
     let metrics = match &cfg.metrics_listen {
         Some(addr) => {
             let l = std::net::TcpListener::bind(addr)
-                .with_context(|| format!("binding metrics_listen = \"{addr}\""))?;
+                .with_context(|| {
+                    format!(
+                        "binding metrics_listen = \"{addr}\" (is another process on that port? \
+                         change metrics_listen in the config, or set it to \"\" to serve no metrics)"
+                    )
+                })?;
             Some(l)
         }
         None => None,

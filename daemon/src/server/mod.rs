@@ -9,22 +9,25 @@
 //! Nothing a tenant's process does can stall or crash the loop: it never waits on a lock a
 //! tenant can hold (reclaims are tried and deferred), reads only what it bounds (messages per
 //! wakeup, demands per second, connections per tenant), logs tenant misbehaviour at most once
-//! per interval, backs off when descriptors run out (the control socket keeps answering), and
-//! survives what a tenant does to the files it was handed ([`crate::sigbus`], tamper watch).
+//! per interval and site ([`crate::logging`]), backs off when descriptors run out (the control
+//! socket keeps answering), and survives what a tenant does to the files it was handed
+//! ([`crate::sigbus`], tamper watch).
 //!
 //! This module owns the loop and the daemon's state; the handlers live beside it:
 //! [`tenants`] (quota files → tenants, restart recovery, removal), [`registration`] (tenant
 //! connections, process lifetimes, reclaim), [`slicing`] (glue between the per-device
 //! schedulers and the tenants' segments and processes), [`endpoint`] (tenant sockets and
 //! directories, created without path races), [`watch`] (inotify on `tenants_dir`, re-watched
-//! when replaced, and on the accounting files), [`report`] (the status report), [`footprint`]
-//! (processes' memory beyond their allocations, unmanaged processes).
+//! when replaced, and on the accounting files), [`report`] (the status report), [`observe`]
+//! (per-process figures and slice waits for the report), [`footprint`] (processes' memory
+//! beyond their allocations, unmanaged processes).
 
 use crate::devices::Device;
-use crate::ratelimit::{LogLimiter, TokenBucket, WARN_INTERVAL};
+use crate::ratelimit::{DEMAND_BURST, DEMAND_WINDOW, RateLimiter};
 use crate::scheduler::Scheduler;
 use crate::segments::TenantSegments;
 use crate::status::ControlRequest;
+use crate::waits::Waits;
 use anyhow::{Context, Result};
 use gpumux_common::config::{ConfigError, DaemonConfig, TenantQuota};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -41,6 +44,7 @@ use std::time::{Duration, Instant};
 
 mod endpoint;
 mod footprint;
+mod observe;
 mod registration;
 mod report;
 mod slicing;
@@ -115,7 +119,7 @@ struct Conn {
     pid: u32,
     /// The protocol agreed at registration (0 before).
     version: u32,
-    demands: TokenBucket,
+    /// Demands dropped over the limit (`Daemon::demand_limits`).
     dropped_demands: u64,
 }
 
@@ -171,14 +175,17 @@ pub struct Daemon {
     scheds: Vec<DeviceSched>,
     /// Exit watches on orphaned processes (id → tenant, slot, pidfd).
     pidfds: HashMap<u64, (String, usize, OwnedFd)>,
-    /// Tenant misbehaviour is logged at most once per interval per tenant and kind.
-    warnings: LogLimiter,
+    /// `Demand` messages per connection (by id), rate-limited. (Tenant misbehaviour is
+    /// logged through [`crate::logging`]'s limit: one line per site and tenant per interval.)
+    demand_limits: RateLimiter<u64>,
     /// Accepting tenant connections is paused (descriptors ran out) until the backoff timer.
     accept_paused: Option<Duration>,
     /// A descriptor kept spare so the control socket can answer when descriptors run out.
     spare_fd: Option<OwnedFd>,
     /// Where the metrics thread listens (reported in status).
     pub metrics_address: Option<String>,
+    /// Slice waits and grant latencies (for status and metrics).
+    waits: Waits,
     /// Footprint measurement (overhead beyond allocations, unmanaged processes).
     fp: footprint::Footprints,
 }
@@ -294,10 +301,11 @@ impl Daemon {
             config_errors: BTreeMap::new(),
             scheds,
             pidfds: HashMap::new(),
-            warnings: LogLimiter::new(WARN_INTERVAL),
+            demand_limits: RateLimiter::new(DEMAND_WINDOW, DEMAND_BURST),
             accept_paused: None,
             spare_fd: open_spare(),
             metrics_address: None,
+            waits: Waits::default(),
             fp,
         };
         d.reload_tenants();
@@ -476,7 +484,6 @@ impl Daemon {
         for tenant in std::mem::take(&mut self.pending_audits) {
             self.audit_recovered(&tenant);
         }
-        self.warnings.forget_quiet(Instant::now());
     }
 
     /// Schedules a retry of deferred work.

@@ -4,7 +4,9 @@
 //!
 //! What a connection can cost the daemon is bounded: at most `max_connections_per_tenant`
 //! connections per tenant, [`MESSAGES_PER_WAKEUP`] messages read per wakeup, demands
-//! rate-limited per connection, and warnings about a tenant at most one line per interval.
+//! rate-limited per connection ([`DEMAND_BURST`] per [`DEMAND_WINDOW`]), and warnings about a
+//! tenant at most one line per site per interval (the log's limit, [`crate::logging`]: give
+//! such warnings a `tenant` field).
 //! When descriptors run out, accepting pauses with a growing backoff (never a busy loop).
 
 use super::{
@@ -12,36 +14,24 @@ use super::{
     K_LISTENER, Proc, arm,
 };
 use crate::procfs;
-use crate::ratelimit::{
-    DEMAND_BURST, DEMANDS_PER_SECOND, MESSAGES_PER_WAKEUP, TokenBucket, held_back,
-};
+use crate::ratelimit::{DEMAND_BURST, DEMAND_WINDOW, MESSAGES_PER_WAKEUP, Verdict};
 use gpumux_common::accounting::{self, ChargeError};
 use gpumux_common::protocol::{
     ClientMsg, MAX_MESSAGE, PROTOCOL_VERSION, ServerMsg, check_shim_version,
 };
-use gpumux_common::shm::MAX_PROCESSES;
+use gpumux_common::shm::{MAX_PROCESSES, SLICE_GRANTED};
 use gpumux_common::shm_mutex::LockError;
 use gpumux_common::sock;
 use nix::errno::Errno;
 use nix::sys::socket::{SockFlag, accept4};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Instant;
 
 /// Connections accepted per listener wakeup before others get their turn.
 const ACCEPTS_PER_WAKEUP: usize = 64;
 
 impl Daemon {
-    /// Logs a warning about `tenant` at most once per interval per `kind`.
-    fn warn_limited(&mut self, tenant: &str, kind: &str, message: std::fmt::Arguments<'_>) {
-        if let Some(n) = self
-            .warnings
-            .check(&format!("{kind}:{tenant}"), Instant::now())
-        {
-            tracing::warn!(tenant, "{message}{}", held_back(n));
-        }
-    }
-
     pub(super) fn accept_tenant(&mut self, listener_id: u64) {
         let Some(name) = self.listeners.get(&listener_id).cloned() else {
             return;
@@ -64,7 +54,8 @@ impl Daemon {
                     return self.descriptors_exhausted(&name, e as i32);
                 }
                 Err(e) => {
-                    return self.warn_limited(&name, "accept", format_args!("accept failed: {e}"));
+                    tracing::warn!(tenant = %name, "accept failed: {e}");
+                    return;
                 }
             }
         }
@@ -76,10 +67,9 @@ impl Daemon {
         let cap = self.cfg.max_connections_per_tenant as usize;
         let count = self.conn_counts.get(tenant).copied().unwrap_or(0);
         if count >= cap {
-            self.warn_limited(
+            tracing::warn!(
                 tenant,
-                "cap",
-                format_args!("connection refused: the tenant has {count} connections, its limit (max_connections_per_tenant)"),
+                "connection refused: the tenant has {count} connections, its limit (max_connections_per_tenant)"
             );
             let reason = format!(
                 "tenant {tenant} has {count} connections to gpumuxd, its limit (max_connections_per_tenant = {cap}); close some or ask the operator to raise it"
@@ -95,11 +85,8 @@ impl Daemon {
             &fd,
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, K_CONN | id),
         ) {
-            return self.warn_limited(
-                tenant,
-                "epoll",
-                format_args!("cannot watch a connection: {e}"),
-            );
+            tracing::warn!(tenant, "cannot watch a connection: {e}");
+            return;
         }
         *self.conn_counts.entry(tenant.to_string()).or_default() += 1;
         self.conns.insert(
@@ -110,7 +97,6 @@ impl Daemon {
                 slot: None,
                 pid,
                 version: 0,
-                demands: TokenBucket::new(DEMANDS_PER_SECOND, DEMAND_BURST, Instant::now()),
                 dropped_demands: 0,
             },
         );
@@ -124,16 +110,13 @@ impl Daemon {
             .map_or(ACCEPT_BACKOFF_MIN, |p| (p * 2).min(ACCEPT_BACKOFF_MAX));
         let first = self.accept_paused.is_none();
         self.accept_paused = Some(pause);
-        if let Some(n) = self.warnings.check("fds", Instant::now()) {
-            tracing::warn!(
-                tenant,
-                open = self.conns.len(),
-                "out of file descriptors ({}); pausing new tenant connections for {pause:?} \
-                 (raise LimitNOFILE, or lower max_connections_per_tenant){}",
-                std::io::Error::from_raw_os_error(errno),
-                held_back(n)
-            );
-        }
+        tracing::warn!(
+            tenant,
+            open = self.conns.len(),
+            "out of file descriptors ({}); pausing new tenant connections for {pause:?} \
+             (raise LimitNOFILE, or lower max_connections_per_tenant)",
+            std::io::Error::from_raw_os_error(errno),
+        );
         if first {
             self.set_listeners(false);
         }
@@ -215,11 +198,10 @@ impl Daemon {
                 true
             }
             Err(e) => {
-                let (tenant, pid) = (conn.tenant.clone(), conn.pid);
-                self.warn_limited(
-                    &tenant,
-                    "bad-message",
-                    format_args!("bad message from process {pid}: {e}; disconnecting it"),
+                tracing::warn!(
+                    tenant = %conn.tenant,
+                    "bad message from process {}: {e}; disconnecting it",
+                    conn.pid
                 );
                 false
             }
@@ -273,11 +255,7 @@ impl Daemon {
         if let Err(e) = sock::send(conn.fd.as_fd(), &msg, &[]) {
             tracing::debug!(pid, "cannot send a refusal: {e}");
         }
-        self.warn_limited(
-            &tenant,
-            what,
-            format_args!("{what} of process {pid} refused: {reason}"),
-        );
+        tracing::warn!(tenant, "{what} of process {pid} refused: {reason}");
     }
 
     /// What a registration or reattachment must pass before anything else: a protocol this
@@ -405,22 +383,31 @@ impl Daemon {
         if conn.slot.is_none() || dev >= self.scheds.len() {
             return;
         }
-        if !conn.demands.allow(Instant::now()) {
+        let now = Instant::now();
+        if self.demand_limits.check(&id, now) == Verdict::Suppress {
             conn.dropped_demands += 1;
             // A flood costs a counter per message; the (rate-limited) warning is considered at
             // the 1st, 2nd, 4th, 8th, ... dropped demand only.
-            if !conn.dropped_demands.is_power_of_two() {
-                return;
+            if conn.dropped_demands.is_power_of_two() {
+                tracing::warn!(
+                    tenant = %conn.tenant,
+                    "process {} sends demands faster than {DEMAND_BURST} per {DEMAND_WINDOW:?}; {} dropped so far",
+                    conn.pid,
+                    conn.dropped_demands
+                );
             }
-            let (tenant, pid, dropped) = (conn.tenant.clone(), conn.pid, conn.dropped_demands);
-            return self.warn_limited(
-                &tenant,
-                "demand",
-                format_args!("process {pid} sends demands faster than {DEMANDS_PER_SECOND}/s; {dropped} dropped so far"),
-            );
+            return;
         }
         let tenant = conn.tenant.clone();
         tracing::trace!(tenant, dev, "demand");
+        // Waiting unless its tenant holds the slice (a demand sent just before the grant
+        // arrives after it); a draining holder's threads wait too.
+        let granted = self.tenants.get(&tenant).is_some_and(|t| {
+            t.segments.control.devices[dev].slice.load(SeqCst) & SLICE_GRANTED != 0
+        });
+        if !granted {
+            self.waits.demand(id, &tenant, dev, now);
+        }
         self.sched_event(dev, |s, now, act| s.demand(&tenant, now, act));
     }
 
@@ -468,6 +455,8 @@ impl Daemon {
         for dev in 0..self.scheds.len() {
             self.acknowledge(dev, id, None, None);
         }
+        self.waits.closed(id);
+        self.demand_limits.forget(&id);
         if let Some(slot) = conn.slot {
             self.reclaim(&conn.tenant, slot, conn.pid);
         }
@@ -504,13 +493,7 @@ impl Daemon {
                 self.pending_reclaims.push((tenant.to_string(), slot));
                 self.defer_retry();
             }
-            Err(e) => {
-                self.warn_limited(
-                    tenant,
-                    "reclaim",
-                    format_args!("cannot reclaim slot {slot}: {e}"),
-                );
-            }
+            Err(e) => tracing::warn!(tenant, "cannot reclaim slot {slot}: {e}"),
         }
     }
 

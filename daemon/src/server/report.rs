@@ -68,6 +68,7 @@ impl Daemon {
                     .copied(),
                 device_time_ns: self.scheds[i].sched.charged_ns(&t.quota.name),
                 slice_wait_ns: a.devices[i].wait_ns.load(Relaxed),
+                waits: self.tenant_waits(&t.quota.name, i),
             })
             .collect();
         TenantStatus {
@@ -92,6 +93,7 @@ impl Daemon {
             accounting_repairs: t.repairs,
             priority: t.quota.priority,
             owner: t.quota.owner.clone(),
+            process_details: self.process_details(t, now),
         }
     }
 }

@@ -47,6 +47,10 @@ impl Daemon {
                 t.segments.control.devices[dev]
                     .scheduled
                     .store(u32::from(on), SeqCst);
+                if !on {
+                    // Its waiting threads pass now: their waits end without a grant.
+                    self.waits.cancel(&t.quota.name, dev);
+                }
             }
             let names: Vec<(String, u32, Option<u32>)> = users
                 .iter()
@@ -115,6 +119,7 @@ impl Daemon {
         for action in actions {
             match action {
                 Action::Grant { tenant, epoch } => {
+                    self.waits.granted(&tenant, dev, Instant::now());
                     if let Some(t) = self.tenants.get(&tenant) {
                         let word = &t.segments.control.devices[dev].slice;
                         word.store((epoch << 1) | SLICE_GRANTED, SeqCst);

@@ -9,7 +9,6 @@
 use super::endpoint::Endpoint;
 use super::{Daemon, EpollEvent, EpollFlags, K_LISTENER, K_PIDFD, Pending, Proc, Tenant};
 use crate::procfs;
-use crate::ratelimit::held_back;
 use crate::segments::{self, TenantSegments};
 use anyhow::{Context, Result};
 use gpumux_common::accounting;
@@ -18,7 +17,6 @@ use gpumux_common::names::tenant_of_quota_file;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 /// Quota files that parsed, and the ones rejected.
 type Scan = (
@@ -252,6 +250,7 @@ impl Daemon {
         if let Some(t) = self.tenants.remove(name) {
             self.close_endpoint(&t.endpoint);
         }
+        self.waits.forget_tenant(name);
         for path in [self.segment_path(name), self.quota_path(name)] {
             if let Err(e) = std::fs::remove_file(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -468,19 +467,13 @@ impl Daemon {
             return;
         }
         t.repairs += 1;
-        if let Some(n) = self
-            .warnings
-            .check(&format!("tamper:{name}"), Instant::now())
-        {
-            tracing::warn!(
-                tenant = %name,
-                resized = r.resized,
-                header = r.header,
-                slots = r.slots,
-                "a process of the tenant damaged its accounting file through its descriptor; repaired (its charges may be lost){}",
-                held_back(n)
-            );
-        }
+        tracing::warn!(
+            tenant = %name,
+            resized = r.resized,
+            header = r.header,
+            slots = r.slots,
+            "a process of the tenant damaged its accounting file through its descriptor; repaired (its charges may be lost)",
+        );
         self.audit_recovered(name);
     }
 

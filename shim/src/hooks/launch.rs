@@ -20,12 +20,18 @@ fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUr
         Ok(t) => t,
         Err(rc) => return rc,
     };
-    if let Some(device) = ticket.device()
-        && !(crate::captures::any() && capturing())
-    {
-        crate::busy::launch(device, stream, ptsz);
-    }
+    let precise = match ticket.device() {
+        Some(device) if !(crate::captures::any() && capturing()) => {
+            crate::busy::launch(device, stream, ptsz)
+        }
+        _ => None,
+    };
     let rc = launch();
+    if let Some(p) = precise
+        && rc == CUDA_SUCCESS
+    {
+        crate::busy::launched(p);
+    }
     drop(ticket);
     rc
 }

@@ -318,8 +318,8 @@ impl Stream {
     }
 
     /// Appends operations; returns the sequence number of the last one.
-    fn push(&self, ops: Vec<Op>) -> u64 {
-        let submitted = fakegpu::procid::monotonic_ns();
+    /// Enqueues `ops`, submitted at `submitted` (when the application made the call).
+    fn push(&self, ops: Vec<Op>, submitted: u64) -> u64 {
         let mut q = self.q.lock();
         for op in ops {
             q.enqueued += 1;
@@ -331,12 +331,12 @@ impl Stream {
     }
 
     /// If nothing is queued or running on the stream: its last op's sequence number, and the
-    /// device time now (its clock, or the present if later).
-    fn idle_at(&self) -> Option<(u64, u64)> {
+    /// device time an op submitted at `submitted` is reached (its clock, or then if later).
+    fn idle_at(&self, submitted: u64) -> Option<(u64, u64)> {
         let q = self.q.lock();
         (q.ops.is_empty() && q.completed == q.enqueued).then(|| {
             let clock = q.done.back().map_or(0, |d| d.1);
-            (q.completed, clock.max(fakegpu::procid::monotonic_ns()))
+            (q.completed, clock.max(submitted))
         })
     }
 
@@ -441,11 +441,16 @@ pub fn submit(ctx: &Context, s: &Arc<Stream>, op: Op) -> u64 {
 /// Submits `batch` to `s` as one unit (nothing else is enqueued between its ops, e.g. a graph
 /// launch) with legacy-stream dependencies; returns the sequence of its last op (the ops have
 /// consecutive sequence numbers).
+///
+/// The work is stamped as submitted when the call was made, before the fake's own locks: a
+/// device sees work when the application's thread hands it over, and the fake's stream threads
+/// (which a GPU does not have) holding a lock on a busy host must not delay it.
 pub fn submit_all(ctx: &Context, s: &Arc<Stream>, batch: Vec<Op>) -> u64 {
+    let submitted = fakegpu::procid::monotonic_ns();
     let _g = ctx.submit.lock();
     let mut ops = dependencies(ctx, s);
     ops.extend(batch);
-    s.push(ops)
+    s.push(ops, submitted)
 }
 
 /// The `Wait`s legacy-stream semantics put before new work on `s`. Caller holds `ctx.submit`.
@@ -611,6 +616,8 @@ impl Event {
 
     /// Records the event on `s` (replacing a previous record).
     pub fn record(self: &Arc<Self>, ctx: &Context, s: &Arc<Stream>) {
+        // Submitted when called, like other work (see `submit_all`).
+        let submitted = fakegpu::procid::monotonic_ns();
         // Hold the event state while submitting so the record generation and sequence agree.
         let mut st = self.st.lock();
         st.generation += 1;
@@ -621,7 +628,7 @@ impl Event {
         // On an idle stream the device reaches the record at once: no need to wake its thread
         // (which would cost a host wake-up before the work that follows).
         if ops.is_empty()
-            && let Some((seq, at)) = s.idle_at()
+            && let Some((seq, at)) = s.idle_at(submitted)
         {
             st.time_ns = Some(at);
             st.recorded = Some((s.clone(), seq));
@@ -631,7 +638,7 @@ impl Event {
             event: self.clone(),
             generation,
         });
-        let seq = s.push(ops);
+        let seq = s.push(ops, submitted);
         st.recorded = Some((s.clone(), seq));
     }
 

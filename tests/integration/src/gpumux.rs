@@ -137,11 +137,16 @@ impl Gpumux {
 
     /// Starts (or restarts) the daemon and waits for its control socket.
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with_env(&[]);
+    }
+
+    /// Like [`Gpumux::start_daemon`], with extra environment variables for the daemon.
+    pub fn start_daemon_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("gpumuxd.log"))
+            .open(self.log_path())
             .expect("daemon log");
         let control = self.state_dir.join("gpumuxd.sock");
         std::fs::remove_file(&control).ok();
@@ -166,6 +171,7 @@ impl Gpumux {
         let child = cmd
             .arg("--config")
             .arg(&self.config_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -201,7 +207,12 @@ impl Gpumux {
 
     /// The daemon's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("gpumuxd.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The file the daemon's stderr goes to.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gpumuxd.log")
     }
 
     /// Writes `tenants_dir/<name>.toml` atomically (as editors do: write + rename).

@@ -439,7 +439,7 @@ fn many_tenants_and_processes_register_at_once() {
     );
 }
 
-/// Context switches of every thread of `pid` so far.
+/// Wake-ups (voluntary context switches) of every thread of `pid` so far.
 fn context_switches(pid: u32) -> u64 {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -449,7 +449,9 @@ fn context_switches(pid: u32) -> u64 {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
         total += status
             .lines()
-            .filter(|l| l.contains("ctxt_switches"))
+            // Wake-ups: a sleeping thread's switch is voluntary; a running one preempted on a
+            // busy host (nonvoluntary) did not wake up again.
+            .filter(|l| l.starts_with("voluntary_ctxt_switches"))
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum::<u64>();
     }

@@ -249,3 +249,65 @@ fn own_contexts_are_drained_too() {
     finish_ok(a);
     finish_ok(b);
 }
+
+/// A launcher late between its launches (4 ms of host time between 1 ms kernels, no
+/// synchronize between them: what a busy host does to a descheduled thread) leaves the device
+/// idle within its batches. It is charged its kernels' device time, not the idle between them:
+/// what gpumuxd charged against the fake's ground truth (the old busy periods charged ~3.6×).
+#[test]
+fn a_late_launcher_is_charged_its_kernels_not_the_idle_between_them() {
+    let _serial = exclusive();
+    let g = Gpumux::start(&[16 * GIB], &[("late", &tenant(1)), ("steady", &tenant(1))]);
+    let late_args = [
+        "--ns",
+        "1000000",
+        "--batch",
+        "8",
+        "--pause-ms",
+        "0",
+        "--gap-us",
+        "4000",
+    ];
+    let late = g.load("late", 6, &late_args);
+    let steady = g.load("steady", 6, SATURATE);
+    let pid = late.pid();
+    let charged_ns = || {
+        let status = g.status().unwrap();
+        let late = status["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "late");
+        late.unwrap()["devices"][0]["device_time_ns"]
+            .as_u64()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (truth0, charged0) = (g.busy_ns()[&pid], charged_ns());
+    std::thread::sleep(Duration::from_secs(4));
+    let (truth1, charged1) = (g.busy_ns()[&pid], charged_ns());
+    finish_ok(late);
+    finish_ok(steady);
+    // Charges come at the end of slices (a quantum or so): the window's edges move them by
+    // a few tens of ms against the 4 s window.
+    let truth = (truth1 - truth0) as f64;
+    let charged = (charged1 - charged0) as f64;
+    eprintln!(
+        "late launcher: device time {:.0} ms, charged {:.0} ms",
+        truth / 1e6,
+        charged / 1e6
+    );
+    assert!(truth > 0.0, "the late launcher ran nothing");
+    assert!(
+        charged <= truth * 1.25,
+        "charged {:.0} ms for {:.0} ms of kernels: the idle between late launches was charged",
+        charged / 1e6,
+        truth / 1e6
+    );
+    assert!(
+        charged >= truth * 0.8,
+        "charged {:.0} ms for {:.0} ms of kernels: kernels went uncharged",
+        charged / 1e6,
+        truth / 1e6
+    );
+}

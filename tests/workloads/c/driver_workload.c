@@ -33,9 +33,11 @@
  *       the parent allocates N and forks; the child initialises CUDA itself (a forked child
  *       cannot use its parent's context), allocates M and exits; both report
  *   driver_workload load --ns N --seconds S [--batch B] [--pause-ms P] [--own-context 1] [--report-ms R]
- *                        [--linger-s L]
+ *                        [--linger-s L] [--gap-us G]
  *       repeatedly: launch B spin(N) kernels, synchronize, pause P ms; reports how long each
  *       batch waited beyond its own kernel time (its wait for the device), p50/p99/max.
+ *       G > 0: G µs of host time between two launches of a batch (a launcher late to launch,
+ *       as on a busy host: the device may run dry within the batch).
  *       R > 0: after a batch, at most every R ms, a "load-progress" line with the kernels
  *       completed so far and when (CLOCK_MONOTONIC ms), plus one after the last batch.
  *       L > 0: after the report, keep the process and its context alive, idle, L seconds
@@ -353,7 +355,7 @@ static void die_usage(const char *msg) {
             "       driver_workload stress --threads T --seconds S --max-bytes B [--seed X]\n"
             "       driver_workload hold --bytes N --seconds S\n"
             "       driver_workload load --ns N --seconds S [--batch B] [--pause-ms P]\n"
-            "                            [--report-ms R] [--linger-s L]\n"
+            "                            [--report-ms R] [--linger-s L] [--gap-us G]\n"
             "       driver_workload graph --ns N --kernels K --seconds S [--batch B] [--pause-ms P]\n"
             "                             [--mem M] [--report-ms R] [--linger-s L]\n"
             "                             [--capture-pause-ms C]\n"
@@ -1397,6 +1399,7 @@ struct work {
     unsigned long long kernels; /* per launch */
     unsigned long long ns;      /* device time per launch */
     const char *mode;
+    unsigned long long gap_us;  /* host time between two launches of a batch */
 };
 
 static CUresult launch_work(const struct work *w, CUstream stream, void **params) {
@@ -1425,6 +1428,7 @@ static int run_load(const struct work *w, CUstream stream, unsigned long long ba
     while (r == CUDA_SUCCESS && now_ms() - start < (double)seconds * 1000.0) {
         double t0 = now_ms();
         for (unsigned long long i = 0; i < batch && r == CUDA_SUCCESS; i++) {
+            if (i > 0 && w->gap_us) usleep((useconds_t)w->gap_us);
             r = launch_work(w, stream, params);
             if (r == CUDA_SUCCESS) kernels += w->kernels;
         }
@@ -1477,8 +1481,8 @@ static int run_load(const struct work *w, CUstream stream, unsigned long long ba
 static int cmd_load(int argc, char **argv) {
     static const char *const flags[] = {"--ns",       "--seconds",  "--batch",
                                         "--pause-ms", "--device",   "--report-ms",
-                                        "--linger-s", "--own-context", NULL};
-    const char *v[8] = {NULL, NULL, "4", "0", "0", "0", "0", "0"};
+                                        "--linger-s", "--own-context", "--gap-us", NULL};
+    const char *v[9] = {NULL, NULL, "4", "0", "0", "0", "0", "0", "0"};
     parse_flags(argc, argv, flags, v);
     unsigned long long ns = need_u64(v[0], "--ns");
     unsigned long long seconds = need_u64(v[1], "--seconds");
@@ -1488,6 +1492,7 @@ static int cmd_load(int argc, char **argv) {
     unsigned long long report_ms = need_u64(v[5], "--report-ms");
     unsigned long long linger_s = need_u64(v[6], "--linger-s");
     unsigned long long own_context = need_u64(v[7], "--own-context");
+    unsigned long long gap_us = need_u64(v[8], "--gap-us");
     if (batch == 0) die_usage("--batch must be positive");
     load_driver();
     CUresult r;
@@ -1507,7 +1512,7 @@ static int cmd_load(int argc, char **argv) {
         emit("\"op\":\"load\",\"step\":\"setup\",\"result\":%d,\"error\":\"%s\"", r, err_name(r));
         return 0;
     }
-    struct work w = {fn, NULL, 1, ns, "kernel"};
+    struct work w = {fn, NULL, 1, ns, "kernel", gap_us};
     return run_load(&w, stream, batch, seconds, pause_ms, report_ms, linger_s);
 }
 
@@ -1569,7 +1574,7 @@ static int cmd_graph(int argc, char **argv) {
              step, r, err_name(r));
         return 0;
     }
-    struct work w = {fn, exec, count, count * ns, "graph"};
+    struct work w = {fn, exec, count, count * ns, "graph", 0};
     int rc = run_load(&w, stream, batch, seconds, pause_ms, report_ms, linger_s);
     return rc;
 }
