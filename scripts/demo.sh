@@ -9,6 +9,11 @@
 #          allocated inside the graph), one holding 4 GiB
 #   bob:   2 GiB, weight 1 — one process saturating the GPU, one holding 1 GiB, and one
 #          that tries to take 1 GiB more (refused: over bob's quota)
+#   chat:  2 GiB, priority "latency" — an interactive service: 30 requests/s at random, each
+#          10 × 0.5 ms kernels and a synchronize (about 15% of the GPU). It preempts alice and
+#          bob at once (gpumux keeps their queued work within 2 ms) and gives the GPU back as
+#          soon as a request is done; its request latency is measured first with the GPU to
+#          itself, then beside the others, and both are printed at the end (consolidation)
 #   a stray process on the GPU without gpumux, holding 1 GiB (UNMANAGED in the status)
 #
 # Like a real GPU, the simulated one gives every CUDA context 300 MiB of device memory of its
@@ -49,6 +54,7 @@ metrics_listen = "${DEMO_METRICS_LISTEN:-127.0.0.1:0}"
 CONF
 printf 'memory_limit = "6GiB"\nweight = 3\n' > "$work/tenants.d/alice.toml"
 printf 'memory_limit = "2GiB"\nweight = 1\n' > "$work/tenants.d/bob.toml"
+printf 'memory_limit = "2GiB"\npriority = "latency"\n' > "$work/tenants.d/chat.toml"
 
 "$T/gpumuxd" --config "$work/gpumuxd.toml" 2> "$work/gpumuxd.log" &
 pids+=($!)
@@ -62,6 +68,18 @@ in_tenant() { # tenant, args...
     LD_PRELOAD="$T/libgpumux.so" GPUMUX_SOCKET="$work/state/tenants/$t/gpumux.sock" "$@"
 }
 run_bg() { "$@" > /dev/null 2>> "$work/workloads.log" & pids+=($!); }
+chat() { # seconds: chat's requests (their latencies as one JSON line on stdout)
+    in_tenant chat "$W" interactive --rate 30 --kernels 10 --ns 500000 --seconds "$1" \
+        2>> "$work/workloads.log" | grep '"op":"interactive"'
+}
+latency() { # the p50/p99 of an interactive JSON line
+    sed -n 's/.*"p50_ms":\([0-9.]*\),"p99_ms":\([0-9.]*\),.*/p50 \1 ms, p99 \2 ms/p' "$1"
+}
+echo "==> chat (priority latency) alone on the GPU for 3 s: 30 requests/s of 10 x 0.5 ms kernels"
+chat 3 > "$work/chat-alone.json"
+chat $((SECONDS_TO_RUN - 2)) > "$work/chat-shared.json" &
+chat_pid=$!
+pids+=($chat_pid)
 run_bg in_tenant alice "$W" load --ns 2000000 --batch 4 --seconds "$SECONDS_TO_RUN"
 run_bg in_tenant alice "$W" graph --ns 2000000 --kernels 8 --mem 256MiB --seconds "$SECONDS_TO_RUN"
 run_bg in_tenant alice "$W" hold --bytes $((4 << 30)) --seconds "$SECONDS_TO_RUN"
@@ -75,9 +93,14 @@ sleep 1
 
 CTL=("$T/gpumuxctl" --config "$work/gpumuxd.toml")
 addr=$("${CTL[@]}" status --json | sed -n 's/.*"metrics_address": "\(.*\)".*/\1/p')
-echo "==> gpumuxctl top: device time per tenant (expect ~75% / ~25%, the BY WEIGHT column);"
-echo "    metrics: curl http://$addr/metrics"
+echo "==> gpumuxctl top: alice (weight 3), bob (weight 1), chat (priority latency): chat ~15%,"
+echo "    alice and bob ~3:1 of the rest; metrics: curl http://$addr/metrics"
 sleep 1
 refreshes=$((SECONDS_TO_RUN - 3))
 "${CTL[@]}" top --interval 1 --iterations $((refreshes > 1 ? refreshes : 1)) || true
+wait "$chat_pid" 2>/dev/null || true
+echo "==> chat's request latency (arrival to completion), consolidated with alice and bob's batch work:"
+echo "    with the GPU to itself:     $(latency "$work/chat-alone.json")"
+echo "    beside alice and bob:       $(latency "$work/chat-shared.json")"
+echo "    (gpumux-scenarios consolidation measures four such services and a batch job)"
 echo "==> done; daemon log was $work/gpumuxd.log (removed on exit)"

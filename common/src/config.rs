@@ -4,9 +4,9 @@
 //! names the file, the line and the reason, so `gpumuxctl check` and the daemon's log can say
 //! exactly what to fix. Device selectors are resolved against real devices by the daemon.
 //!
-//! Two quota-file keys are descriptive only: `priority` (a class, validated and reported; its
-//! scheduling comes later) and the `[owner]` table (the Kubernetes pod or claim a tenant was
-//! created for, shown in status and metrics).
+//! `priority` is a tenant's class (latency > normal > batch: see the daemon's scheduler); the
+//! `[owner]` table is descriptive only (the Kubernetes pod or claim a tenant was created for,
+//! shown in status and metrics).
 
 use crate::names::{tenant_of_quota_file, validate_tenant_name};
 use crate::size::{parse_percent_permille, parse_size};
@@ -20,6 +20,9 @@ use toml::Spanned;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gpumux/gpumuxd.toml";
 /// Default quantum of device time granted to a tenant.
 pub const DEFAULT_QUANTUM_MS: u32 = 50;
+/// Default device time a lower-class tenant's process may have queued ahead beside a higher
+/// class (`drain_budget_us`).
+pub const DEFAULT_DRAIN_BUDGET_US: u32 = 2000;
 /// Largest config or quota file read; a larger one is rejected.
 pub const MAX_CONFIG_FILE: u64 = 64 * 1024;
 /// Default cap on a tenant's simultaneous connections (registered processes and connections
@@ -55,6 +58,10 @@ pub struct DaemonConfig {
     pub tenants_dir: PathBuf,
     /// Length of a compute time slice.
     pub quantum_ms: u32,
+    /// How much device time (µs) a process of a tenant may have queued on a device where a
+    /// tenant of a higher `priority` class may run: what a revocation for that tenant waits
+    /// for, beyond the kernel running.
+    pub drain_budget_us: u32,
     /// Prometheus listen address (`host:port`); `None` when set to `""`.
     pub metrics_listen: Option<String>,
     /// tracing filter, e.g. `info` or `gpumux_daemon=debug`.
@@ -69,6 +76,7 @@ impl Default for DaemonConfig {
             state_dir: PathBuf::from("/run/gpumux"),
             tenants_dir: PathBuf::from("/etc/gpumux/tenants.d"),
             quantum_ms: DEFAULT_QUANTUM_MS,
+            drain_budget_us: DEFAULT_DRAIN_BUDGET_US,
             metrics_listen: Some("127.0.0.1:9464".to_string()),
             log_level: "info".to_string(),
             max_connections_per_tenant: DEFAULT_MAX_CONNECTIONS_PER_TENANT,
@@ -82,6 +90,7 @@ struct RawDaemonConfig {
     state_dir: Option<PathBuf>,
     tenants_dir: Option<PathBuf>,
     quantum_ms: Option<Spanned<i64>>,
+    drain_budget_us: Option<Spanned<i64>>,
     metrics_listen: Option<Spanned<String>>,
     log_level: Option<String>,
     max_connections_per_tenant: Option<Spanned<i64>>,
@@ -118,6 +127,16 @@ impl DaemonConfig {
                 ));
             }
             cfg.quantum_ms = v as u32;
+        }
+        if let Some(b) = raw.drain_budget_us {
+            let v = *b.get_ref();
+            if !(100..=100_000).contains(&v) {
+                return Err(err(
+                    Some(b.span()),
+                    format!("drain_budget_us = {v} is out of range (100 to 100000)"),
+                ));
+            }
+            cfg.drain_budget_us = v as u32;
         }
         if let Some(m) = raw.metrics_listen {
             cfg.metrics_listen = parse_metrics_listen(&m).map_err(|r| err(Some(m.span()), r))?;
@@ -194,8 +213,8 @@ pub struct TenantQuota {
     pub weight: u32,
     /// Hard cap on device time in per-mille (1..=1000), if any.
     pub compute_limit_permille: Option<u32>,
-    /// Priority class (`priority` key; default [`Priority::Normal`]). Parsed, validated and
-    /// reported; the scheduler does not act on it yet.
+    /// Priority class (`priority` key; default [`Priority::Normal`]): a tenant of a higher
+    /// class preempts lower ones on a shared device (within its weight plus a credit).
     pub priority: Priority,
     /// Who the tenant stands for (`[owner]` table), when an orchestrator created it.
     pub owner: Option<TenantOwner>,
@@ -217,6 +236,15 @@ pub enum Priority {
 impl Priority {
     /// Every class, in order of precedence.
     pub const ALL: [Priority; 3] = [Priority::Latency, Priority::Normal, Priority::Batch];
+
+    /// Precedence: a tenant of a higher one preempts tenants of lower ones.
+    pub fn precedence(self) -> u8 {
+        match self {
+            Priority::Latency => 2,
+            Priority::Normal => 1,
+            Priority::Batch => 0,
+        }
+    }
 
     /// The name used in quota files, status and metrics.
     pub fn as_str(self) -> &'static str {
@@ -853,7 +881,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.quantum_ms, 10);
+        assert_eq!(c.drain_budget_us, DEFAULT_DRAIN_BUDGET_US);
         assert_eq!(c.metrics_listen, None);
+        let c = DaemonConfig::parse(Path::new("/c.toml"), "drain_budget_us = 500\n").unwrap();
+        assert_eq!(c.drain_budget_us, 500);
+        let e = DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 5\ndrain_budget_us = 50")
+            .unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(
+            e.reason.contains("drain_budget_us = 50 is out of range"),
+            "{e}"
+        );
         let e =
             DaemonConfig::parse(Path::new("/c.toml"), "quantum_ms = 10\nbogus = 1\n").unwrap_err();
         assert_eq!(e.line, Some(2));

@@ -32,8 +32,9 @@ use thiserror::Error;
 ///
 /// 2: `Footprint` and `Measured` (with shared-segment layout 2).
 /// 3: `Drained.busy_ns` (the device time the process measured in the slice).
-/// 4: `Footprint.context` (whether the change is a context the process just created).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 4: `Idle` (a latency-class holder's work is done: `shm::ControlDevice::yield_hint`).
+/// 5: `Footprint.context` (whether the change is a context the process just created).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The oldest shim protocol a daemon of this build still serves. Raised only when an older
 /// shim cannot work with this daemon at all: a change of `shm::LAYOUT_VERSION` (version 2
 /// came with layout 2, which a version-1 shim cannot map).
@@ -264,14 +265,20 @@ wire_messages! {
         /// whenever that is. `seq != 0`: answer `Measured` with it once such a measurement is
         /// recorded. `context`: `Some(1)` when the change is a context the process just
         /// created (the growth measured then is what a context of this tenant takes), else
-        /// `Some(0)`; `None` from shims older than 4, which asked for `Measured` (`seq != 0`)
+        /// `Some(0)`; `None` from shims older than 5, which asked for `Measured` (`seq != 0`)
         /// only after creating a context ([`ClientMsg::footprint_is_context`]).
         Footprint = FOOTPRINT: 5 since 2 {
             device: u32,
             reserved: u64,
             seq: u32,
-            context: Option<u32> since 4,
+            context: Option<u32> since 5,
         },
+        /// The process holds the slice on `device` as a latency-class tenant that others wait
+        /// for (`ControlDevice::yield_hint`), a synchronize of its just returned and it has
+        /// nothing more in flight: if its launch count on the device is still `launches`, the
+        /// tenant may have no work left and the daemon can pass the device on now. Sent only
+        /// when the hint is set (a daemon that sets it knows this message).
+        Idle = IDLE: 6 since 4 { device: u32, launches: u64 },
     }
 }
 
@@ -293,7 +300,7 @@ wire_messages! {
 
 impl ClientMsg {
     /// Whether a `Footprint` (its `seq` and `context` fields) reports a context the process
-    /// just created; shims older than protocol 4 do not say, and asked for `Measured` only
+    /// just created; shims older than protocol 5 do not say, and asked for `Measured` only
     /// then.
     pub fn footprint_is_context(seq: u32, context: Option<u32>) -> bool {
         context.map_or(seq != 0, |c| c != 0)
@@ -382,6 +389,10 @@ mod tests {
                 seq: 7,
                 context: Some(1),
             },
+            ClientMsg::Idle {
+                device: 1,
+                launches: u64::MAX,
+            },
         ] {
             assert_eq!(ClientMsg::decode(&m.encode()), Ok(m));
         }
@@ -412,6 +423,7 @@ mod tests {
             ClientMsg::DRAINED,
             ClientMsg::REATTACH,
             ClientMsg::FOOTPRINT,
+            ClientMsg::IDLE,
             ServerMsg::WELCOME,
             ServerMsg::REFUSED,
             ServerMsg::REVOKE,
@@ -508,9 +520,23 @@ mod tests {
         assert_eq!(context, None);
         assert!(ClientMsg::footprint_is_context(seq, context));
         assert!(!ClientMsg::footprint_is_context(0, None));
-        // A version-4 shim says so either way, whatever its seq.
+        // A version-5 shim says so either way, whatever its seq.
         assert!(!ClientMsg::footprint_is_context(2, Some(0)));
         assert!(ClientMsg::footprint_is_context(0, Some(1)));
+    }
+
+    #[test]
+    fn idle_is_unknown_to_a_version_3_connection() {
+        let idle = ClientMsg::Idle {
+            device: 0,
+            launches: 7,
+        };
+        assert_eq!(idle.since(), 4);
+        assert_eq!(
+            ClientMsg::decode_for(&idle.encode(), 3),
+            Err(ProtocolError::UnknownTag(ClientMsg::IDLE))
+        );
+        assert_eq!(ClientMsg::decode_for(&idle.encode(), 4), Ok(idle));
     }
 
     #[test]
@@ -638,6 +664,8 @@ mod tests {
             (any::<u32>(), any::<u32>())
                 .prop_map(|(protocol, pid)| ClientMsg::Hello { protocol, pid }),
             any::<u32>().prop_map(|device| ClientMsg::Demand { device }),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(device, launches)| ClientMsg::Idle { device, launches }),
             (any::<u32>(), any::<u32>(), any::<Option<u64>>()).prop_map(
                 |(device, epoch, busy_ns)| ClientMsg::Drained {
                     device,

@@ -58,7 +58,16 @@ pub struct ControlDevice {
     pub physical_total: AtomicU64,
     /// Whether the daemon time-slices this device (more than one tenant may use it).
     pub scheduled: AtomicU32,
-    pub _reserved: [AtomicU32; 3],
+    /// How much device time (µs) each of the tenant's processes may have queued ahead on the
+    /// device (0: unbounded). Set while a tenant of a higher class may use the device, so a
+    /// revocation for it drains within about this much ([`crate::config::DaemonConfig`]'s
+    /// `drain_budget_us`).
+    pub queue_budget_us: AtomicU32,
+    /// 1 while the tenant, in the latency class, holds the slice and others wait: a process
+    /// whose synchronize left it with nothing to do says so (`ClientMsg::Idle`), so the device
+    /// passes on at once.
+    pub yield_hint: AtomicU32,
+    pub _reserved: AtomicU32,
     /// Device memory a new context is expected to occupy (the daemon's latest measurement on
     /// this device, 0 until it has one): what the shim reserves before creating a context.
     pub context_overhead: AtomicU64,

@@ -141,7 +141,7 @@ struct TenantDeviceFamily {
     value: fn(&TenantDeviceStatus) -> Num,
 }
 
-const TENANT_DEVICE_FAMILIES: [TenantDeviceFamily; 9] = [
+const TENANT_DEVICE_FAMILIES: [TenantDeviceFamily; 12] = [
     TenantDeviceFamily {
         name: "gpumux_memory_used",
         help: "Device memory charged to the tenant: allocations plus overhead.",
@@ -204,6 +204,27 @@ const TENANT_DEVICE_FAMILIES: [TenantDeviceFamily; 9] = [
         unit: None,
         kind: Kind::Gauge,
         value: |d| Num::Float(d.device_time_share.unwrap_or(0.0)),
+    },
+    TenantDeviceFamily {
+        name: "gpumux_preemptions",
+        help: "Slices of the tenant revoked early for a tenant of a higher priority class.",
+        unit: None,
+        kind: Kind::Counter,
+        value: |d| Num::Int(d.preemptions),
+    },
+    TenantDeviceFamily {
+        name: "gpumux_queue_budget",
+        help: "Device time each of the tenant's processes may have queued ahead while a higher priority class shares the device (0: unbounded).",
+        unit: Some(Unit::Seconds),
+        kind: Kind::Gauge,
+        value: |d| Num::Float(f64::from(d.queue_budget_us) / 1e6),
+    },
+    TenantDeviceFamily {
+        name: "gpumux_hint_yields",
+        help: "Slices a latency-class tenant gave back as soon as its work was done (its processes' Idle hint).",
+        unit: None,
+        kind: Kind::Counter,
+        value: |d| Num::Int(d.hint_yields),
     },
 ];
 

@@ -71,7 +71,7 @@ pub struct TenantStatus {
     /// Times the tenant's accounting file was found damaged through a descriptor and repaired.
     #[serde(default)]
     pub accounting_repairs: u64,
-    /// Priority class from the quota file (reported; not scheduled on yet).
+    /// Priority class from the quota file (latency > normal > batch).
     #[serde(default)]
     pub priority: Priority,
     /// The Kubernetes pod or claim the tenant was created for (`[owner]` in its quota file).
@@ -144,6 +144,17 @@ pub struct TenantDeviceStatus {
     pub device_time_ns: u64,
     /// Total time threads waited for a slice, ns.
     pub slice_wait_ns: u64,
+    /// Slices of this tenant revoked early for a tenant of a higher `priority` class.
+    #[serde(default)]
+    pub preemptions: u64,
+    /// Device time (µs) each of its processes may have queued ahead while a higher class shares
+    /// the device (0: unbounded).
+    #[serde(default)]
+    pub queue_budget_us: u32,
+    /// Slices this tenant (latency class) gave back as soon as its work was done (its processes'
+    /// `Idle`), before any idle grace.
+    #[serde(default)]
+    pub hint_yields: u64,
     /// Slice-wait and grant-latency histograms (see [`crate::waits`]).
     #[serde(default)]
     pub waits: TenantWaits,

@@ -654,6 +654,7 @@ fn packaged_config_documents_every_default() {
     assert_eq!(
         keys,
         [
+            "drain_budget_us",
             "log_level",
             "max_connections_per_tenant",
             "metrics_listen",

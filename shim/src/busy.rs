@@ -9,8 +9,8 @@
 //! while the application waited for its work and then launched again falls between periods
 //! and is charged to no one. One stream and one context per device are measured in a slice: a
 //! launch on another makes the slice unmeasured (`None`: the daemon charges its wall time, the
-//! pre-measurement behaviour). The per-stream events are also where a bound on a holder's
-//! queued work would put its checkpoints.
+//! pre-measurement behaviour). The bound on a holder's queued work ([`crate::bound`]) records
+//! its own checkpoints on the launch streams.
 //!
 //! **Idle within a period** (the application's thread late between two launches with no
 //! synchronize between them, e.g. descheduled on a busy host) is excluded too, once it is seen
@@ -110,7 +110,8 @@ thread_local! {
 }
 
 /// The stream a launch named: (key, handle to record on, per-thread).
-fn resolve(stream: CUstream, ptsz: bool) -> (u64, u64, bool) {
+#[inline]
+pub(crate) fn resolve(stream: CUstream, ptsz: bool) -> (u64, u64, bool) {
     match stream as u64 {
         0 if !ptsz => (1, 0, false),
         0 | STREAM_PER_THREAD => (THREAD_KEY.with(|k| *k), STREAM_PER_THREAD, true),
@@ -291,16 +292,19 @@ fn give_up(device: usize, t: &mut Tracker) {
 }
 
 fn take_event(t: &mut Tracker) -> Option<u64> {
-    if let Some(ev) = t.spare.pop() {
-        return Some(ev);
-    }
+    t.spare.pop().or_else(new_event)
+}
+
+/// A new timing event in the current context.
+pub(crate) fn new_event() -> Option<u64> {
     let create = real!(cuEventCreate, None);
     let mut ev: CUevent = std::ptr::null_mut();
     // SAFETY: valid out-pointer; default flags (timing enabled) in the current context.
     (unsafe { create(&mut ev, 0) } == CUDA_SUCCESS).then_some(ev as u64)
 }
 
-fn record(ev: u64, stream: u64) -> bool {
+/// Records event `ev` on `stream` (a handle value); false if the driver refused.
+pub(crate) fn record(ev: u64, stream: u64) -> bool {
     let rec = real!(cuEventRecord, false);
     // SAFETY: an event of the stream's context and a stream handle the application launched on
     // (or a special handle).
@@ -308,7 +312,7 @@ fn record(ev: u64, stream: u64) -> bool {
 }
 
 /// Device ms from `start` to `end` if `end` has completed.
-fn elapsed(start: u64, end: u64) -> Option<f64> {
+pub(crate) fn elapsed(start: u64, end: u64) -> Option<f64> {
     let query = real!(cuEventQuery, None);
     let el = real!(cuEventElapsedTime, None);
     let mut ms: c_float = 0.0;
@@ -452,9 +456,7 @@ pub(crate) fn forget_context(ctx: u64) {
 
 /// Fork support: hold every tracker across `fork`.
 pub(crate) fn lock_for_fork() {
-    for m in &TRACKERS {
-        std::mem::forget(m.lock());
-    }
+    crate::fork::lock_all(&TRACKERS);
 }
 
 /// Fork support: release the trackers; in the child, forget the parent's (not its contexts).
@@ -462,13 +464,10 @@ pub(crate) fn lock_for_fork() {
 /// # Safety
 /// Only after [`lock_for_fork`] on this thread (the atfork handlers), once.
 pub(crate) unsafe fn unlock_after_fork(child: bool) {
-    for (device, m) in TRACKERS.iter().enumerate() {
-        // SAFETY: `lock_for_fork` locked every tracker on this thread and leaked the guards
-        // (the caller's contract).
-        unsafe { m.force_unlock() };
-        if child {
-            *m.lock() = Tracker::new();
-            OPEN[device].store(0, Relaxed);
-        }
-    }
+    let forget: fn(usize, &mut Tracker) = |device, t| {
+        *t = Tracker::new();
+        OPEN[device].store(0, Relaxed);
+    };
+    // SAFETY: `lock_for_fork` locked them on this thread (the caller's contract).
+    unsafe { crate::fork::unlock_all(&TRACKERS, child.then_some(forget)) };
 }

@@ -22,6 +22,7 @@
 //! driver call (normally `cuInit`); the watcher thread starts with the registration.
 
 mod allocations;
+mod bound;
 mod busy;
 mod captures;
 mod contexts;

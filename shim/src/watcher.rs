@@ -113,6 +113,7 @@ fn drain(reg: &Registration, device: usize) -> Option<u64> {
         sync_primary_context(ordinal);
     }
     crate::contexts::for_each_on(device, |ctx| sync_context(ctx as CUcontext));
+    crate::bound::drained(device);
     crate::busy::drain_finish(device, end)
 }
 

@@ -160,6 +160,9 @@ fn report() -> StatusReport {
         device_time_share: share,
         device_time_ns: 2_000_000_000,
         slice_wait_ns: 500_000_000,
+        preemptions: 5,
+        queue_budget_us: 2000,
+        hint_yields: 6,
         waits,
     };
     let tenant = |name: &str, weight, devices| TenantStatus {
@@ -289,6 +292,9 @@ fn exposition_parses_back_with_types_and_values() {
         ("gpumux_device_time_seconds_total", "counter"),
         ("gpumux_slice_wait_seconds_total", "counter"),
         ("gpumux_device_time_share", "gauge"),
+        ("gpumux_preemptions_total", "counter"),
+        ("gpumux_queue_budget_seconds", "gauge"),
+        ("gpumux_hint_yields_total", "counter"),
         ("gpumux_weight_share", "gauge"),
         ("gpumux_tenant_info", "gauge"),
         ("gpumux_slice_wait_duration_seconds", "histogram"),
@@ -340,6 +346,12 @@ fn exposition_parses_back_with_types_and_values() {
     assert_eq!(value(f(g), g, &td("0")), 15.0);
     let c = "gpumux_kernel_launches_total";
     assert_eq!(value(f(c), c, &td("0")), 7.0);
+    let c = "gpumux_preemptions_total";
+    assert_eq!(value(f(c), c, &td("0")), 5.0);
+    let g = "gpumux_queue_budget_seconds";
+    assert_eq!(value(f(g), g, &td("0")), 0.002);
+    let c = "gpumux_hint_yields_total";
+    assert_eq!(value(f(c), c, &td("0")), 6.0);
     let g = "gpumux_device_time_share";
     assert_eq!(value(f(g), g, &td("0")), 0.7);
     assert_eq!(value(f(g), g, &td("1")), 0.0, "not time-sliced there");

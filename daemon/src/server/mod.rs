@@ -128,6 +128,8 @@ struct DeviceSched {
     sched: Scheduler,
     /// The slice being drained and the acknowledgements it waits for.
     draining: Option<Drain>,
+    /// The tenant whose `yield_hint` is set on this device (a contended latency-class holder).
+    hinted: Option<String>,
 }
 
 /// A revocation in progress on one device.
@@ -282,6 +284,7 @@ impl Daemon {
             .map(|_| DeviceSched {
                 sched: Scheduler::new(quantum),
                 draining: None,
+                hinted: None,
             })
             .collect();
         let mut d = Daemon {

@@ -239,6 +239,14 @@ impl Daemon {
                 let context = ClientMsg::footprint_is_context(seq, context);
                 self.footprint_request(id, device, reserved, seq, context);
             }
+            ClientMsg::Idle { device, launches } => {
+                let (tenant, dev) = (conn.tenant.clone(), device as usize);
+                if let Some(slot) = conn.slot
+                    && dev < self.scheds.len()
+                {
+                    self.idle_hint(dev, &tenant, slot, launches);
+                }
+            }
         }
     }
 
@@ -328,6 +336,7 @@ impl Daemon {
         }
         if self.welcome(id) {
             tracing::debug!(pid, tenant, slot, "process registered");
+            self.update_bounds();
         }
     }
 
@@ -482,6 +491,7 @@ impl Daemon {
                     "process gone; memory returned"
                 );
                 self.forget_tenant_if_unused(tenant);
+                self.update_bounds();
             }
             Err(ChargeError::Lock(LockError::Busy)) => {
                 tracing::debug!(

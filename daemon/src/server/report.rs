@@ -68,6 +68,9 @@ impl Daemon {
                     .copied(),
                 device_time_ns: self.scheds[i].sched.charged_ns(&t.quota.name),
                 slice_wait_ns: a.devices[i].wait_ns.load(Relaxed),
+                preemptions: self.scheds[i].sched.preemptions(&t.quota.name),
+                queue_budget_us: c.devices[i].queue_budget_us.load(Relaxed),
+                hint_yields: self.scheds[i].sched.hint_yields(&t.quota.name),
                 waits: self.tenant_waits(&t.quota.name, i),
             })
             .collect();

@@ -1,11 +1,14 @@
 //! Glue between the per-device schedulers ([`crate::scheduler`]) and the tenants: which devices
-//! are time-sliced, what the schedulers observe, and carrying out grants and revocations.
+//! are time-sliced, with which classes, what the schedulers observe, carrying out grants and
+//! revocations, and the control-segment words that follow from them: the bound on a
+//! lower-class tenant's queued work (`queue_budget_us`) and a contended latency holder's
+//! `yield_hint`.
 //!
-//! A removed tenant whose processes still run stays scheduled at weight 1, without a cap:
-//! its processes are never un-gated.
+//! A removed tenant whose processes still run stays scheduled at weight 1, without a cap, in
+//! the `normal` class: its processes are never un-gated.
 
 use super::{Daemon, Drain, Tenant, arm};
-use crate::scheduler::{Action, Activity, Scheduler};
+use crate::scheduler::{Action, Activity, Priority, Scheduler};
 use gpumux_common::futex;
 use gpumux_common::protocol::ServerMsg;
 use gpumux_common::shm::SLICE_GRANTED;
@@ -23,6 +26,15 @@ fn slicing_terms(t: &Tenant) -> Option<(u32, Option<u32>)> {
         Some((1, None))
     } else {
         None
+    }
+}
+
+/// The class a tenant is scheduled in: its quota's, or `normal` once removed.
+fn slicing_class(t: &Tenant) -> Priority {
+    if t.removed {
+        Priority::Normal
+    } else {
+        t.quota.priority
     }
 }
 
@@ -70,9 +82,85 @@ impl Daemon {
             }
             for (n, w, c) in names {
                 s.set_tenant(&n, w, c, now);
+                if let Some(t) = tenants.get(&n) {
+                    s.set_priority(&n, slicing_class(t));
+                }
             }
             self.apply_actions(dev, actions);
         }
+        self.update_bounds();
+    }
+
+    /// Bounds each process's queued work on the devices where its tenant shares the device with
+    /// a higher class: `drain_budget_us` divided among the tenant's processes (at least 100 µs
+    /// each), so that a revocation for the higher class drains within about the budget (plus
+    /// the kernel running). Elsewhere 0: unbounded, and the shim pays nothing for it. Follows
+    /// quota changes and processes coming and going.
+    pub(super) fn update_bounds(&self) {
+        for (dev, d) in self.devices.iter().enumerate() {
+            let users: Vec<&Tenant> = self
+                .tenants
+                .values()
+                .filter(|t| t.quota.allows(d.index, &d.uuid) && slicing_terms(t).is_some())
+                .collect();
+            let top = users
+                .iter()
+                .map(|t| slicing_class(t).precedence())
+                .max()
+                .unwrap_or(0);
+            for t in self.tenants.values() {
+                let ctl = &t.segments.control.devices[dev];
+                let bounded = ctl.scheduled.load(SeqCst) != 0
+                    && users.iter().any(|u| u.quota.name == t.quota.name)
+                    && slicing_class(t).precedence() < top;
+                let budget = if bounded {
+                    (self.cfg.drain_budget_us / t.processes.len().max(1) as u32).max(100)
+                } else {
+                    0
+                };
+                ctl.queue_budget_us.store(budget, SeqCst);
+            }
+        }
+    }
+
+    /// Sets `yield_hint` for device `dev`'s holder when it is a latency-class tenant that others
+    /// wait for (and clears it for the one that had it), so its processes tell the daemon when
+    /// their work is done.
+    fn update_yield_hint(&mut self, dev: usize) {
+        let now = self.scheds[dev]
+            .sched
+            .contended_holder()
+            .filter(|(_, class)| *class == Priority::Latency)
+            .map(|(n, _)| n.to_string());
+        if now == self.scheds[dev].hinted {
+            return;
+        }
+        if let Some(t) = self.scheds[dev]
+            .hinted
+            .as_ref()
+            .and_then(|n| self.tenants.get(n))
+        {
+            t.segments.control.devices[dev].yield_hint.store(0, SeqCst);
+        }
+        if let Some(t) = now.as_ref().and_then(|n| self.tenants.get(n)) {
+            t.segments.control.devices[dev].yield_hint.store(1, SeqCst);
+        }
+        self.scheds[dev].hinted = now;
+    }
+
+    /// A process of `tenant` says its work on `dev` is done (`ClientMsg::Idle`): the scheduler
+    /// passes the device on if the tenant is a contended latency-class holder with nothing
+    /// left, judged by whether the process launched anything since (`launches` is its count
+    /// when it said so). From any other tenant (whose processes have no hint to answer) it
+    /// costs a comparison.
+    pub(super) fn idle_hint(&mut self, dev: usize, tenant: &str, slot: usize, launches: u64) {
+        if self.scheds[dev].hinted.as_deref() != Some(tenant) {
+            return;
+        }
+        let quiet = self.tenants.get(tenant).is_some_and(|t| {
+            t.segments.accounting.processes[slot].launches[dev].load(Relaxed) == launches
+        });
+        self.sched_event(dev, |s, now, act| s.idle_hint(tenant, quiet, now, act));
     }
 
     /// What the scheduler may observe of a tenant on device `dev`.
@@ -116,6 +204,11 @@ impl Daemon {
     }
 
     pub(super) fn apply_actions(&mut self, dev: usize, actions: Vec<Action>) {
+        self.carry_out(dev, actions);
+        self.update_yield_hint(dev);
+    }
+
+    fn carry_out(&mut self, dev: usize, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Grant { tenant, epoch } => {

@@ -33,6 +33,7 @@ pub(crate) fn current_context() -> u64 {
 /// the device (`device`: the context's, when known).
 fn context_gone(ctx: u64, device: Option<usize>) {
     crate::busy::forget_context(ctx);
+    crate::bound::forget_context(ctx);
     let Some(reg) = registration::current() else {
         return;
     };

@@ -4,6 +4,9 @@
 //! charged before the driver commits it (`super::graph`). A launch into a capturing stream puts
 //! nothing on the device: without the slice it passes the gate (asked of the driver only then).
 //!
+//! While the tenant's queued work is bounded (a higher class shares the device), the gate waits
+//! for room first and a successful launch is counted (`crate::bound`).
+//!
 //! Handlers of the entry-point table (`Launch`); `PTSZ` marks the `_ptsz` variants, where a
 //! null stream is the calling thread's per-thread stream.
 
@@ -16,7 +19,7 @@ use std::ffi::{c_int, c_uint, c_void};
 /// into a capturing stream puts nothing on the device.
 fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
     let capturing = || crate::captures::is_capturing(stream as u64, ptsz);
-    let ticket = match crate::gate::enter(capturing) {
+    let ticket = match crate::gate::enter(crate::gate::Launch { stream, ptsz }, capturing) {
         Ok(t) => t,
         Err(rc) => return rc,
     };
@@ -27,10 +30,11 @@ fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUr
         _ => None,
     };
     let rc = launch();
-    if let Some(p) = precise
-        && rc == CUDA_SUCCESS
-    {
-        crate::busy::launched(p);
+    if rc == CUDA_SUCCESS {
+        if let Some(p) = precise {
+            crate::busy::launched(p);
+        }
+        ticket.launched();
     }
     drop(ticket);
     rc

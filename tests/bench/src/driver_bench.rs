@@ -28,11 +28,23 @@ pub enum Config {
     Passthrough,
     /// The shim registered with a running gpumuxd as a process of a tenant: quotas apply.
     Registered,
+    /// Registered in a tenant of a time-sliced device (another tenant may use it), holding the
+    /// slice: launches pass the gate.
+    Sliced,
+    /// Registered in a batch-class tenant beside a latency-class one (idle): launches pass the
+    /// gate and the bound on queued work (`shim/src/bound.rs`).
+    Bounded,
 }
 
 impl Config {
     /// Every configuration, in table order.
-    pub const ALL: [Config; 3] = [Config::Bare, Config::Passthrough, Config::Registered];
+    pub const ALL: [Config; 5] = [
+        Config::Bare,
+        Config::Passthrough,
+        Config::Registered,
+        Config::Sliced,
+        Config::Bounded,
+    ];
 
     /// Name in the table.
     pub fn label(self) -> &'static str {
@@ -40,6 +52,8 @@ impl Config {
             Config::Bare => "bare fake",
             Config::Passthrough => "shim pass-through",
             Config::Registered => "shim + gpumuxd",
+            Config::Sliced => "time-sliced",
+            Config::Bounded => "queue-bounded",
         }
     }
 }
@@ -135,7 +149,7 @@ fn command(g: &Gpumux, tenant: &str, config: Config, program: &Path, p: &Params)
             .env_remove("GPUMUX_SOCKET");
             c
         }
-        Config::Registered => g.tenant_command(tenant, program),
+        Config::Registered | Config::Sliced | Config::Bounded => g.tenant_command(tenant, program),
     };
     c.args(["--iters", &p.iters.to_string()])
         .args(["--warmup", &p.warmup.to_string()])
@@ -220,7 +234,7 @@ fn check_config(config: Config, lines: &Lines, expect: &Expect) -> Result<()> {
     let (want_shim, want_total) = match config {
         Config::Bare => (false, expect.device_bytes),
         Config::Passthrough => (true, expect.device_bytes),
-        Config::Registered => (true, expect.quota_bytes),
+        _ => (true, expect.quota_bytes),
     };
     if shim != want_shim || total != want_total {
         bail!(

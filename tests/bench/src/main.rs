@@ -2,9 +2,11 @@
 //!
 //! This binary owns the benchmark run: it starts a real gpumuxd on a fresh fake GPU (through
 //! `gpumux_integration::gpumux::Gpumux`), compiles the C timing program, runs it under the
-//! three configurations (bare fake, shim pass-through, shim registered with the daemon) on
-//! that same fake GPU, several times in alternating order, and prints the figures as a table
-//! or, with `--json`, as JSON. It exits non-zero when a configuration fails to run; whether
+//! configurations (bare fake, shim pass-through, shim registered with the daemon) on that same
+//! fake GPU, and registered on a time-sliced device of a second daemon, holding the slice with
+//! and without its queued work bounded (a batch tenant beside a latency one, a latency tenant
+//! beside it), several times in alternating order, and prints the figures as a table or, with
+//! `--json`, as JSON. It exits non-zero when a configuration fails to run; whether
 //! the speed targets are met is reported, not enforced.
 //!
 //! It must run from the target directory it was built into (`target/<profile>/`), next to
@@ -24,6 +26,10 @@ use std::time::Duration;
 
 /// The tenant the registered configuration runs as.
 const TENANT: &str = "bench";
+/// On the time-sliced device: the latency-class tenant (not bounded) and the batch-class one
+/// beside it (bounded), each the other's idle rival.
+const SLICED_TENANT: &str = "interactive";
+const BOUNDED_TENANT: &str = "batch";
 /// Memory of the fake device.
 const DEVICE_BYTES: u64 = 16 << 30;
 /// The tenant's quota (below the device, so the check on cuMemGetInfo tells the two apart).
@@ -108,6 +114,7 @@ fn main() -> Result<()> {
     }
     let program = driver_bench::compile(&target)?;
     let g = start_gpumux()?;
+    let sliced = start_sliced()?;
 
     let expect = Expect {
         device_bytes: DEVICE_BYTES,
@@ -130,8 +137,14 @@ fn main() -> Result<()> {
         }
         for config in order {
             eprintln!("run {}/{repeats}: {}", round + 1, config.label());
-            let r = driver_bench::run_once(&g, TENANT, config, &program, &params, &expect, timeout)
-                .map_err(|e| e.context(format!("gpumuxd log:\n{}", g.log())))?;
+            let (daemon, tenant) = match config {
+                Config::Sliced => (&sliced, SLICED_TENANT),
+                Config::Bounded => (&sliced, BOUNDED_TENANT),
+                _ => (&g, TENANT),
+            };
+            let r =
+                driver_bench::run_once(daemon, tenant, config, &program, &params, &expect, timeout)
+                    .map_err(|e| e.context(format!("gpumuxd log:\n{}", daemon.log())))?;
             runs.iter_mut()
                 .find(|(c, _)| *c == config)
                 .context("configuration slot")?
@@ -155,7 +168,29 @@ fn main() -> Result<()> {
 /// A gpumuxd with one tenant on a fresh fake GPU. The harness panics on failure; the panic
 /// (already printed by the default hook) becomes an error here.
 fn start_gpumux() -> Result<Gpumux> {
-    let quota = format!("memory_limit = \"{}GiB\"\n", QUOTA_BYTES >> 30);
-    std::panic::catch_unwind(|| Gpumux::start(&[DEVICE_BYTES], &[(TENANT, &quota)]))
+    start_with(&[(TENANT, "normal")])
+}
+
+/// A gpumuxd whose device is time-sliced between a latency-class and a batch-class tenant
+/// (the batch one's queued work bounded).
+fn start_sliced() -> Result<Gpumux> {
+    start_with(&[(SLICED_TENANT, "latency"), (BOUNDED_TENANT, "batch")])
+}
+
+fn start_with(tenants: &[(&str, &str)]) -> Result<Gpumux> {
+    let quotas: Vec<(&str, String)> = tenants
+        .iter()
+        .map(|(n, class)| {
+            (
+                *n,
+                format!(
+                    "memory_limit = \"{}GiB\"\npriority = \"{class}\"\n",
+                    QUOTA_BYTES >> 30
+                ),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = quotas.iter().map(|(n, q)| (*n, q.as_str())).collect();
+    std::panic::catch_unwind(|| Gpumux::start(&[DEVICE_BYTES], &refs))
         .map_err(|_| anyhow!("could not start gpumuxd on the fake GPU (see the message above)"))
 }

@@ -1,6 +1,7 @@
 //! Turning runs into figures: per benchmark and configuration the median over runs, the
 //! added nanoseconds and the ratio against the bare fake, the verdict against the issue's
-//! targets, and their two renderings (plain-text table, JSON document).
+//! targets (the bound on queued work against the unbounded time-sliced launch), and their two
+//! renderings (plain-text table, JSON document).
 
 use crate::driver_bench::{BENCHES, Config, Params, RunResult};
 use serde::Serialize;
@@ -10,6 +11,8 @@ use std::fmt::Write as _;
 pub const ALLOC_TARGET_NS: f64 = 1000.0;
 /// Added cost allowed per passed-through call (ns).
 pub const PASSTHROUGH_TARGET_NS: f64 = 50.0;
+/// Added cost allowed per launch for bounding queued work (ns, against the time-sliced launch).
+pub const BOUND_TARGET_NS: f64 = 50.0;
 
 /// The machine and build the figures come from.
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +73,8 @@ pub struct Verdict {
     pub bench: String,
     /// Shim configuration measured.
     pub config: Config,
+    /// What it is measured against (the bare fake, or another configuration).
+    pub baseline: Config,
     /// Added ns measured.
     pub added_ns: f64,
     /// Added ns allowed.
@@ -142,27 +147,54 @@ impl Report {
                 });
             }
         }
-        // (benchmark, shim configuration, allowed added ns): every alloc+free pair; a call the
-        // shim does not hook, whatever its mode; a hooked call while the shim passes through.
+        // (benchmark, shim configuration, baseline, allowed added ns): every alloc+free pair; a
+        // call the shim does not hook, whatever its mode; a hooked call while the shim passes
+        // through; the bound on queued work on a launch (against the same launch unbounded).
         let checks = [
-            ("alloc_free", Config::Passthrough, ALLOC_TARGET_NS),
-            ("alloc_free", Config::Registered, ALLOC_TARGET_NS),
-            ("passthrough", Config::Passthrough, PASSTHROUGH_TARGET_NS),
-            ("passthrough", Config::Registered, PASSTHROUGH_TARGET_NS),
-            ("totalmem", Config::Passthrough, PASSTHROUGH_TARGET_NS),
+            (
+                "alloc_free",
+                Config::Passthrough,
+                Config::Bare,
+                ALLOC_TARGET_NS,
+            ),
+            (
+                "alloc_free",
+                Config::Registered,
+                Config::Bare,
+                ALLOC_TARGET_NS,
+            ),
+            (
+                "passthrough",
+                Config::Passthrough,
+                Config::Bare,
+                PASSTHROUGH_TARGET_NS,
+            ),
+            (
+                "passthrough",
+                Config::Registered,
+                Config::Bare,
+                PASSTHROUGH_TARGET_NS,
+            ),
+            (
+                "totalmem",
+                Config::Passthrough,
+                Config::Bare,
+                PASSTHROUGH_TARGET_NS,
+            ),
+            ("launch", Config::Bounded, Config::Sliced, BOUND_TARGET_NS),
         ];
         let targets = checks
             .iter()
-            .filter_map(|&(bench, config, limit_ns)| {
-                let r = rows
-                    .iter()
-                    .find(|r| r.bench == bench && r.config == config)?;
-                r.added_ns.is_finite().then(|| Verdict {
+            .filter_map(|&(bench, config, baseline, limit_ns)| {
+                let find = |c: Config| rows.iter().find(|r| r.bench == bench && r.config == c);
+                let added_ns = find(config)?.median_ns - find(baseline)?.median_ns;
+                added_ns.is_finite().then(|| Verdict {
                     bench: bench.to_string(),
                     config,
-                    added_ns: r.added_ns,
+                    baseline,
+                    added_ns,
                     limit_ns,
-                    met: r.added_ns < limit_ns,
+                    met: added_ns < limit_ns,
                 })
             })
             .collect();
@@ -243,11 +275,17 @@ impl Report {
             let what = match v.bench.as_str() {
                 "alloc_free" => "alloc+free pair",
                 "passthrough" => "unhooked call",
+                "launch" => "launch, bounded",
                 _ => "hooked call",
+            };
+            let against = if v.baseline == Config::Bare {
+                String::new()
+            } else {
+                format!(" (against {})", v.baseline.label())
             };
             writeln!(
                 s,
-                "  {what:<18} {:<18} {:>+9.1} ns  (target < {:.0} ns)  {}",
+                "  {what:<18} {:<18} {:>+9.1} ns  (target < {:.0} ns)  {}{against}",
                 v.config.label(),
                 v.added_ns,
                 v.limit_ns,

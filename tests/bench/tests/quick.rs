@@ -11,10 +11,12 @@ fn bench() -> Command {
 }
 
 /// (JSON key, table label) of every configuration.
-const CONFIGS: [(&str, &str); 3] = [
+const CONFIGS: [(&str, &str); 5] = [
     ("bare", "bare fake"),
     ("passthrough", "shim pass-through"),
     ("registered", "shim + gpumuxd"),
+    ("sliced", "time-sliced"),
+    ("bounded", "queue-bounded"),
 ];
 /// (JSON name, part of the table label) of every benchmark.
 const BENCHES: [(&str, &str); 5] = [
@@ -55,10 +57,10 @@ fn quick_json_has_every_configuration_with_positive_figures() {
             assert_eq!(row["runs_ns"].as_array().map(Vec::len), Some(1), "{row}");
         }
     }
-    // alloc+free and the unhooked call under both shim configurations, plus the hooked call
-    // in pass-through mode
+    // alloc+free and the unhooked call under both shim configurations, the hooked call in
+    // pass-through mode, and the bounded launch against the time-sliced one
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 5, "{v:#}");
+    assert_eq!(targets.len(), 6, "{v:#}");
     assert!(targets.iter().all(|t| t["met"].is_boolean()), "{v:#}");
 }
 

@@ -1,6 +1,6 @@
 //! A proptest-driven client fuzzes a live gpumuxd's tenant socket (issue #10, what held and
 //! must keep holding): 40,000 messages — random bytes, truncated and oversized messages,
-//! valid messages out of order (Hello, Reattach, Demand, Drained in any sequence), stray
+//! valid messages out of order (Hello, Reattach, Demand, Drained, Idle in any sequence), stray
 //! descriptors — over many connections opened and closed at random. The daemon must not
 //! crash, must keep answering, and must leak neither descriptors nor accounting slots.
 //!
@@ -60,6 +60,8 @@ fn message() -> impl Strategy<Value = Vec<u8>> {
                 busy_ns,
             }
         }),
+        (0u32..20, any::<u64>())
+            .prop_map(|(device, launches)| ClientMsg::Idle { device, launches }),
     ]
     .prop_map(|m| m.encode());
     prop_oneof![

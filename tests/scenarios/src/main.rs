@@ -29,7 +29,8 @@ use std::time::Instant;
     about = "Runs gpumux's time-slicing scenarios and benchmarks and prints one table",
     after_help = "Scenarios (default: all): weights-3-1 weights-1-2-3-4 lone-tenant \
                   idle-absorption compute-limit-30 interactive processes-8-vs-1 stopped-holder \
-                  launch-cost busy-4 switch-cost many-tenants; --list describes them."
+                  launch-cost busy-4 switch-cost graph-lone graph-weights-3-1 latency \
+                  consolidation many-tenants; --list describes them."
 )]
 struct Args {
     /// Smoke run: about a second of measurement per scenario (figures are indicative only).

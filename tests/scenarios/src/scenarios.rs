@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod latency;
+
 /// A scenario: its name, what it shows, and how it runs.
 pub struct Scenario {
     pub name: &'static str,
@@ -94,6 +96,16 @@ pub const ALL: &[Scenario] = &[
         name: "graph-weights-3-1",
         about: "two tenants replaying CUDA graphs, weights 3:1: device time 75/25",
         run: graph_weights_3_1,
+    },
+    Scenario {
+        name: "latency",
+        about: "interactive requests beside a deep-queued batch tenant: p99 alone, in class normal, in class latency",
+        run: latency::latency,
+    },
+    Scenario {
+        name: "consolidation",
+        about: "4 interactive services (15% each) + a batch job on one GPU: device busy, each p99 against alone",
+        run: latency::consolidation,
     },
     Scenario {
         name: "many-tenants",

@@ -51,6 +51,13 @@
  *   driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]
  *       launches K spin(N) kernels, synchronizing only after every B; reports the time spent
  *       inside the launch calls, ns per launch (overall, median and fastest batch)
+ *   driver_workload interactive --rate R --kernels K --ns N --seconds S [--seed X] [--device D]
+ *       an interactive service: requests arrive at random (a Poisson process of R per second,
+ *       from seed X), each K spin(N) kernels launched back to back then a stream synchronize;
+ *       served one at a time, in order (a request that arrives while another is served waits).
+ *       Reports each request's latency from its arrival to its completion (latencies_ms, in
+ *       arrival order) and its arrival (arrivals_ms, CLOCK_MONOTONIC ms), p50/p99/p999/max, the
+ *       requests served, and when it started and ended (CLOCK_MONOTONIC ms)
  *   driver_workload queue --ns N --seconds S [--depth D]
  *       keeps D spin(N) kernels queued on its stream for S seconds (an event after each
  *       kernel; before launching another it waits for the event D kernels back), then reports
@@ -360,7 +367,9 @@ static void die_usage(const char *msg) {
             "                             [--mem M] [--report-ms R] [--linger-s L]\n"
             "                             [--capture-pause-ms C]\n"
             "       driver_workload launch-rate [--ns N] [--count K] [--batch B] [--warmup W]\n"
-            "       driver_workload queue --ns N --seconds S [--depth D]\n");
+            "       driver_workload queue --ns N --seconds S [--depth D]\n"
+            "       driver_workload interactive --rate R --kernels K --ns N --seconds S [--seed X]\n"
+            "                                   [--device D]\n");
     exit(2);
 }
 
@@ -503,6 +512,15 @@ static CUresult get_spin(CUfunction *out) {
     }
     *out = spin_fn[current_device];
     return CUDA_SUCCESS;
+}
+
+/* Loads the driver, makes device `dev` current and gets the spin kernel and the stream. */
+static CUresult open_spin(int dev, CUfunction *fn, CUstream *stream) {
+    load_driver();
+    CUresult r = use_device(dev);
+    if (r == CUDA_SUCCESS) r = get_spin(fn);
+    if (r == CUDA_SUCCESS) r = get_stream(stream);
+    return r;
 }
 
 /*
@@ -1579,6 +1597,131 @@ static int cmd_graph(int argc, char **argv) {
     return rc;
 }
 
+/* ---- interactive: requests arriving at random, each a burst of kernels and a sync ---- */
+static unsigned long long xorshift64(unsigned long long *s);
+
+/* -ln(x) for 0 < x <= 1 (no libm): x = m * 2^e with m in [1, 2), ln m = 2 atanh((m-1)/(m+1)). */
+static double neg_ln(double x) {
+    int e = 0;
+    while (x < 1.0) {
+        x *= 2.0;
+        e--;
+    }
+    double z = (x - 1.0) / (x + 1.0), z2 = z * z, term = z, sum = 0.0;
+    for (int k = 1; k < 40; k += 2) {
+        sum += term / k;
+        term *= z2;
+    }
+    return -(2.0 * sum + e * 0.69314718055994530942);
+}
+
+/* Sleeps until CLOCK_MONOTONIC `ms`. */
+static void sleep_until_ms(double ms) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ms / 1e3);
+    ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+static int cmd_interactive(int argc, char **argv) {
+    static const char *const flags[] = {"--rate", "--kernels", "--ns", "--seconds",
+                                        "--seed", "--device",  NULL};
+    const char *v[6] = {NULL, "20", NULL, NULL, "1", "0"};
+    parse_flags(argc, argv, flags, v);
+    unsigned long long rate = need_u64(v[0], "--rate");
+    unsigned long long kernels = need_u64(v[1], "--kernels");
+    unsigned long long ns = need_u64(v[2], "--ns");
+    unsigned long long seconds = need_u64(v[3], "--seconds");
+    unsigned long long seed = need_u64(v[4], "--seed");
+    unsigned long long dev = need_u64(v[5], "--device");
+    if (rate == 0 || kernels == 0) die_usage("--rate and --kernels must be positive");
+    CUfunction fn = NULL;
+    CUstream stream = NULL;
+    CUresult r = open_spin((int)dev, &fn, &stream);
+    if (r != CUDA_SUCCESS) {
+        emit("\"op\":\"interactive\",\"step\":\"setup\",\"result\":%d,\"error\":\"%s\"", r,
+             err_name(r));
+        return 0;
+    }
+    unsigned long long param = ns;
+    void *params[1] = {&param};
+    /* one warm-up request outside the measurement (module and stream first use) */
+    for (unsigned long long k = 0; k < kernels && r == CUDA_SUCCESS; k++)
+        r = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+    if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
+    size_t cap = 1024, n = 0;
+    double *lat = malloc(cap * sizeof *lat), *arr = malloc(cap * sizeof *arr);
+    if (lat == NULL || arr == NULL) {
+        perror("malloc");
+        return 2;
+    }
+    unsigned long long rng = seed * 0x9E3779B97F4A7C15ULL + 1;
+    double start = now_ms(), end_at = start + (double)seconds * 1e3, arrival = start;
+    emit("\"op\":\"interactive-start\",\"pid\":%d,\"start_ms\":%.3f", (int)getpid(), start);
+    double done = start;
+    while (r == CUDA_SUCCESS) {
+        double u = (double)(xorshift64(&rng) >> 11) / 9007199254740992.0; /* [0, 1) */
+        arrival += neg_ln(1.0 - u) / (double)rate * 1e3;
+        if (arrival >= end_at) break;
+        if (now_ms() < arrival) sleep_until_ms(arrival);
+        for (unsigned long long k = 0; k < kernels && r == CUDA_SUCCESS; k++)
+            r = CU(cuLaunchKernel, fn, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+        if (r == CUDA_SUCCESS) r = CU(cuStreamSynchronize, stream);
+        done = now_ms();
+        if (r != CUDA_SUCCESS) break;
+        if (n == cap) {
+            cap *= 2;
+            double *grown = realloc(lat, cap * sizeof *lat), *grown_arr;
+            if (grown == NULL) {
+                perror("realloc");
+                return 2;
+            }
+            lat = grown;
+            grown_arr = realloc(arr, cap * sizeof *arr);
+            if (grown_arr == NULL) {
+                perror("realloc");
+                return 2;
+            }
+            arr = grown_arr;
+        }
+        arr[n] = arrival;
+        lat[n++] = done - arrival;
+    }
+    /* the latencies and arrivals in arrival order, then the latencies sorted for percentiles */
+    size_t len = 64 + n * 24;
+    char *list = malloc(len), *p = list, *arrivals = malloc(len), *q = arrivals;
+    if (list == NULL || arrivals == NULL) {
+        perror("malloc");
+        return 2;
+    }
+    *p = '\0';
+    *q = '\0';
+    for (size_t i = 0; i < n; i++) {
+        p += snprintf(p, len - (size_t)(p - list), "%s%.3f", i ? "," : "", lat[i]);
+        q += snprintf(q, len - (size_t)(q - arrivals), "%s%.3f", i ? "," : "", arr[i]);
+    }
+    qsort(lat, n, sizeof *lat, cmp_double);
+#define PCT(q) (n ? lat[(size_t)((double)(n - 1) * (q) + 0.5)] : 0.0)
+    emit("\"op\":\"interactive\",\"pid\":%d,\"requests\":%zu,\"kernels\":%llu,\"ns\":%llu,"
+         "\"rate\":%llu,\"start_ms\":%.3f,\"end_ms\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+         "\"p999_ms\":%.3f,\"max_ms\":%.3f,\"latencies_ms\":[%s],\"arrivals_ms\":[%s],"
+         "\"result\":%d,\"error\":\"%s\"",
+         (int)getpid(), n, kernels, ns, rate, start, done, PCT(0.5), PCT(0.99), PCT(0.999),
+         n ? lat[n - 1] : 0.0, list, arrivals, r, r ? err_name(r) : "");
+#undef PCT
+    free(list);
+    free(arrivals);
+    free(arr);
+    free(lat);
+    release_all_devices();
+    return 0;
+}
+
 /* ---- launch-rate: what one launch call costs (issue only, rarely synchronized) ---- */
 static int cmd_launch_rate(int argc, char **argv) {
     static const char *const flags[] = {"--ns", "--count", "--batch", "--warmup", "--device",
@@ -1591,12 +1734,9 @@ static int cmd_launch_rate(int argc, char **argv) {
     unsigned long long warmup = need_u64(v[3], "--warmup");
     unsigned long long dev = need_u64(v[4], "--device");
     if (batch == 0 || count == 0) die_usage("--count and --batch must be positive");
-    load_driver();
-    CUresult r = use_device((int)dev);
     CUfunction fn = NULL;
     CUstream stream = NULL;
-    if (r == CUDA_SUCCESS) r = get_spin(&fn);
-    if (r == CUDA_SUCCESS) r = get_stream(&stream);
+    CUresult r = open_spin((int)dev, &fn, &stream);
     if (r != CUDA_SUCCESS) {
         emit("\"op\":\"launch-rate\",\"step\":\"setup\",\"result\":%d,\"error\":\"%s\"", r,
              err_name(r));
@@ -1846,6 +1986,8 @@ int main(int argc, char **argv) {
         rc = cmd_launch_rate(argc - 2, argv + 2);
     } else if (strcmp(cmd, "queue") == 0) {
         rc = cmd_queue(argc - 2, argv + 2);
+    } else if (strcmp(cmd, "interactive") == 0) {
+        rc = cmd_interactive(argc - 2, argv + 2);
     } else {
         die_usage("unknown subcommand");
         rc = 2;
