@@ -10,8 +10,8 @@
 //! no allocation call returns (contexts, modules). Per process and device the slot records
 //! three amounts, all counted against the limit: `used` (allocations, charged by the shim),
 //! `overhead` (what the daemon last measured beyond the allocations, [`set_overhead`]) and
-//! `reserved` (the shim's estimate for a context it is about to create, [`reserve`], until a
-//! measurement settles it).
+//! `reserved` (the shim's estimate for a context it is about to create or code it is about to
+//! load, [`reserve`], until a measurement settles it).
 //!
 //! The segment is writable by every process of the tenant, so whatever is read from it is
 //! untrusted: sums saturate, nothing here can overflow or index out of bounds whatever the
@@ -441,6 +441,28 @@ mod tests {
         acct.devices[0].overhead.store(5, Relaxed);
         assert!(audit(&acct).unwrap());
         assert_eq!(acct.devices[0].overhead.load(Relaxed), 0);
+    }
+
+    /// What a tenant process writes into its own slot cannot make the daemon's side overflow
+    /// (a panic in debug builds, wrong totals in release).
+    #[test]
+    fn tenant_written_values_never_overflow_the_daemons_side() {
+        let (ctl, acct) = segments(u64::MAX);
+        acct.processes[0].overhead[0].store(u64::MAX, Relaxed);
+        acct.processes[0].reserved[0].store(1, Relaxed);
+        assert_eq!(reclaim_slot(&acct, 0).unwrap()[0], u64::MAX);
+        for p in acct.processes.iter().take(3) {
+            p.used[0].store(u64::MAX - 1, Relaxed);
+            p.overhead[0].store(u64::MAX - 1, Relaxed);
+            p.reserved[0].store(u64::MAX - 1, Relaxed);
+        }
+        assert!(audit(&acct).unwrap(), "drift repaired");
+        assert_eq!(acct.devices[0].used.load(Relaxed), u64::MAX);
+        set_overhead(&acct, 0, 0, u64::MAX, u64::MAX).unwrap();
+        reservation_to_overhead(&acct, 1, 0, u64::MAX).unwrap();
+        acct.devices[0].used.store(0, Relaxed);
+        reserve(&ctl, &acct, 2, 0, 10).unwrap();
+        assert_eq!(acct.processes[2].reserved[0].load(Relaxed), u64::MAX);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`futex`]: cross-process futex wait/wake on shared words.
 //! - [`sock`]: seqpacket sockets with descriptor passing and peer credentials.
 //! - [`cuda_abi`]: the CUDA driver ABI types and structs the shim and the fake driver share.
+//! - [`nvml_abi`]: NVML's per-process list entries the shim filters and the fake NVML fills.
 //! - [`accounting`]: the reservation logic on a mapped accounting segment (charge/uncharge),
 //!   used by the shim on every allocation and by the daemon to reclaim a dead process.
 
@@ -19,6 +20,7 @@ pub mod cuda_abi;
 pub mod futex;
 pub mod names;
 pub mod nvml;
+pub mod nvml_abi;
 pub mod protocol;
 pub mod shm;
 pub mod shm_mutex;

@@ -33,7 +33,8 @@ use thiserror::Error;
 /// 2: `Footprint` and `Measured` (with shared-segment layout 2).
 /// 3: `Drained.busy_ns` (the device time the process measured in the slice).
 /// 4: `Idle` (a latency-class holder's work is done: `shm::ControlDevice::yield_hint`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: `Footprint.context` (whether the change is a context the process just created).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The oldest shim protocol a daemon of this build still serves. Raised only when an older
 /// shim cannot work with this daemon at all: a change of `shm::LAYOUT_VERSION` (version 2
 /// came with layout 2, which a version-1 shim cannot map).
@@ -258,11 +259,20 @@ wire_messages! {
         /// must stop using the GPU.
         Reattach = REATTACH: 4 { protocol: u32, pid: u32, slot: u32 },
         /// The process's footprint on `device` changed beyond its allocations (a context
-        /// created or destroyed, a module loaded or unloaded): measure it. `reserved` bytes of
-        /// the slot's reservation were for a context that now exists (settle them with the
-        /// measurement). `seq != 0` (only after creating a context): answer `Measured` with it
-        /// once the measurement is recorded; the growth it measures is what a context takes.
-        Footprint = FOOTPRINT: 5 since 2 { device: u32, reserved: u64, seq: u32 },
+        /// created or destroyed, a module or library loaded or unloaded): measure it.
+        /// `reserved` bytes of the slot's reservation were for what now exists (a context, a
+        /// loaded image): the next measurement that starts after this message settles them,
+        /// whenever that is. `seq != 0`: answer `Measured` with it once such a measurement is
+        /// recorded. `context`: `Some(1)` when the change is a context the process just
+        /// created (the growth measured then is what a context of this tenant takes), else
+        /// `Some(0)`; `None` from shims older than 5, which asked for `Measured` (`seq != 0`)
+        /// only after creating a context ([`ClientMsg::footprint_is_context`]).
+        Footprint = FOOTPRINT: 5 since 2 {
+            device: u32,
+            reserved: u64,
+            seq: u32,
+            context: Option<u32> since 5,
+        },
         /// The process holds the slice on `device` as a latency-class tenant that others wait
         /// for (`ControlDevice::yield_hint`), a synchronize of its just returned and it has
         /// nothing more in flight: if its launch count on the device is still `launches`, the
@@ -282,12 +292,20 @@ wire_messages! {
         /// The tenant's slice on `device` ends: stop issuing work, drain, answer `Drained`.
         Revoke = REVOKE: 103 { device: u32, epoch: u32 },
         /// The footprint asked for by `Footprint { seq, .. }` was measured and recorded in the
-        /// accounting segment (or could not be measured: the reservation then stands).
+        /// accounting segment (or could not be measured now: the reservation then stands until
+        /// a later measurement settles it).
         Measured = MEASURED: 104 since 2 { device: u32, seq: u32 },
     }
 }
 
 impl ClientMsg {
+    /// Whether a `Footprint` (its `seq` and `context` fields) reports a context the process
+    /// just created; shims older than protocol 5 do not say, and asked for `Measured` only
+    /// then.
+    pub fn footprint_is_context(seq: u32, context: Option<u32>) -> bool {
+        context.map_or(seq != 0, |c| c != 0)
+    }
+
     /// The protocol a connection's first message (`Hello` or `Reattach`) announces, read
     /// before any version is agreed (their tag and first field never change).
     pub fn announced_protocol(buf: &[u8]) -> Option<u32> {
@@ -369,6 +387,7 @@ mod tests {
                 device: 2,
                 reserved: 300 << 20,
                 seq: 7,
+                context: Some(1),
             },
             ClientMsg::Idle {
                 device: 1,
@@ -482,6 +501,28 @@ mod tests {
             Err(ProtocolError::Trailing(1))
         );
         assert_eq!(ClientMsg::decode(&v2), Err(ProtocolError::Truncated));
+    }
+
+    #[test]
+    fn footprint_from_an_older_shim_is_a_context_when_it_asked_for_measured() {
+        // A version-3 shim sends no `context`: read as None, and its `seq != 0` meant a context.
+        let v3 = ClientMsg::Footprint {
+            device: 0,
+            reserved: 5,
+            seq: 2,
+            context: Some(0),
+        }
+        .encode_for(3);
+        assert_eq!(v3.len(), 4 + 4 + 8 + 4);
+        let Ok(ClientMsg::Footprint { seq, context, .. }) = ClientMsg::decode_for(&v3, 3) else {
+            panic!("a version-3 Footprint decodes");
+        };
+        assert_eq!(context, None);
+        assert!(ClientMsg::footprint_is_context(seq, context));
+        assert!(!ClientMsg::footprint_is_context(0, None));
+        // A version-5 shim says so either way, whatever its seq.
+        assert!(!ClientMsg::footprint_is_context(2, Some(0)));
+        assert!(ClientMsg::footprint_is_context(0, Some(1)));
     }
 
     #[test]

@@ -126,8 +126,9 @@ pub struct ProcessSlot {
     /// Device memory the process holds beyond its allocations (contexts, modules, libraries'
     /// workspaces), per device, as the daemon last measured it through NVML.
     pub overhead: [AtomicU64; MAX_DEVICES],
-    /// Estimates the shim reserved before creating a context, per device, not yet replaced by
-    /// a measurement (the daemon settles them when it measures).
+    /// Estimates the shim reserved before creating a context or loading code, per device, not
+    /// yet replaced by a measurement (the daemon settles them with the first reading of the
+    /// process after their announcement).
     pub reserved: [AtomicU64; MAX_DEVICES],
 }
 

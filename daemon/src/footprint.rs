@@ -13,9 +13,19 @@
 //! [`OverheadTracker`] applies a change only when two readings at least [`CONFIRM`] apart agree
 //! — except an increase the process announced itself (it just created a context or loaded a
 //! module), which is applied at once so the tenant is never told of memory it does not have.
+//!
+//! What a context takes is learned per tenant ([`ContextSizes`]): the growth of a process that
+//! announced a context creation and nothing else since its previous reading, measured against
+//! the overhead last applied for it (the daemon's own record, never the tenant-writable
+//! segment; growth a reading saw before the announcement arrived is not applied unconfirmed,
+//! so the announced reading still measures the whole context). The
+//! estimate a tenant's processes reserve before creating a context is the smallest of its
+//! recent ones, so a creation that happened to measure other growth too (a library loaded into
+//! the new context) does not make the tenant's next contexts look bigger than they are; and a
+//! tenant teaches only its own estimate.
 
 use gpumux_common::nvml::ProcessMemory;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How far apart two readings must be to confirm a change nobody announced.
@@ -141,6 +151,34 @@ impl OverheadTracker {
     }
 }
 
+/// A tenant's recent context sizes on one device.
+#[derive(Debug, Default, Clone)]
+pub struct ContextSizes {
+    recent: VecDeque<u64>,
+}
+
+impl ContextSizes {
+    /// How many recent sizes are kept.
+    pub const KEPT: usize = 8;
+
+    /// Records the growth one context creation measured; returns the new estimate.
+    pub fn learn(&mut self, growth: u64) -> u64 {
+        if growth > 0 {
+            if self.recent.len() == Self::KEPT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(growth);
+        }
+        self.estimate()
+    }
+
+    /// What a context of the tenant is expected to take: the smallest recent size (0 before
+    /// any was measured).
+    pub fn estimate(&self) -> u64 {
+        self.recent.iter().copied().min().unwrap_or(0)
+    }
+}
+
 /// The tenant an unmanaged process most likely belongs to: the one tenant whose registered
 /// processes share its cgroup. `None` when its cgroup is unknown or the root, or when no
 /// tenant or several share it.
@@ -251,6 +289,22 @@ mod tests {
         tr.observe(key(1), 0, 7, false, t0);
         tr.retain(|k| k.device != 1);
         assert_eq!(tr.recheck_at(1), None);
+    }
+
+    #[test]
+    fn context_estimate_is_the_smallest_recent_size() {
+        let mut c = ContextSizes::default();
+        assert_eq!(c.estimate(), 0);
+        assert_eq!(c.learn(300), 300);
+        // A creation that also measured a 2 GiB library loaded into the new context.
+        assert_eq!(c.learn(300 + 2048), 300);
+        assert_eq!(c.learn(0), 300, "nothing measured: nothing learned");
+        // Contexts got bigger for good: the estimate follows once the small ones are old.
+        for _ in 0..ContextSizes::KEPT - 2 {
+            c.learn(500);
+        }
+        assert_eq!(c.estimate(), 300);
+        assert_eq!(c.learn(500), 500);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`scheduler`]: weighted, work-conserving time-slicing of one device (pure logic).
 //! - [`footprint`]: processes' memory beyond their allocations and unmanaged processes, from
 //!   NVML readings (pure logic).
+//! - [`measurer`]: the thread that takes those readings, off the event loop.
 //! - [`server`]: the event loop: tenant sockets, process lifetimes, quota files, control socket.
 //! - [`metrics`]: Prometheus text exposition of the status, served over HTTP.
 //! - [`status`]: the status report and control requests (one schema for daemon and CLI).
@@ -24,6 +25,7 @@ pub mod cdi;
 pub mod devices;
 pub mod footprint;
 pub mod logging;
+pub mod measurer;
 pub mod metrics;
 pub mod notify;
 pub mod procfs;

@@ -1,6 +1,7 @@
 //! What the daemon reads about processes from /proc and pidfds: start times (to tell a
-//! registered process from a later one that reused its pid), cgroups (to tell which tenant an
-//! unmanaged GPU process belongs to) and exit notification.
+//! registered process from a later one that reused its pid), memory maps (whether a process
+//! maps a tenant's accounting segment), cgroups (to tell which tenant an unmanaged GPU process
+//! belongs to) and exit notification.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -21,6 +22,34 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
 /// Whether `pid` is the process that started at `start_time` and has not exited.
 pub fn same_process_alive(pid: u32, start: u64) -> bool {
     pid != 0 && start_time(pid) == Some(start)
+}
+
+/// Whether `pid` maps the file with device `dev` and inode `ino` (`/proc/PID/maps`): every
+/// process a daemon registered maps its tenant's accounting segment, another process does not.
+pub fn maps_file(pid: u32, dev: u64, ino: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|maps| maps.lines().any(|l| maps_line_is(l, dev, ino)))
+}
+
+/// Whether one `/proc/PID/maps` line (`address perms offset MAJ:MIN inode path`) maps the file
+/// with device `dev` and inode `ino`.
+pub fn maps_line_is(line: &str, dev: u64, ino: u64) -> bool {
+    let mut fields = line.split_whitespace().skip(3);
+    let (Some(device), Some(inode)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    let Some((major, minor)) = device.split_once(':') else {
+        return false;
+    };
+    let parsed = (
+        u32::from_str_radix(major, 16),
+        u32::from_str_radix(minor, 16),
+        inode.parse::<u64>(),
+    );
+    let (Ok(major), Ok(minor), Ok(inode)) = parsed else {
+        return false;
+    };
+    inode == ino && inode != 0 && libc::makedev(major, minor) == dev
 }
 
 /// The text of `/proc/PID/cgroup` (every hierarchy the process is in), trimmed.
@@ -54,6 +83,13 @@ mod tests {
         assert!(same_process_alive(std::process::id(), me));
         assert!(!same_process_alive(std::process::id(), me + 1));
         pidfd_open(std::process::id()).unwrap();
+        let line = "7f12a000-7f12b000 rw-s 00000000 fd:01 1234567  /var/lib/gpumux/segments/a.acct";
+        assert!(maps_line_is(line, libc::makedev(0xfd, 1), 1_234_567));
+        assert!(!maps_line_is(line, libc::makedev(0xfd, 1), 1_234_568));
+        assert!(!maps_line_is(line, libc::makedev(0xfd, 2), 1_234_567));
+        let anon = "7f12a000-7f12b000 rw-p 00000000 00:00 0 ";
+        assert!(!maps_line_is(anon, libc::makedev(0, 0), 0));
+        assert!(!maps_line_is("garbage", 0, 0));
         assert!(cgroup(std::process::id()).is_some_and(|c| c.contains(':')));
     }
 }

@@ -142,6 +142,13 @@ fn reserve(fd: &OwnedFd, len: usize) -> io::Result<()> {
 }
 
 impl TenantSegments {
+    /// `(device, inode)` of the accounting segment's file: what a registered process's memory
+    /// map shows ([`crate::procfs::maps_file`]).
+    pub fn accounting_file_id(&self) -> io::Result<(u64, u64)> {
+        let st = fd_stat(&self.accounting_fd)?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
     /// Creates both segments for `tenant` and writes the devices and quota into them.
     ///
     /// The accounting segment is the file `accounting_path` (in the daemon's private state

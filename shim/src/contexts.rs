@@ -5,7 +5,10 @@
 //!
 //! A green context (`cuGreenCtxCreate`) is drained through the `CUcontext` it converts to; its
 //! allocations belong to the device's primary context, whose memory it shares (it holds a
-//! reference to it), so they are recorded under the primary context ([`memory_owner`]).
+//! reference to it), so they are recorded under the primary context ([`memory_owner`]). That
+//! lookup is on the allocation path, so it has a lock of its own ([`GREENS`]), never held
+//! across a driver call: the registry's lock is held while the watcher synchronizes contexts
+//! (a drain can take as long as the queued work), and an allocation must not wait for that.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -39,8 +42,19 @@ static REGISTRY: parking_lot::Mutex<Registry> = parking_lot::const_mutex(Registr
     contexts: Vec::new(),
 });
 static GENERATION: AtomicU32 = AtomicU32::new(0);
-/// Green contexts registered (spares allocations the registry lock while there are none).
-static GREENS: AtomicU32 = AtomicU32::new(0);
+
+/// Green contexts: their `CUcontext` → the primary context whose memory they use.
+struct Greens {
+    generation: u32,
+    owners: Vec<(u64, u64)>,
+}
+
+static GREENS: parking_lot::Mutex<Greens> = parking_lot::const_mutex(Greens {
+    generation: 0,
+    owners: Vec::new(),
+});
+/// Green contexts registered (spares allocations the lookup while there are none).
+static GREEN_COUNT: AtomicU32 = AtomicU32::new(0);
 
 fn with<R>(f: impl FnOnce(&mut Vec<Created>) -> R) -> R {
     let mut r = REGISTRY.lock();
@@ -48,9 +62,22 @@ fn with<R>(f: impl FnOnce(&mut Vec<Created>) -> R) -> R {
     if r.generation != generation {
         r.contexts.clear();
         r.generation = generation;
-        GREENS.store(0, Ordering::Release);
     }
     f(&mut r.contexts)
+}
+
+/// Runs `f` on the green contexts' owners (held only for `f`, which calls no driver function).
+fn with_greens<R>(f: impl FnOnce(&mut Vec<(u64, u64)>) -> R) -> R {
+    let mut g = GREENS.lock();
+    let generation = GENERATION.load(Ordering::Acquire);
+    if g.generation != generation {
+        g.owners.clear();
+        g.generation = generation;
+        GREEN_COUNT.store(0, Ordering::Release);
+    }
+    let r = f(&mut g.owners);
+    GREEN_COUNT.store(g.owners.len() as u32, Ordering::Release);
+    r
 }
 
 /// Records a context the application created on `device`.
@@ -75,8 +102,10 @@ pub fn created_green(ctx: u64, device: usize, green: Green) {
                 device,
                 green: Some(green),
             });
-            GREENS.fetch_add(1, Ordering::AcqRel);
         });
+        if green.primary != 0 {
+            with_greens(|g| g.push((ctx, green.primary)));
+        }
     }
 }
 
@@ -115,26 +144,29 @@ pub fn destroy_green<R: PartialEq>(
         let pos = c
             .iter()
             .position(|x| x.green.is_some_and(|g| g.handle == handle));
-        let gone = pos.map(|i| c.remove(i)).and_then(|x| x.green);
-        if gone.is_some() {
-            GREENS.fetch_sub(1, Ordering::AcqRel);
+        let gone = pos.map(|i| c.remove(i));
+        if let Some(x) = gone {
+            with_greens(|g| {
+                if let Some(i) = g.iter().position(|&(ctx, _)| ctx == x.ctx) {
+                    g.swap_remove(i);
+                }
+            });
         }
-        (rc, gone)
+        (rc, gone.and_then(|x| x.green))
     })
 }
 
 /// The context whose memory an allocation made with `ctx` current belongs to: the primary
-/// context for a green context's `CUcontext`, else `ctx` itself.
+/// context for a green context's `CUcontext`, else `ctx` itself. One atomic load while the
+/// process has no green context; never waits for a drain.
 pub fn memory_owner(ctx: u64) -> u64 {
-    if ctx == 0 || GREENS.load(Ordering::Acquire) == 0 {
+    if ctx == 0 || GREEN_COUNT.load(Ordering::Acquire) == 0 {
         return ctx;
     }
-    with(|c| {
-        c.iter()
-            .find(|x| x.ctx == ctx)
-            .and_then(|x| x.green)
-            .filter(|g| g.primary != 0)
-            .map_or(ctx, |g| g.primary)
+    with_greens(|g| {
+        g.iter()
+            .find(|&&(c, _)| c == ctx)
+            .map_or(ctx, |&(_, primary)| primary)
     })
 }
 
@@ -147,9 +179,11 @@ pub fn for_each_on(device: usize, mut f: impl FnMut(u64)) {
     });
 }
 
-/// Fork support: hold the registry across `fork`.
+/// Fork support: hold the registry and the green contexts' owners across `fork` (in the order
+/// `destroy_green` takes them).
 pub fn lock_for_fork() {
     std::mem::forget(REGISTRY.lock());
+    std::mem::forget(GREENS.lock());
 }
 
 /// Fork support: release after `fork`; in the child, forget the parent's contexts.
@@ -161,9 +195,12 @@ pub unsafe fn unlock_after_fork(child: bool) {
     if child {
         GENERATION.fetch_add(1, Ordering::AcqRel);
     }
-    // SAFETY: (the caller's contract) `lock_for_fork` locked the registry on this thread and
-    // forgot the guard.
-    unsafe { REGISTRY.force_unlock() };
+    // SAFETY: (the caller's contract) `lock_for_fork` locked both on this thread and forgot
+    // the guards.
+    unsafe {
+        GREENS.force_unlock();
+        REGISTRY.force_unlock();
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +247,45 @@ mod tests {
         assert_eq!(destroy_green(700, 0, || 0), (0, Some(green)));
         assert_eq!(destroy_green(700, 0, || 0), (0, None), "gone already");
         assert_eq!(memory_owner(20), 20);
+
+        // An allocation's lookup does not wait for a drain: the watcher holds the registry
+        // while it synchronizes (as long as the queued work takes).
+        created_green(
+            21,
+            0,
+            Green {
+                handle: 701,
+                ..green
+            },
+        );
+        let (inside, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (inside_tx, inside_rx) = inside;
+        let (release_tx, release_rx) = release;
+        let drain = std::thread::spawn(move || {
+            for_each_on(0, |_| {
+                inside_tx.send(()).expect("the test waits for the drain");
+                // Released by a message or by the test dropping the sender: either ends it.
+                release_rx.recv().ok();
+            });
+        });
+        inside_rx.recv().expect("the drain runs");
+        let (owner_tx, owner_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || owner_tx.send(memory_owner(21)));
+        let owner = owner_rx.recv_timeout(std::time::Duration::from_secs(10));
+        release_tx.send(()).unwrap();
+        drop(release_tx);
+        drain.join().unwrap();
+        assert_eq!(owner, Ok(30), "memory_owner waited for the drain");
+        assert_eq!(
+            destroy_green(701, 0, || 0),
+            (
+                0,
+                Some(Green {
+                    handle: 701,
+                    ..green
+                })
+            )
+        );
 
         lock_for_fork();
         // SAFETY: right after `lock_for_fork` on this thread.

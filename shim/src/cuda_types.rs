@@ -11,6 +11,7 @@ pub(crate) type nvmlReturn_t = c_uint;
 pub(crate) type nvmlDevice_t = *mut c_void;
 pub(crate) const NVML_SUCCESS: nvmlReturn_t = 0;
 pub(crate) const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
+pub(crate) const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
 pub(crate) const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
 pub(crate) const NVML_ERROR_DRIVER_NOT_LOADED: nvmlReturn_t = 9;
 pub(crate) const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;

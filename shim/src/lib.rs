@@ -9,8 +9,9 @@
 //! - [`contexts`]: the contexts the application created, for draining on revocation.
 //! - [`graph_memory`]: CUDA graph memory as charged (executable graphs, graph memory pools).
 //! - [`captures`]: stream captures in progress (the drain waits for them to end).
-//! - [`footprint`]: memory beyond allocations (contexts, modules): reserving a context's size,
-//!   announcing changes for the daemon to measure.
+//! - [`footprint`]: memory beyond allocations (contexts, modules): reserving a context's or an
+//!   image's size, announcing changes for the daemon to measure, refusing what does not fit.
+//! - [`images`]: the size of a module image passed by pointer.
 //! - [`quota_view`]: memory figures as the process is told them.
 //! - [`gate`]: the compute-slice launch gate.
 //! - [`watcher`]: the thread that drains this process's work when the daemon revokes a slice.
@@ -33,6 +34,7 @@ mod fork;
 mod gate;
 mod graph_memory;
 mod hooks;
+mod images;
 mod quota_view;
 mod real;
 mod registration;

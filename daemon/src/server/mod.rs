@@ -72,6 +72,7 @@ const K_PIDFD: u64 = 8 << 56;
 const K_TAMPER: u64 = 9 << 56;
 const K_BACKOFF: u64 = 10 << 56;
 const K_FOOTPRINT: u64 = 11 << 56;
+const K_MEASURED: u64 = 12 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 /// A registered process of a tenant.
@@ -372,6 +373,7 @@ impl Daemon {
             }
             K_PIDFD => self.orphan_exited(id),
             K_FOOTPRINT => drain_timer(&self.fp.timer),
+            K_MEASURED => self.readings_in(),
             K_SCHED => {
                 drain_timer(&self.lp.sched_timer);
                 for dev in 0..self.scheds.len() {
@@ -410,12 +412,20 @@ impl Daemon {
                     // Out of descriptors: give up the spare one to answer the operator.
                     self.spare_fd = None;
                     let served = self.lp.control.accept();
+                    let pending = served.is_ok();
                     if let Ok((stream, _)) = served
                         && let Err(e) = self.serve_control(stream)
                     {
                         tracing::debug!("control request failed: {e:#}");
                     }
+                    // (None while a status request waits for readings with the descriptor:
+                    // reopened once it is answered.)
                     self.spare_fd = open_spare();
+                    // Nothing was pending (the table is still full, so accepting again would
+                    // fail the same way forever): done until the listener is readable again.
+                    if !pending {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -440,9 +450,10 @@ impl Daemon {
             line.extend_from_slice(&buf[..n]);
         }
         let reply = match serde_json::from_slice::<ControlRequest>(line.trim_ascii()) {
+            // From fresh footprint readings (taken by the measuring thread, not here).
             Ok(ControlRequest::Status) => {
-                self.measure_all();
-                serde_json::to_vec(&self.status())?
+                self.status_when_fresh(stream);
+                return Ok(());
             }
             Err(e) => {
                 serde_json::to_vec(&serde_json::json!({ "error": format!("bad request: {e}") }))?
@@ -451,6 +462,23 @@ impl Daemon {
         stream.write_all(&reply)?;
         stream.write_all(b"\n")?;
         Ok(())
+    }
+
+    /// Writes the status report to a control connection.
+    fn answer_status(&mut self, mut stream: UnixStream) {
+        let result = serde_json::to_vec(&self.status())
+            .map_err(std::io::Error::from)
+            .and_then(|reply| {
+                stream.write_all(&reply)?;
+                stream.write_all(b"\n")
+            });
+        if let Err(e) = result {
+            tracing::debug!("control request failed: {e:#}");
+        }
+        if self.spare_fd.is_none() {
+            drop(stream);
+            self.spare_fd = open_spare();
+        }
     }
 
     /// Retries what a tenant-held lock deferred.

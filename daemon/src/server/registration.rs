@@ -234,7 +234,11 @@ impl Daemon {
                 device,
                 reserved,
                 seq,
-            } => self.footprint_request(id, device, reserved, seq),
+                context,
+            } => {
+                let context = ClientMsg::footprint_is_context(seq, context);
+                self.footprint_request(id, device, reserved, seq, context);
+            }
             ClientMsg::Idle { device, launches } => {
                 let (tenant, dev) = (conn.tenant.clone(), device as usize);
                 if let Some(slot) = conn.slot
@@ -291,7 +295,10 @@ impl Daemon {
         }
         let conn = &self.conns[&id];
         let tenant = conn.tenant.clone();
-        let pid = if conn.pid != 0 { conn.pid } else { claimed_pid };
+        // The kernel's pid, or (when the peer's pid is not visible in the daemon's pid namespace)
+        // the claimed one: good enough to name the slot, never trusted to measure by.
+        let kernel_pid = conn.pid != 0;
+        let pid = if kernel_pid { conn.pid } else { claimed_pid };
         let t = self.tenants.get_mut(&tenant).expect("admitted");
         if t.removed {
             return self.refuse(
@@ -317,6 +324,16 @@ impl Daemon {
         let conn = self.conns.get_mut(&id).expect("present");
         conn.slot = Some(slot);
         conn.version = protocol;
+        if kernel_pid {
+            self.fp.registered(&tenant, slot, pid);
+        } else {
+            self.fp.unverified(&tenant, slot);
+            tracing::warn!(
+                tenant,
+                claimed_pid,
+                "the kernel gives no pid for this process (another pid namespace?): its memory beyond its allocations is not measured"
+            );
+        }
         if self.welcome(id) {
             tracing::debug!(pid, tenant, slot, "process registered");
             self.update_bounds();
@@ -464,6 +481,7 @@ impl Daemon {
             Ok(returned) => {
                 t.processes.remove(&slot);
                 t.stalled.remove(&slot);
+                self.fp.unregistered(tenant, slot);
                 let total = returned.iter().fold(0u64, |a, b| a.saturating_add(*b));
                 tracing::debug!(
                     pid,

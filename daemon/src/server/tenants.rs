@@ -321,7 +321,32 @@ impl Daemon {
     /// Watches a live process of the previous daemon until it reattaches or exits; false if
     /// it is not alive (or cannot be watched).
     fn watch_orphan(&mut self, tenant: &str, slot: usize, p: Proc) -> bool {
-        // The pid is tenant-written: only a live process with that start time counts.
+        // The pid and start time are tenant-written: only a live process with that start time
+        // that maps the tenant's accounting segment counts (another process's pid written into
+        // a slot would otherwise make its GPU memory the tenant's, hiding it as unmanaged).
+        let file = self
+            .tenants
+            .get(tenant)
+            .map(|t| t.segments.accounting_file_id());
+        let mapped = match file {
+            Some(Ok((dev, ino))) => procfs::maps_file(p.pid, dev, ino),
+            Some(Err(e)) => {
+                tracing::warn!(tenant, "cannot stat the accounting segment: {e}");
+                false
+            }
+            None => false,
+        };
+        if !mapped {
+            if procfs::same_process_alive(p.pid, p.start) {
+                tracing::warn!(
+                    tenant,
+                    slot,
+                    pid = p.pid,
+                    "slot {slot} names a live process that does not map the tenant's accounting segment; the slot is reclaimed, not adopted"
+                );
+            }
+            return false;
+        }
         let Some(pidfd) = procfs::same_process_alive(p.pid, p.start)
             .then(|| procfs::pidfd_open(p.pid).ok())
             .flatten()

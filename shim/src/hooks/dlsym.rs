@@ -38,8 +38,14 @@ extern "C" fn gpumux_dlsym_decide(handle: *mut c_void, symbol: *const c_char) ->
 /// (once) if the handle really provides it.
 fn warn_if_undeclared_variant(handle: *mut c_void, name: &CStr) {
     let Ok(text) = name.to_str() else { return };
-    if text.starts_with("cu")
-        && super::class_of("cuda", super::base_name(text)).is_some_and(super::Class::hooked)
+    let lib = if text.starts_with("cu") {
+        "cuda"
+    } else if text.starts_with("nvml") {
+        "nvml"
+    } else {
+        return;
+    };
+    if super::class_of(lib, super::base_name(text)).is_some_and(super::Class::hooked)
         // SAFETY: the caller passed `handle` to dlsym, so it is a handle dlsym accepts.
         && !unsafe { real_dlsym(handle, name) }.is_null()
     {

@@ -40,8 +40,7 @@ fn gated(stream: CUstream, ptsz: bool, launch: impl FnOnce() -> CUresult) -> CUr
     rc
 }
 
-/// `cuLaunchKernel`, `cuLaunchCooperativeKernel` (one signature); `PTSZ`: their `_ptsz`
-/// variants.
+/// `cuLaunchKernel`; `PTSZ`: `cuLaunchKernel_ptsz`.
 ///
 /// # Safety
 /// The C API's contract.
@@ -63,6 +62,31 @@ pub(super) unsafe fn launch_kernel<const PTSZ: bool>(
     // SAFETY: forwarding the caller's arguments.
     gated(stream, PTSZ, || unsafe {
         real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+    })
+}
+
+/// `cuLaunchCooperativeKernel` (like `cuLaunchKernel` without `extra`: 10 parameters in
+/// `cuda.h`); `PTSZ`: `_ptsz`.
+///
+/// # Safety
+/// The C API's contract.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn launch_cooperative_kernel<const PTSZ: bool>(
+    real: sig::cuLaunchCooperativeKernel,
+    f: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: forwarding the caller's arguments.
+    gated(stream, PTSZ, || unsafe {
+        real(f, gx, gy, gz, bx, by, bz, shared, stream, params)
     })
 }
 

@@ -28,6 +28,8 @@ mod memory;
 mod modules;
 mod nvml_procs;
 mod procaddress;
+#[cfg(test)]
+mod signatures;
 mod sync;
 pub(crate) mod table;
 
@@ -59,8 +61,9 @@ pub(crate) enum Class {
     /// Creates or destroys a context: tracked for draining; created under the tenant's limit
     /// (its own memory reserved, then measured); a teardown returns the memory it frees.
     Context,
-    /// Loads or unloads code into device memory (modules, libraries): the daemon measures the
-    /// process's footprint after it.
+    /// Loads or unloads code into device memory (modules, libraries): a load is held to the
+    /// tenant's limit (the image's size reserved, then measured by the daemon); an unload is
+    /// measured after it.
     Footprint,
     /// Lists the device's processes (NVML): filtered to the tenant's own.
     ProcessList,
@@ -98,6 +101,35 @@ pub(crate) struct EntryPoint {
     /// The base name, as `cuGetProcAddress` is asked for it.
     pub(crate) name: &'static str,
     pub(crate) class: Class,
+}
+
+/// Size and alignment of a parameter or return type: what decides how a C function's argument
+/// is passed (every parameter of the driver API is an integer, an enum or a pointer).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) size: usize,
+    pub(crate) align: usize,
+}
+
+#[cfg(test)]
+impl Layout {
+    pub(crate) const fn of<T>() -> Layout {
+        Layout {
+            size: std::mem::size_of::<T>(),
+            align: std::mem::align_of::<T>(),
+        }
+    }
+}
+
+/// A declared symbol's C type, as the table gives it.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Signature {
+    pub(crate) lib: &'static str,
+    pub(crate) symbol: &'static str,
+    pub(crate) params: &'static [Layout],
+    pub(crate) ret: Layout,
 }
 
 /// The class of a base name in `lib` (`"cuda"`/`"nvml"`), `None` when the table does not
@@ -200,6 +232,20 @@ macro_rules! entry_points {
                 _ => &[],
             }
         }
+
+        /// Every declared symbol's C type as layouts (for the test that compares the table
+        /// with `cuda.h`, [`signatures`]).
+        #[cfg(test)]
+        pub(crate) const SIGNATURES: &[$crate::hooks::Signature] = &[
+            $($($($($(
+                $crate::hooks::Signature {
+                    lib: stringify!($lib),
+                    symbol: stringify!($sym),
+                    params: &[$($crate::hooks::Layout::of::<$ty>()),*],
+                    ret: $crate::hooks::Layout::of::<$ret>(),
+                },
+            )*)?)*)*)*
+        ];
 
         /// Every entry point, classified.
         pub(crate) const ENTRY_POINTS: &[$crate::hooks::EntryPoint] = &[
@@ -320,9 +366,10 @@ mod tests {
         assert_eq!(class_of("cuda", "cuNoSuchFunction"), None);
     }
 
-    /// Every function NVIDIA's drivers export is classified by the table, and every exported
-    /// variant of an entry point the shim hooks is wrapped (a variant left out would be a way
-    /// around the quota or the gate). A row of docs/CONFORMANCE.md per driver.
+    /// Every function NVIDIA's drivers and NVML libraries export is classified by the table,
+    /// and every exported variant of an entry point the shim hooks is wrapped (a variant left
+    /// out would be a way around the quota, the gate or the process-list filter). A row of
+    /// docs/CONFORMANCE.md per driver.
     #[test]
     fn table_knows_every_export_of_nvidias_drivers() {
         use gpumux_conformance::{exports::exported_functions, oracle, report::Comparison};
@@ -331,12 +378,22 @@ mod tests {
             let Some(driver) = oracle::require(branch) else {
                 return;
             };
-            let exports = exported_functions(&driver.libcuda()).expect("read the driver's exports");
-            let exports: Vec<&String> = exports.iter().filter(|n| n.starts_with("cu")).collect();
+            let cuda = exported_functions(&driver.libcuda()).expect("read the driver's exports");
+            let nvml = exported_functions(&driver.libnvml()).expect("read NVML's exports");
+            let exports: Vec<(&str, &String)> = cuda
+                .iter()
+                .filter(|n| n.starts_with("cu"))
+                .map(|n| ("cuda", n))
+                .chain(
+                    nvml.iter()
+                        .filter(|n| gpumux_conformance::exports::is_nvml_api(n))
+                        .map(|n| ("nvml", n)),
+                )
+                .collect();
             let mut differences = Vec::new();
-            for export in &exports {
+            for &(lib, export) in &exports {
                 let base = base_name(export);
-                let Some(class) = class_of("cuda", base) else {
+                let Some(class) = class_of(lib, base) else {
                     differences.push(format!("{export}: {base} is not in the entry-point table"));
                     continue;
                 };
@@ -355,11 +412,13 @@ mod tests {
                 section: "The shim's entry-point table".into(),
                 driver: driver.version(),
                 subject: "shim/src/hooks/table.rs".into(),
-                method: "Every `cu*` function the driver exports (its ELF dynamic symbol table) \
-                    must have its base name in the shim's table, which says what the shim does \
-                    with it (charged allocation, free, gated launch, synchronize, memory report, \
-                    context lifecycle, import, graph memory, pass-through); every exported \
-                    variant of an entry point the shim hooks must have the shim's wrapper."
+                method: "Every `cu*` function the driver exports and every `nvml*` function its \
+                    libnvidia-ml exports (their ELF dynamic symbol tables) must have its base name \
+                    in the shim's table, which says what the shim does with it (charged \
+                    allocation, free, gated launch, synchronize, memory report, context \
+                    lifecycle, footprint, process list filtered to the tenant's own, import, \
+                    graph memory, capture, pass-through); every exported variant of an entry \
+                    point the shim hooks must have the shim's wrapper."
                     .into(),
                 compared: exports.len(),
                 unit: "exports".into(),

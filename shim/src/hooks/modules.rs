@@ -1,22 +1,26 @@
-//! Module and library loads: a loaded image occupies device memory no allocation call returns.
-//! After a successful load or unload the shim asks the daemon to measure the process again
-//! ([`crate::footprint::changed`]); nothing waits. A module lives in the current context's
-//! device; a library (context-independent) is loaded into every context of the process, so
-//! every device the process sees is measured.
+//! Module and library loads: a loaded image occupies device memory no allocation call returns,
+//! so a load is held to the tenant's limit like a context creation
+//! ([`crate::footprint::load_code`]): the image's size (a file's, for the `*FromFile`/
+//! `cuModuleLoad` paths) is reserved first (`CUDA_ERROR_OUT_OF_MEMORY` when it does not fit),
+//! then the load is measured and undone if the tenant is over its limit after all. A module
+//! lives in the current context's device; a library (context-independent) is loaded into every
+//! context of the process, so it is reserved on the current context's device and measured on
+//! every device the process sees. Unloads are announced without waiting.
 //!
 //! Handlers of the entry-point table (`Footprint`).
 
+use super::real;
 use super::table::sig;
 use crate::cuda_types::*;
 use crate::footprint;
 use crate::registration;
-use std::ffi::{c_uint, c_void};
+use std::ffi::{CStr, c_char, c_uint, c_void};
 
 /// `CUjit_option` / `CUlibraryOption`: C enums (`int`).
 #[allow(non_camel_case_types)]
 pub(super) type c_int_option = std::ffi::c_int;
 
-/// After a module (un)load that succeeded: measure the current context's device.
+/// After a module unload that succeeded: measure the current context's device.
 fn module_changed(rc: CUresult) -> CUresult {
     if rc == CUDA_SUCCESS
         && let Some(reg) = registration::current()
@@ -27,32 +31,110 @@ fn module_changed(rc: CUresult) -> CUresult {
     rc
 }
 
-/// After a library (un)load that succeeded: measure every device the process sees.
+/// After a library unload that succeeded: measure every device the process sees.
 fn library_changed(rc: CUresult) -> CUresult {
     if rc == CUDA_SUCCESS
         && let Some(reg) = registration::current()
     {
-        for device in 0..gpumux_common::shm::MAX_DEVICES {
-            if reg.ordinals_of(device).next().is_some() {
-                footprint::changed(reg, device);
-            }
+        for device in seen_devices(reg) {
+            footprint::changed(reg, device);
         }
     }
     rc
 }
 
-/// `cuModuleLoad`, `cuModuleLoadData`, `cuModuleLoadFatBinary`: a module from a file name or
-/// an image.
+/// The tenant's devices this process sees.
+fn seen_devices(reg: &registration::Registration) -> impl Iterator<Item = usize> + '_ {
+    (0..gpumux_common::shm::MAX_DEVICES).filter(|&d| reg.ordinals_of(d).next().is_some())
+}
+
+/// Bytes of the file a load names (0 when it cannot be read: the driver will say why).
+///
+/// # Safety
+/// `fname` is null or a NUL-terminated path.
+unsafe fn file_size(fname: *const c_char) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    if fname.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller's contract.
+    let path = std::ffi::OsStr::from_bytes(unsafe { CStr::from_ptr(fname) }.to_bytes());
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Loads a module of `bytes` into the current context under the tenant's limit; `load` writes
+/// the module to `*module`.
+fn load_module(module: *mut *mut c_void, bytes: u64, load: impl FnOnce() -> CUresult) -> CUresult {
+    let Some(reg) = registration::current() else {
+        return load();
+    };
+    let Ok(Some(device)) = super::init::current_device(reg) else {
+        // No current context (the driver refuses), or not one of the tenant's devices.
+        return load();
+    };
+    let unload = || {
+        let unload = real!(cuModuleUnload);
+        // SAFETY: the load succeeded, so `*module` is the module it made; unloaded before the
+        // application saw it.
+        unsafe { unload(*module) };
+    };
+    footprint::load_code(
+        reg,
+        Some(device),
+        std::iter::once(device),
+        bytes,
+        load,
+        unload,
+    )
+}
+
+/// Loads a library of `bytes` under the tenant's limit; `load` writes it to `*library`.
+fn load_library(
+    library: *mut *mut c_void,
+    bytes: u64,
+    load: impl FnOnce() -> CUresult,
+) -> CUresult {
+    let Some(reg) = registration::current() else {
+        return load();
+    };
+    let current = super::init::current_device(reg).ok().flatten();
+    let unload = || {
+        let unload = real!(cuLibraryUnload);
+        // SAFETY: the load succeeded, so `*library` is the library it made; unloaded before
+        // the application saw it.
+        unsafe { unload(*library) };
+    };
+    footprint::load_code(reg, current, seen_devices(reg), bytes, load, unload)
+}
+
+/// `cuModuleLoad`: a module from a file.
 ///
 /// # Safety
 /// The C API's contract.
-pub(super) unsafe fn module_load<S>(
-    real: unsafe extern "C" fn(*mut *mut c_void, S) -> CUresult,
+pub(super) unsafe fn module_load_file(
+    real: sig::cuModuleLoad,
     module: *mut *mut c_void,
-    source: S,
+    fname: *const c_char,
 ) -> CUresult {
+    // SAFETY: the caller's path.
+    let bytes = unsafe { file_size(fname) };
     // SAFETY: forwarding the caller's arguments.
-    module_changed(unsafe { real(module, source) })
+    load_module(module, bytes, || unsafe { real(module, fname) })
+}
+
+/// `cuModuleLoadData`, `cuModuleLoadFatBinary`: a module from an image.
+///
+/// # Safety
+/// The C API's contract.
+pub(super) unsafe fn module_load_image(
+    real: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> CUresult,
+    module: *mut *mut c_void,
+    image: *const c_void,
+) -> CUresult {
+    // SAFETY: the caller's image.
+    let bytes = unsafe { crate::images::image_size(image) };
+    // SAFETY: forwarding the caller's arguments.
+    load_module(module, bytes, || unsafe { real(module, image) })
 }
 
 /// `cuModuleLoadDataEx`.
@@ -67,8 +149,12 @@ pub(super) unsafe fn module_load_ex(
     options: *mut c_int_option,
     values: *mut *mut c_void,
 ) -> CUresult {
+    // SAFETY: the caller's image.
+    let bytes = unsafe { crate::images::image_size(image) };
     // SAFETY: forwarding the caller's arguments.
-    module_changed(unsafe { real(module, image, num_options, options, values) })
+    load_module(module, bytes, || unsafe {
+        real(module, image, num_options, options, values)
+    })
 }
 
 /// `cuModuleUnload`.
@@ -80,13 +166,13 @@ pub(super) unsafe fn module_unload(real: sig::cuModuleUnload, module: *mut c_voi
     module_changed(unsafe { real(module) })
 }
 
-/// `cuLibraryLoadData` / `cuLibraryLoadFromFile` (an image or a file name, then JIT and
-/// library options).
+/// `cuLibraryLoadData` (an image) and `cuLibraryLoadFromFile` (a file name), then JIT and
+/// library options: `bytes` is the image's or the file's size.
 ///
 /// # Safety
 /// The C API's contract.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub(super) unsafe fn library_load<S>(
+unsafe fn library_load<S: Copy>(
     real: unsafe extern "C" fn(
         *mut *mut c_void,
         S,
@@ -97,6 +183,7 @@ pub(super) unsafe fn library_load<S>(
         *mut *mut c_void,
         c_uint,
     ) -> CUresult,
+    bytes: u64,
     library: *mut *mut c_void,
     source: S,
     jit_options: *mut c_int_option,
@@ -106,11 +193,48 @@ pub(super) unsafe fn library_load<S>(
     library_values: *mut *mut c_void,
     num_library: c_uint,
 ) -> CUresult {
-    // SAFETY: forwarding the caller's arguments.
-    library_changed(unsafe {
-        real(
+    load_library(library, bytes, || {
+        // SAFETY: forwarding the caller's arguments.
+        unsafe {
+            real(
+                library,
+                source,
+                jit_options,
+                jit_values,
+                num_jit,
+                library_options,
+                library_values,
+                num_library,
+            )
+        }
+    })
+}
+
+/// `cuLibraryLoadData`.
+///
+/// # Safety
+/// The C API's contract.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn library_load_data(
+    real: sig::cuLibraryLoadData,
+    library: *mut *mut c_void,
+    image: *const c_void,
+    jit_options: *mut c_int_option,
+    jit_values: *mut *mut c_void,
+    num_jit: c_uint,
+    library_options: *mut c_int_option,
+    library_values: *mut *mut c_void,
+    num_library: c_uint,
+) -> CUresult {
+    // SAFETY: the caller's image.
+    let bytes = unsafe { crate::images::image_size(image) };
+    // SAFETY: the caller's contract.
+    unsafe {
+        library_load(
+            real,
+            bytes,
             library,
-            source,
+            image,
             jit_options,
             jit_values,
             num_jit,
@@ -118,7 +242,42 @@ pub(super) unsafe fn library_load<S>(
             library_values,
             num_library,
         )
-    })
+    }
+}
+
+/// `cuLibraryLoadFromFile`.
+///
+/// # Safety
+/// The C API's contract.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn library_load_file(
+    real: sig::cuLibraryLoadFromFile,
+    library: *mut *mut c_void,
+    fname: *const c_char,
+    jit_options: *mut c_int_option,
+    jit_values: *mut *mut c_void,
+    num_jit: c_uint,
+    library_options: *mut c_int_option,
+    library_values: *mut *mut c_void,
+    num_library: c_uint,
+) -> CUresult {
+    // SAFETY: the caller's path.
+    let bytes = unsafe { file_size(fname) };
+    // SAFETY: the caller's contract.
+    unsafe {
+        library_load(
+            real,
+            bytes,
+            library,
+            fname,
+            jit_options,
+            jit_values,
+            num_jit,
+            library_options,
+            library_values,
+            num_library,
+        )
+    }
 }
 
 /// `cuLibraryUnload`.

@@ -15,8 +15,11 @@ use super::{
 };
 use crate::cuda_types::*;
 use crate::real::{LIBCUDA, LIBNVML};
+use gpumux_common::nvml_abi::{
+    ProcessDetailListV1, ProcessInfoV1, ProcessInfoV2, ProcessUtilizationSample,
+    ProcessesUtilizationInfoV1, VgpuProcessUtilizationSample, VgpuProcessesUtilizationInfoV1,
+};
 use modules::c_int_option;
-use nvml_procs::{ProcessInfoV1, ProcessInfoV2};
 use std::ffi::{c_char, c_int, c_uint, c_void};
 
 super::entry_points! {
@@ -138,12 +141,12 @@ super::entry_points! {
             cuLaunchCooperativeKernel {
                 cuLaunchCooperativeKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
                     bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
-                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel::<false>;
+                    params: *mut *mut c_void) -> CUresult
+                    => launch::launch_cooperative_kernel::<false>;
                 cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint,
                     bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream,
-                    params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult
-                    => launch::launch_kernel::<true>;
+                    params: *mut *mut c_void) -> CUresult
+                    => launch::launch_cooperative_kernel::<true>;
             },
             cuLaunchKernelEx {
                 cuLaunchKernelEx(config: *const c_void, f: CUfunction, params: *mut *mut c_void,
@@ -229,11 +232,11 @@ super::entry_points! {
         Footprint: [
             cuModuleLoad {
                 cuModuleLoad(module: *mut *mut c_void, fname: *const c_char) -> CUresult
-                    => modules::module_load;
+                    => modules::module_load_file;
             },
             cuModuleLoadData {
                 cuModuleLoadData(module: *mut *mut c_void, image: *const c_void) -> CUresult
-                    => modules::module_load;
+                    => modules::module_load_image;
             },
             cuModuleLoadDataEx {
                 cuModuleLoadDataEx(module: *mut *mut c_void, image: *const c_void,
@@ -242,7 +245,7 @@ super::entry_points! {
             },
             cuModuleLoadFatBinary {
                 cuModuleLoadFatBinary(module: *mut *mut c_void, fat_cubin: *const c_void)
-                    -> CUresult => modules::module_load;
+                    -> CUresult => modules::module_load_image;
             },
             cuModuleUnload {
                 cuModuleUnload(module: *mut c_void) -> CUresult => modules::module_unload;
@@ -251,13 +254,13 @@ super::entry_points! {
                 cuLibraryLoadData(library: *mut *mut c_void, image: *const c_void,
                     jit_options: *mut c_int_option, jit_values: *mut *mut c_void, num_jit: c_uint,
                     library_options: *mut c_int_option, library_values: *mut *mut c_void,
-                    num_library: c_uint) -> CUresult => modules::library_load;
+                    num_library: c_uint) -> CUresult => modules::library_load_data;
             },
             cuLibraryLoadFromFile {
                 cuLibraryLoadFromFile(library: *mut *mut c_void, fname: *const c_char,
                     jit_options: *mut c_int_option, jit_values: *mut *mut c_void, num_jit: c_uint,
                     library_options: *mut c_int_option, library_values: *mut *mut c_void,
-                    num_library: c_uint) -> CUresult => modules::library_load;
+                    num_library: c_uint) -> CUresult => modules::library_load_file;
             },
             cuLibraryUnload {
                 cuLibraryUnload(library: *mut c_void) -> CUresult => modules::library_unload;
@@ -559,12 +562,206 @@ super::entry_points! {
                 nvmlDeviceGetComputeRunningProcesses_v3(device: nvmlDevice_t, count: *mut c_uint,
                     infos: *mut ProcessInfoV2) -> nvmlReturn_t => nvml_procs::running_processes;
             },
+            nvmlDeviceGetGraphicsRunningProcesses {
+                nvmlDeviceGetGraphicsRunningProcesses(device: nvmlDevice_t, count: *mut c_uint,
+                    infos: *mut ProcessInfoV1) -> nvmlReturn_t => nvml_procs::running_processes;
+                nvmlDeviceGetGraphicsRunningProcesses_v2(device: nvmlDevice_t, count: *mut c_uint,
+                    infos: *mut ProcessInfoV2) -> nvmlReturn_t => nvml_procs::running_processes;
+                nvmlDeviceGetGraphicsRunningProcesses_v3(device: nvmlDevice_t, count: *mut c_uint,
+                    infos: *mut ProcessInfoV2) -> nvmlReturn_t => nvml_procs::running_processes;
+            },
+            nvmlDeviceGetMPSComputeRunningProcesses {
+                nvmlDeviceGetMPSComputeRunningProcesses(device: nvmlDevice_t,
+                    count: *mut c_uint, infos: *mut ProcessInfoV1) -> nvmlReturn_t
+                    => nvml_procs::running_processes;
+                nvmlDeviceGetMPSComputeRunningProcesses_v2(device: nvmlDevice_t,
+                    count: *mut c_uint, infos: *mut ProcessInfoV2) -> nvmlReturn_t
+                    => nvml_procs::running_processes;
+                nvmlDeviceGetMPSComputeRunningProcesses_v3(device: nvmlDevice_t,
+                    count: *mut c_uint, infos: *mut ProcessInfoV2) -> nvmlReturn_t
+                    => nvml_procs::running_processes;
+            },
+            nvmlDeviceGetRunningProcessDetailList {
+                nvmlDeviceGetRunningProcessDetailList(device: nvmlDevice_t,
+                    list: *mut ProcessDetailListV1) -> nvmlReturn_t
+                    => nvml_procs::versioned_list;
+            },
+            nvmlDeviceGetProcessUtilization {
+                nvmlDeviceGetProcessUtilization(device: nvmlDevice_t,
+                    samples: *mut ProcessUtilizationSample, count: *mut c_uint, last_seen: u64)
+                    -> nvmlReturn_t => nvml_procs::process_utilization;
+            },
+            nvmlDeviceGetProcessesUtilizationInfo {
+                nvmlDeviceGetProcessesUtilizationInfo(device: nvmlDevice_t,
+                    info: *mut ProcessesUtilizationInfoV1) -> nvmlReturn_t
+                    => nvml_procs::versioned_list;
+            },
+            nvmlDeviceGetAccountingPids {
+                nvmlDeviceGetAccountingPids(device: nvmlDevice_t, count: *mut c_uint,
+                    pids: *mut c_uint) -> nvmlReturn_t => nvml_procs::running_processes;
+            },
+            nvmlDeviceGetAccountingStats {
+                nvmlDeviceGetAccountingStats(device: nvmlDevice_t, pid: c_uint,
+                    stats: *mut c_void) -> nvmlReturn_t => nvml_procs::accounting_stats;
+            },
+            // vGPU host: processes of the guests.
+            nvmlDeviceGetVgpuProcessUtilization {
+                nvmlDeviceGetVgpuProcessUtilization(device: nvmlDevice_t, last_seen: u64,
+                    count: *mut c_uint, samples: *mut VgpuProcessUtilizationSample)
+                    -> nvmlReturn_t => nvml_procs::vgpu_process_utilization;
+            },
+            nvmlDeviceGetVgpuProcessesUtilizationInfo {
+                nvmlDeviceGetVgpuProcessesUtilizationInfo(device: nvmlDevice_t,
+                    info: *mut VgpuProcessesUtilizationInfoV1) -> nvmlReturn_t
+                    => nvml_procs::versioned_list;
+            },
+            nvmlVgpuInstanceGetAccountingPids {
+                nvmlVgpuInstanceGetAccountingPids(instance: c_uint, count: *mut c_uint,
+                    pids: *mut c_uint) -> nvmlReturn_t => nvml_procs::running_processes;
+            },
+            nvmlVgpuInstanceGetAccountingStats {
+                nvmlVgpuInstanceGetAccountingStats(instance: c_uint, pid: c_uint,
+                    stats: *mut c_void) -> nvmlReturn_t => nvml_procs::accounting_stats;
+            },
         ],
         PassThrough: [
             nvmlDeviceGetUUID {
                 nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, length: c_uint)
                     -> nvmlReturn_t;
             },
+            // Neither lists processes nor reports memory (nvmlSystemGetProcessName reads the
+            // caller's own /proc; clearing accounting data needs root).
+            nvmlComputeInstanceDestroy, nvmlComputeInstanceGetInfo, nvmlDeviceClearAccountingPids,
+            nvmlDeviceClearCpuAffinity, nvmlDeviceClearEccErrorCounts, nvmlDeviceClearFieldValues,
+            nvmlDeviceCreateGpuInstance, nvmlDeviceCreateGpuInstanceWithPlacement,
+            nvmlDeviceDiscoverGpus, nvmlDeviceFreezeNvLinkUtilizationCounter,
+            nvmlDeviceGetAPIRestriction, nvmlDeviceGetAccountingBufferSize,
+            nvmlDeviceGetAccountingMode, nvmlDeviceGetActiveVgpus,
+            nvmlDeviceGetAdaptiveClockInfoStatus, nvmlDeviceGetApplicationsClock,
+            nvmlDeviceGetArchitecture, nvmlDeviceGetAttributes,
+            nvmlDeviceGetAutoBoostedClocksEnabled, nvmlDeviceGetBAR1MemoryInfo,
+            nvmlDeviceGetBoardId, nvmlDeviceGetBoardPartNumber, nvmlDeviceGetBrand,
+            nvmlDeviceGetBridgeChipInfo, nvmlDeviceGetBusType, nvmlDeviceGetC2cModeInfoV,
+            nvmlDeviceGetClkMonStatus, nvmlDeviceGetClock, nvmlDeviceGetClockInfo,
+            nvmlDeviceGetComputeInstanceId, nvmlDeviceGetComputeMode,
+            nvmlDeviceGetConfComputeGpuAttestationReport, nvmlDeviceGetConfComputeGpuCertificate,
+            nvmlDeviceGetConfComputeMemSizeInfo, nvmlDeviceGetConfComputeProtectedMemoryUsage,
+            nvmlDeviceGetCount, nvmlDeviceGetCpuAffinity, nvmlDeviceGetCpuAffinityWithinScope,
+            nvmlDeviceGetCreatableVgpus, nvmlDeviceGetCudaComputeCapability,
+            nvmlDeviceGetCurrPcieLinkGeneration, nvmlDeviceGetCurrPcieLinkWidth,
+            nvmlDeviceGetCurrentClocksEventReasons, nvmlDeviceGetCurrentClocksThrottleReasons,
+            nvmlDeviceGetDecoderUtilization, nvmlDeviceGetDefaultApplicationsClock,
+            nvmlDeviceGetDefaultEccMode, nvmlDeviceGetDetailedEccErrors,
+            nvmlDeviceGetDeviceHandleFromMigDeviceHandle, nvmlDeviceGetDisplayActive,
+            nvmlDeviceGetDisplayMode, nvmlDeviceGetDriverModel, nvmlDeviceGetDynamicPstatesInfo,
+            nvmlDeviceGetEccMode, nvmlDeviceGetEncoderCapacity, nvmlDeviceGetEncoderSessions,
+            nvmlDeviceGetEncoderStats, nvmlDeviceGetEncoderUtilization,
+            nvmlDeviceGetEnforcedPowerLimit, nvmlDeviceGetFBCSessions, nvmlDeviceGetFBCStats,
+            nvmlDeviceGetFanControlPolicy, nvmlDeviceGetFanSpeed, nvmlDeviceGetFieldValues,
+            nvmlDeviceGetGpcClkMinMaxVfOffset, nvmlDeviceGetGpcClkVfOffset,
+            nvmlDeviceGetGpuFabricInfo, nvmlDeviceGetGpuFabricInfoV, nvmlDeviceGetGpuInstanceById,
+            nvmlDeviceGetGpuInstanceId, nvmlDeviceGetGpuInstancePossiblePlacements,
+            nvmlDeviceGetGpuInstanceProfileInfo, nvmlDeviceGetGpuInstanceProfileInfoV,
+            nvmlDeviceGetGpuInstanceRemainingCapacity, nvmlDeviceGetGpuInstances,
+            nvmlDeviceGetGpuMaxPcieLinkGeneration, nvmlDeviceGetGpuOperationMode,
+            nvmlDeviceGetGridLicensableFeatures, nvmlDeviceGetGspFirmwareMode,
+            nvmlDeviceGetGspFirmwareVersion, nvmlDeviceGetHandleByIndex,
+            nvmlDeviceGetHandleByPciBusId, nvmlDeviceGetHandleBySerial, nvmlDeviceGetHandleByUUID,
+            nvmlDeviceGetHostVgpuMode, nvmlDeviceGetIndex,
+            nvmlDeviceGetInforomConfigurationChecksum, nvmlDeviceGetInforomImageVersion,
+            nvmlDeviceGetInforomVersion, nvmlDeviceGetIrqNum, nvmlDeviceGetJpgUtilization,
+            nvmlDeviceGetLastBBXFlushTime, nvmlDeviceGetMaxClockInfo,
+            nvmlDeviceGetMaxCustomerBoostClock, nvmlDeviceGetMaxMigDeviceCount,
+            nvmlDeviceGetMaxPcieLinkGeneration, nvmlDeviceGetMaxPcieLinkWidth,
+            nvmlDeviceGetMemClkMinMaxVfOffset, nvmlDeviceGetMemClkVfOffset,
+            nvmlDeviceGetMemoryAffinity, nvmlDeviceGetMemoryBusWidth,
+            nvmlDeviceGetMemoryErrorCounter, nvmlDeviceGetMigDeviceHandleByIndex,
+            nvmlDeviceGetMigMode, nvmlDeviceGetMinMaxClockOfPState, nvmlDeviceGetMinMaxFanSpeed,
+            nvmlDeviceGetMinorNumber, nvmlDeviceGetModuleId, nvmlDeviceGetMultiGpuBoard,
+            nvmlDeviceGetName, nvmlDeviceGetNumFans, nvmlDeviceGetNumGpuCores,
+            nvmlDeviceGetNumaNodeId, nvmlDeviceGetNvLinkCapability, nvmlDeviceGetNvLinkErrorCounter,
+            nvmlDeviceGetNvLinkRemoteDeviceType, nvmlDeviceGetNvLinkRemotePciInfo,
+            nvmlDeviceGetNvLinkState, nvmlDeviceGetNvLinkUtilizationControl,
+            nvmlDeviceGetNvLinkUtilizationCounter, nvmlDeviceGetNvLinkVersion,
+            nvmlDeviceGetOfaUtilization, nvmlDeviceGetP2PStatus, nvmlDeviceGetPciInfo,
+            nvmlDeviceGetPciInfoExt, nvmlDeviceGetPcieLinkMaxSpeed, nvmlDeviceGetPcieReplayCounter,
+            nvmlDeviceGetPcieSpeed, nvmlDeviceGetPcieThroughput, nvmlDeviceGetPerformanceState,
+            nvmlDeviceGetPersistenceMode, nvmlDeviceGetPgpuMetadataString,
+            nvmlDeviceGetPowerManagementDefaultLimit, nvmlDeviceGetPowerManagementLimit,
+            nvmlDeviceGetPowerManagementLimitConstraints, nvmlDeviceGetPowerManagementMode,
+            nvmlDeviceGetPowerSource, nvmlDeviceGetPowerState, nvmlDeviceGetPowerUsage,
+            nvmlDeviceGetRemappedRows, nvmlDeviceGetRetiredPages,
+            nvmlDeviceGetRetiredPagesPendingStatus, nvmlDeviceGetRowRemapperHistogram,
+            nvmlDeviceGetSamples, nvmlDeviceGetSerial, nvmlDeviceGetSramEccErrorStatus,
+            nvmlDeviceGetSupportedClocksEventReasons, nvmlDeviceGetSupportedClocksThrottleReasons,
+            nvmlDeviceGetSupportedEventTypes, nvmlDeviceGetSupportedGraphicsClocks,
+            nvmlDeviceGetSupportedMemoryClocks, nvmlDeviceGetSupportedPerformanceStates,
+            nvmlDeviceGetSupportedVgpus, nvmlDeviceGetTargetFanSpeed, nvmlDeviceGetTemperature,
+            nvmlDeviceGetTemperatureThreshold, nvmlDeviceGetThermalSettings,
+            nvmlDeviceGetTopologyCommonAncestor, nvmlDeviceGetTopologyNearestGpus,
+            nvmlDeviceGetTotalEccErrors, nvmlDeviceGetTotalEnergyConsumption,
+            nvmlDeviceGetUtilizationRates, nvmlDeviceGetVbiosVersion, nvmlDeviceGetVgpuCapabilities,
+            nvmlDeviceGetVgpuHeterogeneousMode, nvmlDeviceGetVgpuInstancesUtilizationInfo,
+            nvmlDeviceGetVgpuMetadata, nvmlDeviceGetVgpuSchedulerCapabilities,
+            nvmlDeviceGetVgpuSchedulerLog, nvmlDeviceGetVgpuSchedulerState,
+            nvmlDeviceGetVgpuTypeCreatablePlacements, nvmlDeviceGetVgpuTypeSupportedPlacements,
+            nvmlDeviceGetVgpuUtilization, nvmlDeviceGetViolationStatus,
+            nvmlDeviceGetVirtualizationMode, nvmlDeviceIsMigDeviceHandle,
+            nvmlDeviceModifyDrainState, nvmlDeviceOnSameBoard, nvmlDeviceQueryDrainState,
+            nvmlDeviceRegisterEvents, nvmlDeviceRemoveGpu, nvmlDeviceResetApplicationsClocks,
+            nvmlDeviceResetGpuLockedClocks, nvmlDeviceResetMemoryLockedClocks,
+            nvmlDeviceResetNvLinkErrorCounters, nvmlDeviceResetNvLinkUtilizationCounter,
+            nvmlDeviceSetAPIRestriction, nvmlDeviceSetAccountingMode,
+            nvmlDeviceSetApplicationsClocks, nvmlDeviceSetAutoBoostedClocksEnabled,
+            nvmlDeviceSetComputeMode, nvmlDeviceSetConfComputeUnprotectedMemSize,
+            nvmlDeviceSetCpuAffinity, nvmlDeviceSetDefaultAutoBoostedClocksEnabled,
+            nvmlDeviceSetDefaultFanSpeed, nvmlDeviceSetDriverModel, nvmlDeviceSetEccMode,
+            nvmlDeviceSetFanControlPolicy, nvmlDeviceSetFanSpeed, nvmlDeviceSetGpcClkVfOffset,
+            nvmlDeviceSetGpuLockedClocks, nvmlDeviceSetGpuOperationMode,
+            nvmlDeviceSetMemClkVfOffset, nvmlDeviceSetMemoryLockedClocks, nvmlDeviceSetMigMode,
+            nvmlDeviceSetNvLinkDeviceLowPowerThreshold, nvmlDeviceSetNvLinkUtilizationControl,
+            nvmlDeviceSetPersistenceMode, nvmlDeviceSetPowerManagementLimit,
+            nvmlDeviceSetTemperatureThreshold, nvmlDeviceSetVgpuCapabilities,
+            nvmlDeviceSetVgpuHeterogeneousMode, nvmlDeviceSetVgpuSchedulerState,
+            nvmlDeviceSetVirtualizationMode, nvmlDeviceValidateInforom, nvmlErrorString,
+            nvmlEventSetCreate, nvmlEventSetFree, nvmlEventSetWait, nvmlGetBlacklistDeviceCount,
+            nvmlGetBlacklistDeviceInfoByIndex, nvmlGetExcludedDeviceCount,
+            nvmlGetExcludedDeviceInfoByIndex, nvmlGetVgpuCompatibility,
+            nvmlGetVgpuDriverCapabilities, nvmlGetVgpuVersion, nvmlGpmMetricsGet,
+            nvmlGpmMigSampleGet, nvmlGpmQueryDeviceSupport, nvmlGpmQueryIfStreamingEnabled,
+            nvmlGpmSampleAlloc, nvmlGpmSampleFree, nvmlGpmSampleGet, nvmlGpmSetStreamingEnabled,
+            nvmlGpuInstanceCreateComputeInstance, nvmlGpuInstanceCreateComputeInstanceWithPlacement,
+            nvmlGpuInstanceDestroy, nvmlGpuInstanceGetComputeInstanceById,
+            nvmlGpuInstanceGetComputeInstancePossiblePlacements,
+            nvmlGpuInstanceGetComputeInstanceProfileInfo,
+            nvmlGpuInstanceGetComputeInstanceProfileInfoV,
+            nvmlGpuInstanceGetComputeInstanceRemainingCapacity, nvmlGpuInstanceGetComputeInstances,
+            nvmlGpuInstanceGetInfo, nvmlInternalGetExportTable, nvmlSetVgpuVersion, nvmlShutdown,
+            nvmlSystemGetConfComputeCapabilities, nvmlSystemGetConfComputeGpusReadyState,
+            nvmlSystemGetConfComputeKeyRotationThresholdInfo, nvmlSystemGetConfComputeSettings,
+            nvmlSystemGetConfComputeState, nvmlSystemGetCudaDriverVersion,
+            nvmlSystemGetDriverVersion, nvmlSystemGetHicVersion, nvmlSystemGetNVMLVersion,
+            nvmlSystemGetNvlinkBwMode, nvmlSystemGetProcessName, nvmlSystemGetTopologyGpuSet,
+            nvmlSystemSetConfComputeGpusReadyState,
+            nvmlSystemSetConfComputeKeyRotationThresholdInfo, nvmlSystemSetNvlinkBwMode,
+            nvmlUnitGetCount, nvmlUnitGetDevices, nvmlUnitGetFanSpeedInfo, nvmlUnitGetHandleByIndex,
+            nvmlUnitGetLedState, nvmlUnitGetPsuInfo, nvmlUnitGetTemperature, nvmlUnitGetUnitInfo,
+            nvmlUnitSetLedState, nvmlVgpuInstanceClearAccountingPids,
+            nvmlVgpuInstanceGetAccountingMode, nvmlVgpuInstanceGetEccMode,
+            nvmlVgpuInstanceGetEncoderCapacity, nvmlVgpuInstanceGetEncoderSessions,
+            nvmlVgpuInstanceGetEncoderStats, nvmlVgpuInstanceGetFBCSessions,
+            nvmlVgpuInstanceGetFBCStats, nvmlVgpuInstanceGetFbUsage,
+            nvmlVgpuInstanceGetFrameRateLimit, nvmlVgpuInstanceGetGpuInstanceId,
+            nvmlVgpuInstanceGetGpuPciId, nvmlVgpuInstanceGetLicenseInfo,
+            nvmlVgpuInstanceGetLicenseStatus, nvmlVgpuInstanceGetMdevUUID,
+            nvmlVgpuInstanceGetMetadata, nvmlVgpuInstanceGetPlacementId, nvmlVgpuInstanceGetType,
+            nvmlVgpuInstanceGetUUID, nvmlVgpuInstanceGetVmDriverVersion, nvmlVgpuInstanceGetVmID,
+            nvmlVgpuInstanceSetEncoderCapacity, nvmlVgpuTypeGetCapabilities, nvmlVgpuTypeGetClass,
+            nvmlVgpuTypeGetDeviceID, nvmlVgpuTypeGetFbReservation, nvmlVgpuTypeGetFrameRateLimit,
+            nvmlVgpuTypeGetFramebufferSize, nvmlVgpuTypeGetGpuInstanceProfileId,
+            nvmlVgpuTypeGetGspHeapSize, nvmlVgpuTypeGetLicense, nvmlVgpuTypeGetMaxInstances,
+            nvmlVgpuTypeGetMaxInstancesPerVm, nvmlVgpuTypeGetName, nvmlVgpuTypeGetNumDisplayHeads,
+            nvmlVgpuTypeGetResolution,
         ],
     }
 }

@@ -27,8 +27,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
 use fakegpu::{DeviceSnapshot, GpuState};
+// The compute-process lists' entries (`nvmlProcessInfo_v1_t`, `nvmlProcessInfo_v2_t`).
+use gpumux_common::nvml_abi::{ProcessInfoV1, ProcessInfoV2};
 
 mod monitoring;
+mod processes;
 mod unsupported;
 
 /// `nvmlReturn_t`.
@@ -88,24 +91,6 @@ pub struct nvmlMemory_v2_t {
 
 /// `nvmlMemory_v2` (`NVML_STRUCT_VERSION(Memory, 2)`): the size of the struct | 2 << 24.
 pub const NVML_MEMORY_V2: c_uint = std::mem::size_of::<nvmlMemory_v2_t>() as c_uint | (2 << 24);
-
-/// `nvmlProcessInfo_v1_t` (used by `nvmlDeviceGetComputeRunningProcesses`).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct nvmlProcessInfo_v1_t {
-    pub pid: c_uint,
-    pub usedGpuMemory: c_ulonglong,
-}
-
-/// `nvmlProcessInfo_v2_t` / `nvmlProcessInfo_t` (used by `_v2` and `_v3`).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct nvmlProcessInfo_v2_t {
-    pub pid: c_uint,
-    pub usedGpuMemory: c_ulonglong,
-    pub gpuInstanceId: c_uint,
-    pub computeInstanceId: c_uint,
-}
 
 /// `nvmlUtilization_t`.
 #[repr(C)]
@@ -586,12 +571,32 @@ unsafe fn write_processes<T>(
     NVML_SUCCESS
 }
 
-fn v2_info(pid: u32, used: u64) -> nvmlProcessInfo_v2_t {
-    nvmlProcessInfo_v2_t {
+fn v2_info(pid: u32, used: u64) -> ProcessInfoV2 {
+    ProcessInfoV2 {
         pid,
-        usedGpuMemory: used,
-        gpuInstanceId: NOT_AVAILABLE_U32,
-        computeInstanceId: NOT_AVAILABLE_U32,
+        used_gpu_memory: used,
+        gpu_instance_id: NOT_AVAILABLE_U32,
+        compute_instance_id: NOT_AVAILABLE_U32,
+    }
+}
+
+/// A fault a test injected into the process lists ([`fakegpu::fault`]): the error to return,
+/// after hanging (without holding the library's lock) as long as the fault says so.
+fn injected_fault() -> Option<nvmlReturn_t> {
+    let mut state = None;
+    with_gpu(|gpu| {
+        state = Some(gpu.path().to_path_buf());
+        NVML_SUCCESS
+    });
+    let state = state?;
+    loop {
+        match fakegpu::fault::nvml_fault(&state) {
+            None => return None,
+            Some(fakegpu::fault::NvmlFault::Error) => return Some(NVML_ERROR_UNKNOWN),
+            Some(fakegpu::fault::NvmlFault::Hang) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 }
 
@@ -604,9 +609,12 @@ fn v2_info(pid: u32, used: u64) -> nvmlProcessInfo_v2_t {
 pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     device: nvmlDevice_t,
     info_count: *mut c_uint,
-    infos: *mut nvmlProcessInfo_v2_t,
+    infos: *mut ProcessInfoV2,
 ) -> nvmlReturn_t {
     guard(|| {
+        if let Some(rc) = injected_fault() {
+            return rc;
+        }
         with_device(device, |_, d| {
             // SAFETY: forwarded caller contract.
             unsafe { write_processes(d, info_count, infos, v2_info) }
@@ -622,9 +630,12 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
 pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
     device: nvmlDevice_t,
     info_count: *mut c_uint,
-    infos: *mut nvmlProcessInfo_v2_t,
+    infos: *mut ProcessInfoV2,
 ) -> nvmlReturn_t {
     guard(|| {
+        if let Some(rc) = injected_fault() {
+            return rc;
+        }
         with_device(device, |_, d| {
             // SAFETY: forwarded caller contract.
             unsafe { write_processes(d, info_count, infos, v2_info) }
@@ -640,33 +651,22 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
 pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses(
     device: nvmlDevice_t,
     info_count: *mut c_uint,
-    infos: *mut nvmlProcessInfo_v1_t,
+    infos: *mut ProcessInfoV1,
 ) -> nvmlReturn_t {
     guard(|| {
+        if let Some(rc) = injected_fault() {
+            return rc;
+        }
         with_device(device, |_, d| {
             // SAFETY: forwarded caller contract.
             unsafe {
-                write_processes(d, info_count, infos, |pid, used| nvmlProcessInfo_v1_t {
+                write_processes(d, info_count, infos, |pid, used| ProcessInfoV1 {
                     pid,
-                    usedGpuMemory: used,
+                    used_gpu_memory: used,
                 })
             }
         })
     })
-}
-
-/// `nvmlDeviceGetGraphicsRunningProcesses_v3`: the simulated device runs no graphics work.
-///
-/// # Safety
-/// `info_count` must be null or valid for writes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
-    device: nvmlDevice_t,
-    info_count: *mut c_uint,
-    _infos: *mut nvmlProcessInfo_v2_t,
-) -> nvmlReturn_t {
-    // SAFETY: forwarded caller contract.
-    guard(|| with_device(device, |_, _| unsafe { write_out(info_count, 0) }))
 }
 
 /// `nvmlDeviceGetUtilizationRates`: `gpu` = percent of the last second during which a kernel
@@ -743,8 +743,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<nvmlMemory_t>(), 24);
         assert_eq!(std::mem::size_of::<nvmlMemory_v2_t>(), 40);
         assert_eq!(NVML_MEMORY_V2, 40 | (2 << 24));
-        assert_eq!(std::mem::size_of::<nvmlProcessInfo_v1_t>(), 16);
-        assert_eq!(std::mem::size_of::<nvmlProcessInfo_v2_t>(), 24);
         assert_eq!(std::mem::size_of::<nvmlUtilization_t>(), 8);
     }
 

@@ -656,7 +656,7 @@ pub struct nvmlProcessUtilizationSample_t {
     pub decUtil: c_uint,
 }
 
-fn wall_us() -> u64 {
+pub(crate) fn wall_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -709,20 +709,6 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
             NVML_SUCCESS
         })
     })
-}
-
-/// `nvmlDeviceGetMPSComputeRunningProcesses_v3`: no MPS server runs on the simulated device.
-///
-/// # Safety
-/// `count` must be null or valid for a write.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMPSComputeRunningProcesses_v3(
-    device: nvmlDevice_t,
-    count: *mut c_uint,
-    _infos: *mut crate::nvmlProcessInfo_v2_t,
-) -> nvmlReturn_t {
-    // SAFETY: forwarded caller contract.
-    guard(|| with_device(device, |_, _| unsafe { write_out(count, 0) }))
 }
 
 /// `nvmlSystemGetProcessName`: the process's command (`/proc/<pid>/cmdline`'s first word, else

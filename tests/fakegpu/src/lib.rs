@@ -10,9 +10,11 @@
 //! - [`lock`]: the FIFO-fair cross-process device execution lock;
 //! - [`trace`]: the per-device kernel trace ring;
 //! - [`snapshot`]: the ground-truth read API used by tests and NVML;
-//! - [`testenv`]: the helper that gives each test an isolated fake GPU.
+//! - [`testenv`]: the helper that gives each test an isolated fake GPU;
+//! - [`fault`]: faults a test injects into the fake NVML (failing or hanging).
 
 pub mod config;
+pub mod fault;
 pub mod layout;
 pub mod lock;
 pub mod procid;

@@ -97,6 +97,12 @@ impl FakeGpuEnv {
         &self.state_path
     }
 
+    /// Makes the fake NVML's process listing fail or hang (`None`: work again), for every
+    /// process of this fake GPU.
+    pub fn set_nvml_fault(&self, fault: Option<crate::fault::NvmlFault>) {
+        crate::fault::set_nvml_fault(&self.state_path, fault).expect("write the NVML fault file");
+    }
+
     /// The configuration the state file was created with.
     pub fn config(&self) -> &DeviceConfig {
         &self.config

@@ -1,11 +1,15 @@
 """What a monitoring user asks NVML through pynvml (nvidia-ml-py), printed as one JSON object.
 
-Usage: python nvml_monitor.py [EXPORTS_FILE]
+Usage: python nvml_monitor.py [--only-pids PID,PID,...] [EXPORTS_FILE]
 EXPORTS_FILE: NVML function names, one a line (the real library's exports); each must resolve
 (pynvml's lookup raises NVMLError_FunctionNotFound for a missing one).
+--only-pids: the processes this caller may see (a tenant's own): every per-process call
+(running compute, graphics and MPS processes, the process detail list in each mode, per-process
+utilization both ways, accounting pids) must list no other pid.
 
-Every query's answer, or the name of the NVMLError it raised, is recorded per device; a missing
-function, a crash or an unexpected exception fails the run (exit 1).
+Every query's answer, or the name of the NVMLError it raised, is recorded per device (the pids
+each per-process call lists under "pids"); a missing function, a pid listed that --only-pids
+does not allow ("foreign_pids"), a crash or an unexpected exception fails the run (exit 1).
 """
 import json
 import os
@@ -21,7 +25,36 @@ def ask(out, key, fn, *args):
         out[key] = {"error": type(e).__name__, "code": e.value}
 
 
+def pids_of(out, key, fn, *args):
+    """The pids a per-process call lists (sorted), or the NVMLError it raised."""
+    try:
+        out[key] = sorted({int(getattr(p, "pid", p)) for p in fn(*args)})
+    except nv.NVMLError as e:
+        out[key] = {"error": type(e).__name__, "code": e.value}
+
+
+def per_process_pids(h):
+    pids = {}
+    pids_of(pids, "compute", nv.nvmlDeviceGetComputeRunningProcesses, h)
+    pids_of(pids, "compute_v2", nv.nvmlDeviceGetComputeRunningProcesses_v2, h)
+    pids_of(pids, "graphics", nv.nvmlDeviceGetGraphicsRunningProcesses, h)
+    pids_of(pids, "graphics_v2", nv.nvmlDeviceGetGraphicsRunningProcesses_v2, h)
+    pids_of(pids, "mps", nv.nvmlDeviceGetMPSComputeRunningProcesses, h)
+    for mode in (0, 1, 2):
+        pids_of(pids, "detail_list_mode_%d" % mode, nv.nvmlDeviceGetRunningProcessDetailList, h,
+                nv.nvmlProcessDetailList_v1, mode)
+    pids_of(pids, "utilization", nv.nvmlDeviceGetProcessUtilization, h, 0)
+    pids_of(pids, "utilization_info", nv.nvmlDeviceGetProcessesUtilizationInfo, h, 0)
+    pids_of(pids, "accounting", nv.nvmlDeviceGetAccountingPids, h)
+    return pids
+
+
 def main():
+    args = sys.argv[1:]
+    only = None
+    if args[:1] == ["--only-pids"]:
+        only = {int(p) for p in args[1].split(",") if p}
+        args = args[2:]
     nv.nvmlInit()
     report = {"driver": nv.nvmlSystemGetDriverVersion(), "devices": []}
     ask(report, "cuda_driver", nv.nvmlSystemGetCudaDriverVersion)
@@ -76,10 +109,19 @@ def main():
             d["process_utilization"] = [{"pid": s.pid, "sm": s.smUtil} for s in samples]
         except nv.NVMLError as e:
             d["process_utilization"] = {"error": type(e).__name__, "code": e.value}
+        d["pids"] = per_process_pids(h)
         report["devices"].append(d)
+    foreign = {}
+    if only is not None:
+        for d in report["devices"]:
+            for call, listed in d["pids"].items():
+                extra = [p for p in listed if p not in only] if isinstance(listed, list) else []
+                if extra:
+                    foreign["%d:%s" % (d["index"], call)] = extra
+    report["foreign_pids"] = foreign
     missing = []
-    if len(sys.argv) > 1:
-        with open(sys.argv[1]) as f:
+    if args:
+        with open(args[0]) as f:
             for name in (l.strip() for l in f):
                 if not name:
                     continue
@@ -90,7 +132,7 @@ def main():
     report["missing_functions"] = missing
     nv.nvmlShutdown()
     print(json.dumps(report, default=str))
-    return 1 if missing else 0
+    return 1 if missing or foreign else 0
 
 
 if __name__ == "__main__":

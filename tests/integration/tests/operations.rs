@@ -481,8 +481,13 @@ fn an_idle_daemon_sleeps() {
         d1 - d0,
         h1 - h0
     );
+    // With a registered process the daemon reconciles footprints every 2 s: its timer wakes
+    // the loop, which hands the reading to the measuring thread (one wake-up there) and takes
+    // the result when the thread's eventfd wakes it again: 3 context switches per
+    // reconciliation, at most 2 reconciliations in the window. A polling daemon would show
+    // hundreds.
     assert!(
-        d1 - d0 <= 2,
+        d1 - d0 <= 6,
         "the daemon woke {} times in 2 s of idleness",
         d1 - d0
     );

@@ -62,6 +62,16 @@ fn report(what: &str, cmd: &mut Command) -> Value {
     lines.0.into_iter().next().unwrap()
 }
 
+/// The per-process calls of `nvml_monitor.py` that list every compute process of the device
+/// (to the node; a tenant sees its own).
+const LISTING_EVERY_PROCESS: [&str; 5] = [
+    "compute",
+    "compute_v2",
+    "detail_list_mode_0",
+    "utilization",
+    "utilization_info",
+];
+
 fn n(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
@@ -76,7 +86,10 @@ fn monitoring_clients_find_every_nvml_function_and_sensible_answers() {
     };
     let gpumux = Gpumux::start(
         &[4 * GIB],
-        &[("a", "devices = [0]\nmemory_limit = \"1GiB\"\nweight = 1\n")],
+        &[
+            ("a", "devices = [0]\nmemory_limit = \"1GiB\"\nweight = 1\n"),
+            ("b", "devices = [0]\nmemory_limit = \"1GiB\"\nweight = 1\n"),
+        ],
     );
     let names: Vec<String> = exported_functions(&real.libnvml())
         .unwrap()
@@ -89,6 +102,8 @@ fn monitoring_clients_find_every_nvml_function_and_sensible_answers() {
     // and the activity-driven values show.
     let holder = gpumux.hold("a", 64 * MIB);
     let mut load = gpumux.load("a", 30, &["--ns", "2000000", "--batch", "20"]);
+    // Another tenant's process: tenant a must not learn of it.
+    let theirs = gpumux.hold("b", 32 * MIB);
     std::thread::sleep(Duration::from_millis(300));
 
     // The node's view (no shim): everything, straight from the fake NVML.
@@ -135,13 +150,27 @@ fn monitoring_clients_find_every_nvml_function_and_sensible_answers() {
         .find(|s| n(s, "pid") == u64::from(load.pid()))
         .unwrap_or_else(|| panic!("no sample of the load: {d}"));
     assert!(n(busy, "sm") > 0, "{busy}");
+    // Every per-process call lists every process to the node.
+    let everyone = [holder.pid(), load.pid(), theirs.pid()];
+    for call in LISTING_EVERY_PROCESS {
+        let listed = &d["pids"][call];
+        for pid in everyone {
+            assert!(
+                listed.as_array().is_some_and(|l| l.contains(&pid.into())),
+                "{call} lists {pid} to the node: {listed}"
+            );
+        }
+    }
 
-    // A tenant's view (through the shim): the same functions, its quota as the device memory.
+    // A tenant's view (through the shim): the same functions, its quota as the device memory,
+    // and only its own processes in every per-process call (the script fails on another pid).
+    let own = format!("{},{}", holder.pid(), load.pid());
     let tenant = report(
         "nvml_monitor.py (tenant)",
         gpumux
             .tenant_command("a", &py)
             .arg(script("nvml_monitor.py"))
+            .args(["--only-pids", &own])
             .arg(&list),
     );
     assert_eq!(
@@ -149,7 +178,19 @@ fn monitoring_clients_find_every_nvml_function_and_sensible_answers() {
         Value::Array(vec![]),
         "{tenant}"
     );
-    assert_eq!(n(&tenant["devices"][0]["memory"], "total"), GIB, "{tenant}");
+    assert_eq!(tenant["foreign_pids"], serde_json::json!({}), "{tenant}");
+    let d = &tenant["devices"][0];
+    assert_eq!(n(&d["memory"], "total"), GIB, "{tenant}");
+    for call in LISTING_EVERY_PROCESS {
+        assert_eq!(
+            d["pids"][call],
+            serde_json::json!([holder.pid().min(load.pid()), holder.pid().max(load.pid())]),
+            "{call}: the tenant's own processes, all of them: {d}"
+        );
+    }
+    for call in ["graphics", "graphics_v2", "mps", "detail_list_mode_1"] {
+        assert_eq!(d["pids"][call], serde_json::json!([]), "{call}: {d}");
+    }
 
     // gpustat's command line, both ways (its JSON spans lines: read it whole).
     let gpustat = py.with_file_name("gpustat");
@@ -176,6 +217,7 @@ fn monitoring_clients_find_every_nvml_function_and_sensible_answers() {
         assert!(g["temperature.gpu"].as_u64().is_some(), "{out}");
     }
     load.kill();
+    drop(theirs);
 }
 
 #[test]
