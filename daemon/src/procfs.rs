@@ -1,7 +1,8 @@
 //! What the daemon reads about processes from /proc and pidfds: start times (to tell a
 //! registered process from a later one that reused its pid), memory maps (whether a process
 //! maps a tenant's accounting segment), cgroups (to tell which tenant an unmanaged GPU process
-//! belongs to) and exit notification.
+//! belongs to), whether a thread of a process is runnable (a holder the host runs late is not
+//! idle) and exit notification.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -17,6 +18,34 @@ pub fn start_time(pid: u32) -> Option<u64> {
 pub fn parse_start_time(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Threads of one process looked at by [`thread_runnable`], at most.
+const THREADS_LOOKED_AT: usize = 512;
+
+/// Whether a thread of process `pid` is runnable (state `R` in `/proc/PID/task/TID/stat`: on a
+/// CPU, or waiting for one). False when the process is gone or cannot be read.
+pub fn thread_runnable(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .take(THREADS_LOOKED_AT)
+        .filter_map(Result::ok)
+        .any(|task| {
+            std::fs::read_to_string(task.path().join("stat"))
+                .is_ok_and(|stat| parse_state(&stat) == Some('R'))
+        })
+}
+
+/// Field 3 (the state letter) of a `/proc/PID/stat` line, after the command name's closing
+/// parenthesis.
+pub fn parse_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Whether `pid` is the process that started at `start_time` and has not exited.
@@ -91,5 +120,28 @@ mod tests {
         assert!(!maps_line_is(anon, libc::makedev(0, 0), 0));
         assert!(!maps_line_is("garbage", 0, 0));
         assert!(cgroup(std::process::id()).is_some_and(|c| c.contains(':')));
+    }
+
+    #[test]
+    fn tells_runnable_threads_from_sleeping_ones() {
+        let line = "1234 (a b) c)) R 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654";
+        assert_eq!(parse_state(line), Some('R'));
+        assert_eq!(parse_state("garbage"), None);
+        // This thread reads its own state while it runs.
+        assert!(thread_runnable(std::process::id()));
+        // A process that only sleeps.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let asleep = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            !thread_runnable(pid)
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(asleep, "a sleeping process looked runnable");
+        assert!(!thread_runnable(pid), "a reaped process looked runnable");
     }
 }

@@ -23,8 +23,9 @@
 //!   slice's wall time, overrun included.
 //! - **Work-conserving**: a lone tenant keeps the device with no timer at all; a holder that
 //!   stops launching while others wait gives the device up after `idle_grace`, not a quantum
-//!   (longer on a busy host: by four times how late the server's ticks come, so that a holder
-//!   whose threads the host runs late is not taken for idle).
+//!   (longer on a busy host: by four times how late the server's ticks come), unless a thread
+//!   of it is runnable: a holder whose threads the host runs late is not taken for idle (nor,
+//!   within its turn, one whose thread computes on the CPU before its next launches).
 //! - **compute_limit**: a token bucket of device time refilled at the cap's rate (burst: one
 //!   quantum); a capped tenant is granted when its bucket is full and runs until it is spent,
 //!   even on an otherwise idle device.
@@ -67,6 +68,10 @@ pub struct Activity {
     pub launches: u64,
     /// Threads waiting in a synchronize call for the tenant's own queued work.
     pub syncing: u32,
+    /// A thread of the tenant's processes is runnable (on a CPU or waiting for one): a holder
+    /// whose launches stopped may just be run late by a busy host. Looked up only for the
+    /// holder when nothing else shows it busy (no thread waiting or synchronizing).
+    pub runnable: bool,
 }
 
 /// Shortest turn, as a fraction of the quantum, however light a tenant is beside the heaviest.
@@ -103,6 +108,22 @@ struct Tenant {
     /// saturating, and its class puts it ahead of lower ones only where plain stride order
     /// would (its virtual time not ahead of theirs) until a slice of its ends for want of work.
     spent: bool,
+    /// Raised to the floor on waking during a slice: the holder's part of that floor was an
+    /// estimate, settled when the slice is charged ([`Scheduler::settle_floors`]).
+    floored: Option<Floored>,
+}
+
+/// How a tenant waking during a slice was floored.
+#[derive(Debug, Clone, Copy)]
+struct Floored {
+    /// The slice's epoch.
+    epoch: u32,
+    /// When it woke.
+    at: Instant,
+    /// Its virtual time before.
+    before: f64,
+    /// What it was let keep below the floor (a latency tenant's credit).
+    bank: f64,
 }
 
 /// Precedence of a class: a higher one preempts a lower one.
@@ -296,6 +317,7 @@ impl Scheduler {
                 efficiency: 1.0,
                 class: Priority::Normal,
                 spent: false,
+                floored: None,
             });
         t.weight = weight.max(1);
         t.cap = cap;
@@ -320,6 +342,14 @@ impl Scheduler {
         self.slice().map(|s| s.tenant.as_str())
     }
 
+    /// The tenant holding a granted slice (not being drained) and the slice's epoch.
+    pub fn granted(&self) -> Option<(&str, u32)> {
+        match &self.state {
+            State::Granted(s) => Some((s.tenant.as_str(), s.epoch)),
+            _ => None,
+        }
+    }
+
     fn slice(&self) -> Option<&Slice> {
         match &self.state {
             State::Granted(s) | State::Draining { slice: s, .. } => Some(s),
@@ -328,8 +358,10 @@ impl Scheduler {
     }
 
     /// The least virtual time among tenants that want or hold the device; the holder counts
-    /// with its running slice so far (it is charged only when the slice ends, and a long
-    /// uncontended slice must not look like credit to a newcomer).
+    /// with its running slice so far at its efficiency (it is charged only when the slice
+    /// ends, and a long uncontended slice must not look like credit to a newcomer). That part
+    /// is an estimate: a tenant floored against it is settled with the holder's charge
+    /// ([`Self::settle_floors`]).
     fn min_vtime(&self, now: Instant) -> Option<f64> {
         let running = self
             .slice()
@@ -337,10 +369,34 @@ impl Scheduler {
         self.tenants
             .iter()
             .filter_map(|(n, t)| match running {
-                Some((h, ran)) if h == n => Some(t.vtime + ran.as_nanos() as f64 / t.weight as f64),
+                Some((h, ran)) if h == n => {
+                    Some(t.vtime + ran.as_nanos() as f64 * t.efficiency / t.weight as f64)
+                }
                 _ => t.wants.then_some(t.vtime),
             })
             .reduce(f64::min)
+    }
+
+    /// `slice` ended at `now` and its holder, at virtual time `from` before, was charged
+    /// `charged` (in virtual time): tenants that woke during it were floored against an
+    /// estimate of the holder's virtual time then; they are floored again against the charge,
+    /// spread evenly over the slice. Otherwise a holder charged less than the estimate (its
+    /// work left the device idle; a process of it is gone and could not say) would be owed
+    /// the difference and keep the device while they wait, and one charged more would owe them.
+    fn settle_floors(&mut self, slice: &Slice, now: Instant, from: f64, charged: f64) {
+        let wall = now.saturating_duration_since(slice.since).as_secs_f64();
+        for t in self.tenants.values_mut() {
+            if let Some(f) = t.floored.take()
+                && f.epoch == slice.epoch
+            {
+                let part = if wall > 0.0 {
+                    f.at.saturating_duration_since(slice.since).as_secs_f64() / wall
+                } else {
+                    1.0
+                };
+                t.vtime = f.before.max(from + charged * part.min(1.0) - f.bank);
+            }
+        }
     }
 
     /// `tenant` has threads waiting to launch.
@@ -560,6 +616,10 @@ impl Scheduler {
                 floor.is_some_and(|f| after >= f + credit * 0.95)
             })
         };
+        if let Some(t) = self.tenants.get(&slice.tenant) {
+            let (from, ns) = (t.vtime, charge.as_nanos() as f64);
+            self.settle_floors(&slice, now, from, ns / t.weight as f64);
+        }
         if let Some(t) = self.tenants.get_mut(&slice.tenant) {
             let ns = charge.as_nanos() as f64;
             t.vtime += ns / t.weight as f64;
@@ -663,6 +723,7 @@ impl Scheduler {
     /// earns no credit. A shorter gap keeps the tenant's place.
     fn note_demand(&mut self, now: Instant, activity: &dyn Fn(&str) -> Activity) {
         let holder = self.holder().map(str::to_string);
+        let epoch = self.slice().map(|s| s.epoch);
         let floor = self.min_vtime(now);
         let quantum = self.quantum;
         let credit = self.credit.as_nanos() as f64;
@@ -684,7 +745,14 @@ impl Scheduler {
                         Priority::Latency => credit / t.weight as f64,
                         _ => 0.0,
                     };
+                    let before = t.vtime;
                     t.vtime = t.vtime.max(floor - bank);
+                    t.floored = epoch.map(|epoch| Floored {
+                        epoch,
+                        at: now,
+                        before,
+                        bank,
+                    });
                 }
             }
             if wants || is_holder {
@@ -836,11 +904,16 @@ impl Scheduler {
                 slice.idle_check = None;
                 false
             }
-            // No launch since the last check, nobody waiting for queued work, and no thread
+            // No launch since the last check, nobody waiting for queued work, no thread
             // still on its way out of the gate (woken by the grant but not yet run by a busy
-            // host): the holder has nothing for the device.
+            // host) and none runnable (a busy host running it late; a thread at work on the
+            // CPU keeps the holder too, within its turn): the holder has nothing for the device.
             Some((at, seen))
-                if now >= at && seen == act.launches && act.syncing == 0 && act.waiting == 0 =>
+                if now >= at
+                    && seen == act.launches
+                    && act.syncing == 0
+                    && act.waiting == 0
+                    && !act.runnable =>
             {
                 true
             }
@@ -1136,6 +1209,45 @@ mod tests {
         );
     }
 
+    /// A lone holder's slice lasts 5 s of wall time but is charged 50 ms of device time (its
+    /// work left the device idle, or the process that did the rest is gone and cannot say):
+    /// a tenant that arrived meanwhile was floored against an estimate of the holder's charge,
+    /// and must not end up behind the holder by the difference (it waited 5 s for that once).
+    #[test]
+    fn a_holder_charged_less_than_its_slice_does_not_keep_a_newcomer_waiting() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Duration::from_millis(20));
+        s.set_tenant("a", 1, None, t0);
+        s.set_tenant("b", 1, None, t0);
+        let only_a = |n: &str| Activity {
+            waiting: (n == "a") as u32,
+            ..Default::default()
+        };
+        let granted = s.demand("a", t0, &only_a);
+        assert!(matches!(&granted[..], [Action::Grant { tenant, .. }] if tenant == "a"));
+        let both = |_: &str| Activity {
+            waiting: 1,
+            ..Default::default()
+        };
+        let t1 = t0 + Duration::from_secs(5);
+        let revoked = s.demand("b", t1, &both);
+        let [Action::Revoke { tenant, epoch }] = &revoked[..] else {
+            panic!("a newcomer ends a long turn: {revoked:?}");
+        };
+        assert_eq!(tenant, "a");
+        let t2 = t1 + Duration::from_millis(1);
+        let next = s.drained("a", *epoch, Some(Duration::from_millis(50)), t2, &both);
+        assert!(
+            matches!(&next[..], [Action::Grant { tenant, .. }, ..] if tenant == "b"),
+            "b goes next: {next:?}"
+        );
+        let shares = run(&mut s, t2, &["a", "b"], 2.0);
+        assert!(
+            (shares["b"] - 0.5).abs() < 0.05,
+            "equal weights after the long slice: {shares:?}"
+        );
+    }
+
     #[test]
     fn weights_split_device_time() {
         let shares = simulate(&[("a", 3, None), ("b", 1, None)], &["a", "b"], 10.0);
@@ -1401,6 +1513,7 @@ mod tests {
             waiting: (n == "a") as u32,
             launches: 1,
             syncing: (n == "a") as u32,
+            runnable: false,
         };
         assert_eq!(
             s.demand("a", t0, &only_a),
@@ -1414,6 +1527,7 @@ mod tests {
             waiting: 1,
             launches: 1,
             syncing: 1,
+            runnable: false,
         };
         let actions = s.demand("b", t1, &both);
         (s, t1, actions)
@@ -1458,6 +1572,7 @@ mod tests {
             waiting: 1,
             launches: launches.get(),
             syncing: 1,
+            runnable: false,
         };
         let revoked_at = (0..100)
             .find_map(|_| {
@@ -1536,6 +1651,7 @@ mod tests {
             waiting: 1,
             launches: 1,
             syncing: 1,
+            runnable: false,
         };
         let actions = s.tick(t1 + Duration::from_millis(1), &both);
         assert!(matches!(&actions[..], [Action::Revoke { tenant, .. }] if tenant == "a"));
@@ -1662,6 +1778,7 @@ mod tests {
                     waiting: at_gate as u32,
                     launches: if working { launches.get() } else { 0 },
                     syncing: working as u32,
+                    runnable: false,
                 }
             };
             // (tenant index, epoch, ack at, device ns)
@@ -2077,6 +2194,7 @@ mod tests {
                         waiting: at_gate as u32,
                         launches: r.launches,
                         syncing: working as u32,
+                        runnable: false,
                     }
                 };
                 let mut steps = 0u64;

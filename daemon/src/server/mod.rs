@@ -130,6 +130,10 @@ struct DeviceSched {
     draining: Option<Drain>,
     /// The tenant whose `yield_hint` is set on this device (a contended latency-class holder).
     hinted: Option<String>,
+    /// A slice (its epoch) during which a process of its holder that had launched on this
+    /// device went away: what that process's work used cannot be reported, so the slice is
+    /// charged its wall time.
+    unmeasurable: Option<u32>,
 }
 
 /// A revocation in progress on one device.
@@ -284,6 +288,7 @@ impl Daemon {
             .map(|_| DeviceSched {
                 sched: Scheduler::new(quantum),
                 draining: None,
+                unmeasurable: None,
                 hinted: None,
             })
             .collect();

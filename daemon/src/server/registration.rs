@@ -464,6 +464,21 @@ impl Daemon {
         for dev in 0..self.scheds.len() {
             self.acknowledge(dev, id, None, None);
         }
+        // Nor can it say what it used in a slice of its tenant still running: that slice is
+        // charged its wall time (if the process ever launched on the device).
+        if let Some(slot) = conn.slot
+            && let Some(t) = self.tenants.get(&conn.tenant)
+        {
+            let launches = &t.segments.accounting.processes[slot].launches;
+            for (dev, d) in self.scheds.iter_mut().enumerate() {
+                if let Some((holder, epoch)) = d.sched.granted()
+                    && holder == conn.tenant
+                    && launches[dev].load(Relaxed) > 0
+                {
+                    d.unmeasurable = Some(epoch);
+                }
+            }
+        }
         self.waits.closed(id);
         self.demand_limits.forget(&id);
         if let Some(slot) = conn.slot {

@@ -8,6 +8,7 @@
 //! the `normal` class: its processes are never un-gated.
 
 use super::{Daemon, Drain, Tenant, arm};
+use crate::procfs;
 use crate::scheduler::{Action, Activity, Priority, Scheduler};
 use gpumux_common::futex;
 use gpumux_common::protocol::ServerMsg;
@@ -70,7 +71,8 @@ impl Daemon {
                 .collect();
             let mut actions = Vec::new();
             let tenants = &self.tenants;
-            let act = |n: &str| Self::activity(tenants, dev, n);
+            let holder = self.scheds[dev].sched.granted().map(|(h, _)| h.to_string());
+            let act = |n: &str| Self::activity(tenants, dev, n, holder.as_deref());
             let s = &mut self.scheds[dev].sched;
             let gone: Vec<String> = s
                 .recent_shares(now)
@@ -163,15 +165,22 @@ impl Daemon {
         self.sched_event(dev, |s, now, act| s.idle_hint(tenant, quiet, now, act));
     }
 
-    /// What the scheduler may observe of a tenant on device `dev`.
-    pub(super) fn activity(tenants: &BTreeMap<String, Tenant>, dev: usize, name: &str) -> Activity {
+    /// What the scheduler may observe of a tenant on device `dev`; whether a thread of it is
+    /// runnable is looked up (in /proc) only for the `holder`, and only when no thread of it
+    /// waits at the gate or in a synchronize.
+    pub(super) fn activity(
+        tenants: &BTreeMap<String, Tenant>,
+        dev: usize,
+        name: &str,
+        holder: Option<&str>,
+    ) -> Activity {
         let Some(t) = tenants.get(name) else {
             return Activity::default();
         };
         let a = &t.segments.accounting;
         // Tenant-written counters: read as untrusted (wrapping sums, no overflow).
         let responsive = t.processes.keys().any(|s| !t.stalled.contains(s));
-        Activity {
+        let mut activity = Activity {
             waiting: if responsive {
                 a.devices[dev].waiting.load(SeqCst)
             } else {
@@ -187,7 +196,15 @@ impl Daemon {
             } else {
                 0
             },
+            runnable: false,
+        };
+        if holder == Some(name) && activity.waiting == 0 && activity.syncing == 0 {
+            activity.runnable = t
+                .processes
+                .iter()
+                .any(|(s, p)| !t.stalled.contains(s) && procfs::thread_runnable(p.pid));
         }
+        activity
     }
 
     /// Runs one scheduler operation on device `dev` and carries out its actions.
@@ -198,7 +215,8 @@ impl Daemon {
     ) {
         let now = Instant::now();
         let tenants = &self.tenants;
-        let act = |n: &str| Self::activity(tenants, dev, n);
+        let holder = self.scheds[dev].sched.granted().map(|(h, _)| h.to_string());
+        let act = |n: &str| Self::activity(tenants, dev, n, holder.as_deref());
         let actions = op(&mut self.scheds[dev].sched, now, &act);
         self.apply_actions(dev, actions);
     }
@@ -270,11 +288,12 @@ impl Daemon {
                             s.drained(&tenant, epoch, None, now, act)
                         });
                     } else {
+                        let measurable = self.scheds[dev].unmeasurable != Some(epoch);
                         self.scheds[dev].draining = Some(Drain {
                             tenant,
                             epoch,
                             pending,
-                            busy_ns: Some(0),
+                            busy_ns: measurable.then_some(0),
                         });
                     }
                 }
