@@ -25,7 +25,8 @@
 //!   stops launching while others wait gives the device up after `idle_grace`, not a quantum
 //!   (longer on a busy host: by four times how late the server's ticks come), unless a thread
 //!   of it is runnable: a holder whose threads the host runs late is not taken for idle (nor,
-//!   within its turn, one whose thread computes on the CPU before its next launches).
+//!   within its turn, one whose thread computes on the CPU before its next launches). A
+//!   latency-class holder is not kept for a runnable thread (see Classes).
 //! - **compute_limit**: a token bucket of device time refilled at the cap's rate (burst: one
 //!   quantum); a capped tenant is granted when its bucket is full and runs until it is spent,
 //!   even on an otherwise idle device.
@@ -890,9 +891,11 @@ impl Scheduler {
         if others_want && self.preempts(&slice.tenant, now) {
             return self.revoke_for(now, true, true);
         }
-        let grace = match self.tenants.get(&slice.tenant) {
-            Some(t) if t.class == Priority::Latency => self.latency_grace(),
-            _ => self.grace(),
+        // A latency holder yields as soon as it has no work: a runnable thread of it does not
+        // keep the device (its requests end with a synchronize, and it has its hint).
+        let (grace, late_counts) = match self.tenants.get(&slice.tenant) {
+            Some(t) if t.class == Priority::Latency => (self.latency_grace(), false),
+            _ => (self.grace(), act.runnable),
         };
         let State::Granted(slice) = &mut self.state else {
             return Vec::new();
@@ -906,14 +909,15 @@ impl Scheduler {
             }
             // No launch since the last check, nobody waiting for queued work, no thread
             // still on its way out of the gate (woken by the grant but not yet run by a busy
-            // host) and none runnable (a busy host running it late; a thread at work on the
-            // CPU keeps the holder too, within its turn): the holder has nothing for the device.
+            // host) and, unless it is a latency holder, none runnable (a busy host running it
+            // late; a thread at work on the CPU keeps the holder too, within its turn): the
+            // holder has nothing for the device.
             Some((at, seen))
                 if now >= at
                     && seen == act.launches
                     && act.syncing == 0
                     && act.waiting == 0
-                    && !act.runnable =>
+                    && !late_counts =>
             {
                 true
             }
