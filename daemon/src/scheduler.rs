@@ -1346,6 +1346,51 @@ mod tests {
         );
     }
 
+    /// A holder that launches nothing while a thread of it is runnable (a busy host runs it
+    /// late) keeps the device until its turn ends, not just an idle grace; a latency-class one
+    /// does not (it yields as soon as its work is done).
+    #[test]
+    fn a_holder_with_a_runnable_thread_is_not_idle_unless_latency_class() {
+        for class in [Priority::Normal, Priority::Latency] {
+            let mut s = Scheduler::new(Duration::from_millis(50));
+            let t0 = Instant::now();
+            s.set_tenant("a", 1, None, t0);
+            s.set_tenant("b", 1, None, t0);
+            s.set_priority("a", class);
+            s.demand("a", t0, &|n| Activity {
+                waiting: (n == "a") as u32,
+                launches: 7,
+                ..Default::default()
+            });
+            // a launches nothing more, but its thread is runnable; b waits.
+            let late_a = |n: &str| Activity {
+                waiting: (n == "b") as u32,
+                launches: 7,
+                runnable: n == "a",
+                ..Default::default()
+            };
+            let t1 = t0 + Duration::from_millis(1);
+            assert!(s.demand("b", t1, &late_a).is_empty());
+            let revoked_at = loop {
+                let now = s.next_deadline().expect("a deadline while b waits");
+                if !s.tick(now, &late_a).is_empty() {
+                    break now;
+                }
+            };
+            let held = revoked_at - t0;
+            if class == Priority::Latency {
+                assert!(held < Duration::from_millis(10), "latency: held {held:?}");
+            } else {
+                // Its turn (half a normal one when granted uncontended: 22.5 ms), not the idle
+                // grace (5 ms).
+                assert!(
+                    held >= Duration::from_millis(20),
+                    "a late holder keeps its turn: held {held:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn late_ticks_lengthen_the_idle_grace() {
         let mut s = Scheduler::new(Duration::from_millis(200));
