@@ -16,7 +16,7 @@ const REFERENCE: Duration = Duration::from_secs(3);
 /// (95% of the bare driver) where the host lets a process keep the device busy. Where it does
 /// not (the bare driver's own figure below 95%: a busy host), every switch between tenants
 /// also waits for host threads run late (the holder's drain report, the daemon, the next
-/// holder's launch), and shared slices keep 62-75% of the bare driver's figure beside 2 hogs
+/// holder's launch), and shared slices keep 61-75% of the bare driver's figure beside 2 hogs
 /// per core (docs/BENCHMARKS.md, "under host load"; the 95% there is open): this then
 /// only guards against a collapse, at half of it.
 fn assert_shared_work_conserving(got: f64, bare: f64, what: &str) {
