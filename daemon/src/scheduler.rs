@@ -1726,6 +1726,12 @@ mod tests {
             busy: f64,
             /// How long its queued kernels keep the device after a revocation (ms range).
             tail_ms: (f64, f64),
+            /// How long after its work drained its `Drained` reaches the scheduler (ms range:
+            /// the watcher thread and the daemon, run late by a busy host).
+            ack_ms: (f64, f64),
+            /// How long after a grant its threads at the gate start working (ms range: woken,
+            /// then run late by a busy host).
+            wake_ms: (f64, f64),
         }
 
         fn spec(name: &'static str, weight: u32, back_ms: (f64, f64), busy: f64) -> Spec {
@@ -1736,6 +1742,8 @@ mod tests {
                 back_ms,
                 busy,
                 tail_ms: (0.1, 5.0),
+                ack_ms: (0.0, 3.0),
+                wake_ms: (0.0, 0.0),
             }
         }
 
@@ -1747,6 +1755,10 @@ mod tests {
             work_from: Option<Instant>,
             device_ns: f64,
             waits_ms: Vec<f64>,
+            /// When its work last left the device (after a revocation's tail).
+            last_end: Option<Instant>,
+            /// Device time between the end of one of its runs and the start of the next, ms.
+            run_gaps_ms: Vec<f64>,
         }
 
         /// What came out of a run.
@@ -1755,6 +1767,9 @@ mod tests {
             device_ns: Vec<f64>,
             /// Each tenant's waits at the gate for a grant, ms.
             waits_ms: Vec<Vec<f64>>,
+            /// Each tenant's gaps between its runs on the device, ms (what a tenant's requests
+            /// wait for, the scenario runner's measure).
+            run_gaps_ms: Vec<Vec<f64>>,
             seconds: f64,
         }
 
@@ -1821,7 +1836,9 @@ mod tests {
             let act = |n: &str| {
                 let t = &th.borrow()[idx(n)];
                 let now = now_cell.get();
-                let at_gate = t.back_at.is_some_and(|b| b <= now);
+                // A thread woken by the grant but not run yet still counts itself waiting.
+                let at_gate =
+                    t.back_at.is_some_and(|b| b <= now) || t.work_from.is_some_and(|w| w > now);
                 let working = t.work_from.is_some_and(|w| w <= now);
                 Activity {
                     waiting: at_gate as u32,
@@ -1850,8 +1867,17 @@ mod tests {
                             if back <= now {
                                 t.waits_ms.push((now - back).as_secs_f64() * 1e3);
                             }
-                            // Threads not back yet pass the gate when they come.
-                            t.work_from = Some(back.max(now));
+                            // Threads not back yet pass the gate when they come; those
+                            // waiting there are woken (and run late by a busy host).
+                            let from = if back <= now {
+                                now + rng.ms(specs[i].wake_ms)
+                            } else {
+                                back
+                            };
+                            t.work_from = Some(from);
+                            if let Some(end) = t.last_end {
+                                t.run_gaps_ms.push((from - end).as_secs_f64() * 1e3);
+                            }
                             holder = Some((i, epoch));
                         }
                         Action::Revoke { tenant, epoch } => {
@@ -1864,7 +1890,8 @@ mod tests {
                             let used = (now + tail - from).as_nanos() as f64 * specs[i].busy;
                             t.device_ns += used;
                             t.back_at = Some(now + tail + rng.ms(specs[i].back_ms));
-                            ack = Some((i, epoch, now + tail + rng.ms((0.0, 3.0)), used));
+                            t.last_end = Some(now + tail);
+                            ack = Some((i, epoch, now + tail + rng.ms(specs[i].ack_ms), used));
                             holder = None;
                         }
                     }
@@ -1914,7 +1941,8 @@ mod tests {
             let th = th.into_inner();
             Outcome {
                 device_ns: th.iter().map(|t| t.device_ns).collect(),
-                waits_ms: th.into_iter().map(|t| t.waits_ms).collect(),
+                waits_ms: th.iter().map(|t| t.waits_ms.clone()).collect(),
+                run_gaps_ms: th.into_iter().map(|t| t.run_gaps_ms).collect(),
                 seconds,
             }
         }
@@ -1956,6 +1984,49 @@ mod tests {
                 assert!(
                     wait <= 75.0,
                     "seed {seed}: b's p99 wait {wait:.1} ms > 1.5 quanta"
+                );
+            }
+        }
+
+        /// A busy host: every hop of a switch comes late (the holder's `Drained` 0.5-10 ms after
+        /// its work drained, the next holder's thread 0-10 ms after its grant, threads back at
+        /// the gate 2-20 ms after a drain, drains of 0.1-8 ms): device time still splits 75/25.
+        /// The weight-1 tenant's gaps between its runs are the weight-3 tenant's turn plus two
+        /// switches' host delays (p50 about 69 ms, p99 about 81 ms with these), so the issue's
+        /// 1.5 quanta at p99 holds only where the host's delays are shorter; cutting the heavy
+        /// turn by the lateness instead was tried and made the gaps longer (the heavy tenant,
+        /// behind, then took turns back to back). The bound asserted is 2 quanta.
+        #[test]
+        fn a_late_host_at_every_switch_keeps_weights_and_bounded_gaps() {
+            for seed in 1..=5 {
+                let late = |name, weight, busy| Spec {
+                    tail_ms: (0.1, 8.0),
+                    ack_ms: (0.5, 10.0),
+                    wake_ms: (0.0, 10.0),
+                    ..spec(name, weight, (2.0, 20.0), busy)
+                };
+                let o = simulate(&[late("a", 3, 0.6), late("b", 1, 0.6)], 30.0, seed);
+                let f = fractions(&o);
+                let gap = p99(&o.run_gaps_ms[1]);
+                let mut g = o.run_gaps_ms[1].clone();
+                g.sort_by(f64::total_cmp);
+                let q = |p: f64| g[((g.len() as f64 * p) as usize).min(g.len() - 1)];
+                eprintln!(
+                    "seed {seed}: a {:.4}, b's gaps p50 {:.1} p90 {:.1} p99 {gap:.1} max {:.1} ms (n {})",
+                    f[0],
+                    q(0.5),
+                    q(0.9),
+                    q(1.0),
+                    g.len()
+                );
+                assert!(
+                    (f[0] - 0.75).abs() <= 0.015,
+                    "seed {seed}: a got {:.4}",
+                    f[0]
+                );
+                assert!(
+                    gap <= 100.0,
+                    "seed {seed}: b's p99 gap between runs {gap:.1} ms > 2 quanta"
                 );
             }
         }
