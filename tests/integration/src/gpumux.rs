@@ -287,18 +287,19 @@ impl Gpumux {
         self.start_load(tenant, "load", seconds, args)
     }
 
-    /// The device time one `load ARGS` process gets on this instance's device with no shim and
-    /// no daemon (the bare driver), over `window` after a short settle, as a fraction of it: the
-    /// most a time-slicer can give one process at a time under the host's current load (a busy
-    /// host runs the process's thread late between its synchronize and its next launches, and
-    /// the device idles meanwhile, with or without gpumux). Nothing else may run on the device.
-    pub fn bare_busy(&self, args: &[&str], window: Duration) -> f64 {
+    /// The device time one `MODE ARGS` process of the C workload (`load`, `graph`) gets on this
+    /// instance's device with no shim and no daemon (the bare driver), over `window` after a
+    /// short settle, as a fraction of it: the most a time-slicer can give one process at a time
+    /// under the host's current load (a busy host runs the process's thread late between its
+    /// synchronize and its next launches, and the device idles meanwhile, with or without
+    /// gpumux; see [`crate::conserving`]). Nothing else may run on the device.
+    pub fn bare_busy(&self, mode: &str, args: &[&str], window: Duration) -> f64 {
         let settle = Duration::from_millis(300);
         let seconds = (settle + window).as_secs() + 2;
         let mut cmd = self.command(crate::workloads::c_workload());
         cmd.env_remove("LD_PRELOAD")
             .env_remove("GPUMUX_SOCKET")
-            .arg("load")
+            .arg(mode)
             .args(["--seconds", &seconds.to_string()])
             .args(args);
         let mut r = crate::workloads::Running::spawn(&mut cmd).expect("spawn a bare load");

@@ -3,6 +3,7 @@
 //! the tenant's quota when the driver commits it (at launch), returned when the executable graph
 //! is destroyed. Device time and memory come from the fake GPU's ground truth.
 
+use gpumux_integration::conserving::{assert_shared_work_conserving, assert_work_conserving};
 use gpumux_integration::gpumux::{Gpumux, exclusive, weighted_tenant as tenant};
 use gpumux_integration::workloads::{
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, GIB, MIB, Running, c_workload, i, run, u,
@@ -13,6 +14,8 @@ const T: Duration = Duration::from_secs(60);
 /// A decode-like step: 8 spin kernels of 2 ms captured once; each step launches the graph and
 /// synchronizes.
 const REPLAY: &[&str] = &["--ns", "2000000", "--kernels", "8", "--batch", "1"];
+/// How long the bare driver's reference is measured ([`Gpumux::bare_busy`]).
+const REFERENCE: Duration = Duration::from_secs(3);
 
 fn finish_ok(r: Running) {
     let (status, lines) = r.finish(T).unwrap();
@@ -27,18 +30,20 @@ fn a_lone_graph_replaying_tenant_keeps_the_device_busy() {
     let _serial = exclusive();
     // Two tenants, so the device is time-sliced; only one works.
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(1)), ("b", &tenant(1))]);
+    let before = g.bare_busy("graph", REPLAY, REFERENCE);
     let a = g.graph("a", 9, REPLAY);
     std::thread::sleep(Duration::from_millis(500));
     let s = g.device_shares(&[vec![a.pid()]], Duration::from_secs(6));
-    eprintln!("lone graph-replaying tenant: device busy {:.3}", s[0]);
-    assert!(s[0] >= 0.97, "device busy {:.3} with graph replays", s[0]);
     finish_ok(a);
+    let bare = before.min(g.bare_busy("graph", REPLAY, REFERENCE));
+    assert_work_conserving(s[0], bare, 0.97, "lone graph-replaying tenant");
 }
 
 #[test]
 fn graph_replays_split_device_time_three_to_one_and_are_drained() {
     let _serial = exclusive();
     let g = Gpumux::start(&[16 * GIB], &[("a", &tenant(3)), ("b", &tenant(1))]);
+    let before = g.bare_busy("graph", REPLAY, REFERENCE);
     let a = g.graph("a", 13, REPLAY);
     let b = g.graph("b", 13, REPLAY);
     std::thread::sleep(Duration::from_millis(500));
@@ -60,7 +65,6 @@ fn graph_replays_split_device_time_three_to_one_and_are_drained() {
         "a got {:.3} of device time, want 0.75",
         s[0] / total
     );
-    assert!(total >= 0.95, "device busy {total:.3}: work-conserving");
     // 50 ms quanta: ~20 switches/s. If a slice's graphs were not drained, kernels of both
     // tenants would interleave at every 2 ms kernel.
     assert!(
@@ -70,6 +74,8 @@ fn graph_replays_split_device_time_three_to_one_and_are_drained() {
     finish_ok(a);
     finish_ok(b);
     assert!(g.gpu.snapshot().devices[0].max_concurrent_kernels <= 1);
+    let bare = before.min(g.bare_busy("graph", REPLAY, REFERENCE));
+    assert_shared_work_conserving(total, bare, 0.95, "graph replays 3:1");
 }
 
 #[test]
