@@ -129,6 +129,26 @@ struct Queue {
     shutdown: bool,
 }
 
+/// Same-duration kernels right behind one that the device may queue on its stream's behalf
+/// ([`fakegpu::GpuState::queue_kernel_after`]), at most.
+const MAX_SAME_BEHIND: u64 = 64;
+
+impl Queue {
+    /// Kernels of duration `ns` from `ops[from]` on, with only event records between, up to
+    /// [`MAX_SAME_BEHIND`].
+    fn same_behind(&self, from: usize, ns: u64) -> u64 {
+        let mut n = 0;
+        for (_, _, op) in self.ops.iter().skip(from) {
+            match op {
+                Op::Record { .. } => {}
+                Op::Kernel { ns: d } if *d == ns && n < MAX_SAME_BEHIND => n += 1,
+                _ => break,
+            }
+        }
+        n
+    }
+}
+
 /// Kernels a stream keeps queued on the device ahead of the one running. The device's queue is
 /// FIFO across processes, so this is also how many kernels of one process may run in a row
 /// while another saturates the device: more would survive longer host stalls of a stream's
@@ -201,12 +221,19 @@ impl Stream {
         let mut clock = 0u64;
         // The next kernel, queued for the device while the current one runs: (sequence, it).
         let mut next: VecDeque<(u64, fakegpu::QueuedKernel)> = VecDeque::new();
+        // The ticket of the last kernel while only kernels and event records followed it: the
+        // next kernel is queued right behind it (the device may have queued it already).
+        let mut chain: Option<u64> = None;
         loop {
-            let (seq, submitted, op) = {
+            let (seq, submitted, op, more) = {
                 let mut q = self.q.lock();
                 loop {
-                    if let Some(front) = q.ops.pop_front() {
-                        break front;
+                    if let Some((seq, submitted, op)) = q.ops.pop_front() {
+                        let more = match op {
+                            Op::Kernel { ns } => q.same_behind(0, ns),
+                            _ => 0,
+                        };
+                        break (seq, submitted, op, more);
                     }
                     if q.shutdown {
                         return;
@@ -220,17 +247,27 @@ impl Stream {
                 Op::Kernel { ns } => {
                     let queued = match next.front() {
                         Some((s, _)) if *s == seq => Ok(next.pop_front().expect("front").1),
-                        _ => p.gpu.queue_kernel(self.device, ns, ready),
+                        _ => p
+                            .gpu
+                            .queue_kernel_after(self.device, chain, ns, ready, more),
                     };
+                    chain = queued.as_ref().ok().map(fakegpu::QueuedKernel::ticket);
                     queued
                         .and_then(|k| {
-                            p.gpu
-                                .run_queued(k, |end| self.queue_next(p, end, &mut next))
+                            let ticket = k.ticket();
+                            p.gpu.run_queued(k, |end| {
+                                self.queue_next(p, ticket, end, &mut next);
+                            })
                         })
                         .map(|run| run.end_ns)
                         .map_err(|_| err::LAUNCH_FAILED)
                 }
-                op => execute(p, &self, op, ready),
+                op => {
+                    if !matches!(op, Op::Record { .. }) {
+                        chain = None;
+                    }
+                    execute(p, &self, op, ready)
+                }
             };
             match result {
                 Ok(end) => clock = end,
@@ -262,13 +299,19 @@ impl Stream {
     /// between) are queued for the device, so that it starts them on time even if this thread
     /// wakes late. The first is ready when this one ends (or when submitted); later ones follow
     /// it in the device's FIFO, hence in stream order.
-    fn queue_next(&self, p: &Process, end: u64, next: &mut VecDeque<(u64, fakegpu::QueuedKernel)>) {
+    fn queue_next(
+        &self,
+        p: &Process,
+        ticket: u64,
+        end: u64,
+        next: &mut VecDeque<(u64, fakegpu::QueuedKernel)>,
+    ) {
         let mut ready = end;
         let mut records = Vec::new();
         let mut kernels = Vec::new();
         {
             let q = self.q.lock();
-            for (seq, submitted, op) in q.ops.iter() {
+            for (i, (seq, submitted, op)) in q.ops.iter().enumerate() {
                 ready = ready.max(*submitted);
                 match op {
                     Op::Record { event, generation } if kernels.is_empty() => {
@@ -281,7 +324,7 @@ impl Stream {
                         } else {
                             *submitted
                         };
-                        kernels.push((*seq, *ns, at));
+                        kernels.push((*seq, *ns, at, q.same_behind(i + 1, *ns)));
                         if kernels.len() == LOOKAHEAD {
                             break;
                         }
@@ -294,12 +337,21 @@ impl Stream {
         for (event, generation, at) in records {
             event.complete(generation, at);
         }
-        for (seq, ns, at) in kernels {
-            if next.iter().any(|(s, _)| *s == seq) {
+        // Each right behind the one before it in this stream (the device may have queued it).
+        let mut after = ticket;
+        for (seq, ns, at, more) in kernels {
+            if let Some((_, k)) = next.iter().find(|(s, _)| *s == seq) {
+                after = k.ticket();
                 continue;
             }
-            match p.gpu.queue_kernel(self.device, ns, at) {
-                Ok(k) => next.push_back((seq, k)),
+            match p
+                .gpu
+                .queue_kernel_after(self.device, Some(after), ns, at, more)
+            {
+                Ok(k) => {
+                    after = k.ticket();
+                    next.push_back((seq, k));
+                }
                 Err(_) => break,
             }
         }

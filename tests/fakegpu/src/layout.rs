@@ -8,7 +8,7 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 /// `FAKEGPU` + layout version, written last by the creator.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU5");
+pub const MAGIC: u64 = u64::from_le_bytes(*b"FAKEGPU6");
 /// Process slots in the table.
 pub const MAX_PROCS: usize = 512;
 /// Entries of a device's lock queue (kernels waiting for the device, all processes).
@@ -133,6 +133,12 @@ pub struct QueueEntry {
     pub duration_ns: AtomicU64,
     /// When it was ready to run (submitted, its stream's earlier work done).
     pub ready_ns: AtomicU64,
+    /// Kernels of the same duration its stream has queued right behind it (with only event
+    /// records between): when it starts, the device queues the next of them itself, on the
+    /// stream's behalf ([`crate::lock::enqueue_after`]).
+    pub more: AtomicU64,
+    /// Ticket + 1 of the kernel queued right behind it in its stream (0: none yet).
+    pub next: AtomicU64,
 }
 
 /// One kernel trace record; `seq == n + 1` when record `n` is complete.

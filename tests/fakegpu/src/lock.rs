@@ -14,9 +14,10 @@
 //! Like a real GPU, the device does not wait for the host. Each entry carries its kernel's
 //! duration and the moment it was ready; a kernel starts at the later of that and the end of the
 //! previous one (`last_end_ns`), not when its host thread got the lock. A stream queues its next
-//! kernel while the current one runs ([`enqueue`] early), and a head entry that its owner has
-//! not started [`START_GRACE_NS`] after it became the head is started by the next waiter on the
-//! owner's behalf; once a started kernel has ended (plus [`OVERRUN_GRACE_NS`]) and its holder has
+//! kernel while the current one runs ([`enqueue`] early), the device queues the stream's further
+//! submitted kernels of the same duration itself as each starts ([`enqueue_after`]), and a head
+//! entry that its owner has not started [`START_GRACE_NS`] after it became the head is started
+//! by the next waiter on the owner's behalf; once a started kernel has ended (plus [`OVERRUN_GRACE_NS`]) and its holder has
 //! not released (stopped, or descheduled), waiters take the device over. So queued kernels run
 //! back to back whatever the host's threads do, and a late owner finds its kernel already run
 //! ([`Turn::Passed`]).
@@ -240,6 +241,21 @@ fn start_entry(q: &LockQueue, e: &QueueEntry) -> (u64, u64) {
     let end = start + duration;
     q.last_end_ns.store(end, Ordering::Release);
     e.end_ns.store(end, Ordering::Release);
+    // The device has the stream's next kernel too (submitted, same duration, ready when this
+    // one ends): it queues it now, whether or not the stream's thread is awake to.
+    let more = e.more.load(Ordering::Acquire);
+    if more > 0 && e.next.load(Ordering::Acquire) == 0 {
+        let next = Kernel {
+            pid: e.pid.load(Ordering::Acquire),
+            start_time: e.start_time.load(Ordering::Acquire),
+            duration_ns: duration,
+            ready_ns: end,
+            more: more - 1,
+        };
+        if let Some(ticket) = push_locked(q, next) {
+            e.next.store(ticket + 1, Ordering::Release);
+        }
+    }
     (start, end)
 }
 
@@ -262,33 +278,77 @@ fn start_for_owner(q: &LockQueue, head: u64) -> bool {
     started
 }
 
-/// Queues a kernel of `duration_ns`, ready at `ready_ns`, for the device; returns its ticket
-/// (pass it to [`wait`]). A stream may queue its next kernel while the current one runs.
-pub fn enqueue(
-    q: &LockQueue,
-    running: &AtomicU32,
-    pid: u32,
-    start_time: u64,
-    duration_ns: u64,
-    ready_ns: u64,
-) -> u64 {
+/// A kernel to queue: its owner, duration, when it is ready, and how many kernels of the same
+/// duration its stream has queued right behind it ([`QueueEntry::more`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel {
+    /// Owner pid.
+    pub pid: u32,
+    /// Owner start time.
+    pub start_time: u64,
+    /// Duration on the device.
+    pub duration_ns: u64,
+    /// When it is ready.
+    pub ready_ns: u64,
+    /// Same-duration kernels right behind it in its stream.
+    pub more: u64,
+}
+
+/// Appends `k` at the tail (caller holds the queue mutex); None when the queue is full.
+fn push_locked(q: &LockQueue, k: Kernel) -> Option<u64> {
+    let head = q.head.load(Ordering::Acquire);
+    let tail = q.tail.load(Ordering::Acquire);
+    if tail - head >= QUEUE_CAP as u64 {
+        return None;
+    }
+    let e = &q.entries[(tail % QUEUE_CAP as u64) as usize];
+    e.pid.store(k.pid, Ordering::Release);
+    e.start_time.store(k.start_time, Ordering::Release);
+    e.running.store(0, Ordering::Release);
+    e.end_ns.store(0, Ordering::Release);
+    e.duration_ns.store(k.duration_ns, Ordering::Release);
+    e.ready_ns.store(k.ready_ns, Ordering::Release);
+    e.more.store(k.more, Ordering::Release);
+    e.next.store(0, Ordering::Release);
+    e.ticket.store(tail, Ordering::Release);
+    q.tail.store(tail + 1, Ordering::Release);
+    Some(tail)
+}
+
+/// Queues kernel `k` for the device; returns its ticket (pass it to [`wait`]). A stream may
+/// queue its next kernel while the current one runs.
+pub fn enqueue(q: &LockQueue, running: &AtomicU32, k: Kernel) -> u64 {
+    enqueue_after(q, running, None, k)
+}
+
+/// [`enqueue`] for the kernel right behind ticket `prev` in its stream: if the device already
+/// queued it on the stream's behalf (when `prev` started, see [`QueueEntry::more`]), that
+/// ticket; otherwise a new one, remembered in `prev`'s entry so that the device does not queue
+/// it again. So a stream's queued kernels keep their place in the device's FIFO however late
+/// its host thread is, as on a GPU, whose queue holds the work once it is submitted.
+pub fn enqueue_after(q: &LockQueue, running: &AtomicU32, prev: Option<u64>, k: Kernel) -> u64 {
     loop {
         let seq = q.seq.load(Ordering::Acquire);
         {
             let _m = QueueMutex::lock(q);
-            let head = q.head.load(Ordering::Acquire);
-            let tail = q.tail.load(Ordering::Acquire);
-            if tail - head < QUEUE_CAP as u64 {
-                let e = &q.entries[(tail % QUEUE_CAP as u64) as usize];
-                e.pid.store(pid, Ordering::Release);
-                e.start_time.store(start_time, Ordering::Release);
-                e.running.store(0, Ordering::Release);
-                e.end_ns.store(0, Ordering::Release);
-                e.duration_ns.store(duration_ns, Ordering::Release);
-                e.ready_ns.store(ready_ns, Ordering::Release);
-                e.ticket.store(tail, Ordering::Release);
-                q.tail.store(tail + 1, Ordering::Release);
-                return tail;
+            let prev = prev
+                .map(|t| (t, &q.entries[(t % QUEUE_CAP as u64) as usize]))
+                .filter(|(t, e)| e.ticket.load(Ordering::Acquire) == *t);
+            if let Some((_, e)) = prev {
+                let next = e.next.load(Ordering::Acquire);
+                if next != 0 {
+                    let n = &q.entries[((next - 1) % QUEUE_CAP as u64) as usize];
+                    if n.ticket.load(Ordering::Acquire) == next - 1 {
+                        n.more.fetch_max(k.more, Ordering::AcqRel);
+                    }
+                    return next - 1;
+                }
+            }
+            if let Some(ticket) = push_locked(q, k) {
+                if let Some((_, e)) = prev {
+                    e.next.store(ticket + 1, Ordering::Release);
+                }
+                return ticket;
             }
         }
         // Queue full: wait for progress, skipping dead entries.

@@ -417,16 +417,31 @@ impl GpuState {
         duration_ns: u64,
         ready_ns: u64,
     ) -> Result<QueuedKernel, FakeGpuError> {
+        self.queue_kernel_after(dev, None, duration_ns, ready_ns, 0)
+    }
+
+    /// [`Self::queue_kernel`] for the kernel right behind `after` (a ticket) in its stream,
+    /// with `more` kernels of the same duration queued right behind it (only event records
+    /// between): the device queues those itself as each starts, so they keep their place
+    /// however late the stream's thread is (see [`lock::enqueue_after`]).
+    pub fn queue_kernel_after(
+        &self,
+        dev: u32,
+        after: Option<u64>,
+        duration_ns: u64,
+        ready_ns: u64,
+        more: u64,
+    ) -> Result<QueuedKernel, FakeGpuError> {
         let d = self.check_dev(dev)?;
         let p = self.slot(self.my_slot()?);
-        let ticket = lock::enqueue(
-            &d.lock,
-            &d.running,
-            p.pid.load(Ordering::Relaxed),
-            p.start_time.load(Ordering::Relaxed),
+        let kernel = lock::Kernel {
+            pid: p.pid.load(Ordering::Relaxed),
+            start_time: p.start_time.load(Ordering::Relaxed),
             duration_ns,
             ready_ns,
-        );
+            more,
+        };
+        let ticket = lock::enqueue_after(&d.lock, &d.running, after, kernel);
         Ok(QueuedKernel {
             dev,
             ticket,
@@ -515,6 +530,11 @@ impl QueuedKernel {
     /// Its duration on the device.
     pub fn duration_ns(&self) -> u64 {
         self.duration_ns
+    }
+
+    /// Its ticket in the device's queue (what the next kernel of its stream is queued after).
+    pub fn ticket(&self) -> u64 {
+        self.ticket
     }
 }
 
