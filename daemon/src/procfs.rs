@@ -20,22 +20,17 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Threads of one process looked at by [`thread_runnable`], at most.
-const THREADS_LOOKED_AT: usize = 512;
-
-/// Whether a thread of process `pid` is runnable (state `R` in `/proc/PID/task/TID/stat`: on a
-/// CPU, or waiting for one). False when the process is gone or cannot be read.
-pub fn thread_runnable(pid: u32) -> bool {
+/// Whether one of the first `threads` threads of process `pid` is runnable (state `R` in
+/// `/proc/PID/task/TID/stat`: on a CPU, or waiting for one; the main thread is listed first).
+/// False when the process is gone or cannot be read.
+pub fn thread_runnable(pid: u32, threads: usize) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    tasks
-        .take(THREADS_LOOKED_AT)
-        .filter_map(Result::ok)
-        .any(|task| {
-            std::fs::read_to_string(task.path().join("stat"))
-                .is_ok_and(|stat| parse_state(&stat) == Some('R'))
-        })
+    tasks.take(threads).filter_map(Result::ok).any(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .is_ok_and(|stat| parse_state(&stat) == Some('R'))
+    })
 }
 
 /// Field 3 (the state letter) of a `/proc/PID/stat` line, after the command name's closing
@@ -128,7 +123,7 @@ mod tests {
         assert_eq!(parse_state(line), Some('R'));
         assert_eq!(parse_state("garbage"), None);
         // This thread reads its own state while it runs.
-        assert!(thread_runnable(std::process::id()));
+        assert!(thread_runnable(std::process::id(), 512));
         // A process that only sleeps.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
@@ -137,11 +132,11 @@ mod tests {
         let pid = child.id();
         let asleep = (0..200).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(10));
-            !thread_runnable(pid)
+            !thread_runnable(pid, 8)
         });
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(asleep, "a sleeping process looked runnable");
-        assert!(!thread_runnable(pid), "a reaped process looked runnable");
+        assert!(!thread_runnable(pid, 8), "a reaped process looked runnable");
     }
 }

@@ -101,7 +101,19 @@ struct Tenant {
     orphans: BTreeMap<usize, (Proc, u64)>,
     /// Times the tenant's accounting file was found tampered with and repaired.
     repairs: u64,
+    /// The last look at whether a thread of its processes is runnable: when, and the answer
+    /// (reused for [`RUNNABLE_PROBE_EVERY`], so that demands arriving fast cannot make the
+    /// daemon read /proc for every one).
+    runnable_probe: std::cell::Cell<Option<(Instant, bool)>>,
 }
+
+/// How long an answer of [`procfs::thread_runnable`] for a holder is reused.
+const RUNNABLE_PROBE_EVERY: Duration = Duration::from_millis(2);
+/// Threads looked at per probe of a holder, over all its processes (each process at least
+/// [`RUNNABLE_THREADS_PER_PROCESS`]; a process's main thread is listed first).
+const RUNNABLE_THREADS_PER_PROBE: usize = 64;
+/// Threads looked at per process of a holder, at least.
+const RUNNABLE_THREADS_PER_PROCESS: usize = 2;
 
 /// A tenant whose accounting could not be set up (e.g. the file system is full): its socket
 /// answers registrations with the reason, and setup is retried at each one.

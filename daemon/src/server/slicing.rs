@@ -7,7 +7,10 @@
 //! A removed tenant whose processes still run stays scheduled at weight 1, without a cap, in
 //! the `normal` class: its processes are never un-gated.
 
-use super::{Daemon, Drain, Tenant, arm};
+use super::{
+    Daemon, Drain, RUNNABLE_PROBE_EVERY, RUNNABLE_THREADS_PER_PROBE, RUNNABLE_THREADS_PER_PROCESS,
+    Tenant, arm,
+};
 use crate::procfs;
 use crate::scheduler::{Action, Activity, Priority, Scheduler};
 use gpumux_common::futex;
@@ -199,12 +202,35 @@ impl Daemon {
             runnable: false,
         };
         if holder == Some(name) && activity.waiting == 0 && activity.syncing == 0 {
-            activity.runnable = t
-                .processes
-                .iter()
-                .any(|(s, p)| !t.stalled.contains(s) && procfs::thread_runnable(p.pid));
+            activity.runnable = Self::probe_runnable(t);
         }
         activity
+    }
+
+    /// Whether a thread of `t`'s (responsive) processes is runnable, read from /proc at most
+    /// every [`RUNNABLE_PROBE_EVERY`] and over at most about [`RUNNABLE_THREADS_PER_PROBE`]
+    /// threads, whatever the tenant's processes and threads number.
+    fn probe_runnable(t: &Tenant) -> bool {
+        let now = Instant::now();
+        if let Some((at, runnable)) = t.runnable_probe.get()
+            && now.saturating_duration_since(at) < RUNNABLE_PROBE_EVERY
+        {
+            return runnable;
+        }
+        let live: Vec<u32> = t
+            .processes
+            .iter()
+            .filter(|(s, _)| !t.stalled.contains(s))
+            .map(|(_, p)| p.pid)
+            .collect();
+        let per_process =
+            (RUNNABLE_THREADS_PER_PROBE / live.len().max(1)).max(RUNNABLE_THREADS_PER_PROCESS);
+        let runnable = live
+            .iter()
+            .take(RUNNABLE_THREADS_PER_PROBE / RUNNABLE_THREADS_PER_PROCESS)
+            .any(|&pid| procfs::thread_runnable(pid, per_process));
+        t.runnable_probe.set(Some((now, runnable)));
+        runnable
     }
 
     /// Runs one scheduler operation on device `dev` and carries out its actions.

@@ -163,6 +163,7 @@ impl Daemon {
                         stalled: BTreeSet::new(),
                         orphans: BTreeMap::new(),
                         repairs: 0,
+                        runnable_probe: std::cell::Cell::new(None),
                     },
                 );
                 self.publish_estimates(&name);
