@@ -57,7 +57,19 @@ fn two_saturating_processes_split_the_device_evenly() {
     for w in trace.windows(2) {
         assert!(w[0].end_ns <= w[1].start_ns, "kernels overlap: {w:?}");
     }
-    // Compare over the window where both ran.
+    // Compare over the window where both ran (a busy host may start one well after the other).
+    let last_start = pids
+        .iter()
+        .map(|p| {
+            trace
+                .iter()
+                .filter(|r| r.pid == *p)
+                .map(|r| r.start_ns)
+                .min()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
     let first_end = pids
         .iter()
         .map(|p| {
@@ -75,7 +87,7 @@ fn two_saturating_processes_split_the_device_evenly() {
         .map(|p| {
             trace
                 .iter()
-                .filter(|r| r.pid == *p && r.end_ns <= first_end)
+                .filter(|r| r.pid == *p && r.start_ns >= last_start && r.end_ns <= first_end)
                 .map(|r| r.end_ns - r.start_ns)
                 .sum()
         })
