@@ -57,31 +57,19 @@ fn two_saturating_processes_split_the_device_evenly() {
     for w in trace.windows(2) {
         assert!(w[0].end_ns <= w[1].start_ns, "kernels overlap: {w:?}");
     }
-    // Compare over the window where both ran (a busy host may start one well after the other).
-    let last_start = pids
+    // Compare over the window where both ran (a busy host may start one well after the other):
+    // from the later first start to the earlier last end.
+    let span = |p: u32| {
+        let mine = trace.iter().filter(|r| r.pid == p);
+        let first = mine.clone().map(|r| r.start_ns).min().unwrap();
+        (first, mine.map(|r| r.end_ns).max().unwrap())
+    };
+    let (last_start, first_end) = pids
         .iter()
-        .map(|p| {
-            trace
-                .iter()
-                .filter(|r| r.pid == *p)
-                .map(|r| r.start_ns)
-                .min()
-                .unwrap()
-        })
-        .max()
-        .unwrap();
-    let first_end = pids
-        .iter()
-        .map(|p| {
-            trace
-                .iter()
-                .filter(|r| r.pid == *p)
-                .map(|r| r.end_ns)
-                .max()
-                .unwrap()
-        })
-        .min()
-        .unwrap();
+        .map(|&p| span(p))
+        .fold((0, u64::MAX), |(s, e), (first, last)| {
+            (s.max(first), e.min(last))
+        });
     let busy: Vec<u64> = pids
         .iter()
         .map(|p| {

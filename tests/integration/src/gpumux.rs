@@ -412,6 +412,22 @@ impl Gpumux {
         );
     }
 
+    /// Waits until `tenant` is no longer in the daemon's status, failing with `why` after
+    /// `timeout`.
+    pub fn wait_tenant_gone(&self, tenant: &str, timeout: Duration, why: &str) {
+        wait_until(
+            timeout,
+            || {
+                self.status().unwrap()["tenants"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|t| t["name"] != tenant)
+            },
+            || format!("{why}; log:\n{}", self.log()),
+        );
+    }
+
     pub fn state_path(&self) -> &Path {
         self.gpu.state_path()
     }

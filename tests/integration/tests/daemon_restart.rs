@@ -203,16 +203,10 @@ fn a_tenant_removed_while_the_daemon_was_down_keeps_its_processes_gated() {
     );
     assert_eq!(g.tenant_used("b", 0), 300 * MIB);
     drop(holder);
-    gpumux_integration::gpumux::wait_until(
+    g.wait_tenant_gone(
+        "b",
         Duration::from_secs(5),
-        || {
-            g.status().unwrap()["tenants"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|t| t["name"] != "b")
-        },
-        || "the removed tenant lingers after its last process".into(),
+        "the removed tenant lingers after its last process",
     );
 }
 

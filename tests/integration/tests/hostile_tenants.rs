@@ -34,21 +34,6 @@ fn alive_and_answering(g: &mut Gpumux) {
         .unwrap_or_else(|e| panic!("status: {e:#}; log:\n{}", g.log()));
 }
 
-/// Waits until `tenant` is no longer in the daemon's status, failing with `why` after 5 s.
-fn wait_until_gone(g: &Gpumux, tenant: &str, why: &str) {
-    wait_until(
-        Duration::from_secs(5),
-        || {
-            g.status().unwrap()["tenants"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|t| t["name"] != tenant)
-        },
-        || why.into(),
-    );
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -367,7 +352,11 @@ fn a_removed_tenants_processes_stay_gated_at_weight_one() {
     assert_eq!(b["weight"], 1, "{b}");
     assert_eq!(b["processes"].as_array().map(Vec::len), Some(1), "{b}");
     drop(rb);
-    wait_until_gone(&g, "b", "a removed tenant without processes lingers");
+    g.wait_tenant_gone(
+        "b",
+        Duration::from_secs(5),
+        "a removed tenant without processes lingers",
+    );
     alive_and_answering(&mut g);
 }
 
@@ -418,7 +407,11 @@ fn a_replaced_tenants_dir_is_watched_again() {
     std::thread::sleep(Duration::from_millis(200));
     g.write_tenant("c", ONE_GIB);
     g.wait_for_socket("c");
-    wait_until_gone(&g, "b", "b's file went with the old directory, b did not");
+    g.wait_tenant_gone(
+        "b",
+        Duration::from_secs(5),
+        "b's file went with the old directory, b did not",
+    );
     alive_and_answering(&mut g);
 }
 

@@ -248,17 +248,7 @@ fn removing_and_adding_tenants_applies_live() {
         i(out.lines.named("alloc", "y"), "result"),
         CUDA_ERROR_OUT_OF_MEMORY
     );
-    wait_until(
-        Duration::from_secs(2),
-        || {
-            g.status().unwrap()["tenants"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|t| t["name"] != "a")
-        },
-        || "removed tenant lingers".into(),
-    );
+    g.wait_tenant_gone("a", Duration::from_secs(2), "removed tenant lingers");
 }
 
 fn scrape(addr: &str) -> String {
