@@ -5,45 +5,84 @@
 //! synchronize and its next launches, leaves the device idle with or without gpumux, so the
 //! bare driver is the measure of what a time-slicer could have given.
 
-/// The bare driver's figure from which the host counts as idle for a saturating process.
+/// The bare driver's figure below which the host counts as busy for a saturating process
+/// (whatever its CPU pressure says).
 pub const IDLE_HOST: f64 = 0.95;
+
+/// CPU pressure (PSI `some avg10`: the share of the last 10 s in which a task waited for a
+/// CPU, percent) from which the host counts as busy. The fake's device keeps up on a busy
+/// host (its stream workers have a device's CPU weight), so the bare driver's figure alone
+/// no longer tells: beside 4 CPU hogs on 2 cores it is 0.97-0.99, the pressure about 100%.
+pub const BUSY_PRESSURE: f64 = 10.0;
 
 /// How far the bare driver's figure drifts between two windows a few seconds apart on a busy
 /// host (measured: 0.73 then 0.88 with nothing else changed): the allowance there.
 pub const DRIFT: f64 = 0.1;
 
+/// What tenants sharing the device by slices keep of the bare driver's figure on a busy host,
+/// at least: every switch waits for three host threads (the holder's drain report, the daemon,
+/// the next holder's launch), which a busy host runs late (median 4 ms a switch beside 2 hogs
+/// per core, against 0.3 ms idle). Measured there: 84-89% (docs/BENCHMARKS.md, "under host
+/// load").
+pub const SHARED_ON_A_BUSY_HOST: f64 = 0.75;
+
+/// The host's CPU pressure (see [`BUSY_PRESSURE`]); without PSI, the 1-minute load average
+/// per CPU, as a percentage.
+pub fn cpu_pressure() -> Option<f64> {
+    if let Ok(text) = std::fs::read_to_string("/proc/pressure/cpu") {
+        return text
+            .lines()
+            .find(|l| l.starts_with("some "))
+            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
+            .and_then(|v| v.parse().ok());
+    }
+    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(load / cpus as f64 * 100.0)
+}
+
+/// Whether the host is busy, judged by the bare driver's figure `bare` and the CPU pressure.
+pub fn host_busy(bare: f64) -> bool {
+    bare < IDLE_HOST || cpu_pressure().is_some_and(|p| p >= BUSY_PRESSURE)
+}
+
 /// Asserts that `got` (device time as a fraction of wall time) is at least `at_least` of the
 /// bare driver's `bare`, less [`DRIFT`] on a busy host (the reference is measured in another
 /// window).
 pub fn assert_work_conserving(got: f64, bare: f64, at_least: f64, what: &str) {
-    let at_least = if bare >= IDLE_HOST {
-        at_least
-    } else {
-        at_least - DRIFT
-    };
+    let busy = host_busy(bare);
+    let at_least = if busy { at_least - DRIFT } else { at_least };
+    check(got, bare, at_least, busy, what);
+}
+
+fn check(got: f64, bare: f64, at_least: f64, busy: bool, what: &str) {
+    let host = if busy { "busy" } else { "idle" };
+    let pressure = cpu_pressure().map_or("unknown".to_string(), |p| format!("{p:.0}%"));
     eprintln!(
-        "{what}: device busy {got:.3}, the bare driver's {bare:.3} ({:.1}%)",
+        "{what}: device busy {got:.3}, the bare driver's {bare:.3} ({:.1}%; {host} host, CPU \
+         pressure {pressure})",
         got / bare * 100.0
     );
     assert!(
         got >= at_least * bare,
-        "{what}: device busy {got:.3} < {at_least:.2} x the bare driver's {bare:.3} under the same \
-         host load: not work-conserving"
+        "{what}: device busy {got:.3} < {at_least:.2} x the bare driver's {bare:.3} on a {host} \
+         host (CPU pressure {pressure}): not work-conserving"
     );
 }
 
 /// Work conservation of tenants sharing the device by slices: as [`assert_work_conserving`]
-/// with `at_least` where the host lets a process keep the device busy. Where it does not (the
-/// bare driver's own figure below [`IDLE_HOST`]), every switch between tenants also waits for
-/// host threads run late (the holder's drain report, the daemon, the next holder's launch),
-/// and shared slices keep 61-75% of the bare driver's figure beside 2 hogs per core
-/// (docs/BENCHMARKS.md, "under host load"; the issue's 95% there is open): this then only
-/// guards against a collapse, at half of it.
+/// with `at_least` on an idle host, and [`SHARED_ON_A_BUSY_HOST`] on a busy one.
 pub fn assert_shared_work_conserving(got: f64, bare: f64, at_least: f64, what: &str) {
-    let at_least = if bare >= IDLE_HOST {
-        at_least
+    let busy = host_busy(bare);
+    let at_least = if busy {
+        SHARED_ON_A_BUSY_HOST
     } else {
-        0.5 + DRIFT
+        at_least
     };
-    assert_work_conserving(got, bare, at_least, what);
+    check(got, bare, at_least, busy, what);
 }
