@@ -82,6 +82,14 @@ const MIN_TURN_FRACTION: f64 = 0.25;
 /// A normal turn of the heaviest tenant, as a fraction of the quantum; a turn that works off a
 /// lag may be longer by up to its inverse, so no turn exceeds the quantum while others wait.
 const NORMAL_TURN_FRACTION: f64 = 0.9;
+/// Most a bounded tenant's queue budget is scaled up when its host runs it too late to keep
+/// the device fed from the configured budget ([`Scheduler::queue_scale`]).
+const MAX_QUEUE_SCALE: f64 = 8.0;
+/// A bounded holder's slice (busy throughout, at least two idle graces long) that kept the device
+/// busy less than this fraction of its wall time doubles its queue budget's scale...
+const QUEUE_STARVED_BELOW: f64 = 0.8;
+/// ...and one that kept it busy at least this fraction brings it back by a quarter.
+const QUEUE_FED_FROM: f64 = 0.9;
 /// Most budget, in quanta, a capped tenant carries while it waits or runs: what a late grant or
 /// a slowly run slice left unspent. It bounds how far its device time may run ahead of its cap
 /// over a short window (two quanta), not over a long one.
@@ -111,6 +119,9 @@ struct Tenant {
     efficiency: f64,
     /// Its class (`priority`).
     class: Priority,
+    /// Multiplier (1..=[`MAX_QUEUE_SCALE`]) of the queue budget the shim holds it to while a
+    /// higher class shares the device ([`Scheduler::queue_scale`]).
+    queue_scale: f64,
     /// It kept the device busy until it was [`Scheduler::credit`] ahead of the others: it is
     /// saturating, and its class puts it ahead of lower ones only where plain stride order
     /// would (its virtual time not ahead of theirs) until a slice of its ends for want of work.
@@ -252,6 +263,23 @@ impl Scheduler {
         self.quantum
     }
 
+    /// How late the server's ticks come (moving average): the host's scheduling latency as the
+    /// daemon sees it.
+    pub fn host_latency(&self) -> Duration {
+        self.host_latency
+    }
+
+    /// By how much `tenant`'s queue budget (the bound on its queued work while a higher class
+    /// shares the device) is scaled up: 1 unless its slices, busy throughout, left the device
+    /// idle (below [`QUEUE_STARVED_BELOW`] of their wall time) because each refill of its
+    /// bounded queue needs its thread to run, and a busy host runs it late. Each such slice
+    /// doubles it (at most [`MAX_QUEUE_SCALE`]); each that kept the device fed takes a quarter
+    /// off. The higher class then waits for more queued work at a preemption (at most the
+    /// scaled budget), on a host that already runs its own threads that late.
+    pub fn queue_scale(&self, tenant: &str) -> f64 {
+        self.tenants.get(tenant).map_or(1.0, |t| t.queue_scale)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         self.drain_timeout
     }
@@ -323,6 +351,7 @@ impl Scheduler {
                 returning_until: None,
                 efficiency: 1.0,
                 class: Priority::Normal,
+                queue_scale: 1.0,
                 spent: false,
                 floored: None,
             });
@@ -632,6 +661,14 @@ impl Scheduler {
             let (from, ns) = (t.vtime, charge.as_nanos() as f64);
             self.settle_floors(&slice, now, from, ns / t.weight as f64);
         }
+        let bounded = self.tenants.get(&slice.tenant).is_some_and(|me| {
+            self.tenants
+                .values()
+                .any(|t| rank(t.class) > rank(me.class))
+        });
+        // Long enough that the switch around it (a fraction of a millisecond on an idle host)
+        // cannot make it look starved.
+        let judged = busy && bounded && wall >= self.idle_grace * 2;
         if let Some(t) = self.tenants.get_mut(&slice.tenant) {
             let ns = charge.as_nanos() as f64;
             t.vtime += ns / t.weight as f64;
@@ -659,6 +696,15 @@ impl Scheduler {
             if !wall.is_zero() {
                 let sample = charge.as_secs_f64() / wall.as_secs_f64();
                 t.efficiency = (0.8 * t.efficiency + 0.2 * sample).clamp(0.25, 1.0);
+                if judged {
+                    t.queue_scale = if sample < QUEUE_STARVED_BELOW {
+                        (t.queue_scale * 2.0).min(MAX_QUEUE_SCALE)
+                    } else if sample >= QUEUE_FED_FROM {
+                        (t.queue_scale * 0.75).max(1.0)
+                    } else {
+                        t.queue_scale
+                    };
+                }
             }
         }
         self.last_holder = Some(slice.tenant.clone());
@@ -1264,6 +1310,123 @@ mod tests {
             (shares["b"] - 0.5).abs() < 0.05,
             "equal weights after the long slice: {shares:?}"
         );
+    }
+
+    /// A batch holder preempted by a latency tenant after 20 ms of its slice, having kept the
+    /// device busy `used_ms` of them; the latency tenant then serves a request and yields.
+    /// Returns the batch tenant's queue scale after the slice.
+    fn preempted_batch_slice(s: &mut Scheduler, t: &mut Instant, used_ms: u64) -> f64 {
+        let batch_only = |n: &str| Activity {
+            waiting: (n == "batch") as u32,
+            ..Default::default()
+        };
+        let both = |_: &str| Activity {
+            waiting: 1,
+            ..Default::default()
+        };
+        if s.granted().map(|(h, _)| h) != Some("batch") {
+            let granted = s.demand("batch", *t, &batch_only);
+            assert!(
+                matches!(&granted[..], [Action::Grant { tenant, .. }] if tenant == "batch"),
+                "{granted:?}"
+            );
+        }
+        *t += Duration::from_millis(20);
+        let revoked = s.demand("web", *t, &both);
+        let [Action::Revoke { tenant, epoch }] = &revoked[..] else {
+            panic!("the latency tenant preempts the batch one: {revoked:?}");
+        };
+        assert_eq!(tenant, "batch");
+        *t += Duration::from_millis(1);
+        let used = Some(Duration::from_millis(used_ms));
+        let next = s.drained("batch", *epoch, used, *t, &both);
+        let [Action::Grant { tenant, epoch }, ..] = &next[..] else {
+            panic!("the latency tenant goes next: {next:?}");
+        };
+        assert_eq!(tenant, "web");
+        let scale = s.queue_scale("batch");
+        *t += Duration::from_millis(5);
+        let yielded = s.idle_hint("web", true, *t, &batch_only);
+        assert!(
+            matches!(&yielded[..], [Action::Revoke { tenant, .. }] if tenant == "web"),
+            "{yielded:?}"
+        );
+        *t += Duration::from_millis(1);
+        let next = s.drained(
+            "web",
+            *epoch,
+            Some(Duration::from_millis(5)),
+            *t,
+            &batch_only,
+        );
+        assert!(
+            matches!(&next[..], [Action::Grant { tenant, .. }] if tenant == "batch"),
+            "{next:?}"
+        );
+        scale
+    }
+
+    /// A batch tenant bounded beside a latency tenant whose slices leave the device idle (each
+    /// refill of its bounded queue waits for its thread, which a busy host runs late) gets a
+    /// larger queue budget, doubling per such slice up to the limit; slices that keep the device
+    /// fed bring it back to the configured budget.
+    #[test]
+    fn a_starved_bounded_queue_widens_and_narrows_back() {
+        let mut t = Instant::now();
+        let mut s = Scheduler::new(Duration::from_millis(50));
+        s.set_tenant("web", 1, None, t);
+        s.set_tenant("batch", 1, None, t);
+        s.set_priority("web", Priority::Latency);
+        s.set_priority("batch", Priority::Batch);
+        assert_eq!(s.queue_scale("batch"), 1.0);
+        // Fed: 20 of 21 ms busy.
+        assert_eq!(preempted_batch_slice(&mut s, &mut t, 20), 1.0);
+        // Starved: 8 of 21 ms.
+        let widening: Vec<f64> = (0..5)
+            .map(|_| preempted_batch_slice(&mut s, &mut t, 8))
+            .collect();
+        assert_eq!(widening, [2.0, 4.0, 8.0, MAX_QUEUE_SCALE, MAX_QUEUE_SCALE]);
+        // Neither starved nor fed (17 of 21 ms): it stays.
+        assert_eq!(preempted_batch_slice(&mut s, &mut t, 17), MAX_QUEUE_SCALE);
+        let narrowing: Vec<f64> = (0..8)
+            .map(|_| preempted_batch_slice(&mut s, &mut t, 20))
+            .collect();
+        assert!(
+            narrowing.windows(2).all(|w| w[1] < w[0] || w[1] == 1.0),
+            "{narrowing:?}"
+        );
+        assert_eq!(*narrowing.last().unwrap(), 1.0, "{narrowing:?}");
+        // The latency tenant itself is never bounded, so never scaled.
+        assert_eq!(s.queue_scale("web"), 1.0);
+    }
+
+    /// Without a higher class on the device a tenant's queue is not bounded: however idle its
+    /// slices leave the device, its scale stays 1.
+    #[test]
+    fn an_unbounded_tenant_keeps_its_queue_scale() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Duration::from_millis(50));
+        s.set_tenant("a", 1, None, t0);
+        s.set_tenant("b", 1, None, t0);
+        let both = |_: &str| Activity {
+            waiting: 1,
+            ..Default::default()
+        };
+        let mut actions = s.demand("a", t0, &both);
+        actions.extend(s.demand("b", t0, &both));
+        let mut t = t0;
+        for _ in 0..10 {
+            t += Duration::from_millis(60);
+            for a in s.tick(t, &both) {
+                if let Action::Revoke { tenant, epoch } = a {
+                    let used = Some(Duration::from_millis(10));
+                    s.drained(&tenant, epoch, used, t, &both);
+                }
+            }
+        }
+        assert_eq!(s.queue_scale("a"), 1.0);
+        assert_eq!(s.queue_scale("b"), 1.0);
+        assert!(s.charged_ns("a") > 0 && s.charged_ns("b") > 0);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct DeviceStatus {
     pub uuid: String,
     pub name: String,
     pub total_bytes: u64,
+    /// How late the host runs the daemon's scheduling timers on this device (moving average,
+    /// µs): a busy host. The scheduler widens its idle graces and lower classes' queue budget
+    /// with it.
+    #[serde(default)]
+    pub host_latency_us: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -216,12 +216,14 @@ fn report() -> StatusReport {
                 uuid: "GPU-x".into(),
                 name: "g".into(),
                 total_bytes: 100,
+                host_latency_us: 0,
             },
             DeviceStatus {
                 index: 1,
                 uuid: "GPU-y".into(),
                 name: "g".into(),
                 total_bytes: 100,
+                host_latency_us: 0,
             },
         ],
         tenants: vec![

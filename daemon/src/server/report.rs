@@ -24,11 +24,13 @@ impl Daemon {
             devices: self
                 .devices
                 .iter()
-                .map(|d| DeviceStatus {
+                .zip(&self.scheds)
+                .map(|(d, s)| DeviceStatus {
                     index: d.index,
                     uuid: d.uuid.clone(),
                     name: d.name.clone(),
                     total_bytes: d.total_bytes,
+                    host_latency_us: s.sched.host_latency().as_micros() as u64,
                 })
                 .collect(),
             tenants: self

@@ -97,10 +97,11 @@ impl Daemon {
     }
 
     /// Bounds each process's queued work on the devices where its tenant shares the device with
-    /// a higher class: `drain_budget_us` divided among the tenant's processes (at least 100 µs
-    /// each), so that a revocation for the higher class drains within about the budget (plus
-    /// the kernel running). Elsewhere 0: unbounded, and the shim pays nothing for it. Follows
-    /// quota changes and processes coming and going.
+    /// a higher class: `drain_budget_us` (scaled up while a busy host runs the tenant too late
+    /// to keep the device fed from it: [`Scheduler::queue_scale`]) divided among the tenant's
+    /// processes (at least 100 µs each), so that a revocation for the higher class drains
+    /// within about the budget (plus the kernel running). Elsewhere 0: unbounded, and the shim
+    /// pays nothing for it. Follows quota changes, processes coming and going, and the scale.
     pub(super) fn update_bounds(&self) {
         for (dev, d) in self.devices.iter().enumerate() {
             let users: Vec<&Tenant> = self
@@ -119,7 +120,9 @@ impl Daemon {
                     && users.iter().any(|u| u.quota.name == t.quota.name)
                     && slicing_class(t).precedence() < top;
                 let budget = if bounded {
-                    (self.cfg.drain_budget_us / t.processes.len().max(1) as u32).max(100)
+                    let scale = self.scheds[dev].sched.queue_scale(&t.quota.name);
+                    let budget = (self.cfg.drain_budget_us as f64 * scale) as u32;
+                    (budget / t.processes.len().max(1) as u32).max(100)
                 } else {
                     0
                 };
@@ -361,9 +364,13 @@ impl Daemon {
         };
         tracing::trace!(tenant, dev, epoch, ?busy_ns, "slice drained");
         let device_time = busy_ns.map(Duration::from_nanos);
+        let scale = self.scheds[dev].sched.queue_scale(&tenant);
         self.sched_event(dev, |s, now, act| {
             s.drained(&tenant, epoch, device_time, now, act)
         });
+        if self.scheds[dev].sched.queue_scale(&tenant) != scale {
+            self.update_bounds();
+        }
     }
 
     pub(super) fn rearm_sched_timer(&mut self) {

@@ -49,6 +49,7 @@ fn report(uptime: f64, tenants: Vec<Tenant>) -> StatusReport {
             uuid: "GPU-0000".into(),
             name: "Fake GPU".into(),
             total_bytes: 16 * GIB,
+            host_latency_us: 0,
         }],
         tenants: tenants
             .into_iter()

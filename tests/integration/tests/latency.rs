@@ -60,8 +60,9 @@ fn mono_ns() -> u64 {
     fakegpu::procid::monotonic_ns()
 }
 
-/// Beside a latency tenant, the batch tenant's queue stays within the drain budget (2 ms, plus
-/// the kernel running), however deep it asks for; the latency tenant's requests preempt it
+/// Beside a latency tenant, the batch tenant's queue stays within the drain budget (2 ms, up to
+/// 8 times that while a busy host runs it late, plus the kernel running), however deep it asks
+/// for; the latency tenant's requests preempt it
 /// (status counts the preemptions) and are served; the batch tenant keeps using the time the
 /// latency one leaves.
 #[test]
@@ -77,6 +78,24 @@ fn beside_a_latency_tenant_batch_work_is_bounded_and_preempted() {
     let batch = g.load("batch", 12, DEEP);
     let web = interactive(&g, "web", 20, 8);
     let from = mono_ns();
+    // The batch tenant's budget while the web one runs: the configured 2 ms, scaled up (at
+    // most 8 times) while a busy host runs the batch tenant too late to keep the device fed.
+    let mut budgets = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let st = g.tenant_status("batch");
+        budgets.push(st["devices"][0]["queue_budget_us"].as_u64().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let widest = budgets.iter().copied().max().unwrap();
+    eprintln!(
+        "batch's queue budget {}-{widest} µs",
+        budgets.iter().min().unwrap()
+    );
+    assert!(
+        budgets.iter().all(|b| (2000..=16_000).contains(b)),
+        "{budgets:?}"
+    );
     let (status, lines) = web.finish(T).unwrap();
     assert!(status.success());
     let l = lines.one("interactive");
@@ -89,7 +108,6 @@ fn beside_a_latency_tenant_batch_work_is_bounded_and_preempted() {
     let batch_pid = batch.pid();
     let st = g.tenant_status("batch");
     let d = &st["devices"][0];
-    assert_eq!(d["queue_budget_us"], 2000, "{st}");
     assert!(
         d["preemptions"].as_u64().unwrap() >= served / 2,
         "batch preempted {} times for {served} requests: {st}",
@@ -109,11 +127,11 @@ fn beside_a_latency_tenant_batch_work_is_bounded_and_preempted() {
     let trace = fakegpu::kernel_trace(g.state_path(), 0).unwrap();
     let deepest = deepest_queue(&trace, batch_pid, from);
     eprintln!("batch's deepest queue beside the latency tenant: {deepest} ns");
-    // The budget (2 ms) plus the kernel running; one more kernel of slack for two threads'
+    // The widest budget plus the kernel running; one more kernel of slack for two threads'
     // launches racing the estimate.
     assert!(
-        deepest <= 6_000_000,
-        "the batch tenant had {:.1} ms queued on the device",
+        deepest <= widest * 1000 + 4_000_000,
+        "the batch tenant had {:.1} ms queued on the device (budget at most {widest} µs)",
         deepest as f64 / 1e6
     );
     // The batch tenant ran while the latency tenant was idle.
