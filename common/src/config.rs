@@ -23,6 +23,8 @@ pub const DEFAULT_QUANTUM_MS: u32 = 50;
 /// Default device time a lower-class tenant's process may have queued ahead beside a higher
 /// class (`drain_budget_us`).
 pub const DEFAULT_DRAIN_BUDGET_US: u32 = 2000;
+/// Largest `drain_budget_us`, and the most a busy host may scale a tenant's budget up to.
+pub const MAX_DRAIN_BUDGET_US: u32 = 100_000;
 /// Largest config or quota file read; a larger one is rejected.
 pub const MAX_CONFIG_FILE: u64 = 64 * 1024;
 /// Default cap on a tenant's simultaneous connections (registered processes and connections
@@ -130,10 +132,10 @@ impl DaemonConfig {
         }
         if let Some(b) = raw.drain_budget_us {
             let v = *b.get_ref();
-            if !(100..=100_000).contains(&v) {
+            if !(100..=i64::from(MAX_DRAIN_BUDGET_US)).contains(&v) {
                 return Err(err(
                     Some(b.span()),
-                    format!("drain_budget_us = {v} is out of range (100 to 100000)"),
+                    format!("drain_budget_us = {v} is out of range (100 to {MAX_DRAIN_BUDGET_US})"),
                 ));
             }
             cfg.drain_budget_us = v as u32;

@@ -98,7 +98,11 @@ pub struct AccountingDevice {
     /// Threads of the tenant inside a synchronize call on this device (work is outstanding:
     /// the holder is busy even though it launches nothing).
     pub syncing: AtomicU32,
-    pub _pad2: AtomicU32,
+    /// Times a thread of the tenant, back from waiting for its bounded queue to make room
+    /// (`ControlDevice::queue_budget_us`), found the queue empty: the device ran out of its
+    /// work while the host ran the thread late (wrapping count; a shim that does not count
+    /// them leaves 0).
+    pub bound_dry: AtomicU32,
     /// Threads currently blocked waiting for a compute slice.
     pub waiting: AtomicU32,
     pub _pad: AtomicU32,

@@ -75,6 +75,9 @@ pub struct Activity {
     /// whose launches stopped may just be run late by a busy host. Looked up only for the
     /// holder when nothing else shows it busy (no thread waiting or synchronizing).
     pub runnable: bool,
+    /// Times a thread of the tenant came back from waiting for its bounded queue to make room
+    /// to find it empty (wrapping count): the bound starved the device.
+    pub bound_dry: u32,
 }
 
 /// Shortest turn, as a fraction of the quantum, however light a tenant is beside the heaviest.
@@ -164,6 +167,8 @@ struct Slice {
     deadline: Option<Instant>,
     /// Next idle check: when, and the launches seen at the previous one.
     idle_check: Option<(Instant, u64)>,
+    /// The tenant's [`Activity::bound_dry`] at the grant.
+    dry_at: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -230,6 +235,9 @@ pub struct Scheduler {
     /// the daemon sees it. A busy host runs tenants' threads as late, so the idle check waits
     /// that much longer before calling a holder idle.
     host_latency: Duration,
+    /// Bumped whenever a tenant's [`Scheduler::queue_scale`] changes, so the server knows to
+    /// apply it.
+    scale_generation: u64,
     created: Instant,
 }
 
@@ -255,6 +263,7 @@ impl Scheduler {
             last_holder: None,
             overhead_ns: 0,
             host_latency: Duration::ZERO,
+            scale_generation: 0,
             created: Instant::now(),
         }
     }
@@ -270,14 +279,22 @@ impl Scheduler {
     }
 
     /// By how much `tenant`'s queue budget (the bound on its queued work while a higher class
-    /// shares the device) is scaled up: 1 unless its slices, busy throughout, left the device
-    /// idle (below [`QUEUE_STARVED_BELOW`] of their wall time) because each refill of its
-    /// bounded queue needs its thread to run, and a busy host runs it late. Each such slice
-    /// doubles it (at most [`MAX_QUEUE_SCALE`]); each that kept the device fed takes a quarter
-    /// off. The higher class then waits for more queued work at a preemption (at most the
-    /// scaled budget), on a host that already runs its own threads that late.
+    /// shares the device) is scaled up: 1 unless its slices, busy throughout and measured, left
+    /// the device idle (below [`QUEUE_STARVED_BELOW`] of their wall time) *and* its queue ran
+    /// dry meanwhile ([`Activity::bound_dry`]: a thread came back from waiting for room to an
+    /// empty queue): each refill of a bounded queue needs its thread to run, and a busy host
+    /// runs it late. Each such slice doubles it (at most [`MAX_QUEUE_SCALE`]); each that kept
+    /// the device fed, or never ran dry (its idle was its own), takes a quarter off; a slice
+    /// with no higher class on the device, or a change of class, resets it. The higher class
+    /// then waits for more queued work at a preemption (at most the scaled budget), on a host
+    /// that already runs its own threads that late.
     pub fn queue_scale(&self, tenant: &str) -> f64 {
         self.tenants.get(tenant).map_or(1.0, |t| t.queue_scale)
+    }
+
+    /// Changes whenever a tenant's [`Self::queue_scale`] does.
+    pub fn scale_generation(&self) -> u64 {
+        self.scale_generation
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -304,6 +321,10 @@ impl Scheduler {
         {
             t.class = class;
             t.spent = false;
+            if t.queue_scale != 1.0 {
+                t.queue_scale = 1.0;
+                self.scale_generation = self.scale_generation.wrapping_add(1);
+            }
         }
     }
 
@@ -356,6 +377,10 @@ impl Scheduler {
                 floored: None,
             });
         t.weight = weight.max(1);
+        if t.cap != cap {
+            // A carry was under the old cap; the new one starts from at most a burst.
+            t.budget = t.budget.min(self.quantum.as_nanos() as f64);
+        }
         t.cap = cap;
     }
 
@@ -463,7 +488,7 @@ impl Scheduler {
     ) -> Vec<Action> {
         match &self.state {
             State::Draining { slice, .. } if slice.tenant == tenant && slice.epoch == epoch => {
-                self.finish_slice(now, device_time);
+                self.finish_slice(now, device_time, activity(tenant).bound_dry);
                 self.schedule(now, activity)
             }
             _ => Vec::new(),
@@ -632,8 +657,9 @@ impl Scheduler {
         t.budget_at = now;
     }
 
-    /// Ends the slice being drained: charges its device time (or, unmeasured, its wall time).
-    fn finish_slice(&mut self, now: Instant, device_time: Option<Duration>) {
+    /// Ends the slice being drained: charges its device time (or, unmeasured, its wall time);
+    /// `dry`: the holder's [`Activity::bound_dry`] now.
+    fn finish_slice(&mut self, now: Instant, device_time: Option<Duration>, dry: u32) {
         let State::Draining {
             slice,
             busy,
@@ -668,7 +694,9 @@ impl Scheduler {
         });
         // Long enough that the switch around it (a fraction of a millisecond on an idle host)
         // cannot make it look starved.
-        let judged = busy && bounded && wall >= self.idle_grace * 2;
+        let judged = busy && bounded && device_time.is_some() && wall >= self.idle_grace * 2;
+        let ran_dry = dry != slice.dry_at;
+        let scale_before = self.queue_scale(&slice.tenant);
         if let Some(t) = self.tenants.get_mut(&slice.tenant) {
             let ns = charge.as_nanos() as f64;
             t.vtime += ns / t.weight as f64;
@@ -697,14 +725,20 @@ impl Scheduler {
                 let sample = charge.as_secs_f64() / wall.as_secs_f64();
                 t.efficiency = (0.8 * t.efficiency + 0.2 * sample).clamp(0.25, 1.0);
                 if judged {
-                    t.queue_scale = if sample < QUEUE_STARVED_BELOW {
+                    t.queue_scale = if sample < QUEUE_STARVED_BELOW && ran_dry {
                         (t.queue_scale * 2.0).min(MAX_QUEUE_SCALE)
-                    } else if sample >= QUEUE_FED_FROM {
+                    } else if sample >= QUEUE_FED_FROM || !ran_dry {
                         (t.queue_scale * 0.75).max(1.0)
                     } else {
                         t.queue_scale
                     };
                 }
+            }
+            if !bounded {
+                t.queue_scale = 1.0;
+            }
+            if t.queue_scale != scale_before {
+                self.scale_generation = self.scale_generation.wrapping_add(1);
             }
         }
         self.last_holder = Some(slice.tenant.clone());
@@ -749,8 +783,9 @@ impl Scheduler {
         vec![action]
     }
 
-    /// Budget a capped tenant needs before it is granted: the whole burst (a quantum), so that
-    /// its slices are long and the switch cost around them small beside their device time.
+    /// Budget a capped tenant needs before it is granted: a quantum (what an idle tenant banks
+    /// at most), so that its slices are long and the switch cost around them small beside
+    /// their device time.
     fn min_budget(&self) -> f64 {
         self.quantum.as_nanos() as f64
     }
@@ -765,7 +800,8 @@ impl Scheduler {
                 if let State::Draining { busy, .. } = &mut self.state {
                     *busy = false;
                 }
-                self.finish_slice(now, None);
+                let dry = self.slice().map(|s| activity(&s.tenant).bound_dry);
+                self.finish_slice(now, None, dry.unwrap_or(0));
                 self.grant_next(now, activity)
             }
             State::Draining { .. } => Vec::new(),
@@ -1135,6 +1171,7 @@ impl Scheduler {
             turn,
             deadline: None,
             idle_check: None,
+            dry_at: activity(&name).bound_dry,
         });
         let mut actions = vec![Action::Grant {
             tenant: name,
@@ -1313,15 +1350,24 @@ mod tests {
     }
 
     /// A batch holder preempted by a latency tenant after 20 ms of its slice, having kept the
-    /// device busy `used_ms` of them; the latency tenant then serves a request and yields.
-    /// Returns the batch tenant's queue scale after the slice.
-    fn preempted_batch_slice(s: &mut Scheduler, t: &mut Instant, used_ms: u64) -> f64 {
+    /// device busy `used_ms` of them and, if `ran_dry`, come back to an empty bounded queue
+    /// (`dry` is its [`Activity::bound_dry`] count); the latency tenant then serves a request
+    /// and yields. Returns the batch tenant's queue scale after the slice.
+    fn preempted_batch_slice(
+        s: &mut Scheduler,
+        t: &mut Instant,
+        dry: &std::cell::Cell<u32>,
+        used_ms: u64,
+        ran_dry: bool,
+    ) -> f64 {
         let batch_only = |n: &str| Activity {
             waiting: (n == "batch") as u32,
+            bound_dry: dry.get(),
             ..Default::default()
         };
         let both = |_: &str| Activity {
             waiting: 1,
+            bound_dry: dry.get(),
             ..Default::default()
         };
         if s.granted().map(|(h, _)| h) != Some("batch") {
@@ -1332,6 +1378,9 @@ mod tests {
             );
         }
         *t += Duration::from_millis(20);
+        if ran_dry {
+            dry.set(dry.get().wrapping_add(3));
+        }
         let revoked = s.demand("web", *t, &both);
         let [Action::Revoke { tenant, epoch }] = &revoked[..] else {
             panic!("the latency tenant preempts the batch one: {revoked:?}");
@@ -1366,30 +1415,40 @@ mod tests {
         scale
     }
 
-    /// A batch tenant bounded beside a latency tenant whose slices leave the device idle (each
-    /// refill of its bounded queue waits for its thread, which a busy host runs late) gets a
-    /// larger queue budget, doubling per such slice up to the limit; slices that keep the device
-    /// fed bring it back to the configured budget.
-    #[test]
-    fn a_starved_bounded_queue_widens_and_narrows_back() {
-        let mut t = Instant::now();
+    fn latency_and_batch(t: Instant) -> Scheduler {
         let mut s = Scheduler::new(Duration::from_millis(50));
         s.set_tenant("web", 1, None, t);
         s.set_tenant("batch", 1, None, t);
         s.set_priority("web", Priority::Latency);
         s.set_priority("batch", Priority::Batch);
+        s
+    }
+
+    /// A batch tenant bounded beside a latency tenant whose slices leave the device idle while
+    /// its bounded queue runs dry (each refill waits for its thread, which a busy host runs
+    /// late) gets a larger queue budget, doubling per such slice up to the limit; slices that
+    /// keep the device fed bring it back to the configured budget.
+    #[test]
+    fn a_starved_bounded_queue_widens_and_narrows_back() {
+        let mut t = Instant::now();
+        let mut s = latency_and_batch(t);
+        let dry = std::cell::Cell::new(u32::MAX - 4);
         assert_eq!(s.queue_scale("batch"), 1.0);
+        let generation = s.scale_generation();
         // Fed: 20 of 21 ms busy.
-        assert_eq!(preempted_batch_slice(&mut s, &mut t, 20), 1.0);
-        // Starved: 8 of 21 ms.
+        assert_eq!(preempted_batch_slice(&mut s, &mut t, &dry, 20, false), 1.0);
+        assert_eq!(s.scale_generation(), generation);
+        // Starved, and its queue ran dry (the count wraps on the way): 8 of 21 ms.
         let widening: Vec<f64> = (0..5)
-            .map(|_| preempted_batch_slice(&mut s, &mut t, 8))
+            .map(|_| preempted_batch_slice(&mut s, &mut t, &dry, 8, true))
             .collect();
         assert_eq!(widening, [2.0, 4.0, 8.0, MAX_QUEUE_SCALE, MAX_QUEUE_SCALE]);
-        // Neither starved nor fed (17 of 21 ms): it stays.
-        assert_eq!(preempted_batch_slice(&mut s, &mut t, 17), MAX_QUEUE_SCALE);
+        assert_ne!(s.scale_generation(), generation);
+        // Neither starved nor fed (17 of 21 ms, dry): it stays.
+        let kept = preempted_batch_slice(&mut s, &mut t, &dry, 17, true);
+        assert_eq!(kept, MAX_QUEUE_SCALE);
         let narrowing: Vec<f64> = (0..8)
-            .map(|_| preempted_batch_slice(&mut s, &mut t, 20))
+            .map(|_| preempted_batch_slice(&mut s, &mut t, &dry, 20, true))
             .collect();
         assert!(
             narrowing.windows(2).all(|w| w[1] < w[0] || w[1] == 1.0),
@@ -1398,6 +1457,26 @@ mod tests {
         assert_eq!(*narrowing.last().unwrap(), 1.0, "{narrowing:?}");
         // The latency tenant itself is never bounded, so never scaled.
         assert_eq!(s.queue_scale("web"), 1.0);
+    }
+
+    /// A bounded tenant whose slices leave the device idle without its queue ever running dry
+    /// (its threads compute on the CPU between launches: the bound is not what idles the
+    /// device) is not widened; a change of class resets a widened one.
+    #[test]
+    fn idle_of_its_own_or_unmeasured_does_not_widen_the_queue() {
+        let mut t = Instant::now();
+        let mut s = latency_and_batch(t);
+        let dry = std::cell::Cell::new(0);
+        for _ in 0..5 {
+            assert_eq!(preempted_batch_slice(&mut s, &mut t, &dry, 6, false), 1.0);
+        }
+        // Widened, then a class change (or no higher class left) resets it.
+        for _ in 0..3 {
+            preempted_batch_slice(&mut s, &mut t, &dry, 6, true);
+        }
+        assert_eq!(s.queue_scale("batch"), 8.0);
+        s.set_priority("batch", Priority::Normal);
+        assert_eq!(s.queue_scale("batch"), 1.0);
     }
 
     /// Without a higher class on the device a tenant's queue is not bounded: however idle its
@@ -1740,6 +1819,7 @@ mod tests {
             launches: 1,
             syncing: (n == "a") as u32,
             runnable: false,
+            bound_dry: 0,
         };
         assert_eq!(
             s.demand("a", t0, &only_a),
@@ -1754,6 +1834,7 @@ mod tests {
             launches: 1,
             syncing: 1,
             runnable: false,
+            bound_dry: 0,
         };
         let actions = s.demand("b", t1, &both);
         (s, t1, actions)
@@ -1799,6 +1880,7 @@ mod tests {
             launches: launches.get(),
             syncing: 1,
             runnable: false,
+            bound_dry: 0,
         };
         let revoked_at = (0..100)
             .find_map(|_| {
@@ -1878,6 +1960,7 @@ mod tests {
             launches: 1,
             syncing: 1,
             runnable: false,
+            bound_dry: 0,
         };
         let actions = s.tick(t1 + Duration::from_millis(1), &both);
         assert!(matches!(&actions[..], [Action::Revoke { tenant, .. }] if tenant == "a"));
@@ -2022,6 +2105,7 @@ mod tests {
                     launches: if working { launches.get() } else { 0 },
                     syncing: working as u32,
                     runnable: false,
+                    bound_dry: 0,
                 }
             };
             // (tenant index, epoch, ack at, device ns)
@@ -2519,6 +2603,7 @@ mod tests {
                         launches: r.launches,
                         syncing: working as u32,
                         runnable: false,
+                        bound_dry: 0,
                     }
                 };
                 let mut steps = 0u64;

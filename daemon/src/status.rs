@@ -53,8 +53,7 @@ pub struct DeviceStatus {
     pub name: String,
     pub total_bytes: u64,
     /// How late the host runs the daemon's scheduling timers on this device (moving average,
-    /// µs): a busy host. The scheduler widens its idle graces and lower classes' queue budget
-    /// with it.
+    /// µs): a busy host. The scheduler widens its idle graces with it.
     #[serde(default)]
     pub host_latency_us: u64,
 }

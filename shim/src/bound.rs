@@ -14,7 +14,9 @@
 //! estimate is at or over the budget, the thread waits for the oldest checkpoint (counted as
 //! synchronizing, so the daemon does not take the holder for idle), without holding a launch
 //! in flight. Until a first measurement, one launch at a time is queued. A kernel longer than
-//! the budget runs alone.
+//! the budget runs alone. A thread that comes back from such a wait to an empty queue (the
+//! device ran out of this process's work while the host ran the thread late) counts it in the
+//! tenant's `bound_dry`, from which the daemon widens the budget on a busy host.
 //!
 //! Launches go in *runs*: consecutive launches on one stream. A launch on another stream first
 //! closes the run with a checkpoint, so each checkpoint covers exactly the launches of its own
@@ -31,7 +33,7 @@
 use crate::busy::{elapsed, new_event, record, resolve};
 use crate::cuda_types::*;
 use crate::hooks::real;
-use gpumux_common::shm::MAX_DEVICES;
+use gpumux_common::shm::{AccountingDevice, MAX_DEVICES};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -119,15 +121,17 @@ static TRACKERS: [Mutex<Tracker>; MAX_DEVICES] =
     [const { Mutex::new(Tracker::new()) }; MAX_DEVICES];
 
 /// Before a launch on `device` (holding its slice, not into a capture) with a budget of
-/// `budget_us` (non-zero): waits until the work queued ahead is within the budget. `syncing` is
-/// the tenant's per-device synchronize counter (a thread waiting here waits for its own work).
+/// `budget_us` (non-zero): waits until the work queued ahead is within the budget. `acct` is
+/// the tenant's accounting of the device: a thread waiting here counts as synchronizing (it
+/// waits for its own work), and one that comes back to an empty queue counts in `bound_dry`
+/// (the daemon widens the budget of a tenant whose queue runs dry on a busy host).
 #[inline]
 pub(crate) fn before_launch(
     device: usize,
     budget_us: u32,
     stream: CUstream,
     ptsz: bool,
-    syncing: &AtomicU32,
+    acct: &AccountingDevice,
 ) {
     let c = &COUNTERS[device];
     let key = resolve(stream, ptsz).0;
@@ -143,7 +147,7 @@ pub(crate) fn before_launch(
     {
         return;
     }
-    make_room(device, u64::from(budget_us) * 1000, stream, ptsz, syncing);
+    make_room(device, u64::from(budget_us) * 1000, stream, ptsz, acct);
 }
 
 /// After a launch counted by [`before_launch`] succeeded: counts it; records a checkpoint every
@@ -171,7 +175,8 @@ fn checkpoint_now(device: usize) {
 }
 
 #[cold]
-fn make_room(device: usize, budget_ns: u64, stream: CUstream, ptsz: bool, syncing: &AtomicU32) {
+fn make_room(device: usize, budget_ns: u64, stream: CUstream, ptsz: bool, acct: &AccountingDevice) {
+    let syncing = &acct.syncing;
     if crate::captures::any() {
         return;
     }
@@ -204,6 +209,8 @@ fn make_room(device: usize, budget_ns: u64, stream: CUstream, ptsz: bool, syncin
         c.run_key.store(key, Relaxed);
         (t.run_handle, t.run_thread_bound) = (handle, thread_bound);
     }
+    // Whether this thread waited for room: back to an empty queue, it was late for the device.
+    let mut waited = false;
     loop {
         poll(device, &mut t);
         let out = c
@@ -211,6 +218,9 @@ fn make_room(device: usize, budget_ns: u64, stream: CUstream, ptsz: bool, syncin
             .load(Relaxed)
             .wrapping_sub(c.completed.load(Relaxed));
         if out == 0 {
+            if waited {
+                acct.bound_dry.fetch_add(1, Relaxed);
+            }
             // An empty queue: a start event before this launch measures the run's device time.
             if t.start.is_none_or(|(k, _)| k != key)
                 && let Some(ev) = take_event(&mut t)
@@ -238,6 +248,7 @@ fn make_room(device: usize, budget_ns: u64, stream: CUstream, ptsz: bool, syncin
         };
         drop(t);
         wait_for(oldest, syncing);
+        waited = true;
         t = TRACKERS[device].lock();
         if t.ctx != ctx {
             return;

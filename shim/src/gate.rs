@@ -111,8 +111,8 @@ fn enter_registered(
         let budget = ctl.queue_budget_us.load(Relaxed);
         let bounded = budget != 0 && !(crate::captures::any() && captured());
         if bounded && ctl.slice.load(Relaxed) & SLICE_GRANTED != 0 {
-            let syncing = &reg.accounting.devices[device].syncing;
-            crate::bound::before_launch(device, budget, launch.stream, launch.ptsz, syncing);
+            let acct = &reg.accounting.devices[device];
+            crate::bound::before_launch(device, budget, launch.stream, launch.ptsz, acct);
         }
         IN_FLIGHT[device].fetch_add(1, SeqCst);
         if ctl.slice.load(SeqCst) & SLICE_GRANTED != 0 || DAEMON_GONE.load(Relaxed) {

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::procfs;
 use crate::scheduler::{Action, Activity, Priority, Scheduler};
+use gpumux_common::config::MAX_DRAIN_BUDGET_US;
 use gpumux_common::futex;
 use gpumux_common::protocol::ServerMsg;
 use gpumux_common::shm::SLICE_GRANTED;
@@ -121,7 +122,8 @@ impl Daemon {
                     && slicing_class(t).precedence() < top;
                 let budget = if bounded {
                     let scale = self.scheds[dev].sched.queue_scale(&t.quota.name);
-                    let budget = (self.cfg.drain_budget_us as f64 * scale) as u32;
+                    let budget = (self.cfg.drain_budget_us as f64 * scale)
+                        .min(MAX_DRAIN_BUDGET_US as f64) as u32;
                     (budget / t.processes.len().max(1) as u32).max(100)
                 } else {
                     0
@@ -203,6 +205,7 @@ impl Daemon {
                 0
             },
             runnable: false,
+            bound_dry: a.devices[dev].bound_dry.load(Relaxed),
         };
         if holder == Some(name) && activity.waiting == 0 && activity.syncing == 0 {
             activity.runnable = Self::probe_runnable(t);
@@ -246,8 +249,12 @@ impl Daemon {
         let tenants = &self.tenants;
         let holder = self.scheds[dev].sched.granted().map(|(h, _)| h.to_string());
         let act = |n: &str| Self::activity(tenants, dev, n, holder.as_deref());
+        let scales = self.scheds[dev].sched.scale_generation();
         let actions = op(&mut self.scheds[dev].sched, now, &act);
         self.apply_actions(dev, actions);
+        if self.scheds[dev].sched.scale_generation() != scales {
+            self.update_bounds();
+        }
     }
 
     pub(super) fn apply_actions(&mut self, dev: usize, actions: Vec<Action>) {
@@ -364,13 +371,9 @@ impl Daemon {
         };
         tracing::trace!(tenant, dev, epoch, ?busy_ns, "slice drained");
         let device_time = busy_ns.map(Duration::from_nanos);
-        let scale = self.scheds[dev].sched.queue_scale(&tenant);
         self.sched_event(dev, |s, now, act| {
             s.drained(&tenant, epoch, device_time, now, act)
         });
-        if self.scheds[dev].sched.queue_scale(&tenant) != scale {
-            self.update_bounds();
-        }
     }
 
     pub(super) fn rearm_sched_timer(&mut self) {

@@ -26,63 +26,71 @@ pub const DRIFT: f64 = 0.1;
 /// load").
 pub const SHARED_ON_A_BUSY_HOST: f64 = 0.75;
 
-/// The host's CPU pressure (see [`BUSY_PRESSURE`]); without PSI, the 1-minute load average
-/// per CPU, as a percentage.
+/// The host's CPU pressure (see [`BUSY_PRESSURE`]), where the kernel reports it (PSI).
 pub fn cpu_pressure() -> Option<f64> {
-    if let Ok(text) = std::fs::read_to_string("/proc/pressure/cpu") {
-        return text
-            .lines()
-            .find(|l| l.starts_with("some "))
-            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
-            .and_then(|v| v.parse().ok());
-    }
-    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+    std::fs::read_to_string("/proc/pressure/cpu")
         .ok()?
+        .lines()
+        .find(|l| l.starts_with("some "))?
         .split_whitespace()
-        .next()?
+        .find_map(|f| f.strip_prefix("avg10="))?
         .parse()
-        .ok()?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Some(load / cpus as f64 * 100.0)
+        .ok()
 }
 
-/// Whether the host is busy, judged by the bare driver's figure `bare` and the CPU pressure.
-pub fn host_busy(bare: f64) -> bool {
-    bare < IDLE_HOST || cpu_pressure().is_some_and(|p| p >= BUSY_PRESSURE)
+/// Whether the host is busy, judged by the bare driver's figure `bare` and the CPU pressure
+/// (without PSI: a 1-minute load average of a task per CPU or more); and the evidence, for the
+/// message.
+pub fn host_busy(bare: f64) -> (bool, String) {
+    if let Some(p) = cpu_pressure() {
+        return (
+            bare < IDLE_HOST || p >= BUSY_PRESSURE,
+            format!("CPU pressure {p:.0}%"),
+        );
+    }
+    let load: Option<f64> = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    match load {
+        Some(l) => (
+            bare < IDLE_HOST || l >= cpus,
+            format!("load average {l:.1}"),
+        ),
+        None => (bare < IDLE_HOST, "host load unknown".to_string()),
+    }
 }
 
 /// Asserts that `got` (device time as a fraction of wall time) is at least `at_least` of the
 /// bare driver's `bare`, less [`DRIFT`] on a busy host (the reference is measured in another
 /// window).
 pub fn assert_work_conserving(got: f64, bare: f64, at_least: f64, what: &str) {
-    let busy = host_busy(bare);
+    let (busy, why) = host_busy(bare);
     let at_least = if busy { at_least - DRIFT } else { at_least };
-    check(got, bare, at_least, busy, what);
+    check(got, bare, at_least, busy, &why, what);
 }
 
-fn check(got: f64, bare: f64, at_least: f64, busy: bool, what: &str) {
+fn check(got: f64, bare: f64, at_least: f64, busy: bool, why: &str, what: &str) {
     let host = if busy { "busy" } else { "idle" };
-    let pressure = cpu_pressure().map_or("unknown".to_string(), |p| format!("{p:.0}%"));
     eprintln!(
-        "{what}: device busy {got:.3}, the bare driver's {bare:.3} ({:.1}%; {host} host, CPU \
-         pressure {pressure})",
+        "{what}: device busy {got:.3}, the bare driver's {bare:.3} ({:.1}%; {host} host, {why})",
         got / bare * 100.0
     );
     assert!(
         got >= at_least * bare,
         "{what}: device busy {got:.3} < {at_least:.2} x the bare driver's {bare:.3} on a {host} \
-         host (CPU pressure {pressure}): not work-conserving"
+         host ({why}): not work-conserving"
     );
 }
 
 /// Work conservation of tenants sharing the device by slices: as [`assert_work_conserving`]
 /// with `at_least` on an idle host, and [`SHARED_ON_A_BUSY_HOST`] on a busy one.
 pub fn assert_shared_work_conserving(got: f64, bare: f64, at_least: f64, what: &str) {
-    let busy = host_busy(bare);
+    let (busy, why) = host_busy(bare);
     let at_least = if busy {
         SHARED_ON_A_BUSY_HOST
     } else {
         at_least
     };
-    check(got, bare, at_least, busy, what);
+    check(got, bare, at_least, busy, &why, what);
 }

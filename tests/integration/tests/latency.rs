@@ -6,6 +6,7 @@
 //! Speed (request latencies against their isolated figures) is the scenario runner's
 //! (`gpumux-scenarios latency`).
 
+use gpumux_integration::conserving::host_busy;
 use gpumux_integration::gpumux::{Gpumux, exclusive, wait_until};
 use gpumux_integration::workloads::{GIB, Running, c_workload, i};
 use std::time::Duration;
@@ -88,14 +89,25 @@ fn beside_a_latency_tenant_batch_work_is_bounded_and_preempted() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let widest = budgets.iter().copied().max().unwrap();
+    let (busy, why) = host_busy(1.0);
     eprintln!(
-        "batch's queue budget {}-{widest} µs",
+        "batch's queue budget {}-{widest} µs ({why})",
         budgets.iter().min().unwrap()
     );
     assert!(
         budgets.iter().all(|b| (2000..=16_000).contains(b)),
         "{budgets:?}"
     );
+    if !busy {
+        // An idle host refills a 2 ms queue in time: the budget stays as configured (allowing
+        // a hiccup of the host in a tenth of the samples).
+        let configured = budgets.iter().filter(|&&b| b == 2000).count();
+        assert!(
+            configured * 10 >= budgets.len() * 9,
+            "{budgets:?} on an idle host ({why})"
+        );
+    }
+    let widest = if busy { 16_000 } else { widest };
     let (status, lines) = web.finish(T).unwrap();
     assert!(status.success());
     let l = lines.one("interactive");
@@ -127,7 +139,8 @@ fn beside_a_latency_tenant_batch_work_is_bounded_and_preempted() {
     let trace = fakegpu::kernel_trace(g.state_path(), 0).unwrap();
     let deepest = deepest_queue(&trace, batch_pid, from);
     eprintln!("batch's deepest queue beside the latency tenant: {deepest} ns");
-    // The widest budget plus the kernel running; one more kernel of slack for two threads'
+    // The widest budget (on a busy host the most it may be widened to: a sample every 20 ms
+    // may miss a peak) plus the kernel running; one more kernel of slack for two threads'
     // launches racing the estimate.
     assert!(
         deepest <= widest * 1000 + 4_000_000,
