@@ -76,7 +76,9 @@ pub struct Activity {
     /// holder when nothing else shows it busy (no thread waiting or synchronizing).
     pub runnable: bool,
     /// Times a thread of the tenant came back from waiting for its bounded queue to make room
-    /// to find it empty (wrapping count): the bound starved the device.
+    /// to find it empty (wrapping count): the device ran out of its work before the thread
+    /// could queue more. Kernels longer than the budget run alone, so then at every wait: the
+    /// slice's efficiency tells whether that cost much.
     pub bound_dry: u32,
 }
 
