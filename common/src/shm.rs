@@ -99,9 +99,9 @@ pub struct AccountingDevice {
     /// the holder is busy even though it launches nothing).
     pub syncing: AtomicU32,
     /// Times a thread of the tenant, back from waiting for its bounded queue to make room
-    /// (`ControlDevice::queue_budget_us`), found the queue empty: the device ran out of its
-    /// work before the thread could queue more (with kernels longer than the budget, at every
-    /// wait; wrapping count; a shim that does not count them leaves 0).
+    /// (`ControlDevice::queue_budget_us`) later than the queued work could have lasted, found
+    /// the queue empty: the device ran out of its work while the host ran the thread late
+    /// (wrapping count; a shim that does not count them leaves 0).
     pub bound_dry: AtomicU32,
     /// Threads currently blocked waiting for a compute slice.
     pub waiting: AtomicU32,

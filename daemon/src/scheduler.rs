@@ -75,10 +75,9 @@ pub struct Activity {
     /// whose launches stopped may just be run late by a busy host. Looked up only for the
     /// holder when nothing else shows it busy (no thread waiting or synchronizing).
     pub runnable: bool,
-    /// Times a thread of the tenant came back from waiting for its bounded queue to make room
-    /// to find it empty (wrapping count): the device ran out of its work before the thread
-    /// could queue more. Kernels longer than the budget run alone, so then at every wait: the
-    /// slice's efficiency tells whether that cost much.
+    /// Times a thread of the tenant came back late from waiting for its bounded queue to make
+    /// room and found it empty (wrapping count): the device ran out of its work while the
+    /// host ran the thread late.
     pub bound_dry: u32,
 }
 

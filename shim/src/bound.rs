@@ -14,9 +14,10 @@
 //! estimate is at or over the budget, the thread waits for the oldest checkpoint (counted as
 //! synchronizing, so the daemon does not take the holder for idle), without holding a launch
 //! in flight. Until a first measurement, one launch at a time is queued. A kernel longer than
-//! the budget runs alone. A thread that comes back from such a wait to an empty queue (the
-//! device ran out of this process's work while the host ran the thread late) counts it in the
-//! tenant's `bound_dry`, from which the daemon widens the budget on a busy host.
+//! the budget runs alone. A thread that comes back from such a wait to an empty queue, and later
+//! than the work queued when it began waiting could have lasted (the device ran out of this
+//! process's work while the host ran the thread late), counts it in the tenant's `bound_dry`,
+//! from which the daemon widens the budget on a busy host.
 //!
 //! Launches go in *runs*: consecutive launches on one stream. A launch on another stream first
 //! closes the run with a checkpoint, so each checkpoint covers exactly the launches of its own
@@ -37,6 +38,12 @@ use gpumux_common::shm::{AccountingDevice, MAX_DEVICES};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+/// How much later than its queued work a thread may come back from waiting for room before
+/// the empty queue it finds counts as run dry (`bound_dry`): an idle host wakes it within
+/// tens of microseconds, a busy one milliseconds late.
+const LATE_SLACK: Duration = Duration::from_micros(500);
 
 /// Most launches between two checkpoints.
 const MAX_EVERY: u64 = 64;
@@ -209,8 +216,9 @@ fn make_room(device: usize, budget_ns: u64, stream: CUstream, ptsz: bool, acct: 
         c.run_key.store(key, Relaxed);
         (t.run_handle, t.run_thread_bound) = (handle, thread_bound);
     }
-    // Whether this thread waited for room: back to an empty queue, it was late for the device.
-    let mut waited = false;
+    // Whether this thread came back from waiting for room later than the work queued when it
+    // started waiting could have kept the device busy (by more than [`LATE_SLACK_NS`]).
+    let mut late = false;
     loop {
         poll(device, &mut t);
         let out = c
@@ -218,7 +226,7 @@ fn make_room(device: usize, budget_ns: u64, stream: CUstream, ptsz: bool, acct: 
             .load(Relaxed)
             .wrapping_sub(c.completed.load(Relaxed));
         if out == 0 {
-            if waited {
+            if late {
                 acct.bound_dry.fetch_add(1, Relaxed);
             }
             // An empty queue: a start event before this launch measures the run's device time.
@@ -247,8 +255,10 @@ fn make_room(device: usize, budget_ns: u64, stream: CUstream, ptsz: bool, acct: 
             return;
         };
         drop(t);
+        let queued = Duration::from_nanos(out.saturating_mul(ns));
+        let started = Instant::now();
         wait_for(oldest, syncing);
-        waited = true;
+        late = started.elapsed() > queued + LATE_SLACK;
         t = TRACKERS[device].lock();
         if t.ctx != ctx {
             return;

